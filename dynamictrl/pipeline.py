@@ -1,0 +1,409 @@
+"""DynamiCtrl sampling pipeline: reference image + pose video + prompt -> video.
+
+Extends diffusers' `CogVideoXImageToVideoPipeline` (prompt encoding, RoPE, decoding are
+inherited unchanged) with the DynamiCtrl specifics from the official release:
+
+- the pose video is encoded by the *same* VAE and multiplied by the scaling factor;
+- the image latent is *not* scaled at inference (x1.0, `invert_scale_latents`);
+- one generator is consumed in the official order: image latent sample, pose latent
+  sample, initial noise, then one draw per DPM step - so a seed gives the official video.
+
+Read `__call__` top to bottom: it is the whole sampling loop.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
+from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import (
+    CogVideoXImageToVideoPipeline,
+    retrieve_latents,
+)
+from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import T5EncoderModel, T5Tokenizer
+
+from . import weights
+from .models.transformer import DynamiCtrlTransformerModel
+
+logger = logging.get_logger(__name__)
+
+# Defaults of the official inference command.
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_WIDTH = 768
+DEFAULT_HEIGHT = 1360
+DEFAULT_FRAMES = 37
+DEFAULT_FPS = 16
+OFS = 2.0
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class LatentLayout:
+    """How T pixel frames map onto latent frames, including the padding that
+    patch_size_t = 2 needs when the latent count is odd."""
+
+    num_frames: int  # pixel frames asked for (4k + 1)
+    latent_frames: int  # (T - 1) // 4 + 1
+    padding: int  # latent frames added at the front, dropped after sampling
+
+    @property
+    def padded_latent_frames(self) -> int:
+        return self.latent_frames + self.padding
+
+
+def latent_layout(num_frames: int, temporal_compression: int, patch_size_t: int | None) -> LatentLayout:
+    latent_frames = (num_frames - 1) // temporal_compression + 1
+    padding = 0
+    if patch_size_t is not None and latent_frames % patch_size_t:
+        padding = patch_size_t - latent_frames % patch_size_t
+    return LatentLayout(num_frames, latent_frames, padding)
+
+
+def pad_front(latents: torch.Tensor, padding: int) -> torch.Tensor:
+    """Repeat the first `padding` latent frames at the front (dim 1)."""
+    if padding == 0:
+        return latents
+    return torch.cat([latents[:, :padding], latents], dim=1)
+
+
+class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
+    r"""Pose-guided human image animation with DynamiCtrl (CogVideoX-1.5-5B-I2V + PadaLN).
+
+    Components: `tokenizer` (T5), `text_encoder` (T5 v1.1 XXL encoder), `vae`
+    (CogVideoX-1.5 causal VAE), `transformer` (`DynamiCtrlTransformerModel`), `scheduler`
+    (`CogVideoXDPMScheduler`, trailing timesteps).
+    """
+
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str = weights.BASE_REPO,
+        variant: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        weights_dir: str | None = None,
+        local_files_only: bool = False,
+        enable_vae_tiling: bool = True,
+    ) -> "DynamiCtrlPipeline":
+        """Loads the pipeline from a folder in the `gulucaptain/DynamiCtrl` layout or a hub id.
+
+        `variant`: None (base), "mask_background" (Mask_B01) or "mask_clothing" (Mask_C01);
+        a variant replaces only the transformer. Each component is loaded explicitly from
+        its subfolder, so the hub folder's `model_index.json` is never trusted for class paths.
+        VAE slicing and tiling are on by default, as in the official inference script.
+        """
+        variant_repo = weights.variant_repo(variant)  # validates before any download
+        base = weights.resolve(pretrained_model_name_or_path, weights_dir, local_files_only)
+        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+
+        tokenizer = T5Tokenizer.from_pretrained(base, subfolder="tokenizer")
+        text_encoder = T5EncoderModel.from_pretrained(
+            base, subfolder="text_encoder", **({} if torch_dtype is None else {"dtype": torch_dtype})
+        )
+        vae = AutoencoderKLCogVideoX.from_pretrained(base, subfolder="vae", **kwargs)
+        if variant_repo is None:
+            transformer = DynamiCtrlTransformerModel.from_pretrained(base, subfolder="transformer", **kwargs)
+        else:
+            variant_path = weights.resolve(variant_repo, weights_dir, local_files_only)
+            transformer = DynamiCtrlTransformerModel.from_pretrained(variant_path, **kwargs)
+        scheduler = CogVideoXDPMScheduler.from_pretrained(base, subfolder="scheduler", timestep_spacing="trailing")
+
+        pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+        if enable_vae_tiling:
+            pipe.vae.enable_slicing()
+            pipe.vae.enable_tiling()
+        return pipe
+
+    # ------------------------------------------------------------------ inputs
+    def check_dynamictrl_inputs(self, prompt, negative_prompt, height, width, num_frames, pose_frames, output_type):
+        if isinstance(prompt, list) and len(prompt) == 0:
+            raise ValueError("`prompt` is an empty list: give one prompt string, or a list with one per video.")
+        if not isinstance(prompt, (str, list)):
+            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
+        if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(negative_prompt) != len(prompt):
+            raise ValueError(
+                f"{len(negative_prompt)} negative prompts for {len(prompt)} prompts: give one per prompt, or one string."
+            )
+        multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"height and width must be multiples of {multiple} (got {height}x{width}); "
+                f"use e.g. {round(height / multiple) * multiple}x{round(width / multiple) * multiple}."
+            )
+        if height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive (got {height}x{width}).")
+        k = self.vae_scale_factor_temporal
+        if num_frames < 1 or (num_frames - 1) % k:
+            lower = max(1, (num_frames - 1) // k * k + 1)
+            raise ValueError(
+                f"num_frames must be {k}k+1 (1, 5, 9, ..., 37, ...); got {num_frames}. Use {lower} or {lower + k}."
+            )
+        if pose_frames != num_frames:
+            raise ValueError(
+                f"The pose video has {pose_frames} frames but num_frames is {num_frames}: they must be equal "
+                "(frame 0 is the reference pose). Pass num_frames=None to use the pose video's length, "
+                "or trim the pose video."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+
+    @staticmethod
+    def pose_video_to_tensor(pose_video) -> torch.Tensor:
+        """A pose video as (B, T, 3, H, W) float in [-1, 1].
+
+        Accepts a tensor (T, 3, H, W) or (B, T, 3, H, W) already in [-1, 1], or a list of
+        T images (PIL, or uint8 arrays (H, W, 3)) that are mapped by x / 127.5 - 1.
+        """
+        if isinstance(pose_video, torch.Tensor):
+            video = pose_video
+            if video.ndim == 4:
+                video = video.unsqueeze(0)
+            if video.ndim != 5 or video.shape[2] != 3:
+                raise ValueError(
+                    f"pose_video tensor must be (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1], got {tuple(video.shape)}."
+                )
+            if video.min() < -1.001 or video.max() > 1.001:
+                raise ValueError("pose_video tensor values must be in [-1, 1] (use frames / 127.5 - 1).")
+            return video.float()
+        if isinstance(pose_video, (list, tuple)) and len(pose_video) > 0:
+            frames = []
+            for frame in pose_video:
+                array = np.asarray(frame.convert("RGB") if isinstance(frame, PIL.Image.Image) else frame)
+                if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+                    raise ValueError("pose_video frames must be RGB images (PIL or uint8 arrays of shape (H, W, 3)).")
+                frames.append(torch.from_numpy(array.copy()))
+            if len({f.shape for f in frames}) != 1:
+                raise ValueError("All pose_video frames must have the same size.")
+            video = torch.stack(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+            return video.unsqueeze(0)
+        raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
+
+    # ------------------------------------------------------------------ latents
+    def encode_condition_latents(
+        self,
+        image: torch.Tensor,
+        pose_video: torch.Tensor,
+        layout: LatentLayout,
+        generator: torch.Generator | list[torch.Generator] | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image latents (B, F, C, h, w) and pose latents (B, F, C, h, w), F = padded latent frames.
+
+        The generator is consumed image first, then pose (the official order).
+        """
+        vae_dtype = self.vae.dtype
+        image = image.unsqueeze(2).to(vae_dtype)  # (B, 3, 1, H, W)
+        if isinstance(generator, list):
+            image_latents = [
+                retrieve_latents(self.vae.encode(img.unsqueeze(0)), g) for img, g in zip(image, generator, strict=True)
+            ]
+        else:
+            image_latents = [retrieve_latents(self.vae.encode(img.unsqueeze(0)), generator) for img in image]
+        # At inference the image latent is not scaled (invert_scale_latents); see REFERENCE.md.
+        image_latents = torch.cat(image_latents).to(dtype).permute(0, 2, 1, 3, 4)
+        if not self.vae.config.invert_scale_latents:
+            image_latents = self.vae_scaling_factor_image * image_latents
+        zeros = image_latents.new_zeros((image_latents.shape[0], layout.latent_frames - 1, *image_latents.shape[2:]))
+        image_latents = torch.cat([image_latents, zeros], dim=1)
+
+        pose = pose_video.permute(0, 2, 1, 3, 4).to(vae_dtype)  # (B, 3, T, H, W)
+        pose_generator = generator[0] if isinstance(generator, list) else generator
+        pose_latents = retrieve_latents(self.vae.encode(pose), pose_generator)
+        pose_latents = self.vae.config.scaling_factor * pose_latents.permute(0, 2, 1, 3, 4).to(dtype)
+
+        # The official code crashes when the latent count is odd (it pads only the noise).
+        # Even counts are untouched; odd counts get the image and pose latents padded at
+        # the front exactly like the noise, and the padding is dropped after sampling.
+        return pad_front(image_latents, layout.padding), pad_front(pose_latents, layout.padding)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | torch.Tensor | list[PIL.Image.Image],
+        pose_video: torch.Tensor | list,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        use_dynamic_cfg: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        max_sequence_length: int = 226,
+    ) -> CogVideoXPipelineOutput | tuple:
+        """Animates `image` with the poses of `pose_video`, guided by `prompt`.
+
+        `pose_video`: (T, 3, H, W) in [-1, 1], or a list of T RGB images; frame 0 is the pose
+        of the reference image itself. `height`/`width` default to the pose video's size,
+        `num_frames` to its length (must be 4k+1). Returns frames as `output_type`:
+        "pil" (lists of PIL images), "np" (B, T, H, W, 3) in [0, 1], "pt" (B, T, 3, H, W) in
+        [0, 1], or "latent" (B, F, C, h, w), the unpadded latents before decoding.
+        """
+        pose = self.pose_video_to_tensor(pose_video)
+        height = height or pose.shape[-2]
+        width = width or pose.shape[-1]
+        num_frames = num_frames or pose.shape[1]
+        self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.shape[1], output_type)
+        bad_keys = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad_keys:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}.")
+
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+        do_cfg = guidance_scale > 1.0
+
+        # 1. Text, once per call: CFG batches [negative, positive].
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            max_sequence_length=max_sequence_length,
+            device=device,
+            dtype=dtype,
+        )
+        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+
+        # 2. Timesteps.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 3. Conditions and noise, in the official generator order: image, pose, noise.
+        layout = latent_layout(num_frames, self.vae_scale_factor_temporal, self.transformer.config.patch_size_t)
+        image_tensor = self.video_processor.preprocess(image, height=height, width=width).to(device)
+        if image_tensor.shape[0] == 1 and batch_size > 1:
+            image_tensor = image_tensor.expand(batch_size, -1, -1, -1)
+        if image_tensor.shape[0] != batch_size:
+            raise ValueError(f"Got {image_tensor.shape[0]} images for {batch_size} prompts: give one, or one per prompt.")
+        if pose.shape[-2:] != (height, width):
+            logger.warning(f"Resizing the pose video from {tuple(pose.shape[-2:])} to {(height, width)}.")
+            pose = F.interpolate(pose.flatten(0, 1), size=(height, width), mode="bilinear", antialias=True)
+            pose = pose.unflatten(0, (-1, num_frames)).clamp(-1, 1)
+        if pose.shape[0] == 1 and batch_size > 1:
+            pose = pose.expand(batch_size, -1, -1, -1, -1)
+        if pose.shape[0] != batch_size:
+            raise ValueError(f"Got {pose.shape[0]} pose videos for {batch_size} prompts: give one, or one per prompt.")
+        image_latents, pose_latents = self.encode_condition_latents(
+            image_tensor, pose.to(device), layout, generator, dtype
+        )
+
+        latent_channels = self.transformer.config.in_channels // 2
+        noise_shape = (
+            batch_size,
+            layout.padded_latent_frames,
+            latent_channels,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        if latents is None:
+            latents = randn_tensor(noise_shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != noise_shape:
+            raise ValueError(f"`latents` must have shape {noise_shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+        # Everything that does not change across steps is prepared here, once.
+        image_input = torch.cat([image_latents] * 2) if do_cfg else image_latents
+        pose_input = torch.cat([pose_latents] * 2) if do_cfg else pose_latents
+        rotary_emb = (
+            self._prepare_rotary_positional_embeddings(height, width, layout.padded_latent_frames, device)
+            if self.transformer.config.use_rotary_positional_embeddings
+            else None
+        )
+        ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
+        is_dpm = isinstance(self.scheduler, CogVideoXDPMScheduler)
+        step_kwargs = {"generator": generator, "eta": 0.0} if is_dpm else self.prepare_extra_step_kwargs(generator, 0.0)
+
+        # 4. Denoising loop.
+        old_pred_original_sample = None
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                self._current_timestep = t
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                model_input = torch.cat([model_input, image_input], dim=2)
+
+                noise_pred = self.transformer(
+                    hidden_states=model_input,
+                    encoder_hidden_states=text,
+                    timestep=t.expand(model_input.shape[0]),
+                    pose_latents=pose_input,
+                    ofs=ofs,
+                    image_rotary_emb=rotary_emb,
+                    attention_kwargs=attention_kwargs,
+                    return_dict=False,
+                )[0].float()
+
+                if use_dynamic_cfg:
+                    self._guidance_scale = 1 + guidance_scale * (
+                        (1 - math.cos(math.pi * ((num_inference_steps - t.item()) / num_inference_steps) ** 5.0)) / 2
+                    )
+                if do_cfg:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+
+                if is_dpm:
+                    latents, old_pred_original_sample = self.scheduler.step(
+                        noise_pred,
+                        old_pred_original_sample,
+                        t,
+                        timesteps[i - 1] if i > 0 else None,
+                        latents,
+                        **step_kwargs,
+                        return_dict=False,
+                    )
+                else:
+                    latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = latents.to(dtype)
+
+                if callback_on_step_end is not None:
+                    available = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
+                    outputs = callback_on_step_end(
+                        self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    ) or {}
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+        self._current_timestep = None
+
+        # 5. Drop the front padding, decode (latents / scaling_factor), keep the first T frames.
+        latents = latents[:, layout.padding :]
+        if output_type == "latent":
+            video = latents
+        else:
+            frames = self.decode_latents(latents.to(self.vae.dtype))[:, :, :num_frames]
+            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (video,)
+        return CogVideoXPipelineOutput(frames=video)
