@@ -144,6 +144,16 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             )
         if height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive (got {height}x{width}).")
+        config = self.transformer.config
+        if config.use_rotary_positional_embeddings and config.patch_size_t is not None:
+            # The "slice" RoPE grid only covers sample_height x sample_width latents.
+            max_height = config.sample_height * self.vae_scale_factor_spatial
+            max_width = config.sample_width * self.vae_scale_factor_spatial
+            if height > max_height or width > max_width:
+                raise ValueError(
+                    f"{height}x{width} is larger than this model's positional grid ({max_height}x{max_width} at most); "
+                    "lower the resolution."
+                )
         k = self.vae_scale_factor_temporal
         if num_frames < 1 or (num_frames - 1) % k:
             lower = max(1, (num_frames - 1) // k * k + 1)

@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: anything not on disk must fail loudly, not download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def shared_fixture(*parts: str) -> Path:
+    """A path in ../shared/fixtures (reference data of the official code); skips if absent."""
+    path = SHARED_FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference fixture {path} is missing (../shared/ is not beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A weights folder with tiny random checkpoints in the real hub layout."""
+    from tiny_models import save_tiny_checkpoints
+
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_weights):
+    from dynamictrl.pipeline import DynamiCtrlPipeline
+
+    pipe = DynamiCtrlPipeline.from_pretrained("gulucaptain/DynamiCtrl", weights_dir=tiny_weights)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from conftest import shared_fixture
+from safetensors.torch import load_file
+
+from dynamictrl.models import DynamiCtrlTransformerModel
+
+
+def rel_l2(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_state_dict_equals_released_5b_checkpoint_on_meta():
+    reference = json.loads(shared_fixture("dynamictrl_transformer_keys.json").read_text())
+    with torch.device("meta"):
+        model = DynamiCtrlTransformerModel.from_config(reference["config"])
+    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert set(shapes) == set(reference["keys"])
+    assert shapes == reference["keys"]
+    assert sum(p.numel() for p in model.parameters()) == reference["total_params"]
+    assert model.config.num_layers == 42 and len(model.transformer_blocks) == 42
+
+
+def test_released_folder_loads_through_from_pretrained():
+    folder = shared_fixture("official_pipeline_tiny", "model", "transformer")
+    assert json.loads((folder / "config.json").read_text())["_class_name"] == "DynamiCtrlTransformerModel"
+    model = DynamiCtrlTransformerModel.from_pretrained(folder)
+    assert len(model.transformer_blocks) == model.config.num_layers == 2
+    assert model.transformer_blocks[0].control_norm1.linear.weight.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def official_tiny():
+    config = json.loads(shared_fixture("official_tiny", "config.json").read_text())
+    model = DynamiCtrlTransformerModel.from_config(config).eval()
+    missing, unexpected = model.load_state_dict(load_file(shared_fixture("official_tiny", "weights.safetensors")), strict=True)
+    assert not missing and not unexpected
+    return model, load_file(shared_fixture("official_tiny", "case_a.safetensors"))
+
+
+def run_case(model, case):
+    return model(
+        hidden_states=case["in.hidden_states"],
+        encoder_hidden_states=case["in.encoder_hidden_states"],
+        timestep=case["in.timestep"],
+        pose_latents=case["in.pose_latents"],
+        ofs=case["in.ofs"],
+        image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]),
+    ).sample
+
+
+def test_reproduces_official_output_and_every_block(official_tiny):
+    model, case = official_tiny
+    block_outputs = []
+    hooks = [b.register_forward_hook(lambda m, i, o: block_outputs.append(o)) for b in model.transformer_blocks]
+    try:
+        with torch.no_grad():
+            sample = run_case(model, case)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert rel_l2(sample, case["out.sample"]) < 1e-5
+    assert len(block_outputs) == model.config.num_layers
+    for i, outputs in enumerate(block_outputs):
+        for j in range(3):  # video tokens, text tokens, pose stream
+            assert rel_l2(outputs[j], case[f"blk.{i}.{j}"]) < 1e-5, (i, j)
+
+
+def test_pose_changes_the_output(official_tiny):
+    model, case = official_tiny
+    other = dict(case)
+    other["in.pose_latents"] = torch.zeros_like(case["in.pose_latents"])
+    with torch.no_grad():
+        assert rel_l2(run_case(model, other), case["out.sample"]) > 1e-3
+
+
+def test_gradient_checkpointing_gives_same_gradients(official_tiny):
+    model, case = official_tiny
+
+    def grads():
+        model.zero_grad()
+        run_case(model, case).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.enable_gradient_checkpointing()
+    try:
+        assert model.gradient_checkpointing
+        checkpointed = grads()
+    finally:
+        model.disable_gradient_checkpointing()
+        model.zero_grad()
+    assert plain.keys() == checkpointed.keys()
+    assert any("control_norm1" in name for name in plain)
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-5, atol=1e-6)
+
+
+def test_missing_or_misshaped_pose_is_a_clear_error(official_tiny):
+    model, case = official_tiny
+    with pytest.raises(ValueError, match="pose_latents"):
+        model(case["in.hidden_states"], case["in.encoder_hidden_states"], case["in.timestep"], None, ofs=case["in.ofs"])
+    with pytest.raises(ValueError, match="frames and size"):
+        model(
+            case["in.hidden_states"],
+            case["in.encoder_hidden_states"],
+            case["in.timestep"],
+            case["in.pose_latents"][:, :1],
+            ofs=case["in.ofs"],
+        )
