@@ -14,7 +14,7 @@ VARIANTS = {
     "mask_clothing": "gulucaptain/Dynamictrl-Mask_C01",
 }
 # Approximate download sizes, for messages and the README.
-SIZES_GB = {BASE_REPO: 30.0, VARIANTS["mask_background"]: 11.6, VARIANTS["mask_clothing"]: 11.6}
+SIZES_GB = {BASE_REPO: 22.0, VARIANTS["mask_background"]: 11.5, VARIANTS["mask_clothing"]: 11.5}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

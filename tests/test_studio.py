@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynamictrl.studio import GenerateSettings, Studio, file_sha256, load_image
+from dynamictrl.video import read_video, write_video
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_weights):
+    studio = Studio(weights_dir=tiny_weights, device="cpu")
+    return studio
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    image = tmp_path / "ref.png"
+    Image.fromarray(rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(image)
+    pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (12, 64, 48, 3), dtype=np.uint8), fps=16)
+    return image, pose
+
+
+def settings(**overrides):
+    values = dict(prompt="a person dancing", num_frames=9, width=48, height=64, steps=2, seed=7)
+    values.update(overrides)
+    return GenerateSettings(**values)
+
+
+def test_generate_writes_video_and_manifest(studio, inputs, tmp_path):
+    image, pose = inputs
+    steps = []
+    result = studio.generate(image, pose, tmp_path / "out.mp4", settings(), progress=lambda f, m: steps.append(f))
+    video = read_video(result.video_path)
+    assert video.num_frames == 9 and video.size == (64, 48) and video.fps == pytest.approx(16)
+    assert steps == [0.5, 1.0]
+
+    manifest = json.loads(result.manifest_path.read_text())
+    assert result.manifest_path == tmp_path / "out.json"
+    assert manifest["settings"]["seed"] == 7 and manifest["settings"]["num_frames"] == 9
+    assert manifest["inputs"]["image"]["sha256"] == file_sha256(image)
+    assert manifest["inputs"]["pose_video"]["sha256"] == file_sha256(pose)
+    assert manifest["models"]["base"] == "gulucaptain/DynamiCtrl"
+    assert {"torch", "diffusers", "transformers", "dynamictrl"} <= set(manifest["versions"])
+    assert manifest["elapsed_s"] > 0 and manifest["torch_dtype"] == "float32"
+
+
+def test_same_seed_same_frames(studio, inputs, tmp_path):
+    image, pose = inputs
+    a = studio.generate(image, pose, tmp_path / "a.mp4", settings(seed=3)).frames
+    b = studio.generate(image, pose, tmp_path / "b.mp4", settings(seed=3)).frames
+    np.testing.assert_array_equal(a, b)
+
+
+def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
+    image, pose = inputs
+    result = studio.generate(image, pose, tmp_path / "v.mp4", settings(variant="mask_background"))
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
+    assert len(studio._pipelines) == 1  # the base pipeline was let go
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(prompt="  "), "prompt is empty"),
+        (dict(width=8000), "out of range"),
+        (dict(num_frames=13), "use --frames 9"),
+        (dict(variant="mask_hair"), "Unknown variant"),
+        (dict(dtype="int8"), "dtype"),
+    ],
+)
+def test_bad_settings_fail_before_loading_anything(studio, inputs, tmp_path, overrides, message):
+    image, pose = inputs
+    with pytest.raises(ValueError, match=message):
+        studio.generate(image, pose, tmp_path / "x.mp4", settings(**overrides))
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_output_must_be_mp4(studio, inputs, tmp_path):
+    with pytest.raises(ValueError, match="mp4"):
+        studio.generate(*inputs, tmp_path / "x.gif", settings())
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.linspace(0, 65535, 64 * 48).reshape(64, 48)).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB"
+    values = np.asarray(image)[..., 0]
+    assert values.min() == 0 and values.max() == 255 and 100 < values.mean() < 155
+
+
+def test_transparent_png_gets_black_background(tmp_path):
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[:4, :, 3] = 255
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    array = np.asarray(load_image(path))
+    assert (array[:4, :, 0] == 255).all() and (array[4:] == 0).all()
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.png"
+    path.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Could not read the reference image"):
+        load_image(path)
+    with pytest.raises(ValueError, match="not found"):
+        load_image(tmp_path / "missing.png")

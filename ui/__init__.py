@@ -1,0 +1,1 @@
+"""Gradio widgets wired to `dynamictrl.studio` functions. Never imports torch."""
