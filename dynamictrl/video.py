@@ -1,8 +1,11 @@
-"""All video I/O of the project: read frames with their fps, write H.264 mp4.
+"""All video I/O of the project: read frames with their fps, pick frames at a target
+fps from a start time, write H.264 mp4 (optionally with audio).
 
-Uses the ffmpeg binary shipped inside `imageio-ffmpeg` (no system ffmpeg needed).
+Uses the ffmpeg binary shipped inside `imageio-ffmpeg` (no system ffmpeg needed), so
+mp4, mov, webm, mkv and gif all read the same way.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,31 +32,113 @@ class Video:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
 
 
-def read_video(path: str | Path, max_frames: int | None = None) -> Video:
-    """Reads a video (mp4, mov, webm, mkv, gif, ...) as RGB uint8 frames."""
-    path = Path(path)
+def _decode_error(path: Path, error: Exception) -> VideoError:
+    detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return VideoError(
+        f"Could not decode {path.name}: {detail}. The file may be corrupt or use an unsupported codec; "
+        f"re-encode it, e.g. `ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
+    )
+
+
+def _iter_frames(path: Path):
+    """Yields (meta, frame iterator); every decoder failure becomes a VideoError."""
     if not path.is_file():
         raise VideoError(f"Video file not found: {path}")
     try:
         reader = imageio_ffmpeg.read_frames(str(path))
         meta = reader.__next__()
         width, height = meta["size"]
-        fps = float(meta.get("fps") or 0.0)
-        frames = []
-        for buffer in reader:
-            frames.append(np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3))
-            if max_frames is not None and len(frames) >= max_frames:
-                reader.close()
-                break
     except (OSError, RuntimeError, StopIteration, KeyError) as error:
-        raise VideoError(
-            f"Could not decode {path.name}: {str(error).strip().splitlines()[-1] if str(error).strip() else error}. "
-            "The file may be corrupt or use an unsupported codec; re-encode it, e.g. "
-            f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
-        ) from error
+        raise _decode_error(path, error) from error
+
+    def frames():
+        try:
+            for buffer in reader:
+                yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+        except (OSError, RuntimeError) as error:
+            raise _decode_error(path, error) from error
+        finally:
+            reader.close()
+
+    return meta, frames()
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> Video:
+    """Reads a video (mp4, mov, webm, mkv, gif, ...) as RGB uint8 frames."""
+    path = Path(path)
+    meta, frames_iter = _iter_frames(path)
+    frames = []
+    for frame in frames_iter:
+        frames.append(frame)
+        if max_frames is not None and len(frames) >= max_frames:
+            frames_iter.close()
+            break
     if not frames:
         raise VideoError(f"{path.name} contains no frames: pick another video or re-export it.")
+    fps = float(meta.get("fps") or 0.0)
     return Video(frames=np.stack(frames), fps=fps if fps > 0 else 16.0)
+
+
+def sample_indices(source_fps: float, target_fps: float | None, start_s: float, count: int) -> list[int]:
+    """Source frame indices for `count` frames at `target_fps` from `start_s`.
+
+    `target_fps=None` keeps every source frame (the official behaviour). Each output
+    frame takes the source frame shown at its time, so motion keeps its real speed.
+    """
+    first = int(math.floor(start_s * source_fps + 1e-6))
+    if not target_fps or target_fps <= 0:
+        return list(range(first, first + count))
+    step = source_fps / target_fps
+    return [first + int(math.floor(k * step + 1e-6)) for k in range(count)]
+
+
+def pick_frames(
+    path: str | Path, count: int, fps: float | None = None, start_s: float = 0.0, loop: bool = False
+) -> Video:
+    """`count` frames of a video at `fps` (None: native) from `start_s`, streamed so
+    only the chosen frames are kept in memory.
+
+    A video too short for `count` frames is an error that offers the fixes, unless
+    `loop=True`, which wraps around to the start.
+    """
+    path = Path(path)
+    if count < 1:
+        raise VideoError(f"Asked for {count} frames from {path.name}: ask for at least one.")
+    if start_s < 0:
+        raise VideoError(f"The start time must be >= 0 s, got {start_s}.")
+    meta, frames_iter = _iter_frames(path)
+    source_fps = float(meta.get("fps") or 0.0) or 16.0
+    wanted = sample_indices(source_fps, fps, start_s, count)
+    positions = {}
+    for position, index in enumerate(wanted):
+        positions.setdefault(index, []).append(position)
+    picked: list[np.ndarray | None] = [None] * count
+    total = 0
+    for index, frame in enumerate(frames_iter):
+        total = index + 1
+        for position in positions.get(index, ()):
+            picked[position] = frame
+        if index >= wanted[-1]:
+            frames_iter.close()
+            break
+    if total == 0:
+        raise VideoError(f"{path.name} contains no frames: pick another video or re-export it.")
+    missing = [k for k, frame in enumerate(picked) if frame is None]
+    if missing:
+        if not loop:
+            available = missing[0]
+            duration = total / source_fps
+            raise VideoError(
+                f"{path.name} is {duration:.2f} s long ({total} frames at {source_fps:g} fps); from {start_s:g} s at "
+                f"{fps or source_fps:g} fps it gives {available} frames but {count} are needed. Lower the frame count "
+                f"(e.g. {max(1, (available - 1) // 4 * 4 + 1)}), lower the fps, start earlier, or loop the video."
+            )
+        # Second pass: wrap the missing source indices around the video's real length.
+        wrapped = {k: wanted[k] % total for k in missing}
+        video = read_video(path, max_frames=max(wrapped.values()) + 1)
+        for k, index in wrapped.items():
+            picked[k] = video.frames[index]
+    return Video(frames=np.stack(picked), fps=float(fps) if fps else source_fps)
 
 
 def _even(frames: np.ndarray) -> np.ndarray:

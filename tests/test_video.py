@@ -5,7 +5,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from dynamictrl.video import VideoError, read_video, to_uint8_frames, write_video
+from dynamictrl.video import VideoError, pick_frames, read_video, sample_indices, to_uint8_frames, write_video
 
 
 def gradient_frames(count=9, height=32, width=48):
@@ -64,3 +64,70 @@ def test_corrupt_video_is_a_clear_error(tmp_path):
 def test_missing_video_is_a_clear_error(tmp_path):
     with pytest.raises(VideoError, match="not found"):
         read_video(tmp_path / "nope.mp4")
+
+
+def write_container(path, frames, fps=10):
+    codec = {".webm": "libvpx-vp9", ".gif": "gif"}.get(path.suffix, "libx264")
+    pix_fmt = {".gif": "rgb8"}.get(path.suffix, "yuv420p")
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec=codec, pix_fmt_out=pix_fmt, macro_block_size=1
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".webm", ".gif"])
+def test_every_container_reads(tmp_path, suffix):
+    frames = gradient_frames(6, 32, 48)
+    video = read_video(write_container(tmp_path / f"clip{suffix}", frames))
+    assert video.num_frames == 6 and video.size == (32, 48)
+    assert video.fps == pytest.approx(10, rel=0.01)
+    assert np.abs(video.frames.astype(int) - frames).mean() < 40  # gif is palette-quantised
+
+
+def test_sample_indices_resample_and_start():
+    assert sample_indices(30, None, 0, 4) == [0, 1, 2, 3]
+    assert sample_indices(30, 15, 0, 4) == [0, 2, 4, 6]
+    assert sample_indices(30, 16, 1.0, 3) == [30, 31, 33]
+    assert sample_indices(10, 20, 0, 4) == [0, 0, 1, 1]  # upsampling repeats frames
+
+
+def numbered_video(tmp_path, count=20, fps=10):
+    """Frame k is filled with grey level 10*k, so picked frames can be identified."""
+    frames = np.stack([np.full((16, 16, 3), 10 * k, dtype=np.uint8) for k in range(count)])
+    return write_video(tmp_path / "numbered.mp4", frames, fps=fps)
+
+
+def frame_numbers(video):
+    return [int(round(f.mean() / 10)) for f in video.frames]
+
+
+def test_pick_frames_at_target_fps_from_start(tmp_path):
+    path = numbered_video(tmp_path)
+    video = pick_frames(path, count=4, fps=5, start_s=0.5)
+    assert frame_numbers(video) == [5, 7, 9, 11] and video.fps == 5
+    assert frame_numbers(pick_frames(path, count=3)) == [0, 1, 2]
+
+
+def test_too_short_video_offers_the_fixes(tmp_path):
+    path = numbered_video(tmp_path)
+    with pytest.raises(VideoError, match="Lower the frame count .*loop"):
+        pick_frames(path, count=37, fps=10)
+
+
+def test_loop_wraps_around(tmp_path):
+    video = pick_frames(numbered_video(tmp_path), count=25, fps=10, loop=True)
+    assert frame_numbers(video) == list(range(20)) + [0, 1, 2, 3, 4]
+
+
+def test_audio_only_file_has_no_video_frames(tmp_path):
+    audio = tmp_path / "only_audio.mp4"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", str(audio)],
+        capture_output=True, check=True,
+    )
+    with pytest.raises(VideoError):
+        read_video(audio)
