@@ -13,6 +13,9 @@ VARIANTS = {
     "mask_background": "gulucaptain/Dynamictrl-Mask_B01",
     "mask_clothing": "gulucaptain/Dynamictrl-Mask_C01",
 }
+# DWPose (pose extraction): only the two ONNX files the official pipeline uses.
+DWPOSE_REPO = "yzd-v/DWPose"
+DWPOSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
 # Approximate download sizes, for messages and the README.
 SIZES_GB = {BASE_REPO: 22.0, VARIANTS["mask_background"]: 11.5, VARIANTS["mask_clothing"]: 11.5}
 
@@ -42,11 +45,12 @@ def local_dir_for(repo_id: str, weights_dir: str | os.PathLike | None = None) ->
     return Path(weights_dir or default_weights_dir()) / repo_id.rstrip("/").split("/")[-1]
 
 
-def download_command(repo_id: str, weights_dir: str | os.PathLike | None = None) -> str:
+def download_command(repo_id: str, weights_dir: str | os.PathLike | None = None, filenames=None) -> str:
     variant = next((name for name, repo in VARIANTS.items() if repo == repo_id), None)
     if repo_id == BASE_REPO or variant:
         return "python -m dynamictrl download" + (f" --variant {variant}" if variant else "")
-    return f"hf download {repo_id} --local-dir {local_dir_for(repo_id, weights_dir)}"
+    files = "".join(f" {name}" for name in filenames or ())
+    return f"hf download {repo_id}{files} --local-dir {local_dir_for(repo_id, weights_dir)}"
 
 
 def _is_complete(folder: Path) -> bool:
@@ -98,9 +102,39 @@ def download(repo_id: str, weights_dir: str | os.PathLike | None = None, allow_p
     return target
 
 
-def _missing_message(repo_id: str, target: Path, weights_dir, reason: str) -> str:
+def resolve_files(
+    repo_id: str,
+    filenames,
+    weights_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """`weights/<repo-name>` once it holds every file in `filenames` (for hub repos of
+    loose files without a config, e.g. DWPose's ONNX models); otherwise downloads just
+    those files into it, or offline raises `WeightsNotFoundError` naming the command."""
+    filenames = list(filenames)
+    target = local_dir_for(repo_id, weights_dir)
+    missing = [name for name in filenames if not (target / name).is_file()]
+    if not missing:
+        return target
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if offline:
+        reason = f"offline mode is on; missing {', '.join(missing)}"
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, reason, filenames))
+    try:
+        download(repo_id, weights_dir, allow_patterns=filenames)
+    except WeightsNotFoundError as error:
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, str(error.__cause__), filenames)) from error
+    missing = [name for name in filenames if not (target / name).is_file()]
+    if missing:
+        reason = f"the download did not contain {', '.join(missing)}"
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, reason, filenames))
+    return target
+
+
+def _missing_message(repo_id: str, target: Path, weights_dir, reason: str, filenames=None) -> str:
+    what = f"the files {', '.join(filenames)} of" if filenames else "the files of"
     return (
         f"Weights for {repo_id} are not in {target} and could not be downloaded ({reason}). "
-        f"On a machine with internet access run:  {download_command(repo_id, weights_dir)}  "
-        f"(or copy the files of https://huggingface.co/{repo_id} into {target})."
+        f"On a machine with internet access run:  {download_command(repo_id, weights_dir, filenames)}  "
+        f"(or copy {what} https://huggingface.co/{repo_id} into {target})."
     )
