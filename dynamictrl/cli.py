@@ -8,16 +8,43 @@ from . import weights
 DESCRIPTION = "DynamiCtrl Studio: pose-guided human image animation."
 
 
+def add_pose_options(parser: argparse.ArgumentParser, defaults) -> None:
+    parser.add_argument("--retarget", choices=("global", "bones", "none"), default=defaults.retarget,
+                        help="fit the driving poses to the reference body (default: global, the official fit)")
+    parser.add_argument("--start", type=float, default=defaults.start_s, help="start time in the driving video (s)")
+    parser.add_argument("--detect-every", type=int, default=defaults.detect_every,
+                        help="run the person detector every N frames (faster; boxes are reused between)")
+    parser.add_argument("--loop", action="store_true", help="loop a driving video that is too short")
+
+
+def pose_settings_from(args, num_frames: int, width: int, height: int, fps: float | None):
+    from .studio import PoseSettings
+
+    return PoseSettings(
+        num_frames=num_frames,
+        width=width,
+        height=height,
+        fps=fps or None,
+        start_s=args.start,
+        retarget=args.retarget,
+        detect_every=args.detect_every,
+        loop=args.loop,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .studio import DTYPES, GenerateSettings
+    from .studio import DTYPES, GenerateSettings, PoseSettings
 
     defaults = GenerateSettings(prompt="")
+    pose_defaults = PoseSettings()
     parser = argparse.ArgumentParser(prog="python -m dynamictrl", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="animate a reference image with a pose video")
     generate.add_argument("--image", required=True, help="reference image (PNG/JPEG)")
-    generate.add_argument("--pose-video", required=True, help="rendered DWPose video; frame 0 = the reference's pose")
+    motion = generate.add_mutually_exclusive_group(required=True)
+    motion.add_argument("--pose-video", help="rendered DWPose video; frame 0 = the reference's pose")
+    motion.add_argument("--driving-video", help="raw dance video: poses are extracted and retargeted first")
     generate.add_argument("--prompt", required=True, help="describe the person and the background")
     generate.add_argument("--negative-prompt", default=defaults.negative_prompt)
     generate.add_argument("--out", required=True, help="output .mp4 (a .json manifest is written beside it)")
@@ -33,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", default=weights.BASE_REPO, help="hub id or folder of the base pipeline")
     generate.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights)")
     generate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    add_pose_options(generate, pose_defaults)
+
+    pose = commands.add_parser("pose", help="make a pose video for a reference image from a driving video")
+    pose.add_argument("--image", required=True, help="reference image")
+    pose.add_argument("--video", required=True, help="driving video (mp4, mov, webm, mkv, gif)")
+    pose.add_argument("--out", required=True, help="output pose video (.mp4)")
+    pose.add_argument("--frames", type=int, default=pose_defaults.num_frames, help="4k+1 frames incl. the reference pose")
+    pose.add_argument("--width", type=int, default=pose_defaults.width)
+    pose.add_argument("--height", type=int, default=pose_defaults.height)
+    pose.add_argument("--fps", type=float, default=pose_defaults.fps,
+                      help="resample the driving video to this fps (0: keep every frame, as the official code)")
+    pose.add_argument("--preview", default=None, help="also write the skeletons over the reference, beside the video")
+    pose.add_argument("--save-json", default=None, help="also write every pose as JSON (editable, reloadable)")
+    pose.add_argument("--weights-dir", default=None)
+    pose.add_argument("--device", default=None)
+    add_pose_options(pose, pose_defaults)
 
     download = commands.add_parser("download", help="fetch the weights into weights/ ahead of time")
     download.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None)
@@ -57,9 +100,41 @@ def run_generate(args) -> int:
         dtype=args.dtype,
     )
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device)
-    result = studio.generate(args.image, args.pose_video, args.out, settings)
+    result = studio.generate(
+        args.image,
+        args.out,
+        settings,
+        pose_video_path=args.pose_video,
+        driving_video_path=args.driving_video,
+        # Driving frames are sampled at the output fps, so the motion keeps its real speed.
+        pose_settings=pose_settings_from(args, args.frames, args.width, args.height, args.fps),
+    )
+    if result.pose is not None:
+        print(f"Pose video: {result.pose.pose_video_path}" + filled_note(result.pose.filled_frames))
     print(f"Wrote {result.video_path} ({len(result.frames)} frames) and {result.manifest_path} "
           f"in {result.elapsed_s:.1f} s")
+    return 0
+
+
+def filled_note(filled: int) -> str:
+    return f" ({filled} driving frames had no person and reuse the previous pose)" if filled else ""
+
+
+def run_pose(args) -> int:
+    from .studio import Studio
+
+    studio = Studio(weights_dir=args.weights_dir, device=args.device)
+    result = studio.extract_poses(
+        args.image,
+        args.video,
+        pose_settings_from(args, args.frames, args.width, args.height, args.fps),
+        out_path=args.out,
+        preview_path=args.preview,
+        json_path=args.save_json,
+    )
+    written = [p for p in (result.pose_video_path, result.preview_path, result.json_path) if p]
+    print("Wrote " + ", ".join(str(p) for p in written) + filled_note(result.filled_frames)
+          + f" in {result.elapsed_s:.1f} s")
     return 0
 
 
@@ -74,9 +149,8 @@ def run_download(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate":
-            return run_generate(args)
-        return run_download(args)
+        commands = {"generate": run_generate, "pose": run_pose, "download": run_download}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         # Input and weight problems are the user's to fix: a clear line, no traceback.
         print(f"error: {error}", file=sys.stderr)

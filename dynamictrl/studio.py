@@ -11,7 +11,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -45,11 +45,36 @@ class GenerateSettings:
 
 
 @dataclass
+class PoseSettings:
+    """How a pose video is made from a driving video (see `dynamictrl.pose.sequence`)."""
+
+    num_frames: int = 37  # T, including frame 0 = the reference pose
+    width: int = 768
+    height: int = 1360
+    fps: float | None = 16.0  # driving frames are resampled to this; None keeps every frame (official)
+    start_s: float = 0.0
+    retarget: str = "global"  # global | bones | none
+    detect_every: int = 1  # run the person detector every N frames, reuse boxes in between
+    loop: bool = False  # loop a driving video that is too short
+
+
+@dataclass
+class PoseResult:
+    sequence: object = field(repr=False)  # dynamictrl.pose.sequence.PoseSequence
+    pose_video_path: Path | None
+    preview_path: Path | None
+    json_path: Path | None
+    filled_frames: int
+    elapsed_s: float
+
+
+@dataclass
 class GenerateResult:
     video_path: Path
     manifest_path: Path
     frames: np.ndarray = field(repr=False)  # (T, H, W, 3) uint8
     elapsed_s: float
+    pose: PoseResult | None = None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -111,14 +136,105 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_size_and_frames(num_frames: int, width: int, height: int):
+    if not (16 <= width <= MAX_SIDE and 16 <= height <= MAX_SIDE):
+        raise ValueError(
+            f"Resolution {width}x{height} is out of range: width and height must be 16..{MAX_SIDE} "
+            "(the official sizes are 768x1360, 576x1024, 1024x1024, 1360x1360)."
+        )
+    if width % 16 or height % 16:
+        raise ValueError(f"Width and height must be multiples of 16, got {width}x{height}.")
+    if num_frames < 1 or (num_frames - 1) % 4:
+        lower = max(1, (num_frames - 1) // 4 * 4 + 1)
+        raise ValueError(f"The frame count must be 4k+1 (…, 33, 37, 41, …); got {num_frames}: use {lower} or {lower + 4}.")
+
+
 class Studio:
-    """Holds loaded pipelines between calls (one per model/variant/dtype)."""
+    """Holds loaded models between calls and strings the stages together."""
 
     def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None):
         self.model = model
         self.weights_dir = weights_dir
         self.device = device or default_device()
         self._pipelines = {}
+        self._detector = None
+
+    def detector(self):
+        """The DWPose detector, loaded once."""
+        if self._detector is None:
+            from .pose.detector import DWPoseDetector
+
+            self._detector = DWPoseDetector.from_pretrained(weights_dir=self.weights_dir, device=self.device)
+        return self._detector
+
+    def extract_poses(
+        self,
+        image_path: str | Path,
+        driving_video_path: str | Path,
+        settings: PoseSettings,
+        out_path: str | Path | None = None,
+        preview_path: str | Path | None = None,
+        json_path: str | Path | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> PoseResult:
+        """Pose video for the reference image from a raw driving video: detect, track,
+        retarget, render. Writes the pose mp4, an overlay preview and the pose JSON if asked."""
+        from .pose.sequence import build_pose_sequence
+        from .pose.types import save_poses
+        from .video import VideoTooShortError, pick_frames
+
+        started = time.perf_counter()
+        check_size_and_frames(settings.num_frames, settings.width, settings.height)
+        if settings.num_frames < 2:
+            raise ValueError("A pose video from a driving video needs at least 5 frames (4k+1).")
+        if settings.detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {settings.detect_every}.")
+        image = load_image(image_path)
+        try:
+            driving = pick_frames(
+                driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop
+            )
+        except VideoTooShortError as error:
+            # Frame 0 is the reference pose, so k driving frames allow T = 4*(k//4) + 1.
+            usable = error.available_frames // 4 * 4 + 1
+            raise VideoTooShortError(
+                f"{error} With this video use --frames {usable} or --loop.",
+                error.available_frames,
+            ) from error
+        sequence = build_pose_sequence(
+            image,
+            driving.frames,
+            self.detector(),
+            width=settings.width,
+            height=settings.height,
+            retarget=settings.retarget,
+            detect_every=settings.detect_every,
+            progress=progress,
+        )
+        fps = settings.fps or driving.fps
+        if out_path is not None:
+            out_path = write_video(out_path, sequence.pose_frames, fps=fps)
+        if preview_path is not None:
+            preview_path = write_video(preview_path, sequence.preview_frames(driving.frames), fps=fps)
+        if json_path is not None:
+            json_path = save_poses(
+                json_path,
+                sequence.poses,
+                settings=asdict(settings),
+                reference_image=str(image_path),
+                driving_video=str(driving_video_path),
+                retarget=sequence.retarget_info,
+                filled_frames=sequence.filled_frames,
+                driving_detections=[pose.to_json() for pose in sequence.driving_poses],
+            )
+        return PoseResult(
+            sequence=sequence,
+            pose_video_path=Path(out_path) if out_path else None,
+            preview_path=Path(preview_path) if preview_path else None,
+            json_path=Path(json_path) if json_path else None,
+            filled_frames=sequence.filled_frames,
+            elapsed_s=time.perf_counter() - started,
+        )
 
     def pipeline(self, variant: str | None, dtype: str):
         """The DynamiCtrl pipeline for this variant and dtype, loaded once."""
@@ -143,38 +259,63 @@ class Studio:
     def generate(
         self,
         image_path: str | Path,
-        pose_video_path: str | Path,
         out_path: str | Path,
         settings: GenerateSettings,
+        pose_video_path: str | Path | None = None,
+        driving_video_path: str | Path | None = None,
+        pose_settings: PoseSettings | None = None,
         progress: ProgressCallback | None = None,
     ) -> GenerateResult:
-        """Animates the reference image with an already rendered pose video; writes
-        the mp4 and, beside it, `<name>.json` with every setting and input hash."""
+        """Animates the reference image; writes the mp4 and, beside it, `<name>.json` with
+        every setting and input hash.
+
+        The motion comes from `pose_video_path` (an already rendered pose video, frame 0 =
+        the reference's pose) or from `driving_video_path` (a raw video: poses are extracted
+        first with `pose_settings`, whose size and frame count follow `settings`).
+        """
         import torch
+
+        from .pose.sequence import cover_crop
 
         started = time.perf_counter()
         out_path = Path(out_path)
+        if (pose_video_path is None) == (driving_video_path is None):
+            raise ValueError("Give exactly one of a pose video (already rendered) or a driving video.")
         if out_path.suffix.lower() != ".mp4":
             raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
         if not settings.prompt or not settings.prompt.strip():
             raise ValueError("The prompt is empty: describe the person and the background (the model was trained so).")
-        if not (16 <= settings.width <= MAX_SIDE and 16 <= settings.height <= MAX_SIDE):
-            raise ValueError(
-                f"Resolution {settings.width}x{settings.height} is out of range: width and height must be 16..{MAX_SIDE} "
-                "(the official sizes are 768x1360, 576x1024, 1024x1024, 1360x1360)."
-            )
+        check_size_and_frames(settings.num_frames, settings.width, settings.height)
         weights.variant_repo(settings.variant)
         resolve_dtype(settings.dtype, self.device)
 
-        image = load_image(image_path)
-        pose = read_video(pose_video_path, max_frames=settings.num_frames)
-        if pose.num_frames < settings.num_frames:
-            usable = (pose.num_frames - 1) // 4 * 4 + 1
-            raise ValueError(
-                f"The pose video has {pose.num_frames} frames, fewer than the {settings.num_frames} asked for: "
-                f"use --frames {usable} or a longer pose video."
+        pose_result = None
+        if driving_video_path is not None:
+            pose_settings = replace(
+                pose_settings or PoseSettings(),
+                num_frames=settings.num_frames,
+                width=settings.width,
+                height=settings.height,
+                fps=settings.fps,  # driving frames at the output fps keep the motion's real speed
             )
-        pose_frames = list(pose.frames[: settings.num_frames])
+            pose_path = out_path.with_name(out_path.stem + "_pose.mp4")
+            pose_result = self.extract_poses(
+                image_path, driving_video_path, pose_settings, out_path=pose_path, progress=progress
+            )
+            reference = pose_result.sequence.reference_pil()
+            pose_frames = list(pose_result.sequence.pose_frames)
+        else:
+            image = load_image(image_path)
+            pose = read_video(pose_video_path, max_frames=settings.num_frames)
+            if pose.num_frames < settings.num_frames:
+                usable = (pose.num_frames - 1) // 4 * 4 + 1
+                raise ValueError(
+                    f"The pose video has {pose.num_frames} frames, fewer than the {settings.num_frames} asked for: "
+                    f"use --frames {usable} or a longer pose video."
+                )
+            # The same cover-resize + centre-crop the pose stage applies, so image and poses agree.
+            reference = Image.fromarray(cover_crop(image, settings.width, settings.height))
+            pose_frames = list(pose.frames[: settings.num_frames])
 
         pipe = self.pipeline(settings.variant, settings.dtype)
 
@@ -183,9 +324,8 @@ class Studio:
                 progress((step + 1) / settings.steps, f"denoising step {step + 1}/{settings.steps}")
             return {}
 
-        generator = torch.Generator().manual_seed(settings.seed)
         frames = pipe(
-            image=image,
+            image=reference,
             pose_video=pose_frames,
             prompt=settings.prompt,
             negative_prompt=settings.negative_prompt,
@@ -194,7 +334,7 @@ class Studio:
             num_frames=settings.num_frames,
             num_inference_steps=settings.steps,
             guidance_scale=settings.guidance,
-            generator=generator,
+            generator=torch.Generator().manual_seed(settings.seed),
             output_type="np",
             callback_on_step_end=on_step,
         ).frames[0]
@@ -202,6 +342,17 @@ class Studio:
         write_video(out_path, frames, fps=settings.fps)
         elapsed = time.perf_counter() - started
 
+        inputs = {"image": {"path": str(image_path), "sha256": file_sha256(image_path), "size_wh": list(reference.size)}}
+        if pose_result is not None:
+            inputs["driving_video"] = {"path": str(driving_video_path), "sha256": file_sha256(driving_video_path)}
+            inputs["pose_extraction"] = {
+                "settings": asdict(pose_settings),
+                "pose_video": pose_result.pose_video_path.name,
+                "filled_frames": pose_result.filled_frames,
+                "retarget": pose_result.sequence.retarget_info,
+            }
+        else:
+            inputs["pose_video"] = {"path": str(pose_video_path), "sha256": file_sha256(pose_video_path)}
         manifest_path = out_path.with_suffix(".json")
         manifest = {
             "output": out_path.name,
@@ -211,19 +362,11 @@ class Studio:
                 "base": str(self.model),
                 "transformer": weights.variant_repo(settings.variant) or f"{self.model} (transformer/)",
             },
-            "inputs": {
-                "image": {"path": str(image_path), "sha256": file_sha256(image_path), "size_wh": list(image.size)},
-                "pose_video": {
-                    "path": str(pose_video_path),
-                    "sha256": file_sha256(pose_video_path),
-                    "frames_used": settings.num_frames,
-                    "fps": pose.fps,
-                },
-            },
+            "inputs": inputs,
             "device": self.device,
             "torch_dtype": str(pipe.transformer.dtype).replace("torch.", ""),
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
         manifest_path.write_text(json.dumps(manifest, indent=2))
-        return GenerateResult(video_path=out_path, manifest_path=manifest_path, frames=frames, elapsed_s=elapsed)
+        return GenerateResult(out_path, manifest_path, frames, elapsed, pose_result)

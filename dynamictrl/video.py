@@ -17,6 +17,12 @@ class VideoError(ValueError):
     """A video could not be read or written; the message says why and what to do."""
 
 
+class VideoTooShortError(VideoError):
+    def __init__(self, message: str, available_frames: int):
+        super().__init__(message)
+        self.available_frames = available_frames
+
+
 @dataclass
 class Video:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
@@ -128,10 +134,11 @@ def pick_frames(
         if not loop:
             available = missing[0]
             duration = total / source_fps
-            raise VideoError(
+            raise VideoTooShortError(
                 f"{path.name} is {duration:.2f} s long ({total} frames at {source_fps:g} fps); from {start_s:g} s at "
-                f"{fps or source_fps:g} fps it gives {available} frames but {count} are needed. Lower the frame count "
-                f"(e.g. {max(1, (available - 1) // 4 * 4 + 1)}), lower the fps, start earlier, or loop the video."
+                f"{fps or source_fps:g} fps it gives {available} frames but {count} are needed. Lower the frame count, "
+                "lower the fps, start earlier, or loop the video.",
+                available_frames=available,
             )
         # Second pass: wrap the missing source indices around the video's real length.
         wrapped = {k: wanted[k] % total for k in missing}

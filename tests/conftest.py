@@ -20,10 +20,27 @@ def shared_fixture(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    """A weights folder with tiny random checkpoints in the real hub layout."""
+    """A weights folder with tiny checkpoints in the real hub layouts: DynamiCtrl (+ mask
+    variants) with random weights, and DWPose's two ONNX files with known outputs."""
     from tiny_models import save_tiny_checkpoints
+    from tiny_onnx import export_pose, save_tiny_dwpose
 
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("weights"))
+    root = save_tiny_checkpoints(tmp_path_factory.mktemp("weights"))
+    save_tiny_dwpose(root / "DWPose")
+    export_pose(root / "fixed_batch" / "dw-ll_ucoco_384.onnx", dynamic_batch=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dwpose_weights(tiny_weights) -> Path:
+    return tiny_weights
+
+
+@pytest.fixture(scope="session")
+def detector(dwpose_weights):
+    from dynamictrl.pose.detector import DWPoseDetector
+
+    return DWPoseDetector.from_pretrained(weights_dir=dwpose_weights, local_files_only=True, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -72,3 +72,62 @@ def test_download_offline_fails_clearly(tmp_path):
     result = run_cli("download", "--weights-dir", str(tmp_path))
     assert result.returncode == 2
     assert "gulucaptain/DynamiCtrl" in result.stderr and "Traceback" not in result.stderr
+
+
+def uniform_video(path, colors, height=240, width=320, fps=16):
+    frames = np.stack([np.broadcast_to(np.array(c, np.uint8), (height, width, 3)) for c in colors])
+    return write_video(path, frames, fps=fps)
+
+
+def test_pose_command_writes_pose_video_preview_and_json(tiny_weights, tmp_path):
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (360, 480), (255, 0, 0)).save(image)  # the tiny detector sees people in red
+    dance = uniform_video(tmp_path / "dance.mov", [(255, 8 * k, 0) for k in range(20)])
+    out = tmp_path / "pose.mp4"
+
+    result = run_cli(
+        "pose", "--image", str(image), "--video", str(dance), "--out", str(out), "--frames", "9",
+        "--width", "48", "--height", "64", "--fps", "8", "--retarget", "bones", "--preview",
+        str(tmp_path / "preview.mp4"), "--save-json", str(tmp_path / "poses.json"),
+        "--weights-dir", str(tiny_weights), "--device", "cpu",
+    )
+
+    assert result.returncode == 0, result.stderr
+    pose = read_video(out)
+    assert pose.num_frames == 9 and pose.size == (64, 48) and pose.fps == 8
+    assert read_video(tmp_path / "preview.mp4").num_frames == 9
+    from dynamictrl.pose.types import load_poses
+
+    frames, metadata = load_poses(tmp_path / "poses.json")
+    assert len(frames) == 9 and metadata["settings"]["retarget"] == "bones"
+    assert len(metadata["driving_detections"]) == 8
+
+
+def test_pose_command_explains_a_too_short_video(tiny_weights, tmp_path):
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (48, 64), (255, 0, 0)).save(image)
+    dance = uniform_video(tmp_path / "short.mp4", [(255, 0, 0)] * 5)
+    result = run_cli(
+        "pose", "--image", str(image), "--video", str(dance), "--out", str(tmp_path / "p.mp4"),
+        "--frames", "37", "--width", "48", "--height", "64", "--weights-dir", str(tiny_weights),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "use --frames 5 or --loop" in result.stderr
+
+
+def test_generate_from_a_driving_video(tiny_weights, tmp_path):
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
+    dance = uniform_video(tmp_path / "dance.mp4", [(255, 8 * k, 0) for k in range(8)])
+    out = tmp_path / "anim.mp4"
+    result = run_cli(
+        "generate", "--image", str(image), "--driving-video", str(dance), "--prompt", "a person dancing",
+        "--out", str(out), "--frames", "5", "--width", "48", "--height", "64", "--steps", "1",
+        "--weights-dir", str(tiny_weights), "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_video(out).num_frames == 5
+    assert read_video(tmp_path / "anim_pose.mp4").num_frames == 5
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["inputs"]["pose_extraction"]["settings"]["retarget"] == "global"
+    assert manifest["inputs"]["pose_extraction"]["filled_frames"] == 0

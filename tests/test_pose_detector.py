@@ -25,19 +25,6 @@ RATIO = 2.0
 OPENPOSE_FROM_COCO = [0, "neck", 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]
 
 
-@pytest.fixture(scope="session")
-def dwpose_weights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
-    tiny_onnx.save_tiny_dwpose(root / "DWPose")
-    tiny_onnx.export_pose(root / "fixed_batch" / "dw-ll_ucoco_384.onnx", dynamic_batch=False)
-    return root
-
-
-@pytest.fixture(scope="session")
-def detector(dwpose_weights):
-    return DWPoseDetector.from_pretrained(weights_dir=dwpose_weights, local_files_only=True, device="cpu")
-
-
 def frame(seed=0, gate=255, shift=0, blue=0):
     """Random RGB frame whose top-left block steers the tiny detector (see tiny_onnx)."""
     image = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)

@@ -32,7 +32,7 @@ def settings(**overrides):
 def test_generate_writes_video_and_manifest(studio, inputs, tmp_path):
     image, pose = inputs
     steps = []
-    result = studio.generate(image, pose, tmp_path / "out.mp4", settings(), progress=lambda f, m: steps.append(f))
+    result = studio.generate(image, tmp_path / "out.mp4", settings(), pose_video_path=pose, progress=lambda f, m: steps.append(f))
     video = read_video(result.video_path)
     assert video.num_frames == 9 and video.size == (64, 48) and video.fps == pytest.approx(16)
     assert steps == [0.5, 1.0]
@@ -49,14 +49,14 @@ def test_generate_writes_video_and_manifest(studio, inputs, tmp_path):
 
 def test_same_seed_same_frames(studio, inputs, tmp_path):
     image, pose = inputs
-    a = studio.generate(image, pose, tmp_path / "a.mp4", settings(seed=3)).frames
-    b = studio.generate(image, pose, tmp_path / "b.mp4", settings(seed=3)).frames
+    a = studio.generate(image, tmp_path / "a.mp4", settings(seed=3), pose_video_path=pose).frames
+    b = studio.generate(image, tmp_path / "b.mp4", settings(seed=3), pose_video_path=pose).frames
     np.testing.assert_array_equal(a, b)
 
 
 def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
     image, pose = inputs
-    result = studio.generate(image, pose, tmp_path / "v.mp4", settings(variant="mask_background"))
+    result = studio.generate(image, tmp_path / "v.mp4", settings(variant="mask_background"), pose_video_path=pose)
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
     assert len(studio._pipelines) == 1  # the base pipeline was let go
@@ -75,13 +75,13 @@ def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
 def test_bad_settings_fail_before_loading_anything(studio, inputs, tmp_path, overrides, message):
     image, pose = inputs
     with pytest.raises(ValueError, match=message):
-        studio.generate(image, pose, tmp_path / "x.mp4", settings(**overrides))
+        studio.generate(image, tmp_path / "x.mp4", settings(**overrides), pose_video_path=pose)
     assert not (tmp_path / "x.mp4").exists()
 
 
 def test_output_must_be_mp4(studio, inputs, tmp_path):
     with pytest.raises(ValueError, match="mp4"):
-        studio.generate(*inputs, tmp_path / "x.gif", settings())
+        studio.generate(inputs[0], tmp_path / "x.gif", settings(), pose_video_path=inputs[1])
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):

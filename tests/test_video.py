@@ -114,8 +114,9 @@ def test_pick_frames_at_target_fps_from_start(tmp_path):
 
 def test_too_short_video_offers_the_fixes(tmp_path):
     path = numbered_video(tmp_path)
-    with pytest.raises(VideoError, match="Lower the frame count .*loop"):
+    with pytest.raises(VideoError, match="gives 20 frames but 37 are needed. Lower the frame count.*loop") as error:
         pick_frames(path, count=37, fps=10)
+    assert error.value.available_frames == 20
 
 
 def test_loop_wraps_around(tmp_path):
