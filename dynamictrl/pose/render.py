@@ -31,6 +31,7 @@ BODY_SCORE_THRESHOLD = 0.3
 # means "not in the first row or column" (undetected points sit at 0 or below).
 EDGE_EPS = 0.01
 STICK_WIDTH = 4
+DIM_TABLE = (np.arange(256, dtype=np.float64) * 0.6).astype(np.uint8)
 
 # OpenPose-18 limbs as 0-based index pairs. The official list has two more (ears to
 # shoulders) that were never drawn, so only these 17 are.
@@ -76,6 +77,7 @@ def _scaled(color, factor) -> list[int]:
 def draw_body(canvas: np.ndarray, candidate: np.ndarray, subset: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Limbs as filled ellipses, the whole canvas dimmed to 60%, then the joints on top."""
     height, width = canvas.shape[:2]
+    drawn = []  # polygons, to dim only the region that is not black
     for limb, (a, b) in enumerate(BODY_LIMBS):
         for person in range(len(subset)):
             score_a, score_b = score[person][a], score[person][b]
@@ -92,9 +94,17 @@ def draw_body(canvas: np.ndarray, candidate: np.ndarray, subset: np.ndarray, sco
             angle = math.degrees(math.atan2(dy, dx))
             polygon = cv2.ellipse2Poly(center, (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1)
             cv2.fillConvexPoly(canvas, polygon, _scaled(BODY_COLORS[limb], score_a * score_b))
+            drawn.append(polygon)
 
     # Dimming happens before the joints, so joints stay at full brightness over limbs.
-    canvas = (canvas * 0.6).astype(np.uint8)
+    # A lookup table gives exactly the official `(canvas * 0.6).astype(uint8)` (float64
+    # product, truncated); black stays black, so only the limbs' bounding box needs it.
+    if drawn:
+        points = np.concatenate(drawn)
+        x0, y0 = np.maximum(points.min(0), 0)
+        x1, y1 = np.minimum(points.max(0) + 1, (width, height))
+        if x1 > x0 and y1 > y0:
+            canvas[y0:y1, x0:x1] = cv2.LUT(canvas[y0:y1, x0:x1], DIM_TABLE)
 
     for joint in range(len(BODY_COLORS)):
         for person in range(len(subset)):
