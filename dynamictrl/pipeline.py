@@ -14,6 +14,7 @@ Read `__call__` top to bottom: it is the whole sampling loop.
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,36 @@ def pad_front(latents: torch.Tensor, padding: int) -> torch.Tensor:
     return torch.cat([latents[:, :padding], latents], dim=1)
 
 
+def load_shared_components(base: str | Path, torch_dtype: torch.dtype | None = None) -> dict:
+    """Tokenizer, text encoder, VAE and scheduler of the base folder: the parts every
+    transformer variant shares. Loaded with low_cpu_mem_usage (mmap'd safetensors)."""
+    dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    return {
+        "tokenizer": T5Tokenizer.from_pretrained(base, subfolder="tokenizer"),
+        "text_encoder": T5EncoderModel.from_pretrained(
+            base, subfolder="text_encoder", **({} if torch_dtype is None else {"dtype": torch_dtype})
+        ),
+        "vae": AutoencoderKLCogVideoX.from_pretrained(base, subfolder="vae", **dtype_kwargs),
+        "scheduler": CogVideoXDPMScheduler.from_pretrained(base, subfolder="scheduler", timestep_spacing="trailing"),
+    }
+
+
+def load_transformer(
+    base: str | Path,
+    variant: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    weights_dir: str | None = None,
+    local_files_only: bool = False,
+) -> DynamiCtrlTransformerModel:
+    """The base transformer (`base/transformer/`) or a mask variant's (its repo root)."""
+    dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    variant_repo = weights.variant_repo(variant)
+    if variant_repo is None:
+        return DynamiCtrlTransformerModel.from_pretrained(base, subfolder="transformer", **dtype_kwargs)
+    variant_path = weights.resolve(variant_repo, weights_dir, local_files_only)
+    return DynamiCtrlTransformerModel.from_pretrained(variant_path, **dtype_kwargs)
+
+
 class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
     r"""Pose-guided human image animation with DynamiCtrl (CogVideoX-1.5-5B-I2V + PadaLN).
 
@@ -104,23 +135,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         its subfolder, so the hub folder's `model_index.json` is never trusted for class paths.
         VAE slicing and tiling are on by default, as in the official inference script.
         """
-        variant_repo = weights.variant_repo(variant)  # validates before any download
+        weights.variant_repo(variant)  # validates before any download
         base = weights.resolve(pretrained_model_name_or_path, weights_dir, local_files_only)
-        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-
-        tokenizer = T5Tokenizer.from_pretrained(base, subfolder="tokenizer")
-        text_encoder = T5EncoderModel.from_pretrained(
-            base, subfolder="text_encoder", **({} if torch_dtype is None else {"dtype": torch_dtype})
-        )
-        vae = AutoencoderKLCogVideoX.from_pretrained(base, subfolder="vae", **kwargs)
-        if variant_repo is None:
-            transformer = DynamiCtrlTransformerModel.from_pretrained(base, subfolder="transformer", **kwargs)
-        else:
-            variant_path = weights.resolve(variant_repo, weights_dir, local_files_only)
-            transformer = DynamiCtrlTransformerModel.from_pretrained(variant_path, **kwargs)
-        scheduler = CogVideoXDPMScheduler.from_pretrained(base, subfolder="scheduler", timestep_spacing="trailing")
-
-        pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+        shared = load_shared_components(base, torch_dtype)
+        transformer = load_transformer(base, variant, torch_dtype, weights_dir, local_files_only)
+        pipe = cls(transformer=transformer, **shared)
         if enable_vae_tiling:
             pipe.vae.enable_slicing()
             pipe.vae.enable_tiling()
@@ -359,16 +378,18 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 model_input = torch.cat([model_input, image_input], dim=2)
 
-                noise_pred = self.transformer(
-                    hidden_states=model_input,
-                    encoder_hidden_states=text,
-                    timestep=t.expand(model_input.shape[0]),
-                    pose_latents=pose_input,
-                    ofs=ofs,
-                    image_rotary_emb=rotary_emb,
-                    attention_kwargs=attention_kwargs,
-                    return_dict=False,
-                )[0].float()
+                # One cache context for the CFG batch, as diffusers' CogVideoX pipelines do.
+                with self.transformer.cache_context("cond_uncond"):
+                    noise_pred = self.transformer(
+                        hidden_states=model_input,
+                        encoder_hidden_states=text,
+                        timestep=t.expand(model_input.shape[0]),
+                        pose_latents=pose_input,
+                        ofs=ofs,
+                        image_rotary_emb=rotary_emb,
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )[0].float()
 
                 if use_dynamic_cfg:
                     self._guidance_scale = 1 + guidance_scale * (

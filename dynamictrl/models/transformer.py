@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock, CogVideoXTransformer3DModel
 from diffusers.utils import apply_lora_scale
@@ -231,11 +232,11 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
 
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                hidden_states, encoder_hidden_states, pose_tokens = self._gradient_checkpointing_func(
+                outputs = self._gradient_checkpointing_func(
                     block, hidden_states, encoder_hidden_states, emb, pose_tokens, image_rotary_emb, attention_kwargs
                 )
             else:
-                hidden_states, encoder_hidden_states, pose_tokens = block(
+                outputs = block(
                     hidden_states=hidden_states,
                     encoder_hidden_states=encoder_hidden_states,
                     temb=emb,
@@ -243,6 +244,11 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
                     image_rotary_emb=image_rotary_emb,
                     attention_kwargs=attention_kwargs,
                 )
+            hidden_states, encoder_hidden_states = outputs[0], outputs[1]
+            # diffusers' block-skipping caches (First Block Cache) return only the video and
+            # text streams of skipped blocks; the pose stream is then not needed any more.
+            if len(outputs) > 2 and outputs[2] is not None:
+                pose_tokens = outputs[2]
 
         hidden_states = self.norm_final(hidden_states)
         hidden_states = self.norm_out(hidden_states, temb=emb)
@@ -260,3 +266,10 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
             return output.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
         output = tokens.reshape(batch_size, (num_frames + p_t - 1) // p_t, height // p, width // p, -1, p_t, p, p)
         return output.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+
+
+# Lets diffusers' cache hooks (First Block Cache, ...) find the video and text outputs.
+TransformerBlockRegistry.register(
+    model_class=DynamiCtrlBlock,
+    metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
+)
