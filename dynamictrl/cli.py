@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights)")
     generate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     add_pose_options(generate, pose_defaults)
+    speed = generate.add_argument_group("memory and speed")
+    speed.add_argument("--offload", choices=("auto", "none", "model", "group", "sequential"), default=defaults.offload,
+                       help="where weights live during generation (auto: the fastest tier that fits free VRAM)")
+    speed.add_argument("--fp8", action="store_true", help="store transformer weights in float8 (about half the VRAM)")
+    speed.add_argument("--first-block-cache", type=float, default=defaults.first_block_cache, metavar="THRESHOLD",
+                       help="skip the remaining blocks when the first block's output barely changes (e.g. 0.05)")
+    speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first run)")
 
     pose = commands.add_parser("pose", help="make a pose video for a reference image from a driving video")
     pose.add_argument("--image", required=True, help="reference image")
@@ -98,6 +106,11 @@ def run_generate(args) -> int:
         fps=args.fps,
         variant=args.variant,
         dtype=args.dtype,
+        offload=args.offload,
+        fp8=args.fp8,
+        first_block_cache=args.first_block_cache,
+        pyramid_attention_broadcast=args.pab,
+        compile=args.compile,
     )
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device)
     result = studio.generate(

@@ -313,6 +313,7 @@ class DynamiCtrlModels:
     weights_dir: str | Path | None = None
     torch_dtype: Any = None
     _base: Path | None = field(default=None, repr=False)
+    _registered: bool = field(default=False, repr=False)
 
     def base_folder(self) -> Path:
         from . import weights
@@ -324,8 +325,9 @@ class DynamiCtrlModels:
     def register(self) -> None:
         from .pipeline import load_shared_components, load_transformer
 
-        if self.manager.is_registered("dynamictrl.shared"):
+        if self._registered:
             return
+        self.unload()  # parts another DynamiCtrlModels (e.g. another dtype) loaded
         self.manager.register("dynamictrl.shared", lambda: load_shared_components(self.base_folder(), self.torch_dtype))
         for variant in (None, "mask_background", "mask_clothing"):
             self.manager.register(
@@ -334,6 +336,7 @@ class DynamiCtrlModels:
                     self.base_folder(), variant, self.torch_dtype, self.weights_dir
                 ),
             )
+        self._registered = True
 
     def pipeline(self, variant: str | None, options: PipelineOptions | None = None):
         """A pipeline over the shared parts and this variant's transformer. Other variants'
@@ -353,6 +356,11 @@ class DynamiCtrlModels:
         pipe.vae.enable_tiling()
         apply_speed_options(pipe, options or PipelineOptions())
         return pipe
+
+    def unload(self) -> None:
+        for name in ("dynamictrl.shared", *(transformer_name(v) for v in (None, "mask_background", "mask_clothing"))):
+            if self.manager.is_registered(name):
+                self.manager.unload(name)
 
     def tier_for(self, options: PipelineOptions, num_frames: int, height: int, width: int) -> str:
         """The memory tier for a job: the option, or for `auto` the fastest that fits."""

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import weights
+from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
 from .video import read_video, write_video
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -42,6 +43,12 @@ class GenerateSettings:
     fps: float = 16.0
     variant: str | None = None
     dtype: str = "auto"
+    # Memory and speed (see dynamictrl/manager.py and README "Memory tiers").
+    offload: str = "auto"  # auto | none | model | group | sequential
+    fp8: bool = False
+    first_block_cache: float = 0.0  # threshold, 0 = off
+    pyramid_attention_broadcast: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -156,16 +163,23 @@ class Studio:
         self.model = model
         self.weights_dir = weights_dir
         self.device = device or default_device()
-        self._pipelines = {}
-        self._detector = None
+        self.manager = ModelManager(device=self.device)
+        self._dynamictrl = {}  # torch dtype -> DynamiCtrlModels
+        self.manager.register("dwpose", self._load_detector)
 
-    def detector(self):
-        """The DWPose detector, loaded once."""
-        if self._detector is None:
-            from .pose.detector import DWPoseDetector
+    def _load_detector(self):
+        from .pose.detector import DWPoseDetector
 
-            self._detector = DWPoseDetector.from_pretrained(weights_dir=self.weights_dir, device=self.device)
-        return self._detector
+        return DWPoseDetector.from_pretrained(weights_dir=self.weights_dir, device=self.device)
+
+    def dynamictrl(self, dtype: str) -> DynamiCtrlModels:
+        """The DynamiCtrl parts in the manager for a dtype (one dtype is held at a time)."""
+        torch_dtype = resolve_dtype(dtype, self.device)
+        if torch_dtype not in self._dynamictrl:
+            for stale in self._dynamictrl.values():
+                stale.unload()
+            self._dynamictrl = {torch_dtype: DynamiCtrlModels(self.manager, self.model, self.weights_dir, torch_dtype)}
+        return self._dynamictrl[torch_dtype]
 
     def extract_poses(
         self,
@@ -201,10 +215,11 @@ class Studio:
                 f"{error} With this video use --frames {usable} or --loop.",
                 error.available_frames,
             ) from error
-        sequence = build_pose_sequence(
-            image,
-            driving.frames,
-            self.detector(),
+        with self.manager.use("dwpose") as detector:
+            sequence = build_pose_sequence(
+                image,
+                driving.frames,
+                detector,
             width=settings.width,
             height=settings.height,
             retarget=settings.retarget,
@@ -235,26 +250,6 @@ class Studio:
             filled_frames=sequence.filled_frames,
             elapsed_s=time.perf_counter() - started,
         )
-
-    def pipeline(self, variant: str | None, dtype: str):
-        """The DynamiCtrl pipeline for this variant and dtype, loaded once."""
-        torch_dtype = resolve_dtype(dtype, self.device)
-        key = (variant, torch_dtype)
-        if key not in self._pipelines:
-            from .pipeline import DynamiCtrlPipeline
-
-            # Only one pipeline stays in memory: a new variant replaces the old one.
-            self._pipelines.clear()
-            pipe = DynamiCtrlPipeline.from_pretrained(
-                self.model, variant=variant, torch_dtype=torch_dtype, weights_dir=self.weights_dir
-            )
-            if self.device.startswith("cuda"):
-                # Text encoder, transformer and VAE visit the GPU one at a time.
-                pipe.enable_model_cpu_offload(device=self.device)
-            else:
-                pipe.to(self.device)
-            self._pipelines[key] = pipe
-        return self._pipelines[key]
 
     def generate(
         self,
@@ -317,27 +312,44 @@ class Studio:
             reference = Image.fromarray(cover_crop(image, settings.width, settings.height))
             pose_frames = list(pose.frames[: settings.num_frames])
 
-        pipe = self.pipeline(settings.variant, settings.dtype)
+        models = self.dynamictrl(settings.dtype)
+        options = PipelineOptions(
+            offload=settings.offload,
+            fp8=settings.fp8,
+            first_block_cache=settings.first_block_cache,
+            pyramid_attention_broadcast=settings.pyramid_attention_broadcast,
+            compile=settings.compile,
+        )
 
         def on_step(pipeline, step, timestep, tensors):
             if progress is not None:
                 progress((step + 1) / settings.steps, f"denoising step {step + 1}/{settings.steps}")
             return {}
 
-        frames = pipe(
-            image=reference,
-            pose_video=pose_frames,
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt,
-            height=settings.height,
-            width=settings.width,
-            num_frames=settings.num_frames,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            generator=torch.Generator().manual_seed(settings.seed),
-            output_type="np",
-            callback_on_step_end=on_step,
-        ).frames[0]
+        used = {}
+
+        def generate_in(tier: str):
+            with models.use(settings.variant, options, tier) as pipe:
+                used.update(tier=tier, dtype=str(pipe.transformer.dtype).replace("torch.", ""))
+                return pipe(
+                    image=reference,
+                    pose_video=pose_frames,
+                    prompt=settings.prompt,
+                    negative_prompt=settings.negative_prompt,
+                    height=settings.height,
+                    width=settings.width,
+                    num_frames=settings.num_frames,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance,
+                    generator=torch.Generator().manual_seed(settings.seed),
+                    output_type="np",
+                    callback_on_step_end=on_step,
+                ).frames[0]
+
+        first_tier = models.tier_for(options, settings.num_frames, settings.height, settings.width)
+        frames = self.manager.run_with_oom_retry(
+            generate_in, first_tier, describe=f"generation at {settings.width}x{settings.height}, {settings.num_frames} frames"
+        )
         frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
         write_video(out_path, frames, fps=settings.fps)
         elapsed = time.perf_counter() - started
@@ -364,7 +376,8 @@ class Studio:
             },
             "inputs": inputs,
             "device": self.device,
-            "torch_dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+            "torch_dtype": used["dtype"],
+            "memory_tier": used["tier"],
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }

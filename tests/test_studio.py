@@ -45,6 +45,7 @@ def test_generate_writes_video_and_manifest(studio, inputs, tmp_path):
     assert manifest["models"]["base"] == "gulucaptain/DynamiCtrl"
     assert {"torch", "diffusers", "transformers", "dynamictrl"} <= set(manifest["versions"])
     assert manifest["elapsed_s"] > 0 and manifest["torch_dtype"] == "float32"
+    assert manifest["memory_tier"] == "none"  # on the CPU
 
 
 def test_same_seed_same_frames(studio, inputs, tmp_path):
@@ -59,7 +60,9 @@ def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
     result = studio.generate(image, tmp_path / "v.mp4", settings(variant="mask_background"), pose_video_path=pose)
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
-    assert len(studio._pipelines) == 1  # the base pipeline was let go
+    loaded = {row["name"] for row in studio.manager.status() if row["loaded"]}
+    assert "dynamictrl.transformer.mask_background" in loaded
+    assert "dynamictrl.transformer.base" not in loaded  # the base transformer was let go
 
 
 @pytest.mark.parametrize(
@@ -111,3 +114,13 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
         load_image(path)
     with pytest.raises(ValueError, match="not found"):
         load_image(tmp_path / "missing.png")
+
+
+def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_path):
+    image, pose = inputs
+    result = studio.generate(
+        image, tmp_path / "bf.mp4", settings(dtype="bf16", first_block_cache=0.05), pose_video_path=pose
+    )
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["torch_dtype"] == "bfloat16" and manifest["settings"]["first_block_cache"] == 0.05
+    assert result.frames.shape == (9, 64, 48, 3)
