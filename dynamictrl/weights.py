@@ -6,6 +6,8 @@ layout, the download command and the offline error.
 """
 
 import os
+from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 BASE_REPO = "gulucaptain/DynamiCtrl"
@@ -138,3 +140,155 @@ def _missing_message(repo_id: str, target: Path, weights_dir, reason: str, filen
         f"On a machine with internet access run:  {download_command(repo_id, weights_dir, filenames)}  "
         f"(or copy {what} https://huggingface.co/{repo_id} into {target})."
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Segment Anything (SAM) checkpoints.
+#
+# Meta publishes the three SAM checkpoints only on its own CDN (the hub's
+# `facebook/sam-vit-*` repos hold a different, transformers-format conversion), so they
+# are fetched from there with a plain resumable HTTPS download rather than through
+# huggingface_hub. Sizes and SHA-256 digests of the official files are pinned so a
+# truncated or substituted file is caught before it reaches `torch.load`.
+
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_SUBDIR = "sam"  # weights/sam/<official filename>
+
+
+@dataclass(frozen=True)
+class SamCheckpoint:
+    filename: str
+    size: int  # bytes
+    sha256: str
+
+    @property
+    def url(self) -> str:
+        return SAM_URL + self.filename
+
+
+SAM_CHECKPOINTS = {
+    "vit_b": SamCheckpoint(
+        "sam_vit_b_01ec64.pth", 375_042_383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
+    ),
+    "vit_l": SamCheckpoint(
+        "sam_vit_l_0b3195.pth", 1_249_524_607, "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"
+    ),
+    "vit_h": SamCheckpoint(
+        "sam_vit_h_4b8939.pth", 2_564_550_879, "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"
+    ),
+}
+
+
+def sam_checkpoint(kind: str) -> SamCheckpoint:
+    if kind not in SAM_CHECKPOINTS:
+        raise ValueError(f"Unknown SAM model {kind!r}; use one of {', '.join(SAM_CHECKPOINTS)}.")
+    return SAM_CHECKPOINTS[kind]
+
+
+def sam_checkpoint_path(kind: str, weights_dir: str | os.PathLike | None = None) -> Path:
+    """`weights/sam/<official filename>`, e.g. `weights/sam/sam_vit_b_01ec64.pth`."""
+    return Path(weights_dir or default_weights_dir()) / SAM_SUBDIR / sam_checkpoint(kind).filename
+
+
+def sam_download_command(kind: str, weights_dir: str | os.PathLike | None = None) -> str:
+    # curl rather than a project command: it works before the project is installed, and
+    # `-C -` resumes a partial file just like our own downloader does.
+    target = sam_checkpoint_path(kind, weights_dir)
+    return f"curl -L --fail -C - -o {target} {sam_checkpoint(kind).url}"
+
+
+def _sam_missing(kind: str, target: Path, weights_dir, reason: str) -> WeightsNotFoundError:
+    spec = sam_checkpoint(kind)
+    return WeightsNotFoundError(
+        f"The SAM {kind} checkpoint is not in {target} and could not be downloaded ({reason}). "
+        f"On a machine with internet access run:  {sam_download_command(kind, weights_dir)}  "
+        f"(or copy {spec.filename}, {spec.size:,} bytes, from {spec.url} into {target.parent})."
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_sam(
+    kind: str = "vit_b",
+    weights_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """The path of the official SAM checkpoint `kind` (vit_b, vit_l, vit_h).
+
+    Present with the expected size: returned as is (the digest is checked once, after
+    download, not on every start). Missing or partial: downloaded/resumed from Meta's
+    CDN unless offline (`HF_HUB_OFFLINE=1`, the project-wide switch) or
+    `local_files_only`, which raise `WeightsNotFoundError` naming the command.
+    """
+    spec = sam_checkpoint(kind)
+    target = sam_checkpoint_path(kind, weights_dir)
+    if target.is_file():
+        size = target.stat().st_size
+        if size == spec.size:
+            return target
+        # A wrong-sized file under the official name is never silently used: it is a
+        # copy cut short (or another file); the partial download lives in `.part`.
+        raise WeightsNotFoundError(
+            f"{target} has {size:,} bytes but the official {spec.filename} has {spec.size:,}; it is incomplete "
+            f"or not the official checkpoint. Delete it and run:  {sam_download_command(kind, weights_dir)}"
+        )
+    if local_files_only or _offline():
+        raise _sam_missing(kind, target, weights_dir, "offline mode is on")
+    try:
+        return download_url(spec.url, target, size=spec.size, sha256=spec.sha256)
+    except (OSError, ValueError, HTTPException) as error:  # URLError is an OSError; a cut stream an HTTPException
+        raise _sam_missing(kind, target, weights_dir, str(error)) from error
+
+
+def download_url(url: str, target: str | os.PathLike, size: int | None = None, sha256: str | None = None,
+                 chunk_bytes: int = 1 << 20) -> Path:
+    """Downloads `url` to `target` over plain HTTPS with a tqdm progress bar.
+
+    Bytes go to `<target>.part` first; a later call resumes it with an HTTP Range
+    request (a server that ignores the range gets a fresh start). The finished file is
+    checked against `size` and `sha256` before it is renamed into place, so `target`
+    only ever exists complete. A mismatch deletes the part file and raises ValueError.
+    """
+    import hashlib
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    if size is not None and have > size:  # not a prefix of this file: start over
+        part.unlink()
+        have = 0
+    if size is None or have < size:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if have and getattr(response, "status", 200) != 206:
+                have = 0  # the server sent the whole file
+            total = size if size is not None else (have + int(response.headers.get("Content-Length", 0)) or None)
+            mode = "ab" if have else "wb"
+            with open(part, mode) as out, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name
+            ) as bar:
+                while True:
+                    chunk = response.read(chunk_bytes)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    got = part.stat().st_size
+    if size is not None and got != size:
+        raise ValueError(f"download of {url} stopped at {got:,} of {size:,} bytes; run again to resume")
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        with open(part, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            part.unlink()
+            raise ValueError(f"{url} arrived with SHA-256 {digest.hexdigest()}, expected {sha256}; the partial file was removed")
+    os.replace(part, target)
+    return target
