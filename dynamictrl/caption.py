@@ -23,12 +23,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from . import weights
+from .images import MIN_SIDE, to_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ DEFAULT_MAX_NEW_TOKENS = 128
 T5_MAX_TOKENS = 226
 
 # Reference images outside this range are refused (same bounds as the video sizes).
-MIN_SIDE = 16
-MAX_SIDE = 8192
 # Vision tokens grow with the pixel count (one per 28x28 px); the authors' preprocessing
 # allowed up to 16384 of them. Larger images are downscaled to about 1 MP (1280 tokens,
 # the processor's own default budget) to bound memory and time; the official sizes
@@ -99,81 +97,6 @@ class T5Fit(NamedTuple):
 
 
 # ------------------------------------------------------------------------- images
-def to_rgb(image: Any) -> Image.Image:
-    """An 8-bit RGB PIL image from a PIL image, an array (H, W), (H, W, 1|3|4) or a path.
-
-    16-bit and float data are scaled (not clipped) to 8 bits; CMYK, palette, grayscale
-    etc. are converted; transparent pixels become black, as in `studio.load_image`: black
-    is what the masked-reference models read as "masked", and the caption must describe
-    the image the video model will see. Sides outside 16..8192 px raise ValueError.
-    """
-    if isinstance(image, (str, Path)):
-        image = _open(Path(image))
-    elif isinstance(image, np.ndarray):
-        image = _from_array(image)
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"Expected a PIL image, a numpy array or a path, got {type(image).__name__}.")
-    _check_size(*image.size)
-    # Phone photos store their rotation in EXIF; the video model sees the upright image.
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _from_array(np.asarray(image))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (0, 0, 0))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode == "RGB":
-        return image
-    try:
-        return image.convert("RGB")
-    except ValueError as error:  # e.g. LAB, which PIL cannot convert directly
-        raise ValueError(f"Cannot convert a {image.mode} image to RGB ({error}); save it as PNG or JPEG.") from error
-
-
-def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise ValueError(f"Image not found: {path}")
-    try:
-        image = Image.open(path)
-        # The header is enough to refuse an oversized image before decoding its pixels.
-        _check_size(*image.size)
-        image.load()
-    except (OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"Could not read the image {path.name} ({error}); save it as PNG or JPEG.") from error
-    return image
-
-
-def _check_size(width: int, height: int) -> None:
-    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise ValueError(
-            f"Image size {width}x{height} is out of range: width and height must be {MIN_SIDE}..{MAX_SIDE} px."
-        )
-
-
-def _from_array(array: np.ndarray) -> Image.Image:
-    """8-bit PIL image from an integer or float array, scaling instead of clipping."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"Expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}.")
-    _check_size(array.shape[1], array.shape[0])
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype == np.uint16:
-        array = np.round(array / 257.0).astype(np.uint8)  # 65535 -> 255
-    elif np.issubdtype(array.dtype, np.floating):
-        # Floats in [0, 1] are the usual convention; anything larger is taken as 0..255.
-        peak = 1.0 if float(np.nanmax(array)) <= 1.0 else 255.0
-        array = np.round(np.clip(np.nan_to_num(array), 0.0, peak) / peak * 255.0).astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
-        # 32-bit PIL "I" images usually hold 16-bit data.
-        peak = 65535.0 if int(array.max()) > 255 else 255.0
-        array = np.round(np.clip(array, 0, peak) / peak * 255.0).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
 def _limit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
     if not max_pixels or image.width * image.height <= max_pixels:
         return image
@@ -454,7 +377,7 @@ class Captioner:
             raise ValueError("The instruction must be a non-empty string.")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-        image = _limit_pixels(to_rgb(image), self.max_pixels)
+        image = _limit_pixels(to_rgb_image(image), self.max_pixels)
         # One user turn holding the image, then the instruction; the template adds the
         # default system turn and opens the assistant turn the model continues.
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]

@@ -34,14 +34,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from . import weights
+from .images import to_rgb
 from .pose.types import VISIBLE_SCORE, FramePose, PersonPose
 
 SAM_KINDS = ("vit_b", "vit_l", "vit_h")
-MIN_SIDE = 16  # SAM's 64x64 embedding has nothing to say about anything smaller
-MAX_SIDE = 8192  # beyond this the pixels alone are 200 MB per copy; references are far smaller
 MASK_MODES = ("background", "clothing")
 _VARIANTS = {"background": "mask_background", "clothing": "mask_clothing"}
 # The pixel normalisation of every released SAM (the registry's constants). Sam keeps
@@ -52,110 +50,6 @@ _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 # ---------------------------------------------------------------------------------------
 # Image input
-
-
-def check_size(width: int, height: int) -> None:
-    """ValueError unless MIN_SIDE <= width, height <= MAX_SIDE (checked before any pixel
-    is decoded or copied, so a huge image is refused without allocating it)."""
-    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise ValueError(
-            f"The image is {width}x{height} (width x height); masks need {MIN_SIDE} to {MAX_SIDE} pixels "
-            f"on each side. Resize it first (the reference is used at most at 2048 px anyway)."
-        )
-
-
-def _div255(values: np.ndarray) -> np.ndarray:
-    """round(values / 255) for products of two uint8 numbers, in integers (the rounding
-    PIL uses when it blends with an alpha mask, so numpy and PIL inputs agree exactly)."""
-    values = values.astype(np.uint32) + 128
-    return ((values >> 8) + values) >> 8
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Any numeric array -> uint8 0-255 (same channels)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.integer):
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 65535:
-            raise ValueError(f"Integer image values must be 0-255 or 0-65535, got {low}..{high}.")
-        # Same rule as studio.load_image: a 16-bit file holding only 8-bit values stays as
-        # it is rather than turning black.
-        peak = 65535.0 if high > 255 else 255.0
-        return (array.astype(np.float64) / peak * 255.0).round().astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError("The image contains NaN or infinite values.")
-        low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
-            # 0-255 floats are common too; guessing wrong would silently whiten the image.
-            raise ValueError(
-                f"Float images must hold values in [0, 1], got {low:g}..{high:g}; for 0-255 floats pass "
-                "image.round().astype(np.uint8)."
-            )
-        return (array.astype(np.float64) * 255.0).round().astype(np.uint8)
-    raise ValueError(f"Unsupported image dtype {array.dtype}; use uint8 RGB.")
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(
-            f"The image must be (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, got shape {array.shape}."
-        )
-    array = _to_uint8(array)
-    channels = array.shape[2]
-    if channels in (2, 4):
-        # Transparent areas become black, like studio.load_image does for files: the mask
-        # is then computed on exactly the pixels the generator will see.
-        colour, alpha = array[:, :, : channels - 1], array[:, :, channels - 1 :]
-        array = _div255(colour.astype(np.uint32) * alpha).astype(np.uint8)
-        channels -= 1
-    if channels == 1:
-        return np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array)
-
-
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """The same conversion as `studio.load_image`, for an image already opened (that
-    function takes a path, and the masks are also made from in-memory images)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _array_to_rgb(np.asarray(image))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        return _array_to_rgb(np.asarray(image.convert("RGBA")))
-    try:
-        return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, palette, 1-bit, L ...
-    except (ValueError, OSError) as error:
-        raise ValueError(f"Cannot convert a {image.mode} image to RGB ({error}); save it as PNG or JPEG.") from error
-
-
-def to_rgb(image) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array from a PIL image, a numpy array or a file path.
-
-    Grayscale, palette, CMYK, 16-bit and float images are converted; alpha is composited
-    onto black. The size is checked first (`check_size`), before any decoding or copy.
-    """
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:  # lazy: only the header is read until converted
-                check_size(*opened.size)
-                return _pil_to_rgb(opened)
-        except Image.DecompressionBombError as error:
-            raise ValueError(f"The image is too large ({error}); masks need at most {MAX_SIDE} px a side.") from error
-        except OSError as error:
-            raise ValueError(f"Could not read the image {image} ({error}); save it as PNG or JPEG.") from error
-    if isinstance(image, Image.Image):
-        check_size(*image.size)
-        return _pil_to_rgb(image)
-    if isinstance(image, np.ndarray):
-        if image.ndim < 2:
-            raise ValueError(f"The image must be (H, W) or (H, W, C), got shape {image.shape}.")
-        check_size(image.shape[1], image.shape[0])
-        return _array_to_rgb(image)
-    raise ValueError(f"The image must be a PIL image, a numpy array or a path, got {type(image).__name__}.")
 
 
 def image_key(rgb: np.ndarray) -> str:

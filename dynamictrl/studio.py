@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import weights
+from .images import to_rgb_image
 from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
 from .video import read_video, write_video
 
@@ -105,26 +106,8 @@ def package_versions() -> dict[str, str]:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens any image PIL reads (16-bit, palette, alpha...) as 8-bit RGB."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Reference image not found: {path}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"Could not read the reference image {path.name} ({error}); save it as PNG or JPEG.") from error
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas become black, the colour the masked-reference models expect.
-        background = Image.new("RGB", image.size, (0, 0, 0))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image.convert("RGB")
+    """Opens any image PIL reads (16-bit, palette, alpha, CMYK...) as 8-bit RGB."""
+    return to_rgb_image(path)
 
 
 def resolve_dtype(name: str, device: str):

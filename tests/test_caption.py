@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dynamictrl import caption as cap
+from dynamictrl.images import to_rgb_image
 from dynamictrl.weights import WeightsNotFoundError
 
 
@@ -116,7 +117,7 @@ def test_bad_arguments_are_refused(captioner, reference):
         captioner.caption(reference, max_new_tokens=0)
     with pytest.raises(ValueError, match="instruction"):
         captioner.caption(reference, instruction="  ")
-    with pytest.raises(ValueError, match="16..8192"):
+    with pytest.raises(ValueError, match="16 to 8192"):
         captioner.caption(Image.new("RGB", (15, 64)))
 
 
@@ -234,7 +235,7 @@ def test_rgba_transparent_pixels_become_black():
     rgba = np.zeros((20, 20, 4), np.uint8)
     rgba[..., :3] = 200
     rgba[:10, :, 3] = 255  # top half opaque, bottom half transparent
-    out = np.asarray(cap.to_rgb(Image.fromarray(rgba, "RGBA")))
+    out = np.asarray(to_rgb_image(Image.fromarray(rgba, "RGBA")))
     assert out.shape == (20, 20, 3)
     assert (out[:10] == 200).all() and (out[10:] == 0).all()
 
@@ -242,38 +243,38 @@ def test_rgba_transparent_pixels_become_black():
 def test_modes_are_converted_to_8bit_rgb(tmp_path):
     gray16 = Image.fromarray(np.full((20, 30), 32896, np.uint16))  # mid-grey in 16 bits
     assert gray16.mode.startswith("I;16")
-    out = cap.to_rgb(gray16)
+    out = to_rgb_image(gray16)
     assert out.mode == "RGB" and out.size == (30, 20)
     assert np.asarray(out)[0, 0].tolist() == [128, 128, 128]  # scaled, not clipped to 255
 
     cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # pure red in CMYK
-    assert np.asarray(cap.to_rgb(cmyk))[0, 0].tolist() == [255, 0, 0]
-    assert cap.to_rgb(Image.new("L", (20, 20), 77)).getpixel((0, 0)) == (77, 77, 77)
-    assert cap.to_rgb(Image.new("1", (20, 20), 1)).getpixel((0, 0)) == (255, 255, 255)
-    assert cap.to_rgb(Image.new("P", (20, 20))).mode == "RGB"
+    assert np.asarray(to_rgb_image(cmyk))[0, 0].tolist() == [255, 0, 0]
+    assert to_rgb_image(Image.new("L", (20, 20), 77)).getpixel((0, 0)) == (77, 77, 77)
+    assert to_rgb_image(Image.new("1", (20, 20), 1)).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb_image(Image.new("P", (20, 20))).mode == "RGB"
 
     array16 = np.full((20, 20, 3), 65535, np.uint16)
-    assert np.asarray(cap.to_rgb(array16))[0, 0].tolist() == [255, 255, 255]
-    assert np.asarray(cap.to_rgb(np.full((20, 20, 3), 0.5, np.float32)))[0, 0].tolist() == [128, 128, 128]
+    assert np.asarray(to_rgb_image(array16))[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(to_rgb_image(np.full((20, 20, 3), 0.5, np.float32)))[0, 0].tolist() == [128, 128, 128]
 
     path = tmp_path / "grey16.png"
     gray16.save(path)
-    assert np.asarray(cap.to_rgb(path))[0, 0].tolist() == [128, 128, 128]
+    assert np.asarray(to_rgb_image(path))[0, 0].tolist() == [128, 128, 128]
 
 
 def test_sizes_outside_16_to_8192_are_refused(tmp_path):
     for size in [(15, 100), (100, 15), (8193, 16), (16, 8193)]:
-        with pytest.raises(ValueError, match="16..8192"):
-            cap.to_rgb(Image.new("L", size))
-    with pytest.raises(ValueError, match="16..8192"):
-        cap.to_rgb(np.zeros((10, 40, 3), np.uint8))
+        with pytest.raises(ValueError, match="16 to 8192"):
+            to_rgb_image(Image.new("L", size))
+    with pytest.raises(ValueError, match="16 to 8192"):
+        to_rgb_image(np.zeros((10, 40, 3), np.uint8))
     path = tmp_path / "wide.png"
     Image.new("L", (8193, 16)).save(path)
-    with pytest.raises(ValueError, match="16..8192"):
-        cap.to_rgb(path)
+    with pytest.raises(ValueError, match="16 to 8192"):
+        to_rgb_image(path)
     with pytest.raises(ValueError, match="not found"):
-        cap.to_rgb(tmp_path / "missing.png")
-    cap.to_rgb(Image.new("RGB", (16, 8192)))  # the bounds themselves are fine
+        to_rgb_image(tmp_path / "missing.png")
+    to_rgb_image(Image.new("RGB", (16, 8192)))  # the bounds themselves are fine
 
 
 def test_large_images_are_downscaled_to_the_pixel_budget():

@@ -98,19 +98,19 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_transparent_png_gets_black_background(tmp_path):
-    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
     rgba[..., 0] = 255
-    rgba[:4, :, 3] = 255
+    rgba[:8, :, 3] = 255
     path = tmp_path / "alpha.png"
     Image.fromarray(rgba, "RGBA").save(path)
     array = np.asarray(load_image(path))
-    assert (array[:4, :, 0] == 255).all() and (array[4:] == 0).all()
+    assert (array[:8, :, 0] == 255).all() and (array[8:] == 0).all()
 
 
 def test_unreadable_image_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.png"
     path.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="Could not read the reference image"):
+    with pytest.raises(ValueError, match="Could not read the image"):
         load_image(path)
     with pytest.raises(ValueError, match="not found"):
         load_image(tmp_path / "missing.png")
