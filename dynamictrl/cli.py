@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     motion = generate.add_mutually_exclusive_group(required=True)
     motion.add_argument("--pose-video", help="rendered DWPose video; frame 0 = the reference's pose")
     motion.add_argument("--driving-video", help="raw dance video: poses are extracted and retargeted first")
-    generate.add_argument("--prompt", required=True, help="describe the person and the background")
+    generate.add_argument("--prompt", default="", help="describe the person and the background (empty: auto caption)")
     generate.add_argument("--negative-prompt", default=defaults.negative_prompt)
     generate.add_argument("--out", required=True, help="output .mp4 (a .json manifest is written beside it)")
     generate.add_argument("--frames", type=int, default=defaults.num_frames, help="4k+1 frames (default 37)")
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights)")
     generate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     add_pose_options(generate, pose_defaults)
+    generate.add_argument("--mask-mode", choices=("background", "clothing"), default=None,
+                          help="black out this region of the reference and let the prompt fill it (picks the Mask variant)")
+    generate.add_argument("--fill", default="", help="with --mask-mode and no --prompt: what the masked region shows")
     speed = generate.add_argument_group("memory and speed")
     speed.add_argument("--offload", choices=("auto", "none", "model", "group", "sequential"), default=defaults.offload,
                        help="where weights live during generation (auto: the fastest tier that fits free VRAM)")
@@ -85,6 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--device", default=None)
     add_pose_options(pose, pose_defaults)
 
+    caption = commands.add_parser("caption", help="describe a reference image with Qwen2-VL (an editable prompt)")
+    caption.add_argument("--image", required=True)
+    caption.add_argument("--mask-mode", choices=("background", "clothing"), default=None,
+                         help="caption the visible part and leave a placeholder for the masked region")
+    caption.add_argument("--caption-model", choices=("2b", "7b"), default="2b")
+    caption.add_argument("--weights-dir", default=None)
+    caption.add_argument("--device", default=None)
+
+    mask = commands.add_parser("mask", help="black out the background or the clothing of a reference (SAM)")
+    mask.add_argument("--image", required=True)
+    mask.add_argument("--mode", choices=("background", "clothing"), required=True)
+    mask.add_argument("--points", nargs="*", default=None, metavar="X,Y,+|-",
+                      help="clicks in target-size pixels: + marks the person (background mode) or the clothing "
+                           "(clothing mode), - excludes; without clicks the DWPose person box is the start")
+    mask.add_argument("--out", required=True, help="masked reference (.png), at the target size")
+    mask.add_argument("--save-mask", default=None, help="also write the mask (.png, white = blacked out)")
+    mask.add_argument("--width", type=int, default=defaults.width)
+    mask.add_argument("--height", type=int, default=defaults.height)
+    mask.add_argument("--dilate", type=int, default=0, help="grow the mask by N pixels")
+    mask.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default="vit_b")
+    mask.add_argument("--weights-dir", default=None)
+    mask.add_argument("--device", default=None)
+
     download = commands.add_parser("download", help="fetch the weights into weights/ ahead of time")
     download.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None)
     download.add_argument("--weights-dir", default=None)
@@ -106,6 +132,8 @@ def run_generate(args) -> int:
         fps=args.fps,
         variant=args.variant,
         dtype=args.dtype,
+        mask_mode=args.mask_mode,
+        mask_fill=args.fill,
         offload=args.offload,
         fp8=args.fp8,
         first_block_cache=args.first_block_cache,
@@ -151,6 +179,39 @@ def run_pose(args) -> int:
     return 0
 
 
+def parse_point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or parts[2] not in ("+", "-"):
+        raise ValueError(f"A point is x,y,+ or x,y,- (got {text!r}).")
+    try:
+        return float(parts[0]), float(parts[1]), 1 if parts[2] == "+" else 0
+    except ValueError as error:
+        raise ValueError(f"A point is x,y,+ or x,y,- with numbers for x and y (got {text!r}).") from error
+
+
+def run_caption(args) -> int:
+    from .studio import Studio
+
+    studio = Studio(weights_dir=args.weights_dir, device=args.device, caption_model=args.caption_model)
+    result = studio.caption(args.image, mask_mode=args.mask_mode)
+    print(result.text)
+    if result.truncated:
+        print(f"(cut to fit the text encoder's 226 tokens: {result.t5_tokens} tokens)", file=sys.stderr)
+    return 0
+
+
+def run_mask(args) -> int:
+    from .studio import Studio
+
+    points = [parse_point(p) for p in args.points] if args.points else None
+    studio = Studio(weights_dir=args.weights_dir, device=args.device, sam_kind=args.sam)
+    result = studio.mask(args.image, args.mode, args.width, args.height, out_path=args.out,
+                         mask_path=args.save_mask, points=points, dilate_px=args.dilate)
+    print(f"Wrote {args.out} ({result.mask.mean():.0%} blacked out); generate with --variant "
+          f"{'mask_background' if args.mode == 'background' else 'mask_clothing'} or --mask-mode {args.mode}")
+    return 0
+
+
 def run_download(args) -> int:
     repos = [weights.BASE_REPO] + ([weights.variant_repo(args.variant)] if args.variant else [])
     for repo in repos:
@@ -162,7 +223,13 @@ def run_download(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"generate": run_generate, "pose": run_pose, "download": run_download}
+        commands = {
+            "generate": run_generate,
+            "pose": run_pose,
+            "caption": run_caption,
+            "mask": run_mask,
+            "download": run_download,
+        }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         # Input and weight problems are the user's to fix: a clear line, no traceback.

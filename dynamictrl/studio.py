@@ -20,8 +20,10 @@ import numpy as np
 from PIL import Image
 
 from . import weights
+from .caption import PLACEHOLDER_PATTERN, check_no_placeholder, has_placeholder
 from .images import to_rgb_image
 from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
+from .segment import apply_mask, clean_mask, register_segmenter, variant_for
 from .video import read_video, write_video
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -42,8 +44,10 @@ class GenerateSettings:
     guidance: float = 3.0
     seed: int = 42
     fps: float = 16.0
-    variant: str | None = None
+    variant: str | None = None  # None: base, or from mask_mode
     dtype: str = "auto"
+    mask_mode: str | None = None  # background | clothing: black out that region (picks the Mask variant)
+    mask_fill: str = ""  # with an empty prompt: what the masked region should show (fills the caption's placeholder)
     # Memory and speed (see dynamictrl/manager.py and README "Memory tiers").
     offload: str = "auto"  # auto | none | model | group | sequential
     fp8: bool = False
@@ -139,15 +143,39 @@ def check_size_and_frames(num_frames: int, width: int, height: int):
         raise ValueError(f"The frame count must be 4k+1 (…, 33, 37, 41, …); got {num_frames}: use {lower} or {lower + 4}.")
 
 
+@dataclass
+class MaskedReference:
+    mask: np.ndarray = field(repr=False)  # (H, W) bool, True = blacked out
+    masked: np.ndarray = field(repr=False)  # (H, W, 3) uint8, the reference with the region black
+    mode: str = "background"
+
+
+def fill_placeholder(caption: str, fill: str, mask_mode: str | None) -> str:
+    """The auto caption with its "[Describe ...]" placeholder replaced by `fill`; without a
+    fill the placeholder stays and generation is refused with the caption in the message."""
+    if not has_placeholder(caption):
+        return caption
+    if not fill.strip():
+        raise ValueError(
+            f"Auto caption: {caption!r}. Say what the masked {mask_mode} should show (--fill \"...\"), "
+            "or write the whole prompt yourself."
+        )
+    return PLACEHOLDER_PATTERN.sub(fill.strip().rstrip(".") + ".", caption, count=1)
+
+
 class Studio:
     """Holds loaded models between calls and strings the stages together."""
 
-    def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None):
+    def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None,
+                 sam_kind: str = "vit_b", caption_model: str = "2b"):
         self.model = model
+        self.sam_kind = sam_kind
+        self.caption_model = caption_model
         self.weights_dir = weights_dir
         self.device = device or default_device()
         self.manager = ModelManager(device=self.device)
         self._dynamictrl = {}  # torch dtype -> DynamiCtrlModels
+        self._t5_tokenizer = None
         self.manager.register("dwpose", self._load_detector)
 
     def _load_detector(self):
@@ -234,6 +262,94 @@ class Studio:
             elapsed_s=time.perf_counter() - started,
         )
 
+    # ------------------------------------------------------------ reference tools
+    def _variant_for(self, settings: GenerateSettings) -> str | None:
+        if settings.mask_mode is None:
+            weights.variant_repo(settings.variant)
+            return settings.variant
+        expected = variant_for(settings.mask_mode)
+        if settings.variant not in (None, expected):
+            raise ValueError(
+                f"mask mode {settings.mask_mode!r} goes with variant {expected!r}, not {settings.variant!r}: "
+                "leave the variant unset and it is picked for you."
+            )
+        return expected
+
+    def _segmenter_name(self) -> str:
+        if not self.manager.is_registered("sam." + self.sam_kind):
+            register_segmenter(self.manager, self.sam_kind, weights_dir=self.weights_dir)
+        return "sam." + self.sam_kind
+
+    def _captioner_name(self) -> str:
+        if not self.manager.is_registered("captioner"):
+            from .caption import Captioner
+
+            self.manager.register(
+                "captioner", lambda: Captioner.from_pretrained(self.caption_model, weights_dir=self.weights_dir, device="cpu")
+            )
+        return "captioner"
+
+    def reference_pose(self, reference: np.ndarray):
+        with self.manager.use("dwpose") as detector:
+            pose = detector(reference)
+        if not pose.people:
+            raise ValueError("No person found in the reference image: masks start from the person DWPose finds.")
+        return pose
+
+    def mask_reference(
+        self,
+        reference: np.ndarray,
+        mode: str,
+        pose=None,
+        points: list[tuple[float, float, int]] | None = None,
+        dilate_px: int = 0,
+    ) -> "MaskedReference":
+        """Blacks out the background or the clothing of a reference (already at the target
+        size). Without points the mask starts from the DWPose person box; with points
+        (x, y, 1 = include / 0 = exclude) they mark the person (background mode) or the
+        clothing (clothing mode) for SAM, and the mask follows from them."""
+        variant_for(mode)
+        pose = pose if pose is not None else self.reference_pose(reference)
+        with self.manager.use(self._segmenter_name()) as segmenter:
+            if points:
+                result = segmenter.predict(reference, points=points)
+                mask = ~result.mask if mode == "background" else result.mask
+            else:
+                mask = segmenter.mask_for(mode, reference, pose)
+        mask = clean_mask(mask, dilate_px=dilate_px)
+        return MaskedReference(mask=mask, masked=apply_mask(reference, mask), mode=mode)
+
+    def mask(self, image_path, mode: str, width: int, height: int, out_path=None, mask_path=None, points=None,
+             dilate_px: int = 0) -> "MaskedReference":
+        """`mask_reference` on an image file, cropped to the target size first (what the model sees)."""
+        from .pose.sequence import cover_crop
+
+        check_size_and_frames(1, width, height)
+        reference = cover_crop(load_image(image_path), width, height)
+        result = self.mask_reference(reference, mode, points=points, dilate_px=dilate_px)
+        if out_path is not None:
+            Image.fromarray(result.masked).save(out_path)
+        if mask_path is not None:
+            Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
+        return result
+
+    def t5_tokenizer(self):
+        """DynamiCtrl's T5 tokenizer (small; captions are fitted to its 226 tokens)."""
+        if self._t5_tokenizer is None:
+            from transformers import T5Tokenizer
+
+            self._t5_tokenizer = T5Tokenizer.from_pretrained(weights.resolve(self.model, self.weights_dir), subfolder="tokenizer")
+        return self._t5_tokenizer
+
+    def caption(self, image, mask_mode: str | None = None):
+        """Qwen2-VL caption of a reference (path, PIL or array), fitted to T5's 226 tokens;
+        with a mask mode, of the visible part plus a placeholder for the masked region."""
+        tokenizer = self.t5_tokenizer()
+        with self.manager.use(self._captioner_name()) as captioner:
+            if mask_mode:
+                return captioner.caption_masked(image, mask_mode, t5_tokenizer=tokenizer)
+            return captioner.caption(image, t5_tokenizer=tokenizer)
+
     def generate(
         self,
         image_path: str | Path,
@@ -261,11 +377,11 @@ class Studio:
             raise ValueError("Give exactly one of a pose video (already rendered) or a driving video.")
         if out_path.suffix.lower() != ".mp4":
             raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
-        if not settings.prompt or not settings.prompt.strip():
-            raise ValueError("The prompt is empty: describe the person and the background (the model was trained so).")
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
-        weights.variant_repo(settings.variant)
+        variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
+        if settings.prompt.strip():
+            check_no_placeholder(settings.prompt)
 
         pose_result = None
         if driving_video_path is not None:
@@ -295,6 +411,19 @@ class Studio:
             reference = Image.fromarray(cover_crop(image, settings.width, settings.height))
             pose_frames = list(pose.frames[: settings.num_frames])
 
+        masked = None
+        if settings.mask_mode:
+            reference_pose = pose_result.sequence.reference_pose if pose_result else None
+            masked = self.mask_reference(np.asarray(reference), settings.mask_mode, pose=reference_pose)
+            reference = Image.fromarray(masked.masked)
+            Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + "_reference.png"))
+        prompt, caption = settings.prompt.strip(), None
+        if not prompt:
+            caption = self.caption(np.asarray(reference), settings.mask_mode)
+            prompt = fill_placeholder(caption.text, settings.mask_fill, settings.mask_mode)
+            if progress is not None:
+                progress(0.0, f"auto caption: {prompt}")
+
         models = self.dynamictrl(settings.dtype)
         options = PipelineOptions(
             offload=settings.offload,
@@ -312,12 +441,12 @@ class Studio:
         used = {}
 
         def generate_in(tier: str):
-            with models.use(settings.variant, options, tier) as pipe:
+            with models.use(variant, options, tier) as pipe:
                 used.update(tier=tier, dtype=str(pipe.transformer.dtype).replace("torch.", ""))
                 return pipe(
                     image=reference,
                     pose_video=pose_frames,
-                    prompt=settings.prompt,
+                    prompt=prompt,
                     negative_prompt=settings.negative_prompt,
                     height=settings.height,
                     width=settings.width,
@@ -353,9 +482,12 @@ class Studio:
             "output": out_path.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": asdict(settings),
+            "prompt_used": prompt,
+            "auto_caption": caption.text if caption else None,
+            "mask": {"mode": settings.mask_mode, "masked_fraction": round(float(masked.mask.mean()), 4)} if masked else None,
             "models": {
                 "base": str(self.model),
-                "transformer": weights.variant_repo(settings.variant) or f"{self.model} (transformer/)",
+                "transformer": weights.variant_repo(variant) or f"{self.model} (transformer/)",
             },
             "inputs": inputs,
             "device": self.device,

@@ -131,3 +131,53 @@ def test_generate_from_a_driving_video(tiny_weights, tmp_path):
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["inputs"]["pose_extraction"]["settings"]["retarget"] == "global"
     assert manifest["inputs"]["pose_extraction"]["filled_frames"] == 0
+
+
+def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path):
+    from tiny_qwen import save_tiny_qwen
+
+    if not (tiny_weights / "Qwen2-VL-2B-Instruct").exists():
+        save_tiny_qwen(tiny_weights)
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(image)
+    result = run_cli("caption", "--image", str(image), "--mask-mode", "background", "--weights-dir", str(tiny_weights),
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "[Describe the new background here.]" in result.stdout
+
+
+def test_mask_command_writes_the_masked_reference(tiny_weights, tmp_path, monkeypatch, capsys):
+    """In process, with the tiny SAM registered where the real checkpoint would load."""
+    from tiny_sam import build_tiny_sam
+
+    from dynamictrl import cli
+    from dynamictrl.segment import Segmenter
+
+    def register_tiny(manager, kind, weights_dir=None):
+        manager.register(f"sam.{kind}", lambda: Segmenter(build_tiny_sam(), device="cpu"))
+
+    monkeypatch.setattr("dynamictrl.studio.register_segmenter", register_tiny)
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
+    out, mask = tmp_path / "masked.png", tmp_path / "mask.png"
+    code = cli.main(["mask", "--image", str(image), "--mode", "background", "--out", str(out), "--save-mask", str(mask),
+                     "--width", "48", "--height", "64", "--points", "24,30,+", "--weights-dir", str(tiny_weights),
+                     "--device", "cpu"])
+    assert code == 0 and "--mask-mode background" in capsys.readouterr().out
+    assert np.asarray(Image.open(out)).shape == (64, 48, 3)
+    assert set(np.unique(np.asarray(Image.open(mask)))) <= {0, 255}
+
+
+def test_bad_points_are_explained():
+    from dynamictrl.cli import main, parse_point
+
+    assert parse_point("10,20,+") == (10.0, 20.0, 1) and parse_point("1.5,2,-") == (1.5, 2.0, 0)
+    assert main(["mask", "--image", "x.png", "--mode", "clothing", "--out", "o.png", "--points", "10,20"]) == 2
+
+
+def test_missing_sam_checkpoint_offline_names_how_to_get_it(tiny_weights, tmp_path):
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
+    result = run_cli("mask", "--image", str(image), "--mode", "background", "--out", str(tmp_path / "m.png"),
+                     "--width", "48", "--height", "64", "--weights-dir", str(tiny_weights), "--device", "cpu")
+    assert result.returncode == 2 and "sam_vit_b_01ec64.pth" in result.stderr and "Traceback" not in result.stderr

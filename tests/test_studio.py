@@ -68,7 +68,6 @@ def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(prompt="  "), "prompt is empty"),
         (dict(width=8000), "out of range"),
         (dict(num_frames=13), "use --frames 9"),
         (dict(variant="mask_hair"), "Unknown variant"),
@@ -124,3 +123,86 @@ def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["torch_dtype"] == "bfloat16" and manifest["settings"]["first_block_cache"] == 0.05
     assert result.frames.shape == (9, 64, 48, 3)
+
+
+@pytest.fixture(scope="module")
+def tool_studio(tiny_weights):
+    """A studio whose SAM and Qwen2-VL are the tiny test models (DWPose, DynamiCtrl too)."""
+    from tiny_qwen import save_tiny_qwen
+    from tiny_sam import build_tiny_sam
+
+    from dynamictrl.segment import Segmenter
+
+    if not (tiny_weights / "Qwen2-VL-2B-Instruct").exists():
+        save_tiny_qwen(tiny_weights)
+    studio = Studio(weights_dir=tiny_weights, device="cpu")
+    # SAM checkpoints are checked against the official file size, so the tiny model is
+    # registered directly under the name the studio uses.
+    studio.manager.register("sam.vit_b", lambda: Segmenter(build_tiny_sam(), device="cpu"))
+    return studio
+
+
+@pytest.fixture
+def red_reference(tmp_path):
+    path = tmp_path / "red.png"
+    Image.new("RGB", (360, 480), (255, 0, 0)).save(path)  # the tiny detector finds people in red
+    return path
+
+
+@pytest.mark.parametrize("mode", ["background", "clothing"])
+def test_mask_blacks_out_the_region_at_the_target_size(tool_studio, red_reference, tmp_path, mode):
+    result = tool_studio.mask(red_reference, mode, 48, 64, out_path=tmp_path / "m.png", mask_path=tmp_path / "k.png")
+    assert result.mask.shape == (64, 48) and result.mask.dtype == bool
+    assert 0 < result.mask.mean() < 1
+    assert (result.masked[result.mask] == 0).all()
+    assert (result.masked[~result.mask] == (255, 0, 0)).all()
+    assert np.asarray(Image.open(tmp_path / "m.png")).shape == (64, 48, 3)
+
+
+def test_mask_with_points_and_refused_points(tool_studio, red_reference):
+    result = tool_studio.mask(red_reference, "clothing", 48, 64, points=[(24, 30, 1), (5, 5, 0)])
+    assert result.mask.shape == (64, 48)
+    with pytest.raises(ValueError, match="48x64"):
+        tool_studio.mask(red_reference, "clothing", 48, 64, points=[(100, 30, 1)])
+
+
+def test_no_person_no_pose_based_mask(tool_studio, tmp_path):
+    path = tmp_path / "empty.png"
+    Image.new("RGB", (360, 480), (0, 0, 255)).save(path)
+    with pytest.raises(ValueError, match="No person found"):
+        tool_studio.mask(path, "background", 48, 64)
+
+
+def test_caption_fits_t5_and_masked_caption_has_a_placeholder(tool_studio, red_reference):
+    from dynamictrl.caption import has_placeholder
+
+    plain = tool_studio.caption(red_reference)
+    assert plain.text and plain.t5_tokens <= 226 and not has_placeholder(plain.text)
+    masked = tool_studio.caption(red_reference, mask_mode="background")
+    assert has_placeholder(masked.text)
+
+
+def test_generate_with_mask_mode_picks_the_variant_and_auto_captions(tool_studio, red_reference, tmp_path):
+    pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), np.uint8), fps=16)
+    result = tool_studio.generate(
+        red_reference, tmp_path / "masked.mp4",
+        settings(prompt="", mask_mode="background", mask_fill="a sunny beach"), pose_video_path=pose,
+    )
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
+    assert manifest["mask"]["mode"] == "background" and 0 < manifest["mask"]["masked_fraction"] < 1
+    assert manifest["prompt_used"].endswith("a sunny beach.") and "[" not in manifest["prompt_used"]
+    assert (tmp_path / "masked_reference.png").is_file()
+
+
+def test_masked_caption_without_fill_stops_with_the_caption(tool_studio, red_reference, tmp_path):
+    pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), np.uint8), fps=16)
+    with pytest.raises(ValueError, match="Auto caption: .*--fill"):
+        tool_studio.generate(red_reference, tmp_path / "x.mp4", settings(prompt="", mask_mode="clothing"),
+                             pose_video_path=pose)
+    with pytest.raises(ValueError, match="placeholder"):
+        tool_studio.generate(red_reference, tmp_path / "x.mp4",
+                             settings(prompt="A man. [Describe the new clothing here.]"), pose_video_path=pose)
+    with pytest.raises(ValueError, match="goes with variant 'mask_clothing'"):
+        tool_studio.generate(red_reference, tmp_path / "x.mp4",
+                             settings(mask_mode="clothing", variant="mask_background"), pose_video_path=pose)
