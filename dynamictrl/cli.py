@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     download = commands.add_parser("download", help="fetch the weights into weights/ ahead of time")
     download.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None)
+    download.add_argument("--dwpose", action="store_true", help="also the DWPose ONNX files (pose extraction)")
+    download.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default=None, help="also a SAM checkpoint")
+    download.add_argument("--captioner", choices=("2b", "7b"), default=None, help="also Qwen2-VL for captions")
+    download.add_argument("--all", action="store_true", help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B")
     download.add_argument("--weights-dir", default=None)
     return parser
 
@@ -213,10 +217,17 @@ def run_mask(args) -> int:
 
 
 def run_download(args) -> int:
-    repos = [weights.BASE_REPO] + ([weights.variant_repo(args.variant)] if args.variant else [])
+    variants = sorted(weights.VARIANTS) if args.all else [args.variant] if args.variant else []
+    repos = [weights.BASE_REPO] + [weights.variant_repo(v) for v in variants]
+    if args.captioner or args.all:
+        repos.append({"2b": "Qwen/Qwen2-VL-2B-Instruct", "7b": "Qwen/Qwen2-VL-7B-Instruct"}[args.captioner or "2b"])
     for repo in repos:
-        path = weights.download(repo, args.weights_dir)
-        print(f"{repo} is in {path}")
+        print(f"{repo} is in {weights.download(repo, args.weights_dir)}")
+    if args.dwpose or args.all:
+        path = weights.resolve_files(weights.DWPOSE_REPO, weights.DWPOSE_FILES, args.weights_dir)
+        print(f"{weights.DWPOSE_REPO} is in {path}")
+    if args.sam or args.all:
+        print(f"SAM {args.sam or 'vit_b'} is {weights.resolve_sam(args.sam or 'vit_b', args.weights_dir)}")
     return 0
 
 
