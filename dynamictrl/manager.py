@@ -349,12 +349,19 @@ class DynamiCtrlModels:
         for other in (None, "mask_background", "mask_clothing"):
             if other != variant:
                 self.manager.unload(transformer_name(other))
+        options = options or PipelineOptions()
         shared = self.manager.get("dynamictrl.shared")
         transformer = self.manager.get(transformer_name(variant))
+        state = sticky_state(transformer)
+        if any(state) and state != wanted_sticky_state(options):
+            # fp8 storage / fused QKV / compilation cannot be undone in place: reload.
+            self.manager.unload(transformer_name(variant))
+            transformer = self.manager.get(transformer_name(variant))
         pipe = DynamiCtrlPipeline(transformer=transformer, **shared)
+        # Tiled, sliced decoding as in the official script (its outputs are what we match).
         pipe.vae.enable_slicing()
         pipe.vae.enable_tiling()
-        apply_speed_options(pipe, options or PipelineOptions())
+        apply_speed_options(pipe, options)
         return pipe
 
     def unload(self) -> None:
@@ -412,8 +419,12 @@ def apply_speed_options(pipe, options: PipelineOptions) -> None:
                 current_timestep_callback=lambda: pipe.current_timestep,
             )
         )
+    # These change the transformer itself and cannot be undone in place; a transformer
+    # that carries other ones than asked for is reloaded by `DynamiCtrlModels.pipeline`.
     if options.fp8 and not getattr(transformer, "_dynamictrl_fp8", False):
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        # Compute in the model's own dtype: diffusers keeps the patch embedding and norms
+        # unconverted, so another compute dtype would mix dtypes in one matmul.
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
         transformer._dynamictrl_fp8 = True
     if options.fuse_qkv and not getattr(transformer, "_dynamictrl_fused", False):
         transformer.fuse_qkv_projections()
@@ -421,6 +432,15 @@ def apply_speed_options(pipe, options: PipelineOptions) -> None:
     if options.compile and not getattr(transformer, "_dynamictrl_compiled", False):
         transformer.compile()  # in place: the shared transformer stays the same object
         transformer._dynamictrl_compiled = True
+
+
+def sticky_state(transformer) -> tuple[bool, bool, bool]:
+    """(fp8, fused QKV, compiled) as applied to a transformer."""
+    return tuple(getattr(transformer, f"_dynamictrl_{name}", False) for name in ("fp8", "fused", "compiled"))
+
+
+def wanted_sticky_state(options: PipelineOptions) -> tuple[bool, bool, bool]:
+    return (options.fp8, options.fuse_qkv, options.compile)
 
 
 def place_pipeline(pipe, tier: str, device: str) -> None:

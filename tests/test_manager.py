@@ -212,3 +212,15 @@ def test_first_block_cache_changes_results_when_it_skips(models):
         assert np.abs(run(pipe) - expected).max() > 0
     finally:
         apply_speed_options(pipe, PipelineOptions())
+
+
+def test_fp8_storage_runs_and_can_be_switched_off_again(models):
+    pipe = models.pipeline(None)
+    expected = run(pipe)
+    fp8 = models.pipeline(None, PipelineOptions(fp8=True))
+    assert any(p.dtype == torch.float8_e4m3fn for p in fp8.transformer.parameters())
+    frames = run(fp8)  # fp32 model, float8 storage: compute stays fp32
+    assert np.isfinite(frames).all() and np.abs(frames - expected).max() > 0
+    plain = models.pipeline(None, PipelineOptions(fp8=False))
+    assert not any(p.dtype == torch.float8_e4m3fn for p in plain.transformer.parameters())
+    np.testing.assert_array_equal(run(plain), expected)
