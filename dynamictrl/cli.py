@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the remaining blocks when the first block's output barely changes (e.g. 0.05)")
     speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first run)")
+    speed.add_argument("--fuse-qkv", action="store_true", help="fuse the attention Q/K/V projections")
 
     pose = commands.add_parser("pose", help="make a pose video for a reference image from a driving video")
     pose.add_argument("--image", required=True, help="reference image")
@@ -143,6 +144,7 @@ def run_generate(args) -> int:
         first_block_cache=args.first_block_cache,
         pyramid_attention_broadcast=args.pab,
         compile=args.compile,
+        fuse_qkv=args.fuse_qkv,
     )
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device)
     result = studio.generate(

@@ -54,6 +54,7 @@ class GenerateSettings:
     first_block_cache: float = 0.0  # threshold, 0 = off
     pyramid_attention_broadcast: bool = False
     compile: bool = False
+    fuse_qkv: bool = False
 
 
 @dataclass
@@ -431,6 +432,7 @@ class Studio:
             first_block_cache=settings.first_block_cache,
             pyramid_attention_broadcast=settings.pyramid_attention_broadcast,
             compile=settings.compile,
+            fuse_qkv=settings.fuse_qkv,
         )
 
         def on_step(pipeline, step, timestep, tensors):

@@ -224,3 +224,10 @@ def test_fp8_storage_runs_and_can_be_switched_off_again(models):
     plain = models.pipeline(None, PipelineOptions(fp8=False))
     assert not any(p.dtype == torch.float8_e4m3fn for p in plain.transformer.parameters())
     np.testing.assert_array_equal(run(plain), expected)
+
+
+def test_fused_qkv_gives_the_same_video(models):
+    expected = run(models.pipeline(None))
+    fused = models.pipeline(None, PipelineOptions(fuse_qkv=True))
+    np.testing.assert_allclose(run(fused), expected, atol=1e-5)
+    assert fused.transformer._dynamictrl_fused
