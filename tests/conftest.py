@@ -45,8 +45,9 @@ def detector(dwpose_weights):
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_weights):
+    from dynamictrl import weights
     from dynamictrl.pipeline import DynamiCtrlPipeline
 
-    pipe = DynamiCtrlPipeline.from_pretrained("gulucaptain/DynamiCtrl", weights_dir=tiny_weights)
+    pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, weights_dir=tiny_weights)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -5,6 +5,7 @@ import torch
 from conftest import shared_fixture
 from safetensors.torch import load_file
 
+from dynamictrl import weights
 from dynamictrl.pipeline import DynamiCtrlPipeline, latent_layout
 
 
@@ -224,14 +225,14 @@ def test_pose_video_of_another_size_is_resized(tiny_pipe):
 
 def test_unknown_variant_is_a_value_error(tiny_weights):
     with pytest.raises(ValueError, match="mask_background"):
-        DynamiCtrlPipeline.from_pretrained("gulucaptain/DynamiCtrl", variant="mask_hair", weights_dir=tiny_weights)
+        DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, variant="mask_hair", weights_dir=tiny_weights)
 
 
 @pytest.mark.parametrize("variant,folder", [("mask_background", "Dynamictrl-Mask_B01"), ("mask_clothing", "Dynamictrl-Mask_C01")])
 def test_variant_swaps_only_the_transformer(tiny_pipe, tiny_weights, variant, folder):
     from safetensors.torch import load_file as load
 
-    pipe = DynamiCtrlPipeline.from_pretrained("gulucaptain/DynamiCtrl", variant=variant, weights_dir=tiny_weights)
+    pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, variant=variant, weights_dir=tiny_weights)
     pipe.set_progress_bar_config(disable=True)
     released = load(tiny_weights / folder / "diffusion_pytorch_model.safetensors")
     for key, value in pipe.transformer.state_dict().items():

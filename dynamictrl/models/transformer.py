@@ -75,7 +75,7 @@ class DynamiCtrlBlock(CogVideoXBlock):
         hidden_states = hidden_states + gate_msa * attn_hidden_states
         encoder_hidden_states = encoder_hidden_states + enc_gate_msa * attn_encoder_hidden_states
 
-        # Eq. 4 of the paper. The official code marks this line FIXME, but the released
+        # Eq. 4 of the paper. The official code flags this line as doubtful, but the released
         # weights were trained with it, so it stays exactly so.
         next_pose_tokens = norm_pose + pose_gate * norm_pose
 
