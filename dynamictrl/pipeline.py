@@ -31,7 +31,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import T5EncoderModel, T5Tokenizer
 
-from . import weights
+from . import longvideo, weights
 from .models.transformer import DynamiCtrlTransformerModel
 
 logger = logging.get_logger(__name__)
@@ -279,6 +279,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         max_sequence_length: int = 226,
+        window_frames: int | None = None,
+        overlap_frames: int = longvideo.DEFAULT_OVERLAP_LATENTS,
+        color_match: bool = True,
+        reinit_noise: bool = False,
+        window_batch_size: int = 1,
+        callback_on_window_end: Callable[[Any, int, int, int], None] | None = None,
     ) -> CogVideoXPipelineOutput | tuple:
         """Animates `image` with the poses of `pose_video`, guided by `prompt`.
 
@@ -287,12 +293,30 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         `num_frames` to its length (must be 4k+1). Returns frames as `output_type`:
         "pil" (lists of PIL images), "np" (B, T, H, W, 3) in [0, 1], "pt" (B, T, 3, H, W) in
         [0, 1], or "latent" (B, F, C, h, w), the unpadded latents before decoding.
+
+        Long videos (see `dynamictrl/longvideo.py`): with `window_frames` set (4k+1, 37 is the
+        trained length) a clip longer than one window is sampled as overlapping windows, each
+        `[reference] + window_frames - 1` driving frames, fused at every denoising step.
+        `overlap_frames` counts *latent* frames (4 pixel frames each) shared by neighbouring
+        windows; `color_match` matches each decoded window's LAB mean/std to the first
+        window's before the cross-fade; `window_batch_size` windows share one transformer
+        call (memory grows with it); `callback_on_window_end(pipe, step, window, num_windows)`
+        is called after each window's transformer call. A clip that fits one window takes
+        the plain path: same seed, bitwise the same video as without `window_frames`.
+
+        `reinit_noise` (off by default): FreeInit-style initial noise, the official
+        `--re_init_noise_latent` (low frequencies of the noised reference latent + high
+        frequencies of fresh noise); see `longvideo.reinit_noise` for how it differs.
         """
         pose = self.pose_video_to_tensor(pose_video)
         height = height or pose.shape[-2]
         width = width or pose.shape[-1]
         num_frames = num_frames or pose.shape[1]
         self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.shape[1], output_type)
+        if window_frames is not None:
+            longvideo.check_window_options(window_frames, overlap_frames, self.vae_scale_factor_temporal)
+            if window_batch_size < 1:
+                raise ValueError(f"window_batch_size must be >= 1, got {window_batch_size}.")
         bad_keys = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if bad_keys:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}.")
@@ -337,6 +361,33 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             pose = pose.expand(batch_size, -1, -1, -1, -1)
         if pose.shape[0] != batch_size:
             raise ValueError(f"Got {pose.shape[0]} pose videos for {batch_size} prompts: give one, or one per prompt.")
+        if window_frames is not None and num_frames > window_frames:
+            return self._sample_windows(
+                image_tensor=image_tensor,
+                pose=pose,  # stays on the host; moved one window at a time
+                text=text,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                timesteps=timesteps,
+                height=height,
+                width=width,
+                num_frames=num_frames,
+                window_frames=window_frames,
+                overlap_frames=overlap_frames,
+                color_match=color_match,
+                reinit_noise=reinit_noise,
+                window_batch_size=window_batch_size,
+                guidance_scale=guidance_scale,
+                use_dynamic_cfg=use_dynamic_cfg,
+                generator=generator,
+                latents=latents,
+                output_type=output_type,
+                return_dict=return_dict,
+                attention_kwargs=attention_kwargs,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                callback_on_window_end=callback_on_window_end,
+            )
         image_latents, pose_latents = self.encode_condition_latents(
             image_tensor, pose.to(device), layout, generator, dtype
         )
@@ -353,6 +404,8 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             latents = randn_tensor(noise_shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != noise_shape:
             raise ValueError(f"`latents` must have shape {noise_shape}, got {tuple(latents.shape)}.")
+        if reinit_noise:  # off by default; draws after the initial noise
+            latents = longvideo.reinit_noise(latents.to(device, dtype), image_latents, self.scheduler, generator)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
         # Everything that does not change across steps is prepared here, once.
@@ -433,6 +486,227 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         else:
             frames = self.decode_latents(latents.to(self.vae.dtype))[:, :, :num_frames]
             video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (video,)
+        return CogVideoXPipelineOutput(frames=video)
+
+    # ------------------------------------------------------------------ long videos
+    def encode_pose_latents(
+        self,
+        pose_video: torch.Tensor,
+        layout: LatentLayout,
+        generator: torch.Generator | list[torch.Generator] | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Pose latents (B, F, C, h, w) of one clip, scaled and front-padded exactly as in
+        `encode_condition_latents` (one draw from the generator)."""
+        pose = pose_video.permute(0, 2, 1, 3, 4).to(self.vae.dtype)  # (B, 3, T, H, W)
+        pose_generator = generator[0] if isinstance(generator, list) else generator
+        pose_latents = retrieve_latents(self.vae.encode(pose), pose_generator)
+        pose_latents = self.vae.config.scaling_factor * pose_latents.permute(0, 2, 1, 3, 4).to(dtype)
+        return pad_front(pose_latents, layout.padding)
+
+    def _sample_windows(
+        self,
+        *,
+        image_tensor: torch.Tensor,
+        pose: torch.Tensor,
+        text: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        timesteps: torch.Tensor,
+        height: int,
+        width: int,
+        num_frames: int,
+        window_frames: int,
+        overlap_frames: int,
+        color_match: bool,
+        reinit_noise: bool,
+        window_batch_size: int,
+        guidance_scale: float,
+        use_dynamic_cfg: bool,
+        generator,
+        latents: torch.Tensor | None,
+        output_type: str,
+        return_dict: bool,
+        attention_kwargs: dict[str, Any] | None,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        callback_on_window_end,
+    ) -> CogVideoXPipelineOutput | tuple:
+        """The denoising loop of a clip longer than one window (see `longvideo.py`).
+
+        Clip latents: [front padding] [slot 0] [N driving latents]; the padding and slot 0
+        (the "head") are shared by every window. Each step runs every window (the head +
+        its driving latents, the reference latent in slot 0, the pose latents of
+        [reference pose] + its poses), fuses the model outputs on the clip (ramp weights on
+        the driving latents, the mean on the head) and takes one scheduler step on the clip.
+        Generator order: image latent, pose latents of window 0, 1, ..., initial noise of
+        the clip, [re-initialised noise], then the scheduler's draws, one clip per step.
+        """
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        batch_size = image_tensor.shape[0]
+        do_cfg = guidance_scale > 1.0
+        num_inference_steps = len(timesteps)
+        k = self.vae_scale_factor_temporal
+        plan = longvideo.plan_windows(num_frames, window_frames, overlap_frames, k)
+        layout = latent_layout(window_frames, k, self.transformer.config.patch_size_t)
+        head = layout.padding + 1
+        windows = plan.windows
+        num_windows = len(windows)
+
+        # 1. Conditions, one window at a time (the VAE sees one window's frames at most):
+        # the reference latent is the same in every window's slot 0.
+        def window_pose(window):
+            index = torch.as_tensor(plan.pixel_frames(window), device=pose.device)
+            return pose.index_select(1, index).to(device)
+
+        image_latents, first_pose = self.encode_condition_latents(
+            image_tensor, window_pose(windows[0]), layout, generator, dtype
+        )
+        pose_latents = [first_pose] + [
+            self.encode_pose_latents(window_pose(w), layout, generator, dtype) for w in windows[1:]
+        ]
+
+        # 2. Noise of the whole clip (small: latents only).
+        latent_channels = self.transformer.config.in_channels // 2
+        noise_shape = (
+            batch_size,
+            head + plan.driving_latents,
+            latent_channels,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        if latents is None:
+            latents = randn_tensor(noise_shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != noise_shape:
+            raise ValueError(
+                f"`latents` must have shape {noise_shape} for this clip and window, got {tuple(latents.shape)}."
+            )
+        latents = latents.to(device, dtype)
+        if reinit_noise:
+            clip_image = torch.cat([image_latents[:, :head], image_latents.new_zeros(noise_shape)[:, head:]], dim=1)
+            latents = longvideo.reinit_noise(latents, clip_image, self.scheduler, generator)
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+        def window_slice(x: torch.Tensor, window) -> torch.Tensor:
+            return torch.cat([x[:, :head], x[:, head + window.start : head + window.stop]], dim=1)
+
+        fusion = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in longvideo.latent_fusion_weights(plan)]
+        chunks = [windows[i : i + window_batch_size] for i in range(0, num_windows, window_batch_size)]
+
+        def repeat(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
+            return None if x is None else torch.cat([x] * n)
+
+        def text_for(n: int) -> torch.Tensor:
+            if do_cfg:
+                return torch.cat([repeat(negative_prompt_embeds, n), repeat(prompt_embeds, n)])
+            return repeat(prompt_embeds, n)
+
+        texts = {len(chunk): (text if len(chunk) == 1 else text_for(len(chunk))) for chunk in chunks}
+        rotary_emb = (
+            self._prepare_rotary_positional_embeddings(height, width, layout.padded_latent_frames, device)
+            if self.transformer.config.use_rotary_positional_embeddings
+            else None
+        )
+        ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
+        is_dpm = isinstance(self.scheduler, CogVideoXDPMScheduler)
+        step_kwargs = {"generator": generator, "eta": 0.0} if is_dpm else self.prepare_extra_step_kwargs(generator, 0.0)
+
+        # 3. Denoising loop: every window at every step, fused on the clip.
+        old_pred_original_sample = None
+        with self.progress_bar(total=num_inference_steps * num_windows) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                self._current_timestep = t
+                if use_dynamic_cfg:
+                    self._guidance_scale = 1 + guidance_scale * (
+                        (1 - math.cos(math.pi * ((num_inference_steps - t.item()) / num_inference_steps) ** 5.0)) / 2
+                    )
+                scaled = self.scheduler.scale_model_input(latents, t)
+                noise_pred = torch.zeros(latents.shape, dtype=torch.float32, device=device)
+                for chunk in chunks:
+                    n = len(chunk)
+                    window_latents = torch.cat([window_slice(scaled, w) for w in chunk])
+                    window_poses = torch.cat([pose_latents[w.index] for w in chunk])
+                    model_input = torch.cat([window_latents] * 2) if do_cfg else window_latents
+                    image_input = repeat(image_latents, n * (2 if do_cfg else 1))
+                    model_input = torch.cat([model_input, image_input], dim=2)
+                    pose_input = torch.cat([window_poses] * 2) if do_cfg else window_poses
+                    # One cache context per window: block caches compare a window with itself.
+                    with self.transformer.cache_context(f"cond_uncond_window{chunk[0].index}"):
+                        pred = self.transformer(
+                            hidden_states=model_input,
+                            encoder_hidden_states=texts[n],
+                            timestep=t.expand(model_input.shape[0]),
+                            pose_latents=pose_input,
+                            ofs=ofs,
+                            image_rotary_emb=rotary_emb,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )[0].float()
+                    if do_cfg:
+                        pred_uncond, pred_text = pred.chunk(2)
+                        pred = pred_uncond + self.guidance_scale * (pred_text - pred_uncond)
+                    for j, window in enumerate(chunk):
+                        window_pred = pred[j * batch_size : (j + 1) * batch_size]
+                        noise_pred[:, :head] += window_pred[:, :head] / num_windows
+                        weight = fusion[window.index].view(1, -1, 1, 1, 1)
+                        noise_pred[:, head + window.start : head + window.stop] += weight * window_pred[:, head:]
+                        if callback_on_window_end is not None:
+                            callback_on_window_end(self, i, window.index, num_windows)
+                        progress_bar.update()
+                    del pred, model_input
+
+                if is_dpm:
+                    latents, old_pred_original_sample = self.scheduler.step(
+                        noise_pred,
+                        old_pred_original_sample,
+                        t,
+                        timesteps[i - 1] if i > 0 else None,
+                        latents,
+                        **step_kwargs,
+                        return_dict=False,
+                    )
+                else:
+                    latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = latents.to(dtype)
+
+                if callback_on_step_end is not None:
+                    available = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
+                    outputs = callback_on_step_end(
+                        self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    ) or {}
+                    latents = outputs.pop("latents", latents)
+        self._current_timestep = None
+
+        # 4. Decode window by window ([slot 0] + its latents, the layout the causal VAE
+        # expects), colour-match to the first window, cross-fade the overlaps.
+        if output_type == "latent":
+            video = latents[:, layout.padding :]
+        else:
+            stitcher = longvideo.FrameStitcher(plan, batch_size, height, width, color_match=color_match)
+            for window in windows:
+                window_latents = window_slice(latents, window)[:, layout.padding :]
+                frames = self.decode_latents(window_latents.to(self.vae.dtype))[:, :, :window_frames]
+                frames = (frames / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().cpu().numpy()
+                stitcher.add(window, frames)
+                del frames
+            clip = stitcher.frames
+            if output_type == "np":
+                video = clip
+            elif output_type == "pt":
+                video = torch.from_numpy(clip).permute(0, 1, 4, 2, 3)
+            else:
+                video = [self.video_processor.numpy_to_pil(frames) for frames in clip]
         self.maybe_free_model_hooks()
 
         if not return_dict:

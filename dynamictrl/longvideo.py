@@ -1,0 +1,270 @@
+"""Long videos: windows of one clip's length, fused at every denoising step.
+
+DynamiCtrl was trained on 37-frame clips (10 latent frames) whose latent slot 0 holds the
+reference image and whose pose frame 0 is the reference's own pose. A clip of any length
+is therefore sampled as overlapping *windows*, each built exactly like a normal clip:
+
+    window = [reference frame] + K driving frames        (window_frames = K + 1 = 4k + 1)
+
+Latent frames of the whole clip (only latents of the whole clip are ever held; the
+transformer and the VAE only see one window at a time):
+
+    [front padding (if a window's latent count is odd)] [slot 0] [driving latent 0 .. N-1]
+    \\_________________ "head": shared by every window ________/
+
+Window w reads the head plus driving latents [start_w, stop_w). At every denoising step
+each window is run through the transformer, its model output on the driving latents is
+fused into the clip with linear-ramp weights (summing to 1 on every latent frame), the
+head's outputs are averaged over the windows, and one scheduler step is taken on the
+whole clip. Because the DPM step is affine in the model output, fusing the outputs is the
+same as fusing the windows' stepped latents (progressive latent fusion, MimicMotion), and
+the scheduler's state and its generator draws stay those of one clip.
+
+After sampling, every window is decoded on its own ([slot 0] + its driving latents, so the
+causal VAE sees the layout it expects), its decoded slot-0 frame is dropped (except the
+first window's, which is output frame 0), its colours are matched to the first window
+(mean/std per channel in LAB) and overlapping frames are cross-faded with the same ramp.
+
+This module holds the plain math (layout, weights, colour, cross-fade, noise
+re-initialisation); `DynamiCtrlPipeline.__call__` runs it when `window_frames` is set and
+the clip is longer than one window.
+"""
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+DEFAULT_WINDOW_FRAMES = 37  # the length the released model was trained on
+DEFAULT_OVERLAP_LATENTS = 2  # latent frames shared by neighbouring windows (= 8 pixel frames)
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start: int  # first driving latent (0-based, slot 0 not counted)
+    stop: int  # one past the last driving latent
+
+    @property
+    def frames(self) -> range:
+        """Output pixel frames of this window's driving latents (frame 0 = reference)."""
+        return range(1 + 4 * self.start, 1 + 4 * self.stop)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    num_frames: int  # pixel frames of the whole clip, 4k + 1, frame 0 = reference pose
+    window_frames: int  # pixel frames of one window, 4k + 1, frame 0 = reference pose
+    overlap: int  # latent frames shared by neighbouring windows (the last pair may share more)
+    driving_latents: int  # N: latent frames of the clip after slot 0
+    window_latents: int  # K / 4: driving latent frames per window
+    windows: tuple[Window, ...]
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows)
+
+    def overlaps(self) -> list[int]:
+        """Latent frames shared by each pair of neighbouring windows."""
+        return [a.stop - b.start for a, b in zip(self.windows, self.windows[1:])]
+
+    def pixel_frames(self, window: Window) -> np.ndarray:
+        """Clip frame indices a decoded window covers, its slot-0 frame (0) first."""
+        return np.array([0, *window.frames])
+
+
+def check_window_options(window_frames: int, overlap: int, temporal_compression: int = 4) -> None:
+    k = temporal_compression
+    if window_frames < 1 + k or (window_frames - 1) % k:
+        raise ValueError(
+            f"window_frames must be {k}k+1 and at least {k + 1} (e.g. 37, the trained length); got {window_frames}."
+        )
+    window_latents = (window_frames - 1) // k
+    if not 0 <= overlap < window_latents:
+        raise ValueError(
+            f"overlap_frames counts latent frames ({k} pixel frames each) and must be in [0, {window_latents - 1}] "
+            f"for window_frames={window_frames}; got {overlap}."
+        )
+
+
+def plan_windows(num_frames: int, window_frames: int, overlap: int, temporal_compression: int = 4) -> WindowPlan:
+    """Windows of `window_frames` covering `num_frames` (both 4k+1, frame 0 = reference pose).
+
+    Windows advance by `window_latents - overlap` latent frames. When the clip does not
+    divide evenly, the last window is shifted back to end at the clip's end (it then
+    overlaps its neighbour by more than `overlap`), so every window has the trained
+    length and the model never sees a short clip. A clip that fits one window gets one.
+    """
+    k = temporal_compression
+    if num_frames < 1 or (num_frames - 1) % k:
+        raise ValueError(f"num_frames must be {k}k+1; got {num_frames}.")
+    check_window_options(window_frames, overlap, k)
+    driving = (num_frames - 1) // k
+    per_window = (window_frames - 1) // k
+    if driving <= per_window:
+        return WindowPlan(num_frames, window_frames, overlap, driving, driving, (Window(0, 0, driving),))
+    stride = per_window - overlap
+    count = math.ceil((driving - per_window) / stride) + 1
+    starts = [i * stride for i in range(count - 1)] + [driving - per_window]
+    windows = tuple(Window(i, s, s + per_window) for i, s in enumerate(starts))
+    return WindowPlan(num_frames, window_frames, overlap, driving, per_window, windows)
+
+
+def ramp_weights(ranges: list[tuple[int, int]], length: int) -> list[np.ndarray]:
+    """Per-range weights (one array per range, over its positions) that sum to 1 at every
+    position of [0, length) covered by the ranges.
+
+    Each range ramps up linearly across its overlap with the previous range and down
+    across its overlap with the next one ((j + 1) / (o + 1) on o shared positions), so two
+    neighbours' weights add up to 1 by construction; the sum is then normalised, which
+    also covers positions shared by three ranges. Ranges must be sorted by start.
+    """
+    raw = []
+    for i, (start, stop) in enumerate(ranges):
+        n = stop - start
+        w = np.ones(n, dtype=np.float64)
+        left = ranges[i - 1][1] - start if i > 0 else 0
+        right = stop - ranges[i + 1][0] if i + 1 < len(ranges) else 0
+        left, right = max(0, min(left, n)), max(0, min(right, n))
+        if left:
+            w[:left] *= np.arange(1, left + 1) / (left + 1)
+        if right:
+            w[n - right :] *= np.arange(right, 0, -1) / (right + 1)
+        raw.append(w)
+    total = np.zeros(length, dtype=np.float64)
+    for (start, stop), w in zip(ranges, raw):
+        total[start:stop] += w
+    if (total[min(s for s, _ in ranges) : max(e for _, e in ranges)] <= 0).any():
+        raise ValueError("The ranges leave a gap: every position between them must be covered.")
+    return [w / total[start:stop] for (start, stop), w in zip(ranges, raw)]
+
+
+def latent_fusion_weights(plan: WindowPlan) -> list[np.ndarray]:
+    """Weights of each window's driving latents; they sum to 1 on every driving latent."""
+    return ramp_weights([(w.start, w.stop) for w in plan.windows], plan.driving_latents)
+
+
+def pixel_fusion_weights(plan: WindowPlan, temporal_compression: int = 4) -> list[np.ndarray]:
+    """Cross-fade weights of each window's decoded driving frames (its slot-0 frame excluded)."""
+    k = temporal_compression
+    return ramp_weights([(k * w.start, k * w.stop) for w in plan.windows], k * plan.driving_latents)
+
+
+# ------------------------------------------------------------------ colour
+def _to_lab(frames: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) RGB float in [0, 1] -> LAB float32 (L 0..100, a/b about -127..127)."""
+    flat = np.ascontiguousarray(frames, dtype=np.float32).reshape(-1, frames.shape[-2], 3)
+    return cv2.cvtColor(flat, cv2.COLOR_RGB2LAB).reshape(frames.shape)
+
+
+def _from_lab(lab: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(lab, dtype=np.float32).reshape(-1, lab.shape[-2], 3)
+    return cv2.cvtColor(flat, cv2.COLOR_LAB2RGB).reshape(lab.shape)
+
+
+def lab_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per LAB channel of RGB frames (T, H, W, 3) in [0, 1]."""
+    lab = _to_lab(frames).reshape(-1, 3).astype(np.float64)
+    return lab.mean(axis=0), lab.std(axis=0)
+
+
+def match_color(frames: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Moves the LAB mean/std of `frames` (T, H, W, 3) RGB in [0, 1] to the target's:
+    one affine map per LAB channel for the whole window (no per-frame flicker).
+    Returns float32 RGB clipped to [0, 1]."""
+    lab = _to_lab(frames)
+    mean = lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+    std = lab.reshape(-1, 3).std(axis=0, dtype=np.float64)
+    scale = np.where(std > eps, target_std / np.maximum(std, eps), 1.0)
+    lab = (lab - mean) * scale + target_mean
+    return np.clip(_from_lab(lab.astype(np.float32)), 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ stitching decoded windows
+class FrameStitcher:
+    """Accumulates decoded windows into the clip: window 0's slot-0 frame becomes frame 0,
+    every window's driving frames are colour-matched to window 0 (optional) and
+    cross-faded with `pixel_fusion_weights`. Frames live on the host, (B, T, H, W, 3)
+    float32 RGB in [0, 1]; only one window is converted at a time."""
+
+    def __init__(self, plan: WindowPlan, batch: int, height: int, width: int, color_match: bool = True):
+        self.plan = plan
+        self.color_match = color_match
+        self.weights = pixel_fusion_weights(plan)
+        self.frames = np.zeros((batch, plan.num_frames, height, width, 3), dtype=np.float32)
+        self.reference_stats: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def add(self, window: Window, frames: np.ndarray) -> None:
+        """`frames`: (B, window_frames, H, W, 3) RGB in [0, 1], frame 0 = the slot-0 frame."""
+        expected = 1 + len(window.frames)
+        if frames.shape[1] != expected:
+            raise ValueError(f"window {window.index} has {frames.shape[1]} frames, expected {expected}.")
+        if self.color_match:
+            if self.reference_stats is None:
+                self.reference_stats = [lab_statistics(clip) for clip in frames]
+            elif window.index > 0:
+                frames = np.stack([match_color(clip, *stats) for clip, stats in zip(frames, self.reference_stats)])
+        if window.index == 0:
+            self.frames[:, 0] = frames[:, 0]
+        weight = self.weights[window.index].astype(np.float32)[None, :, None, None, None]
+        self.frames[:, window.frames.start : window.frames.stop] += weight * frames[:, 1:]
+
+
+# ------------------------------------------------------------------ noise re-initialisation
+def gaussian_low_pass(shape: tuple[int, int, int], d_s: float = 0.25, d_t: float = 0.25) -> torch.Tensor:
+    """FreeInit's Gaussian low-pass mask over (F, H, W) of a centred (fftshift-ed) spectrum."""
+    frames, height, width = shape
+    if d_s == 0 or d_t == 0:
+        return torch.zeros(shape)
+    t = (d_s / d_t) * (2 * torch.arange(frames) / frames - 1)
+    h = 2 * torch.arange(height) / height - 1
+    w = 2 * torch.arange(width) / width - 1
+    d2 = t[:, None, None] ** 2 + h[None, :, None] ** 2 + w[None, None, :] ** 2
+    return torch.exp(-d2 / (2 * d_s**2))
+
+
+def freq_mix(low_source: torch.Tensor, high_source: torch.Tensor, low_pass: torch.Tensor) -> torch.Tensor:
+    """Low frequencies of `low_source` + high frequencies of `high_source`, over the
+    frame, height and width axes of (B, F, C, H, W) latents (each channel on its own)."""
+    dims = (1, 3, 4)
+    mask = low_pass.to(low_source.device)[None, :, None, :, :]
+    low = torch.fft.fftshift(torch.fft.fftn(low_source.float(), dim=dims), dim=dims) * mask
+    high = torch.fft.fftshift(torch.fft.fftn(high_source.float(), dim=dims), dim=dims) * (1 - mask)
+    return torch.fft.ifftn(torch.fft.ifftshift(low + high, dim=dims), dim=dims).real
+
+
+def reinit_noise(
+    noise: torch.Tensor,
+    image_latents: torch.Tensor,
+    scheduler,
+    generator: torch.Generator | list[torch.Generator] | None,
+    d_s: float = 0.25,
+    d_t: float = 0.25,
+) -> torch.Tensor:
+    """FreeInit-style initial noise (the official `--re_init_noise_latent`).
+
+    The reference latent (slot 0, zeros elsewhere) is noised to a random training
+    timestep with `noise`; the low frequencies of that (over frames, height, width) are
+    kept and the high frequencies are replaced by fresh Gaussian noise. This lends the
+    start of sampling the reference's coarse layout and colour.
+
+    Differences from the official code, on purpose: the timestep and the fresh noise are
+    drawn from the call's generator (the official draws the timestep from the global
+    RNG, so a seed did not reproduce); the FFT runs over frames/height/width (the official
+    ran it over channels/height/width by mistaking the latent layout, and fixed the frame
+    count at 10); and one video is sampled from the new noise (the official sampled twice,
+    from the new and the original noise, and returned both videos one after the other).
+    """
+    gen = generator[0] if isinstance(generator, list) else generator
+    gen_device = gen.device if gen is not None else torch.device("cpu")
+    batch = noise.shape[0]
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen, device=gen_device).to(
+        noise.device
+    )
+    noisy_reference = scheduler.add_noise(image_latents.to(noise.dtype), noise, timesteps)
+    fresh = randn_tensor(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
+    mask = gaussian_low_pass((noise.shape[1], noise.shape[3], noise.shape[4]), d_s, d_t)
+    return freq_mix(noisy_reference, fresh, mask).to(noise.dtype)
