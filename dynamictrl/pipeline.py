@@ -247,15 +247,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         zeros = image_latents.new_zeros((image_latents.shape[0], layout.latent_frames - 1, *image_latents.shape[2:]))
         image_latents = torch.cat([image_latents, zeros], dim=1)
 
-        pose = pose_video.permute(0, 2, 1, 3, 4).to(vae_dtype)  # (B, 3, T, H, W)
-        pose_generator = generator[0] if isinstance(generator, list) else generator
-        pose_latents = retrieve_latents(self.vae.encode(pose), pose_generator)
-        pose_latents = self.vae.config.scaling_factor * pose_latents.permute(0, 2, 1, 3, 4).to(dtype)
+        pose_latents = self.encode_pose_latents(pose_video, layout, generator, dtype)
 
         # The official code crashes when the latent count is odd (it pads only the noise).
         # Even counts are untouched; odd counts get the image and pose latents padded at
         # the front exactly like the noise, and the padding is dropped after sampling.
-        return pad_front(image_latents, layout.padding), pad_front(pose_latents, layout.padding)
+        return pad_front(image_latents, layout.padding), pose_latents
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
