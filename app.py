@@ -1,22 +1,97 @@
-"""DynamiCtrl Studio web app entry point (`python app.py`).
+"""DynamiCtrl Studio web app: `python app.py` locally, the same file on a Hugging Face Space.
 
-The Gradio Blocks UI is built in `ui/` (next milestone). Until it lands this entry
-point says so and points at the CLI, which already runs the full model.
+    python app.py [--host 127.0.0.1] [--port 7860] [--offload auto] [--share] [--tiny]
+
+The page is built in `ui/` over `dynamictrl.studio`. `--tiny` (or DYNAMICTRL_TINY=1)
+swaps every model for its tiny random twin from the tests, to try the UI without
+weights (outputs are noise).
 """
 
+import argparse
+import atexit
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-MESSAGE = (
-    "The DynamiCtrl Studio web UI is not built yet (it is the next milestone).\n"
-    "Meanwhile animate an image from the command line:\n"
-    "  python -m dynamictrl generate --image ref.png --pose-video pose.mp4 "
-    '--prompt "..." --out out.mp4\n'
-    "  python -m dynamictrl --help"
-)
+ROOT = Path(__file__).resolve().parent
+MAX_UPLOAD = "200mb"  # a 30 s 1080p dance clip is ~50 MB; larger uploads are refused by the server
+QUEUE_SIZE = 16  # waiting jobs beyond this get "queue full" instead of waiting for hours
 
 
-def main() -> int:
-    print(MESSAGE)
+def parse_args(argv=None) -> argparse.Namespace:
+    from dynamictrl.manager import OFFLOAD_CHOICES
+
+    parser = argparse.ArgumentParser(description="DynamiCtrl Studio web app.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 to reach it from other machines)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
+                        help="default memory tier for generation (README 'Memory tiers')")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--tiny", action="store_true", default=os.environ.get("DYNAMICTRL_TINY", "") not in ("", "0"),
+                        help="tiny random models instead of the real ones (outputs are noise); also DYNAMICTRL_TINY=1")
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="folder for results and manifests (default: outputs/, or outputs/tiny/ with --tiny)")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/ or DYNAMICTRL_WEIGHTS)")
+    parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE, help="most jobs waiting in the queue")
+    return parser.parse_args(argv)
+
+
+def make_work_dir() -> Path:
+    """The app's own temp folder (crops, masks, pose videos, gradio's upload cache); removed at exit."""
+    work_dir = Path(tempfile.mkdtemp(prefix="dynamictrl-app-"))
+    atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
+    return work_dir
+
+
+def build(args: argparse.Namespace, work_dir: Path):
+    """(Blocks, AppConfig, studio) for the arguments."""
+    from dynamictrl import weights
+    from ui.handlers import TINY_SIZE_PRESET, AppConfig
+    from ui.layout import build_app
+
+    outputs = args.outputs or ROOT / "outputs" / ("tiny" if args.tiny else "")
+    config = AppConfig(outputs_dir=Path(outputs).resolve(), work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload)
+    if args.tiny:
+        from dynamictrl.tiny import TINY_FRAMES, TINY_SIZE, TINY_STEPS, tiny_studio
+
+        studio = tiny_studio(work_dir / "tiny-weights")
+        config.size_presets = {TINY_SIZE_PRESET: TINY_SIZE, **config.size_presets}
+        config.default_size, config.default_frames, config.default_steps = TINY_SIZE_PRESET, TINY_FRAMES, TINY_STEPS
+        config.speed_presets = {"tiny (2 steps)": (TINY_STEPS, 0.0), **config.speed_presets}
+        config.default_speed = "tiny (2 steps)"
+        weights_dir = work_dir / "tiny-weights"
+    else:
+        from dynamictrl.studio import Studio
+
+        studio = Studio(weights_dir=args.weights_dir)
+        weights_dir = args.weights_dir or weights.default_weights_dir()
+    return build_app(studio, config), config, Path(weights_dir)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work_dir = make_work_dir()
+    # Gradio's upload cache inside our temp folder, so everything served lives in two places.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(work_dir / "gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app, config, weights_dir = build(args, work_dir)
+    from ui.layout import CSS
+
+    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    app.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(config.outputs_dir), str(work_dir)],
+        blocked_paths=[str(weights_dir), str(ROOT / ".git")],
+        show_error=True,
+        ssr_mode=False,
+        css=CSS,
+    )
     return 0
 
 

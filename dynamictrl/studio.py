@@ -8,6 +8,7 @@ writes outputs with a manifest. The CLI and the app are thin adapters over it.
 
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class GenerateSettings:
     dtype: str = "auto"
     mask_mode: str | None = None  # background | clothing: black out that region (picks the Mask variant)
     mask_fill: str = ""  # with an empty prompt: what the masked region should show (fills the caption's placeholder)
+    # SAM clicks (x, y, 1 include / 0 exclude) in target-size pixels; None: from the DWPose person box
+    mask_points: list | None = None
     # Memory and speed (see dynamictrl/manager.py and README "Memory tiers").
     offload: str = "auto"  # auto | none | model | group | sequential
     fp8: bool = False
@@ -144,6 +147,41 @@ def check_size_and_frames(num_frames: int, width: int, height: int):
         raise ValueError(f"The frame count must be 4k+1 (…, 33, 37, 41, …); got {num_frames}: use {lower} or {lower + 4}.")
 
 
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a job between steps (the app's Cancel button)."""
+
+
+def crop_reference(image_path: str | Path, width: int, height: int) -> np.ndarray:
+    """The reference as the model sees it: cover-resized and centre-cropped to the target size."""
+    from .pose.sequence import cover_crop
+
+    check_size_and_frames(1, width, height)
+    return cover_crop(load_image(image_path), width, height)
+
+
+def list_history(outputs_dir: str | Path) -> list[dict]:
+    """Past results in a folder, newest first: each manifest (see `Studio.generate`) with
+    `video_path` added; manifests whose video is gone or which cannot be parsed are skipped."""
+    entries = []
+    for manifest_path in Path(outputs_dir).glob("*.json"):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or "settings" not in manifest or "output" not in manifest:
+            continue  # pose JSONs and other files share the folder
+        video_path = manifest_path.with_name(manifest["output"])
+        if video_path.is_file():
+            entries.append({**manifest, "video_path": str(video_path), "manifest_path": str(manifest_path)})
+    return sorted(entries, key=lambda entry: (entry.get("created", ""), entry["video_path"]), reverse=True)
+
+
+def settings_from_manifest(manifest: dict) -> GenerateSettings:
+    """The `GenerateSettings` a manifest recorded (unknown keys of other versions ignored)."""
+    known = GenerateSettings.__dataclass_fields__
+    return GenerateSettings(**{key: value for key, value in manifest["settings"].items() if key in known})
+
+
 @dataclass
 class MaskedReference:
     mask: np.ndarray = field(repr=False)  # (H, W) bool, True = blacked out
@@ -162,6 +200,15 @@ def fill_placeholder(caption: str, fill: str, mask_mode: str | None) -> str:
             "or write the whole prompt yourself."
         )
     return PLACEHOLDER_PATTERN.sub(fill.strip().rstrip(".") + ".", caption, count=1)
+
+
+def _process_ram_gb() -> float | None:
+    """Resident memory of this process (Linux /proc; None elsewhere)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e9, 3)
 
 
 class Studio:
@@ -334,6 +381,21 @@ class Studio:
             Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
         return result
 
+    def system_status(self) -> dict:
+        """What a system panel shows: the device, its memory and what each model holds."""
+        import torch
+
+        status = {"device": self.device, "models": self.manager.status(), "process_ram_gb": _process_ram_gb()}
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info(torch.device(self.device))
+            status.update(
+                gpu=torch.cuda.get_device_name(torch.device(self.device)),
+                vram_free_gb=round(free / 1e9, 2),
+                vram_total_gb=round(total / 1e9, 2),
+                vram_allocated_gb=round(torch.cuda.memory_allocated(torch.device(self.device)) / 1e9, 2),
+            )
+        return status
+
     def t5_tokenizer(self):
         """DynamiCtrl's T5 tokenizer (small; captions are fitted to its 226 tokens)."""
         if self._t5_tokenizer is None:
@@ -415,7 +477,9 @@ class Studio:
         masked = None
         if settings.mask_mode:
             reference_pose = pose_result.sequence.reference_pose if pose_result else None
-            masked = self.mask_reference(np.asarray(reference), settings.mask_mode, pose=reference_pose)
+            masked = self.mask_reference(
+                np.asarray(reference), settings.mask_mode, pose=reference_pose, points=settings.mask_points
+            )
             reference = Image.fromarray(masked.masked)
             Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + "_reference.png"))
         prompt, caption = settings.prompt.strip(), None

@@ -51,3 +51,17 @@ def tiny_pipe(tiny_weights):
     pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, weights_dir=tiny_weights)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_app(tmp_path_factory):
+    """`app.py --tiny` running on a free local port (shared by the browser and client tests)."""
+    from app_server import TinyAppServer
+
+    folder = tmp_path_factory.mktemp("app")
+    server = TinyAppServer(outputs=folder / "outputs", log_path=folder / "app.log")
+    try:
+        server.wait_until_up()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,112 @@
+"""The app's API through `gradio_client`, against `app.py --tiny`: the same endpoints the
+page uses, and the messages a user gets for bad input (never a stack trace)."""
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynamictrl.video import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "assets" / "reference_figure.png"
+CLIP = ROOT / "assets" / "dance_figure.mp4"
+TINY = "tiny 64x80"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_app):
+    from gradio_client import Client
+
+    return Client(tiny_app.url, verbose=False)
+
+
+def motion(video, frames=9):
+    from gradio_client import handle_file
+
+    # image, video, is_pose_video, preset, width, height, start, frames, fps, retarget
+    return [handle_file(str(REFERENCE)), handle_file(str(video)), False, TINY, 768, 1360, 0, frames, 16, "global"]
+
+
+def generate_args(video=CLIP, prompt="a person dancing", mask_mode="none"):
+    # + mask_mode, prompt, negative, steps, guidance, seed, speed, offload
+    return [*motion(video), mask_mode, prompt, "", 2, 3.0, 7, "tiny (2 steps)", "auto"]
+
+
+def test_the_flow_through_the_api(client, tiny_app):
+    from gradio_client import handle_file
+
+    crop, info = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, api_name="/crop_preview")
+    assert Image.open(crop).size == (64, 80) and "64x80" in info
+
+    _mask, masked, mode = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, api_name="/mask_person")
+    assert mode == "background" and Image.open(masked).size == (64, 80)
+
+    pose_video, overlay, pose_info = client.predict(*motion(CLIP), api_name="/extract_poses")
+    assert Path(pose_video).stat().st_size > 0 and Path(overlay).stat().st_size > 0 and "9 pose frames" in pose_info
+
+    caption, _hint = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, "none", api_name="/auto_caption")
+    assert caption.strip()
+
+    video, manifest, files = client.predict(*generate_args(mask_mode="background"), api_name="/generate")
+    assert Path(video).stat().st_size > 0
+    assert manifest["settings"]["seed"] == 7 and manifest["settings"]["num_frames"] == 9
+    assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
+    assert (tiny_app.outputs / manifest["output"]).is_file()
+    assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
+
+    gallery, table, _manifest = client.predict(api_name="/history")
+    assert manifest["output"] in [row[1] for row in table["data"]] and len(gallery) >= 1
+
+    info, models, _choices = client.predict(api_name="/system_status")
+    assert "cpu" in info and any(row[0] == "dynamictrl.shared" and row[1] == "yes" for row in models["data"])
+    _info, models, _choices = client.predict(api_name="/unload_all")
+    assert all(row[1] == "no" for row in models["data"])
+
+
+def app_error(client, *args, api_name):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as error:
+        client.predict(*args, api_name=api_name)
+    message = str(error.value)
+    assert "Traceback" not in message
+    return message
+
+
+def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
+    from gradio_client import handle_file
+
+    # generate before uploading anything
+    args = generate_args()
+    args[0] = None
+    assert "Upload a reference image" in app_error(client, *args, api_name="/generate")
+    # absurd size
+    message = app_error(client, handle_file(str(REFERENCE)), "custom", 8000, 100, api_name="/crop_preview")
+    assert "out of range" in message
+    # frame count that is not 4k+1
+    assert "4k+1" in app_error(client, *motion(CLIP, frames=10), api_name="/extract_poses")
+    # not an image: the page only offers image files; through the API gradio's image
+    # component refuses it before our handler runs, still as a one-line message
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert "image" in app_error(client, handle_file(str(text)), TINY, 768, 1360, api_name="/crop_preview")
+    # a text file as the driving video reaches our video reader, which says how to fix it
+    assert "Could not decode" in app_error(client, *motion(text), api_name="/extract_poses")
+    # a video with nobody in it (the tiny detector sees people only when the top-left pixel is red)
+    empty = write_video(tmp_path / "empty.mp4", np.full((20, 64, 48, 3), (0, 0, 255), np.uint8), fps=16)
+    assert "person" in app_error(client, *motion(empty), api_name="/extract_poses").lower()
+    # a placeholder left in the prompt
+    assert "placeholder" in app_error(client, *generate_args(prompt="A man. [Describe the new background here.]"),
+                                      api_name="/generate")
+
+
+def test_server_serves_only_its_own_folders(tiny_app):
+    for path in ("/etc/passwd", str(ROOT / "README.md"), str(ROOT / "app.py")):
+        url = f"{tiny_app.url}gradio_api/file={path}"
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(url, timeout=10)
+        assert error.value.code in (403, 404)

@@ -1,0 +1,412 @@
+"""Event handlers: each takes widget values, calls `dynamictrl`, returns widget values.
+
+Nothing here computes anything itself beyond turning widget values into the studio's
+settings and its results into images/paths/text. Errors the user can fix (bad sizes,
+no person, missing weights, out of memory) reach the page as `gr.Error` messages with
+what to do; anything unexpected is logged with its traceback and shown as one line.
+"""
+
+import functools
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from dynamictrl import studio as studio_api
+from dynamictrl.caption import consistency_hint, has_placeholder
+from dynamictrl.manager import OFFLOAD_CHOICES, OutOfMemory
+from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
+from dynamictrl.weights import WeightsNotFoundError
+
+from .gpu import estimate_generation_seconds, gpu_job
+
+logger = logging.getLogger(__name__)
+
+CUSTOM_SIZE = "custom"
+# Label -> (width, height); the paper's sizes first.
+SIZE_PRESETS = {
+    "portrait 768x1360": (768, 1360),
+    "landscape 1360x768": (1360, 768),
+    "1024x576": (1024, 576),
+    "square 1024x1024": (1024, 1024),
+}
+TINY_SIZE_PRESET = "tiny 64x80"
+# Label -> (steps, first-block-cache threshold). "official" is the authors' setting.
+SPEED_PRESETS = {
+    "quality (50 steps)": (50, 0.0),
+    "official (25 steps)": (25, 0.0),
+    "fast (15 steps + first-block cache)": (15, 0.05),
+}
+RETARGET_CHOICES = ("global", "bones", "none")
+MASK_MODES = ("none", "background", "clothing")
+MAX_SEED = 2**31 - 1
+# Errors whose message already says what to do: shown as they are.
+USER_ERRORS = (ValueError, FileNotFoundError, WeightsNotFoundError, OutOfMemory, KeyError)
+
+
+@dataclass
+class AppConfig:
+    outputs_dir: Path  # results + manifests (the History tab lists this folder)
+    work_dir: Path  # per-request intermediates: crops, masks, pose videos
+    tiny: bool = False
+    offload: str = "auto"
+    size_presets: dict = field(default_factory=lambda: dict(SIZE_PRESETS))
+    speed_presets: dict = field(default_factory=lambda: dict(SPEED_PRESETS))
+    default_size: str = "portrait 768x1360"
+    default_frames: int = 37
+    default_steps: int = 25
+    default_speed: str = "official (25 steps)"
+
+
+def friendly_errors(handler):
+    """Turns exceptions into `gr.Error` so the page shows a message, never a stack trace."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Cancelled:
+            raise gr.Error("Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled")
+        except USER_ERRORS as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            raise gr.Error(str(message)) from None
+        except Exception as error:  # the page gets one line, the log the traceback
+            logger.exception("handler %s failed", handler.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details.") from None
+
+    return wrapper
+
+
+def _require(value, message: str):
+    if value in (None, "", []):
+        raise gr.Error(message)
+    return value
+
+
+class ProgressReporter:
+    """The studio's progress callback: forwards to `gr.Progress` with the step count and
+    an estimate of the time left, and stops the job when its session pressed Cancel."""
+
+    def __init__(self, progress, cancel: threading.Event):
+        self.progress = progress
+        self.cancel = cancel
+        self.denoising_started: tuple[float, float] | None = None  # (time, fraction) at the first step
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.cancel.is_set():
+            raise Cancelled()
+        text = message
+        if message.startswith("denoising"):
+            now = time.perf_counter()
+            # Timed from the first step: that one also paid for loading the models.
+            if self.denoising_started is None:
+                self.denoising_started = (now, fraction)
+            else:
+                started_at, started_fraction = self.denoising_started
+                if fraction > started_fraction:
+                    left = (now - started_at) / (fraction - started_fraction) * (1 - fraction)
+                    text = f"{message} · about {left:.0f} s left"
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), desc=text)
+
+
+class Handlers:
+    def __init__(self, studio, config: AppConfig):
+        self.studio = studio
+        self.config = config
+        self.config.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        self._cancel_events: dict[str, threading.Event] = {}
+        # ZeroGPU needs the GPU-bound functions decorated once, at build time.
+        self._generate_on_gpu = gpu_job(self._generation_seconds)(self._generate_job)
+        self._extract_on_gpu = gpu_job(120)(self.studio.extract_poses)
+        self._mask_on_gpu = gpu_job(60)(self.studio.mask)
+        self._caption_on_gpu = gpu_job(120)(self.studio.caption)
+
+    # ------------------------------------------------------------------ helpers
+    def _work_path(self, name: str) -> Path:
+        """A fresh file path in the app's temp folder (served to the page from there)."""
+        return self.config.work_dir / f"{uuid.uuid4().hex[:10]}_{name}"
+
+    def target_size(self, preset: str, width, height) -> tuple[int, int]:
+        if preset == CUSTOM_SIZE:
+            if width is None or height is None:
+                raise gr.Error("Custom size: enter a width and a height (multiples of 16).")
+            size = (int(width), int(height))
+        elif preset in self.config.size_presets:
+            size = self.config.size_presets[preset]
+        else:
+            raise gr.Error(f"Unknown size preset {preset!r}.")
+        studio_api.check_size_and_frames(1, *size)
+        return size
+
+    @staticmethod
+    def _frames(value) -> int:
+        frames = int(value or 0)
+        studio_api.check_size_and_frames(frames, 16, 16)
+        return frames
+
+    def _cancel_event(self, request: gr.Request | None) -> threading.Event:
+        key = getattr(request, "session_hash", None) or "default"
+        event = self._cancel_events.setdefault(key, threading.Event())
+        return event
+
+    # ------------------------------------------------------------------ character
+    @friendly_errors
+    def crop_preview(self, image_path, preset, width, height):
+        """What the model will see: the reference cover-cropped to the target size."""
+        if not image_path:
+            return None, "Upload a reference image: one person, clearly visible, ideally full body."
+        size = self.target_size(preset, width, height)
+        crop = studio_api.crop_reference(image_path, *size)
+        return crop, f"The model sees this {size[0]}x{size[1]} crop. Click on it to add mask points."
+
+    @staticmethod
+    def size_fields(preset):
+        return gr.update(visible=preset == CUSTOM_SIZE), gr.update(visible=preset == CUSTOM_SIZE)
+
+    def _mask(self, image_path, mode, size, points):
+        result = self._mask_on_gpu(image_path, mode, size[0], size[1], points=points or None)
+        overlay = np.asarray(studio_api.crop_reference(image_path, *size)).copy()
+        tint = np.array([255, 0, 200], dtype=np.float32)
+        overlay[result.mask] = (0.45 * overlay[result.mask] + 0.55 * tint).astype(np.uint8)
+        for x, y, label in points or []:
+            _draw_point(overlay, x, y, include=bool(label))
+        return overlay, result.masked
+
+    @friendly_errors
+    def mask_start(self, kind, image_path, preset, width, height):
+        """One-click starts: person / background (black out the background, keep the person)
+        or clothing (black out the clothes); the mask comes from the DWPose person box."""
+        _require(image_path, "Upload a reference image first (step 1).")
+        size = self.target_size(preset, width, height)
+        mode = "clothing" if kind == "clothing" else "background"
+        overlay, masked = self._mask(image_path, mode, size, [])
+        return overlay, masked, mode, []
+
+    @friendly_errors
+    def mask_click(self, image_path, preset, width, height, mode, click_label, points, evt: gr.SelectData):
+        """A click on the crop adds a SAM point: on the person (background mode) or on the
+        clothes (clothing mode); "remove" clicks mark what must stay out."""
+        _require(image_path, "Upload a reference image first (step 1).")
+        size = self.target_size(preset, width, height)
+        mode = mode if mode in ("background", "clothing") else "background"
+        x, y = (float(v) for v in evt.index[:2])
+        points = [*(points or []), [x, y, 1 if click_label.startswith("add") else 0]]
+        overlay, masked = self._mask(image_path, mode, size, points)
+        return overlay, masked, mode, points
+
+    @staticmethod
+    def clear_mask():
+        return None, None, "none", []
+
+    # ------------------------------------------------------------------ motion
+    def _pose_settings(self, preset, width, height, start, frames, fps, retarget, size=None) -> PoseSettings:
+        size = size or self.target_size(preset, width, height)
+        if retarget not in RETARGET_CHOICES:
+            raise gr.Error(f"Retargeting must be one of {', '.join(RETARGET_CHOICES)}.")
+        fps = float(fps or 0)
+        if fps < 0 or fps > 120:
+            raise gr.Error("fps must be between 1 and 120 (0 keeps every frame of the driving video).")
+        start = float(start or 0)
+        if start < 0:
+            raise gr.Error("The start time must be 0 or more seconds.")
+        return PoseSettings(num_frames=self._frames(frames), width=size[0], height=size[1], fps=fps or None,
+                            start_s=start, retarget=retarget)
+
+    @staticmethod
+    def _pose_key(image_path, video_path, settings: PoseSettings) -> str:
+        return json.dumps([str(image_path), str(video_path), asdict(settings)], sort_keys=True)
+
+    @friendly_errors
+    def extract_poses(self, image_path, video_path, is_pose_video, preset, width, height, start, frames, fps,
+                      retarget, progress=gr.Progress()):
+        _require(image_path, "Upload a reference image first (step 1).")
+        _require(video_path, "Upload a driving video (a dance) or a ready pose video first.")
+        if is_pose_video:
+            return video_path, None, "Using the uploaded video as the pose video as it is.", {}
+        settings = self._pose_settings(preset, width, height, start, frames, fps, retarget)
+        reporter = ProgressReporter(progress, threading.Event())
+        result = self._extract_on_gpu(
+            image_path, video_path, settings, out_path=self._work_path("pose.mp4"),
+            preview_path=self._work_path("pose_overlay.mp4"), progress=reporter,
+        )
+        info = (f"{result.sequence.num_frames} pose frames at {settings.width}x{settings.height} in "
+                f"{result.elapsed_s:.1f} s; frames without a person (previous pose reused): {result.filled_frames}.")
+        state = {"key": self._pose_key(image_path, video_path, settings), "path": str(result.pose_video_path)}
+        return str(result.pose_video_path), str(result.preview_path), info, state
+
+    # ------------------------------------------------------------------ prompt
+    def _model_view(self, image_path, size, mask_mode, points):
+        """The image the model gets: the crop, masked when a mask mode is chosen."""
+        if mask_mode in ("background", "clothing"):
+            return self._mask_on_gpu(image_path, mask_mode, size[0], size[1], points=points or None).masked
+        return studio_api.crop_reference(image_path, *size)
+
+    @friendly_errors
+    def auto_caption(self, image_path, preset, width, height, mask_mode, points, progress=gr.Progress()):
+        _require(image_path, "Upload a reference image first (step 1).")
+        size = self.target_size(preset, width, height)
+        progress(0.1, desc="captioning the reference")
+        image = self._model_view(image_path, size, mask_mode, points)
+        caption = self._caption_on_gpu(image, mask_mode if mask_mode in ("background", "clothing") else None)
+        return caption.text, caption.text, self.hint(caption.text, caption.text)
+
+    @staticmethod
+    def hint(auto_caption, prompt):
+        notes = []
+        if prompt and has_placeholder(prompt):
+            notes.append("⚠️ Replace the **[Describe ...]** part with what the masked region should show.")
+        if auto_caption and prompt:
+            dropped = consistency_hint(auto_caption, prompt)
+            if dropped:
+                notes.append("The prompt no longer mentions: " + ", ".join(f"*{word}*" for word in dropped)
+                             + ". A prompt that contradicts the image degrades the video.")
+        return "\n\n".join(notes) or ("The prompt matches the auto caption." if auto_caption else "")
+
+    # ------------------------------------------------------------------ generate
+    @staticmethod
+    def dice():
+        return random.randint(0, MAX_SEED)
+
+    def speed_preset_steps(self, speed):
+        return self.config.speed_presets.get(speed, (25, 0.0))[0]
+
+    @staticmethod
+    def _generation_seconds(image_path, out_path, settings, *args, **kwargs) -> int:
+        return estimate_generation_seconds(settings.steps, settings.num_frames, settings.width, settings.height)
+
+    def _generate_job(self, image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings, progress):
+        return self.studio.generate(image_path, out_path, settings, pose_video_path=pose_video_path,
+                                    driving_video_path=driving_video_path, pose_settings=pose_settings, progress=progress)
+
+    @friendly_errors
+    def generate(self, image_path, video_path, is_pose_video, preset, width, height, start, frames, fps, retarget,
+                 mask_mode, points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state,
+                 request: gr.Request, progress=gr.Progress()):
+        _require(image_path, "Upload a reference image first (step 1: Character).")
+        _require(video_path, "Upload a driving video or a pose video first (step 2: Motion).")
+        size = self.target_size(preset, width, height)
+        num_frames = self._frames(frames)
+        steps = int(steps or 0)
+        if not 1 <= steps <= 200:
+            raise gr.Error("Steps must be between 1 and 200 (25 is the official setting).")
+        if offload not in OFFLOAD_CHOICES:
+            raise gr.Error(f"Offload must be one of {', '.join(OFFLOAD_CHOICES)}.")
+        mask_mode = mask_mode if mask_mode in ("background", "clothing") else None
+        prompt = (prompt or "").strip()
+        if prompt and has_placeholder(prompt):
+            raise gr.Error("The prompt still has a [Describe ...] placeholder: replace it with what the masked "
+                           "region should show.")
+        pose_settings = self._pose_settings(preset, width, height, start, frames, fps, retarget, size=size)
+        settings = GenerateSettings(
+            prompt=prompt, negative_prompt=(negative_prompt or "").strip(), num_frames=num_frames, width=size[0],
+            height=size[1], steps=steps, guidance=float(guidance), seed=int(seed) % (MAX_SEED + 1),
+            fps=pose_settings.fps or 16.0, mask_mode=mask_mode, mask_points=[list(p) for p in points] if (mask_mode and points) else None,
+            offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1],
+        )
+        # Reuse the poses extracted (and looked at) in step 2 when nothing changed since.
+        pose_video_path, driving_video_path = None, None
+        if is_pose_video:
+            pose_video_path = video_path
+        elif pose_state and pose_state.get("key") == self._pose_key(image_path, video_path, pose_settings):
+            pose_video_path = pose_state["path"]
+        else:
+            driving_video_path = video_path
+        cancel = self._cancel_event(request)
+        cancel.clear()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_seed{settings.seed}.mp4"
+        progress(0.0, desc="loading models")
+        result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
+                                       pose_settings, ProgressReporter(progress, cancel))
+        manifest = json.loads(result.manifest_path.read_text())
+        return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
+
+    def cancel(self, request: gr.Request):
+        self._cancel_event(request).set()
+        gr.Info("Cancelling after the current step…")
+
+    # ------------------------------------------------------------------ history
+    @friendly_errors
+    def history(self):
+        entries = studio_api.list_history(self.config.outputs_dir)
+        gallery = [(entry["video_path"], _history_label(entry)) for entry in entries]
+        rows = [[entry.get("created", ""), entry["output"], entry["settings"].get("seed"),
+                 entry["settings"].get("steps"), f'{entry["settings"].get("width")}x{entry["settings"].get("height")}',
+                 entry.get("prompt_used", "")] for entry in entries]
+        return gallery, rows, [entry["manifest_path"] for entry in entries], None, None
+
+    @staticmethod
+    def history_select(manifest_paths, evt: gr.SelectData):
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not manifest_paths or index is None or index >= len(manifest_paths):
+            return None, None
+        return json.loads(Path(manifest_paths[index]).read_text()), index
+
+    @friendly_errors
+    def reuse_settings(self, manifest):
+        if not manifest:
+            raise gr.Error("Pick a result in the gallery or the table first.")
+        settings = studio_api.settings_from_manifest(manifest)
+        size = (settings.width, settings.height)
+        preset = next((label for label, value in self.config.size_presets.items() if value == size), CUSTOM_SIZE)
+        mask_mode = settings.mask_mode or "none"
+        return (
+            gr.update(value=preset), gr.update(value=settings.width, visible=preset == CUSTOM_SIZE),
+            gr.update(value=settings.height, visible=preset == CUSTOM_SIZE), settings.num_frames, settings.fps,
+            mask_mode, settings.mask_points or [], settings.prompt or manifest.get("prompt_used", ""),
+            settings.negative_prompt, settings.steps, settings.guidance, settings.seed, settings.offload,
+        )
+
+    # ------------------------------------------------------------------ system
+    @friendly_errors
+    def system_status(self):
+        status = self.studio.system_status()
+        rows = [[m["name"], "yes" if m["loaded"] else "no", m["device"] or "", m["gb"], "yes" if m["in_use"] else "",
+                 m["load_seconds"]] for m in status["models"]]
+        lines = [f"**Device:** {status['device']}" + (f" ({status['gpu']})" if status.get("gpu") else "")]
+        if status.get("vram_total_gb"):
+            lines.append(f"**VRAM:** {status['vram_free_gb']} GB free of {status['vram_total_gb']} GB "
+                         f"({status['vram_allocated_gb']} GB allocated by this process)")
+        if status.get("process_ram_gb") is not None:
+            lines.append(f"**Process RAM:** {status['process_ram_gb']} GB")
+        names = [m["name"] for m in status["models"] if m["loaded"]]
+        return "\n\n".join(lines), rows, gr.update(choices=names, value=names[0] if names else None)
+
+    @friendly_errors
+    def unload(self, name):
+        _require(name, "Pick a loaded model to unload.")
+        self.studio.manager.unload(name)
+        gr.Info(f"Unloaded {name}.")
+        return self.system_status()
+
+    @friendly_errors
+    def unload_all(self):
+        self.studio.manager.unload_all()
+        gr.Info("Unloaded every model.")
+        return self.system_status()
+
+
+def _history_label(entry: dict) -> str:
+    settings = entry["settings"]
+    return f'{entry.get("created", "")[:19]} · seed {settings.get("seed")} · {settings.get("steps")} steps'
+
+
+def _draw_point(image: np.ndarray, x: float, y: float, include: bool) -> None:
+    """A small filled square marking a click: green adds, red removes."""
+    height, width = image.shape[:2]
+    radius = max(2, min(width, height) // 60)
+    x0, x1 = max(int(x) - radius, 0), min(int(x) + radius + 1, width)
+    y0, y1 = max(int(y) - radius, 0), min(int(y) + radius + 1, height)
+    image[y0:y1, x0:x1] = (0, 220, 0) if include else (230, 0, 0)
+

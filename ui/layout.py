@@ -1,0 +1,212 @@
+"""The page: steps in order (Character, Motion, Prompt, Generate) on the first tab, then
+Lip-sync, History and System. Layout and event wiring only; `handlers` does the calls."""
+
+import importlib.util
+from pathlib import Path
+
+import gradio as gr
+
+from dynamictrl.manager import OFFLOAD_CHOICES
+
+from .handlers import CUSTOM_SIZE, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+GPU = "gpu"  # one concurrency group for every model-running event: one GPU job at a time
+
+TINY_BANNER = (
+    "### Tiny mode: every model is a tiny random stand-in; outputs are noise.\n"
+    "It exists to try the whole flow without downloading weights. Run `python app.py` without `--tiny` for real results."
+)
+CSS = """
+#tiny-banner { background: #fff4d6; border: 1px solid #e0b84c; border-radius: 8px; padding: 4px 12px; }
+"""
+
+
+def build_app(studio, config: AppConfig) -> gr.Blocks:
+    handlers = Handlers(studio, config)
+    size_choices = [*config.size_presets, CUSTOM_SIZE]
+
+    with gr.Blocks(title="DynamiCtrl Studio") as app:
+        gr.Markdown("# DynamiCtrl Studio\nOne photo of a person + a dance → that person dancing, steered by a prompt.")
+        if config.tiny:
+            gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
+        mask_points = gr.State([])
+        pose_state = gr.State({})
+        auto_caption_text = gr.State("")
+
+        with gr.Tabs():
+            with gr.Tab("Create", id="create"):
+                # ---------------------------------------------------------- 1. Character
+                gr.Markdown("## 1. Character")
+                with gr.Row():
+                    with gr.Column():
+                        reference = gr.Image(label="Reference image", type="filepath", sources=["upload", "clipboard"],
+                                             elem_id="reference-image", height=360)
+                        size_preset = gr.Dropdown(size_choices, value=config.default_size, label="Target size (width x height)",
+                                                  elem_id="size-preset")
+                        with gr.Row():
+                            custom_width = gr.Number(value=768, label="Width (multiple of 16)", precision=0, visible=False)
+                            custom_height = gr.Number(value=1360, label="Height (multiple of 16)", precision=0,
+                                                      visible=False)
+                        if (ASSETS / "reference_figure.png").is_file():
+                            gr.Examples([[str(ASSETS / "reference_figure.png")]], inputs=[reference],
+                                        label="Example reference")
+                    with gr.Column():
+                        crop = gr.Image(label="Crop preview (what the model sees) · click to add mask points",
+                                        interactive=False, elem_id="crop-preview", height=360)
+                        crop_info = gr.Markdown()
+                with gr.Accordion("Mask (optional: replace the background or the clothing)", open=True):
+                    with gr.Row():
+                        mask_person = gr.Button("Person", elem_id="mask-person")
+                        mask_background = gr.Button("Background")
+                        mask_clothing = gr.Button("Clothing")
+                        clear_mask = gr.Button("Clear mask")
+                    with gr.Row():
+                        mask_mode = gr.Radio(list(MASK_MODES), value="none", label="Mask mode (what is blacked out)",
+                                             elem_id="mask-mode")
+                        click_label = gr.Radio(["add (include)", "remove (exclude)"], value="add (include)",
+                                               label="A click on the crop preview…")
+                    with gr.Row():
+                        mask_preview = gr.Image(label="Mask (tinted = blacked out)", interactive=False,
+                                                elem_id="mask-preview", height=300)
+                        masked_preview = gr.Image(label="Masked reference", interactive=False, height=300)
+
+                # ---------------------------------------------------------- 2. Motion
+                gr.Markdown("## 2. Motion")
+                with gr.Row():
+                    with gr.Column():
+                        driving = gr.Video(label="Driving video (a dance) or a ready pose video", sources=["upload"],
+                                           elem_id="driving-video", height=320)
+                        is_pose_video = gr.Checkbox(False, label="This is already a pose video (frame 0 = the reference's pose)")
+                        if (ASSETS / "dance_figure.mp4").is_file():
+                            gr.Examples([[str(ASSETS / "dance_figure.mp4")]], inputs=[driving], label="Example clip")
+                        with gr.Row():
+                            start = gr.Number(0, label="Start (s)", minimum=0)
+                            frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0, minimum=5, step=4,
+                                               elem_id="frames")
+                            fps = gr.Number(16, label="fps (0 = every frame)", minimum=0)
+                        retarget = gr.Dropdown(list(RETARGET_CHOICES), value="global", label="Retargeting",
+                                               info="global: the official fit · bones: limb lengths of the reference · none")
+                        extract = gr.Button("Extract poses", variant="secondary", elem_id="extract-poses")
+                    with gr.Column():
+                        pose_video = gr.Video(label="Pose video", interactive=False, elem_id="pose-video", height=320)
+                        pose_overlay = gr.Video(label="Skeletons over the reference | driving video", interactive=False,
+                                                elem_id="pose-overlay", height=320)
+                        pose_info = gr.Markdown()
+
+                # ---------------------------------------------------------- 3. Prompt
+                gr.Markdown("## 3. Prompt")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                            placeholder="Describe the person and the background, or click Auto caption.")
+                        negative = gr.Textbox(label="Negative prompt", lines=1)
+                    with gr.Column(scale=1):
+                        caption_button = gr.Button("Auto caption", elem_id="auto-caption")
+                        hint = gr.Markdown(elem_id="consistency-hint")
+
+                # ---------------------------------------------------------- 4. Generate
+                gr.Markdown("## 4. Generate")
+                with gr.Row():
+                    with gr.Column():
+                        speed = gr.Dropdown(list(config.speed_presets), value=config.default_speed, label="Quality / speed")
+                        steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps")
+                        guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
+                        with gr.Row():
+                            seed = gr.Number(42, label="Seed", precision=0, scale=4)
+                            dice = gr.Button("Random seed", scale=1, min_width=80)
+                        offload = gr.Dropdown(list(OFFLOAD_CHOICES), value=config.offload, label="Offload (memory tier)")
+                        with gr.Row():
+                            generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                            cancel_button = gr.Button("Cancel", variant="stop")
+                    with gr.Column():
+                        result_video = gr.Video(label="Result", interactive=False, elem_id="result-video", height=400)
+                        result_files = gr.File(label="Download (video + manifest)", file_count="multiple",
+                                               interactive=False)
+                        with gr.Accordion("Manifest", open=False):
+                            manifest = gr.JSON(label="Manifest")
+
+            # -------------------------------------------------------------- Lip-sync
+            with gr.Tab("Lip-sync", id="lipsync"):
+                if importlib.util.find_spec("dynamictrl.lipsync") is None:
+                    gr.Markdown("### Lip-sync is not installed yet\nIt arrives with the lip-sync milestone: upload or "
+                                "record audio and the result's mouth follows it.", elem_id="lipsync-missing")
+                else:
+                    gr.Markdown("Lip-sync is installed but not wired into the app yet.")
+
+            # -------------------------------------------------------------- History
+            with gr.Tab("History", id="history") as history_tab:
+                refresh_history = gr.Button("Refresh", elem_id="refresh-history")
+                gallery = gr.Gallery(label="Past results", columns=4, height=360, elem_id="history-gallery")
+                history_table = gr.Dataframe(headers=["created", "output", "seed", "steps", "size", "prompt"],
+                                             interactive=False, elem_id="history-table", wrap=True)
+                history_paths = gr.State([])
+                with gr.Row():
+                    reuse = gr.Button("Reuse settings")
+                with gr.Accordion("Selected result's settings", open=False):
+                    history_manifest = gr.JSON()
+                history_index = gr.State(None)
+
+            # -------------------------------------------------------------- System
+            with gr.Tab("System", id="system") as system_tab:
+                system_info = gr.Markdown(elem_id="system-info")
+                models_table = gr.Dataframe(headers=["model", "loaded", "device", "GB", "in use", "load s"],
+                                            interactive=False, elem_id="models-table")
+                with gr.Row():
+                    loaded_models = gr.Dropdown([], label="Loaded model")
+                    unload_one = gr.Button("Unload")
+                    unload_everything = gr.Button("Unload all", variant="stop")
+                    refresh_system = gr.Button("Refresh")
+
+        # ------------------------------------------------------------------ wiring
+        size_inputs = [size_preset, custom_width, custom_height]
+        size_preset.change(handlers.size_fields, size_preset, [custom_width, custom_height], api_name=False, queue=False)
+        reference.change(handlers.crop_preview, [reference, *size_inputs], [crop, crop_info], api_name="crop_preview")
+        for trigger in (size_preset.change, custom_width.submit, custom_height.submit):
+            trigger(handlers.crop_preview, [reference, *size_inputs], [crop, crop_info], api_name=False)
+
+        mask_outputs = [mask_preview, masked_preview, mask_mode, mask_points]
+        for button, kind in ((mask_person, "person"), (mask_background, "background"), (mask_clothing, "clothing")):
+            button.click(lambda *args, kind=kind: handlers.mask_start(kind, *args), [reference, *size_inputs],
+                         mask_outputs, api_name=f"mask_{kind}", concurrency_id=GPU)
+        crop.select(handlers.mask_click, [reference, *size_inputs, mask_mode, click_label, mask_points], mask_outputs,
+                    api_name=False, concurrency_id=GPU)
+        clear_mask.click(handlers.clear_mask, None, mask_outputs, api_name=False, queue=False)
+
+        motion_inputs = [driving, is_pose_video, *size_inputs, start, frames, fps, retarget]
+        extract.click(handlers.extract_poses, [reference, *motion_inputs], [pose_video, pose_overlay, pose_info, pose_state],
+                      api_name="extract_poses", concurrency_id=GPU)
+
+        caption_button.click(handlers.auto_caption, [reference, *size_inputs, mask_mode, mask_points],
+                             [prompt, auto_caption_text, hint], api_name="auto_caption", concurrency_id=GPU)
+        prompt.blur(handlers.hint, [auto_caption_text, prompt], hint, api_name=False, queue=False)
+
+        speed.change(handlers.speed_preset_steps, speed, steps, api_name=False, queue=False)
+        dice.click(handlers.dice, None, seed, api_name=False, queue=False)
+        generate_event = generate_button.click(
+            handlers.generate,
+            [reference, *motion_inputs, mask_mode, mask_points, prompt, negative, steps, guidance, seed, speed, offload,
+             pose_state],
+            [result_video, manifest, result_files],
+            api_name="generate", concurrency_id=GPU,
+        )
+        # Cancel stops the job between denoising steps (the handler raises); the page stops waiting at once.
+        cancel_button.click(handlers.cancel, None, None, api_name=False, queue=False)
+        generate_event.then(handlers.history, None, [gallery, history_table, history_paths, history_manifest, history_index],
+                            api_name=False)
+
+        history_outputs = [gallery, history_table, history_paths, history_manifest, history_index]
+        refresh_history.click(handlers.history, None, history_outputs, api_name="history")
+        history_tab.select(handlers.history, None, history_outputs, api_name=False)
+        gallery.select(handlers.history_select, history_paths, [history_manifest, history_index], api_name=False)
+        history_table.select(handlers.history_select, history_paths, [history_manifest, history_index], api_name=False)
+        reuse.click(handlers.reuse_settings, history_manifest,
+                    [size_preset, custom_width, custom_height, frames, fps, mask_mode, mask_points, prompt, negative,
+                     steps, guidance, seed, offload], api_name=False)
+
+        system_outputs = [system_info, models_table, loaded_models]
+        refresh_system.click(handlers.system_status, None, system_outputs, api_name="system_status")
+        system_tab.select(handlers.system_status, None, system_outputs, api_name=False)
+        unload_one.click(handlers.unload, loaded_models, system_outputs, api_name=False)
+        unload_everything.click(handlers.unload_all, None, system_outputs, api_name="unload_all")
+    return app
