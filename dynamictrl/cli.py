@@ -48,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", default="", help="describe the person and the background (empty: auto caption)")
     generate.add_argument("--negative-prompt", default=defaults.negative_prompt)
     generate.add_argument("--out", required=True, help="output .mp4 (a .json manifest is written beside it)")
-    generate.add_argument("--frames", type=int, default=defaults.num_frames, help="4k+1 frames (default 37)")
+    generate.add_argument("--frames", type=int, default=defaults.num_frames,
+                          help="4k+1 frames, any length (default 37; longer clips are made in overlapping windows)")
+    generate.add_argument("--duration", type=float, default=None,
+                          help="seconds of video instead of --frames (rounded to 4k+1 frames at --fps)")
+    generate.add_argument("--window-frames", type=int, default=defaults.window_frames,
+                          help="frames per window for long clips (4k+1; 37 is the trained length)")
+    generate.add_argument("--overlap", type=int, default=defaults.overlap,
+                          help="latent frames shared by neighbouring windows (each is 4 video frames)")
+    generate.add_argument("--no-color-match", action="store_true",
+                          help="do not match each window's colours to the first window's")
     generate.add_argument("--width", type=int, default=defaults.width)
     generate.add_argument("--height", type=int, default=defaults.height)
     generate.add_argument("--steps", type=int, default=defaults.steps)
@@ -122,8 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def frames_for_duration(seconds: float, fps: float) -> int:
+    """The 4k+1 frame count closest to `seconds` of video at `fps`."""
+    if seconds <= 0:
+        raise ValueError(f"--duration must be positive, got {seconds}.")
+    return 4 * max(1, round((seconds * fps - 1) / 4)) + 1
+
+
 def run_generate(args) -> int:
     from .studio import GenerateSettings, Studio
+
+    if args.duration is not None:
+        args.frames = frames_for_duration(args.duration, args.fps)
 
     settings = GenerateSettings(
         prompt=args.prompt,
@@ -145,6 +164,9 @@ def run_generate(args) -> int:
         pyramid_attention_broadcast=args.pab,
         compile=args.compile,
         fuse_qkv=args.fuse_qkv,
+        window_frames=args.window_frames,
+        overlap=args.overlap,
+        color_match=not args.no_color_match,
     )
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device)
     result = studio.generate(

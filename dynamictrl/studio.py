@@ -58,6 +58,11 @@ class GenerateSettings:
     pyramid_attention_broadcast: bool = False
     compile: bool = False
     fuse_qkv: bool = False
+    # Long videos (dynamictrl/longvideo.py): clips longer than one window are sampled as
+    # overlapping windows denoised together; a clip that fits one window is unaffected.
+    window_frames: int = 37  # the trained length
+    overlap: int = 2  # latent frames shared by neighbouring windows (x4 pixel frames)
+    color_match: bool = True
 
 
 @dataclass
@@ -522,9 +527,14 @@ class Studio:
                     generator=torch.Generator().manual_seed(settings.seed),
                     output_type="np",
                     callback_on_step_end=on_step,
+                    window_frames=settings.window_frames,
+                    overlap_frames=settings.overlap,
+                    color_match=settings.color_match,
                 ).frames[0]
 
-        first_tier = models.tier_for(options, settings.num_frames, settings.height, settings.width)
+        # GPU memory follows the window, not the whole clip.
+        window = min(settings.num_frames, settings.window_frames)
+        first_tier = models.tier_for(options, window, settings.height, settings.width)
         frames = self.manager.run_with_oom_retry(
             generate_in, first_tier, describe=f"generation at {settings.width}x{settings.height}, {settings.num_frames} frames"
         )

@@ -181,3 +181,29 @@ def test_missing_sam_checkpoint_offline_names_how_to_get_it(tiny_weights, tmp_pa
     result = run_cli("mask", "--image", str(image), "--mode", "background", "--out", str(tmp_path / "m.png"),
                      "--width", "48", "--height", "64", "--weights-dir", str(tiny_weights), "--device", "cpu")
     assert result.returncode == 2 and "sam_vit_b_01ec64.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_duration_rounds_to_4k_plus_1():
+    from dynamictrl.cli import frames_for_duration
+
+    assert frames_for_duration(10, 16) == 161
+    assert frames_for_duration(2.3, 16) == 37
+    assert frames_for_duration(0.1, 16) == 5
+    assert all((frames_for_duration(s, 16) - 1) % 4 == 0 for s in (0.5, 1, 3.3, 60))
+
+
+def test_generate_a_clip_longer_than_one_window(tiny_weights, tmp_path):
+    rng = np.random.default_rng(2)
+    image = tmp_path / "ref.png"
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(image)
+    pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (21, 64, 48, 3), dtype=np.uint8))
+    out = tmp_path / "long.mp4"
+    result = run_cli(
+        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing",
+        "--out", str(out), "--frames", "21", "--window-frames", "9", "--overlap", "1", "--width", "48",
+        "--height", "64", "--steps", "1", "--weights-dir", str(tiny_weights), "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_video(out).num_frames == 21
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["settings"]["window_frames"] == 9 and manifest["settings"]["overlap"] == 1
