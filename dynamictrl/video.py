@@ -190,3 +190,24 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
         writer.send(np.ascontiguousarray(frame))
     writer.close()
     return path
+
+
+def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float = 0.0) -> int:
+    """The largest 4k+1 pose-frame count a driving video gives from `start_s` at `fps`
+    (None: every frame), frame 0 being the reference pose: the "whole clip" length."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"Video file not found: {path}")
+    try:
+        total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+        meta, frames_iter = _iter_frames(path)
+        frames_iter.close()
+    except (OSError, RuntimeError) as error:
+        raise _decode_error(path, error) from error
+    source_fps = float(meta.get("fps") or 0.0) or 16.0
+    indices = sample_indices(source_fps, fps, start_s, 1)
+    if indices[0] >= total:
+        raise VideoError(f"{path.name} is {total / source_fps:.2f} s long: the start time {start_s:g} s is past its end.")
+    step = source_fps / fps if fps else 1.0
+    driving = int((total - 1 - indices[0]) / step + 1e-6) + 1  # driving frames available
+    return driving // 4 * 4 + 1

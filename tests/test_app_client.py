@@ -110,3 +110,13 @@ def test_server_serves_only_its_own_folders(tiny_app):
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(url, timeout=10)
         assert error.value.code in (403, 404)
+
+
+def test_whole_clip_sets_the_longest_frame_count(client):
+    from gradio_client import handle_file
+
+    from dynamictrl.video import longest_pose_clip
+
+    frames, info = client.predict(handle_file(str(CLIP)), 0, 16, api_name="/whole_clip")
+    assert frames == longest_pose_clip(CLIP, fps=16) and (frames - 1) % 4 == 0 and frames > 37
+    assert "overlapping windows" in info

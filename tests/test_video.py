@@ -132,3 +132,16 @@ def test_audio_only_file_has_no_video_frames(tmp_path):
     )
     with pytest.raises(VideoError):
         read_video(audio)
+
+
+def test_longest_pose_clip_counts_driving_frames_at_the_fps(tmp_path):
+    from dynamictrl.video import longest_pose_clip
+
+    path = numbered_video(tmp_path, count=20, fps=10)
+    assert longest_pose_clip(path) == 21  # 20 driving frames + the reference
+    assert longest_pose_clip(path, fps=5) == 9  # 10 frames at 5 fps -> 8 + 1
+    assert longest_pose_clip(path, fps=10, start_s=1.0) == 9  # 10 frames left
+    k = longest_pose_clip(path, fps=5)
+    assert pick_frames(path, k - 1, fps=5).num_frames == k - 1  # really available
+    with pytest.raises(VideoError, match="past its end"):
+        longest_pose_clip(path, start_s=5)

@@ -23,6 +23,7 @@ from dynamictrl import studio as studio_api
 from dynamictrl.caption import consistency_hint, has_placeholder
 from dynamictrl.manager import OFFLOAD_CHOICES, OutOfMemory
 from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
+from dynamictrl.video import longest_pose_clip
 from dynamictrl.weights import WeightsNotFoundError
 
 from .gpu import estimate_generation_seconds, gpu_job
@@ -226,6 +227,14 @@ class Handlers:
     @staticmethod
     def _pose_key(image_path, video_path, settings: PoseSettings) -> str:
         return json.dumps([str(image_path), str(video_path), asdict(settings)], sort_keys=True)
+
+    @friendly_errors
+    def whole_clip(self, video_path, start, fps):
+        """The frame count that uses the whole driving clip (long clips run in windows)."""
+        _require(video_path, "Upload a driving video first.")
+        frames = longest_pose_clip(video_path, fps=fps or None, start_s=float(start or 0))
+        windows = "one window" if frames <= GenerateSettings(prompt="").window_frames else "overlapping windows"
+        return frames, f"The whole clip: {frames} frames ({windows})."
 
     @friendly_errors
     def extract_poses(self, image_path, video_path, is_pose_video, preset, width, height, start, frames, fps,

@@ -85,6 +85,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                             frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0, minimum=5, step=4,
                                                elem_id="frames")
                             fps = gr.Number(16, label="fps (0 = every frame)", minimum=0)
+                            whole = gr.Button("Whole clip", size="sm", elem_id="whole-clip")
                         retarget = gr.Dropdown(list(RETARGET_CHOICES), value="global", label="Retargeting",
                                                info="global: the official fit · bones: limb lengths of the reference · none")
                         extract = gr.Button("Extract poses", variant="secondary", elem_id="extract-poses")
@@ -173,6 +174,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                     api_name=False, concurrency_id=GPU)
         clear_mask.click(handlers.clear_mask, None, mask_outputs, api_name=False, queue=False)
 
+        whole.click(handlers.whole_clip, [driving, start, fps], [frames, pose_info], api_name="whole_clip", queue=False)
         motion_inputs = [driving, is_pose_video, *size_inputs, start, frames, fps, retarget]
         extract.click(handlers.extract_poses, [reference, *motion_inputs], [pose_video, pose_overlay, pose_info, pose_state],
                       api_name="extract_poses", concurrency_id=GPU)
