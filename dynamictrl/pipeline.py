@@ -70,6 +70,11 @@ def latent_layout(num_frames: int, temporal_compression: int, patch_size_t: int 
     return LatentLayout(num_frames, latent_frames, padding)
 
 
+def pose_in_unit_range(pose: torch.Tensor) -> torch.Tensor:
+    """uint8 pose frames -> float x / 127.5 - 1; float frames are already in [-1, 1]."""
+    return pose.float() / 127.5 - 1 if pose.dtype == torch.uint8 else pose
+
+
 def pad_front(latents: torch.Tensor, padding: int) -> torch.Tensor:
     """Repeat the first `padding` latent frames at the front (dim 1)."""
     if padding == 0:
@@ -190,7 +195,8 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
 
     @staticmethod
     def pose_video_to_tensor(pose_video) -> torch.Tensor:
-        """A pose video as (B, T, 3, H, W) float in [-1, 1].
+        """A pose video as (B, T, 3, H, W): float in [-1, 1] for tensor input, uint8 for a
+        list of images (see `pose_in_unit_range`).
 
         Accepts a tensor (T, 3, H, W) or (B, T, 3, H, W) already in [-1, 1], or a list of
         T images (PIL, or uint8 arrays (H, W, 3)) that are mapped by x / 127.5 - 1.
@@ -212,11 +218,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 array = np.asarray(frame.convert("RGB") if isinstance(frame, PIL.Image.Image) else frame)
                 if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
                     raise ValueError("pose_video frames must be RGB images (PIL or uint8 arrays of shape (H, W, 3)).")
-                frames.append(torch.from_numpy(array.copy()))
+                frames.append(array)
             if len({f.shape for f in frames}) != 1:
                 raise ValueError("All pose_video frames must have the same size.")
-            video = torch.stack(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-            return video.unsqueeze(0)
+            # Kept as uint8 (4x smaller than float): a long clip's poses are converted to
+            # [-1, 1] one window at a time by `pose_in_unit_range`.
+            return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).unsqueeze(0)
         raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
 
     # ------------------------------------------------------------------ latents
@@ -352,6 +359,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             raise ValueError(f"Got {image_tensor.shape[0]} images for {batch_size} prompts: give one, or one per prompt.")
         if pose.shape[-2:] != (height, width):
             logger.warning(f"Resizing the pose video from {tuple(pose.shape[-2:])} to {(height, width)}.")
+            pose = pose_in_unit_range(pose)
             pose = F.interpolate(pose.flatten(0, 1), size=(height, width), mode="bilinear", antialias=True)
             pose = pose.unflatten(0, (-1, num_frames)).clamp(-1, 1)
         if pose.shape[0] == 1 and batch_size > 1:
@@ -386,7 +394,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 callback_on_window_end=callback_on_window_end,
             )
         image_latents, pose_latents = self.encode_condition_latents(
-            image_tensor, pose.to(device), layout, generator, dtype
+            image_tensor, pose_in_unit_range(pose.to(device)), layout, generator, dtype
         )
 
         latent_channels = self.transformer.config.in_channels // 2
@@ -559,7 +567,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         # the reference latent is the same in every window's slot 0.
         def window_pose(window):
             index = torch.as_tensor(plan.pixel_frames(window), device=pose.device)
-            return pose.index_select(1, index).to(device)
+            return pose_in_unit_range(pose.index_select(1, index).to(device))
 
         image_latents, first_pose = self.encode_condition_latents(
             image_tensor, window_pose(windows[0]), layout, generator, dtype

@@ -251,3 +251,21 @@ def test_bf16_runs(tiny_weights):
     assert pipe.transformer.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
     video = run(pipe, frames=5, height=32, width=32)
     assert np.isfinite(video).all()
+
+
+def test_image_list_poses_stay_uint8_until_used(tiny_pipe):
+    frames = [np.full((16, 16, 3), 255, np.uint8), np.zeros((16, 16, 3), np.uint8)]
+    video = tiny_pipe.pose_video_to_tensor(frames)
+    assert video.dtype == torch.uint8 and video.shape == (1, 2, 3, 16, 16)
+    from dynamictrl.pipeline import pose_in_unit_range
+
+    unit = pose_in_unit_range(video)
+    assert unit.dtype == torch.float32 and unit[0, 0].min() == 1 and unit[0, 1].max() == -1
+
+
+def test_windowed_run_from_image_list_equals_tensor(tiny_pipe):
+    rng = np.random.default_rng(9)
+    frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(13)]
+    as_tensor = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    kwargs = dict(frames=13, height=32, width=32, window_frames=9, overlap_frames=1)
+    np.testing.assert_array_equal(run(tiny_pipe, pose_video=frames, **kwargs), run(tiny_pipe, pose_video=as_tensor, **kwargs))
