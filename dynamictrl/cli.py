@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--offload", choices=("auto", "none", "model", "group", "sequential"), default=defaults.offload,
                        help="where weights live during generation (auto: the fastest tier that fits free VRAM)")
     speed.add_argument("--fp8", action="store_true", help="store transformer weights in float8 (about half the VRAM)")
+    speed.add_argument("--int8", action="store_true", help="torchao int8 weight-only transformer (about half the VRAM)")
     speed.add_argument("--first-block-cache", type=float, default=defaults.first_block_cache, metavar="THRESHOLD",
                        help="skip the remaining blocks when the first block's output barely changes (e.g. 0.05)")
     speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
@@ -160,6 +161,7 @@ def run_generate(args) -> int:
         mask_fill=args.fill,
         offload=args.offload,
         fp8=args.fp8,
+        int8=args.int8,
         first_block_cache=args.first_block_cache,
         pyramid_attention_broadcast=args.pab,
         compile=args.compile,

@@ -293,7 +293,8 @@ class PipelineOptions:
     """How the DynamiCtrl pipeline is placed and sped up for a job."""
 
     offload: str = "auto"  # auto | none | model | group | sequential
-    fp8: bool = False  # store transformer weights in float8 (compute in bf16)
+    fp8: bool = False  # store transformer weights in float8 (compute in the model dtype)
+    int8: bool = False  # torchao int8 weight-only quantisation of the transformer's linear layers
     first_block_cache: float = 0.0  # threshold; 0 = off
     pyramid_attention_broadcast: bool = False
     compile: bool = False  # torch.compile the transformer
@@ -302,6 +303,8 @@ class PipelineOptions:
     def __post_init__(self):
         if self.offload not in OFFLOAD_CHOICES:
             raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, got {self.offload!r}.")
+        if self.fp8 and self.int8:
+            raise ValueError("Choose either fp8 or int8 weights, not both.")
 
 
 @dataclass
@@ -354,7 +357,7 @@ class DynamiCtrlModels:
         transformer = self.manager.get(transformer_name(variant))
         state = sticky_state(transformer)
         if any(state) and state != wanted_sticky_state(options):
-            # fp8 storage / fused QKV / compilation cannot be undone in place: reload.
+            # fp8/int8 storage, fused QKV and compilation cannot be undone in place: reload.
             self.manager.unload(transformer_name(variant))
             transformer = self.manager.get(transformer_name(variant))
         pipe = DynamiCtrlPipeline(transformer=transformer, **shared)
@@ -380,7 +383,7 @@ class DynamiCtrlModels:
         free, _total = torch.cuda.mem_get_info(torch.device(self.manager.device))
         if self.manager.vram_budget is not None:
             free = min(free, self.manager.vram_budget)
-        return choose_tier(free / GB, num_frames, height, width, weight_bytes=1.0 if options.fp8 else 2.0)
+        return choose_tier(free / GB, num_frames, height, width, weight_bytes=1.0 if options.fp8 or options.int8 else 2.0)
 
     @contextmanager
     def use(self, variant: str | None, options: PipelineOptions, tier: str) -> Iterator[Any]:
@@ -426,6 +429,13 @@ def apply_speed_options(pipe, options: PipelineOptions) -> None:
         # unconverted, so another compute dtype would mix dtypes in one matmul.
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
         transformer._dynamictrl_fp8 = True
+    if options.int8 and not getattr(transformer, "_dynamictrl_int8", False):
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        # Only the transformer blocks' linear layers: the patch embedding, norms and output
+        # head stay in full precision (they are small and sensitive).
+        quantize_(transformer.transformer_blocks, Int8WeightOnlyConfig())
+        transformer._dynamictrl_int8 = True
     if options.fuse_qkv and not getattr(transformer, "_dynamictrl_fused", False):
         transformer.fuse_qkv_projections()
         transformer._dynamictrl_fused = True
@@ -434,13 +444,13 @@ def apply_speed_options(pipe, options: PipelineOptions) -> None:
         transformer._dynamictrl_compiled = True
 
 
-def sticky_state(transformer) -> tuple[bool, bool, bool]:
-    """(fp8, fused QKV, compiled) as applied to a transformer."""
-    return tuple(getattr(transformer, f"_dynamictrl_{name}", False) for name in ("fp8", "fused", "compiled"))
+def sticky_state(transformer) -> tuple[bool, ...]:
+    """(fp8, int8, fused QKV, compiled) as applied to a transformer."""
+    return tuple(getattr(transformer, f"_dynamictrl_{name}", False) for name in ("fp8", "int8", "fused", "compiled"))
 
 
-def wanted_sticky_state(options: PipelineOptions) -> tuple[bool, bool, bool]:
-    return (options.fp8, options.fuse_qkv, options.compile)
+def wanted_sticky_state(options: PipelineOptions) -> tuple[bool, ...]:
+    return (options.fp8, options.int8, options.fuse_qkv, options.compile)
 
 
 def place_pipeline(pipe, tier: str, device: str) -> None:

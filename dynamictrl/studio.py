@@ -54,6 +54,7 @@ class GenerateSettings:
     # Memory and speed (see dynamictrl/manager.py and README "Memory tiers").
     offload: str = "auto"  # auto | none | model | group | sequential
     fp8: bool = False
+    int8: bool = False
     first_block_cache: float = 0.0  # threshold, 0 = off
     pyramid_attention_broadcast: bool = False
     compile: bool = False
@@ -498,6 +499,7 @@ class Studio:
         options = PipelineOptions(
             offload=settings.offload,
             fp8=settings.fp8,
+            int8=settings.int8,
             first_block_cache=settings.first_block_cache,
             pyramid_attention_broadcast=settings.pyramid_attention_broadcast,
             compile=settings.compile,

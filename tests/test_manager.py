@@ -231,3 +231,16 @@ def test_fused_qkv_gives_the_same_video(models):
     fused = models.pipeline(None, PipelineOptions(fuse_qkv=True))
     np.testing.assert_allclose(run(fused), expected, atol=1e-5)
     assert fused.transformer._dynamictrl_fused
+
+
+def test_int8_weight_only_runs_close_to_full_precision_and_can_be_undone(models):
+    expected = run(models.pipeline(None))
+    quantised = models.pipeline(None, PipelineOptions(int8=True))
+    assert type(quantised.transformer.transformer_blocks[0].attn1.to_q.weight).__name__ == "Int8Tensor"
+    frames = run(quantised)
+    assert np.isfinite(frames).all() and np.abs(frames - expected).mean() < 0.05
+    plain = models.pipeline(None, PipelineOptions())
+    assert isinstance(plain.transformer.transformer_blocks[0].attn1.to_q.weight, torch.nn.Parameter)
+    np.testing.assert_array_equal(run(plain), expected)
+    with pytest.raises(ValueError, match="either fp8 or int8"):
+        PipelineOptions(fp8=True, int8=True)
