@@ -54,7 +54,7 @@ def test_a_partial_folder_without_config_is_downloaded_again(tmp_path, tiny_weig
 
     from dynamictrl.pipeline import DynamiCtrlPipeline
 
-    pipe = DynamiCtrlPipeline.from_pretrained("gulucaptain/DynamiCtrl", weights_dir=tmp_path)
+    pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, weights_dir=tmp_path)
     assert pipe.transformer.config.num_layers == 2
 
 
