@@ -428,13 +428,15 @@ class Studio:
         driving_video_path: str | Path | None = None,
         pose_settings: PoseSettings | None = None,
         progress: ProgressCallback | None = None,
+        pose_provenance: dict | None = None,
     ) -> GenerateResult:
         """Animates the reference image; writes the mp4 and, beside it, `<name>.json` with
         every setting and input hash.
 
         The motion comes from `pose_video_path` (an already rendered pose video, frame 0 =
-        the reference's pose) or from `driving_video_path` (a raw video: poses are extracted
-        first with `pose_settings`, whose size and frame count follow `settings`).
+        the reference's pose; `pose_provenance` says how it was made, for the manifest) or
+        from `driving_video_path` (a raw video: poses are extracted first with
+        `pose_settings`, whose size and frame count follow `settings`).
         """
         import torch
 
@@ -545,6 +547,7 @@ class Studio:
         elapsed = time.perf_counter() - started
 
         inputs = {"image": {"path": str(image_path), "sha256": file_sha256(image_path), "size_wh": list(reference.size)}}
+        # (pose_extraction below: settings of the pose stage, for either motion source)
         if pose_result is not None:
             inputs["driving_video"] = {"path": str(driving_video_path), "sha256": file_sha256(driving_video_path)}
             inputs["pose_extraction"] = {
@@ -555,6 +558,9 @@ class Studio:
             }
         else:
             inputs["pose_video"] = {"path": str(pose_video_path), "sha256": file_sha256(pose_video_path)}
+            if pose_provenance:
+                # A pose video made earlier by `extract_poses` (e.g. the app's Motion step).
+                inputs["pose_extraction"] = pose_provenance
         manifest_path = out_path.with_suffix(".json")
         manifest = {
             "output": out_path.name,

@@ -55,6 +55,9 @@ def test_the_flow_through_the_api(client, tiny_app):
     assert Path(video).stat().st_size > 0
     assert manifest["settings"]["seed"] == 7 and manifest["settings"]["num_frames"] == 9
     assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
+    # Whether the poses of the Motion step were reused or extracted again, how they were
+    # made is in the manifest.
+    assert manifest["inputs"]["pose_extraction"]["settings"]["retarget"] == "global"
     assert (tiny_app.outputs / manifest["output"]).is_file()
     assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
 

@@ -206,3 +206,12 @@ def test_masked_caption_without_fill_stops_with_the_caption(tool_studio, red_ref
     with pytest.raises(ValueError, match="goes with variant 'mask_clothing'"):
         tool_studio.generate(red_reference, tmp_path / "x.mp4",
                              settings(mask_mode="clothing", variant="mask_background"), pose_video_path=pose)
+
+
+def test_pose_video_made_earlier_keeps_its_provenance(studio, inputs, tmp_path):
+    image, pose = inputs
+    provenance = {"driving_video": "dance.mp4", "settings": {"retarget": "bones"}, "filled_frames": 2}
+    result = studio.generate(image, tmp_path / "p.mp4", settings(), pose_video_path=pose, pose_provenance=provenance)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["inputs"]["pose_extraction"] == provenance
+    assert manifest["inputs"]["pose_video"]["sha256"] == file_sha256(pose)

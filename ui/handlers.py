@@ -251,7 +251,16 @@ class Handlers:
         )
         info = (f"{result.sequence.num_frames} pose frames at {settings.width}x{settings.height} in "
                 f"{result.elapsed_s:.1f} s; frames without a person (previous pose reused): {result.filled_frames}.")
-        state = {"key": self._pose_key(image_path, video_path, settings), "path": str(result.pose_video_path)}
+        state = {
+            "key": self._pose_key(image_path, video_path, settings),
+            "path": str(result.pose_video_path),
+            "provenance": {
+                "driving_video": str(video_path),
+                "settings": asdict(settings),
+                "filled_frames": result.filled_frames,
+                "retarget": result.sequence.retarget_info,
+            },
+        }
         return str(result.pose_video_path), str(result.preview_path), info, state
 
     # ------------------------------------------------------------------ prompt
@@ -294,9 +303,11 @@ class Handlers:
     def _generation_seconds(image_path, out_path, settings, *args, **kwargs) -> int:
         return estimate_generation_seconds(settings.steps, settings.num_frames, settings.width, settings.height)
 
-    def _generate_job(self, image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings, progress):
+    def _generate_job(self, image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings, progress,
+                      pose_provenance=None):
         return self.studio.generate(image_path, out_path, settings, pose_video_path=pose_video_path,
-                                    driving_video_path=driving_video_path, pose_settings=pose_settings, progress=progress)
+                                    driving_video_path=driving_video_path, pose_settings=pose_settings, progress=progress,
+                                    pose_provenance=pose_provenance)
 
     @friendly_errors
     def generate(self, image_path, video_path, is_pose_video, preset, width, height, start, frames, fps, retarget,
@@ -324,11 +335,11 @@ class Handlers:
             offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1],
         )
         # Reuse the poses extracted (and looked at) in step 2 when nothing changed since.
-        pose_video_path, driving_video_path = None, None
+        pose_video_path, driving_video_path, provenance = None, None, None
         if is_pose_video:
             pose_video_path = video_path
         elif pose_state and pose_state.get("key") == self._pose_key(image_path, video_path, pose_settings):
-            pose_video_path = pose_state["path"]
+            pose_video_path, provenance = pose_state["path"], pose_state.get("provenance")
         else:
             driving_video_path = video_path
         cancel = self._cancel_event(request)
@@ -337,7 +348,7 @@ class Handlers:
         out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_seed{settings.seed}.mp4"
         progress(0.0, desc="loading models")
         result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
-                                       pose_settings, ProgressReporter(progress, cancel))
+                                       pose_settings, ProgressReporter(progress, cancel), provenance)
         manifest = json.loads(result.manifest_path.read_text())
         return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
 
