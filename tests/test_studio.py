@@ -215,3 +215,19 @@ def test_pose_video_made_earlier_keeps_its_provenance(studio, inputs, tmp_path):
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["inputs"]["pose_extraction"] == provenance
     assert manifest["inputs"]["pose_video"]["sha256"] == file_sha256(pose)
+
+
+def test_cancel_from_the_progress_callback_stops_cleanly(studio, inputs, tmp_path):
+    from dynamictrl.studio import Cancelled
+
+    image, pose = inputs
+
+    def cancel_at_first_step(fraction, message):
+        if message.startswith("denoising"):
+            raise Cancelled("cancelled by the user")
+
+    with pytest.raises(Cancelled):
+        studio.generate(image, tmp_path / "c.mp4", settings(), pose_video_path=pose, progress=cancel_at_first_step)
+    assert not (tmp_path / "c.mp4").exists() and not (tmp_path / "c.json").exists()
+    assert not any(row["in_use"] for row in studio.manager.status())  # nothing left held
+    assert studio.generate(image, tmp_path / "after.mp4", settings(), pose_video_path=pose).frames.shape[0] == 9
