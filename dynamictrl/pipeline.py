@@ -422,8 +422,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             else None
         )
         ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
-        is_dpm = isinstance(self.scheduler, CogVideoXDPMScheduler)
-        step_kwargs = {"generator": generator, "eta": 0.0} if is_dpm else self.prepare_extra_step_kwargs(generator, 0.0)
+        step_kwargs = self._step_kwargs(generator)
 
         # 4. Denoising loop.
         old_pred_original_sample = None
@@ -457,28 +456,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
 
-                if is_dpm:
-                    latents, old_pred_original_sample = self.scheduler.step(
-                        noise_pred,
-                        old_pred_original_sample,
-                        t,
-                        timesteps[i - 1] if i > 0 else None,
-                        latents,
-                        **step_kwargs,
-                        return_dict=False,
-                    )
-                else:
-                    latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-                latents = latents.to(dtype)
-
+                latents, old_pred_original_sample = self._scheduler_step(
+                    noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype
+                )
                 if callback_on_step_end is not None:
-                    available = {
-                        "latents": latents,
-                        "prompt_embeds": prompt_embeds,
-                        "negative_prompt_embeds": negative_prompt_embeds,
-                    }
+                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
+                               "negative_prompt_embeds": negative_prompt_embeds}
                     outputs = callback_on_step_end(
-                        self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     ) or {}
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
@@ -496,6 +481,29 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         if not return_dict:
             return (video,)
         return CogVideoXPipelineOutput(frames=video)
+
+    def _step_kwargs(self, generator) -> dict:
+        if isinstance(self.scheduler, CogVideoXDPMScheduler):
+            return {"generator": generator, "eta": 0.0}
+        return self.prepare_extra_step_kwargs(generator, 0.0)
+
+    def _scheduler_step(self, noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype):
+        """x_t -> x_{t-1}. The DPM solver also takes the previous step's x0 prediction and
+        timestep; it draws from the generator in `step_kwargs` (the official order)."""
+        t = timesteps[i]
+        if isinstance(self.scheduler, CogVideoXDPMScheduler):
+            latents, old_pred_original_sample = self.scheduler.step(
+                noise_pred,
+                old_pred_original_sample,
+                t,
+                timesteps[i - 1] if i > 0 else None,
+                latents,
+                **step_kwargs,
+                return_dict=False,
+            )
+        else:
+            latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents.to(dtype), old_pred_original_sample
 
     # ------------------------------------------------------------------ long videos
     def encode_pose_latents(
@@ -618,8 +626,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             else None
         )
         ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
-        is_dpm = isinstance(self.scheduler, CogVideoXDPMScheduler)
-        step_kwargs = {"generator": generator, "eta": 0.0} if is_dpm else self.prepare_extra_step_kwargs(generator, 0.0)
+        step_kwargs = self._step_kwargs(generator)
 
         # 3. Denoising loop: every window at every step, fused on the clip.
         old_pred_original_sample = None
@@ -667,28 +674,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                         progress_bar.update()
                     del pred, model_input
 
-                if is_dpm:
-                    latents, old_pred_original_sample = self.scheduler.step(
-                        noise_pred,
-                        old_pred_original_sample,
-                        t,
-                        timesteps[i - 1] if i > 0 else None,
-                        latents,
-                        **step_kwargs,
-                        return_dict=False,
-                    )
-                else:
-                    latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-                latents = latents.to(dtype)
-
+                latents, old_pred_original_sample = self._scheduler_step(
+                    noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype
+                )
                 if callback_on_step_end is not None:
-                    available = {
-                        "latents": latents,
-                        "prompt_embeds": prompt_embeds,
-                        "negative_prompt_embeds": negative_prompt_embeds,
-                    }
+                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
+                               "negative_prompt_embeds": negative_prompt_embeds}
                     outputs = callback_on_step_end(
-                        self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     ) or {}
                     latents = outputs.pop("latents", latents)
         self._current_timestep = None
