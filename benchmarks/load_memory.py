@@ -73,23 +73,10 @@ def big_config(target_bytes: float, bytes_per_param: int) -> tuple[dict, int]:
 def write_weights(root: Path, config: dict, dtype, shard_gb: float | None = None) -> dict:
     """Tiny shared parts + the big transformer twice (base, Mask_B01). Returns file sizes."""
     import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
     from dynamictrl.models import DynamiCtrlTransformerModel
-    from tiny_models import (
-        SCHEDULER_CONFIG,
-        VAE_CONFIG,
-        build_text_encoder,
-        build_tokenizer,
-    )
+    from tiny_models import save_shared_parts
 
-    base = root / "DynamiCtrl"
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(base / "tokenizer")
-    build_text_encoder(len(tokenizer)).save_pretrained(base / "text_encoder")
-    AutoencoderKLCogVideoX(**VAE_CONFIG).save_pretrained(base / "vae")
-    CogVideoXDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(base / "scheduler")
-    (base / "model_index.json").write_text(json.dumps({"_class_name": "DynamiCtrlPipeline"}))
+    base = save_shared_parts(root / "DynamiCtrl")
 
     # Built on the meta device and filled in place: no 2 GB of default init, no second copy.
     with torch.device("meta"):

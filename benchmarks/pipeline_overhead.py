@@ -60,25 +60,11 @@ def mid_transformer_config(size: int, frames: int, layers: int, heads: int, head
 
 def save_checkpoint(root: Path, config: dict, seed: int = 0) -> Path:
     """The tiny tokenizer/T5/VAE/scheduler + a bigger transformer, hub layout."""
-    import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
     from dynamictrl.models import DynamiCtrlTransformerModel
-    from tiny_models import (
-        SCHEDULER_CONFIG,
-        VAE_CONFIG,
-        build_text_encoder,
-        build_tokenizer,
-    )
+    from tiny_models import save_shared_parts
 
-    base = root / "DynamiCtrl"
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(base / "tokenizer")
-    build_text_encoder(len(tokenizer)).save_pretrained(base / "text_encoder")
-    AutoencoderKLCogVideoX(**VAE_CONFIG).save_pretrained(base / "vae")
-    CogVideoXDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(base / "scheduler")
+    base = save_shared_parts(root / "DynamiCtrl", seed)
     DynamiCtrlTransformerModel(**config).eval().save_pretrained(base / "transformer")
-    (base / "model_index.json").write_text('{"_class_name": "DynamiCtrlPipeline"}')  # marks the folder complete
     return base
 
 

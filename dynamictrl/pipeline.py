@@ -416,13 +416,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         # Everything that does not change across steps is prepared here, once.
         image_input = torch.cat([image_latents] * 2) if do_cfg else image_latents
         pose_input = torch.cat([pose_latents] * 2) if do_cfg else pose_latents
-        rotary_emb = (
-            self._prepare_rotary_positional_embeddings(height, width, layout.padded_latent_frames, device)
-            if self.transformer.config.use_rotary_positional_embeddings
-            else None
-        )
-        ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
-        step_kwargs = self._step_kwargs(generator)
+        rotary_emb, ofs, step_kwargs = self._step_constants(height, width, layout, latents, generator)
 
         # 4. Denoising loop.
         old_pred_original_sample = None
@@ -482,10 +476,20 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             return (video,)
         return CogVideoXPipelineOutput(frames=video)
 
-    def _step_kwargs(self, generator) -> dict:
+    def _step_constants(self, height: int, width: int, layout: LatentLayout, latents: torch.Tensor, generator):
+        """What every denoising step reuses: RoPE of the padded latent grid, the ofs value
+        (2.0, CogVideoX-1.5 I2V) and the scheduler's extra arguments."""
+        rotary_emb = (
+            self._prepare_rotary_positional_embeddings(height, width, layout.padded_latent_frames, latents.device)
+            if self.transformer.config.use_rotary_positional_embeddings
+            else None
+        )
+        ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
         if isinstance(self.scheduler, CogVideoXDPMScheduler):
-            return {"generator": generator, "eta": 0.0}
-        return self.prepare_extra_step_kwargs(generator, 0.0)
+            step_kwargs = {"generator": generator, "eta": 0.0}
+        else:
+            step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+        return rotary_emb, ofs, step_kwargs
 
     def _scheduler_step(self, noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype):
         """x_t -> x_{t-1}. The DPM solver also takes the previous step's x0 prediction and
@@ -620,13 +624,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             return repeat(prompt_embeds, n)
 
         texts = {len(chunk): (text if len(chunk) == 1 else text_for(len(chunk))) for chunk in chunks}
-        rotary_emb = (
-            self._prepare_rotary_positional_embeddings(height, width, layout.padded_latent_frames, device)
-            if self.transformer.config.use_rotary_positional_embeddings
-            else None
-        )
-        ofs = latents.new_full((1,), fill_value=OFS) if self.transformer.config.ofs_embed_dim else None
-        step_kwargs = self._step_kwargs(generator)
+        rotary_emb, ofs, step_kwargs = self._step_constants(height, width, layout, latents, generator)
 
         # 3. Denoising loop: every window at every step, fused on the clip.
         old_pred_original_sample = None

@@ -98,15 +98,15 @@ def build_transformer(seed: int) -> DynamiCtrlTransformerModel:
     return DynamiCtrlTransformerModel(**TRANSFORMER_CONFIG).eval()
 
 
-def save_tiny_checkpoints(root: str | Path, seed: int = 0) -> Path:
-    root = Path(root)
-    base = root / "DynamiCtrl"
+def save_shared_parts(base: str | Path, seed: int = 0) -> Path:
+    """Tokenizer, T5, VAE, scheduler and model_index.json of `base` (the
+    gulucaptain/DynamiCtrl folder): everything but the transformer."""
+    base = Path(base)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(base / "tokenizer")
     build_text_encoder(len(tokenizer)).save_pretrained(base / "text_encoder")
     AutoencoderKLCogVideoX(**VAE_CONFIG).save_pretrained(base / "vae")
-    build_transformer(seed + 1).save_pretrained(base / "transformer")
     CogVideoXDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(base / "scheduler")
     # The hub's model_index.json names the authors' own module; we never read it, but
     # keep the layout identical.
@@ -119,6 +119,13 @@ def save_tiny_checkpoints(root: str | Path, seed: int = 0) -> Path:
         "transformer": ["dynamictrl", "DynamiCtrlTransformerModel"],
     }
     (base / "model_index.json").write_text(json.dumps(index, indent=2))
+    return base
+
+
+def save_tiny_checkpoints(root: str | Path, seed: int = 0) -> Path:
+    root = Path(root)
+    base = save_shared_parts(root / "DynamiCtrl", seed)
+    build_transformer(seed + 1).save_pretrained(base / "transformer")
     build_transformer(seed + 2).save_pretrained(root / "Dynamictrl-Mask_B01")
     build_transformer(seed + 3).save_pretrained(root / "Dynamictrl-Mask_C01")
     return root
