@@ -32,6 +32,14 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lipsync_weights(tiny_weights) -> Path:
+    """The tiny weights folder plus tiny MuseTalk 1.5 (UNet, VAE, whisper, face parsing)."""
+    from tiny_musetalk import save_tiny_musetalk
+
+    return save_tiny_musetalk(tiny_weights)
+
+
+@pytest.fixture(scope="session")
 def dwpose_weights(tiny_weights) -> Path:
     return tiny_weights
 
