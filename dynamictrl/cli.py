@@ -1,4 +1,4 @@
-"""Command line: `python -m dynamictrl generate|download ...` (a thin adapter over studio.py)."""
+"""Command line: `python -m dynamictrl generate|pose|lipsync|download ...` (a thin adapter over studio.py)."""
 
 import argparse
 import sys
@@ -127,8 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dwpose", action="store_true", help="also the DWPose ONNX files (pose extraction)")
     download.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default=None, help="also a SAM checkpoint")
     download.add_argument("--captioner", choices=("2b", "7b"), default=None, help="also Qwen2-VL for captions")
-    download.add_argument("--all", action="store_true", help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B")
+    download.add_argument("--lipsync", action="store_true",
+                          help="also MuseTalk 1.5 and its VAE, whisper-tiny and face-parsing weights")
+    download.add_argument("--all", action="store_true",
+                          help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync")
     download.add_argument("--weights-dir", default=None)
+    from .lipsync.settings import LipSyncSettings
+
+    lip_defaults = LipSyncSettings()
+    lipsync = commands.add_parser("lipsync", help="lip-sync the face in a video to speech (MuseTalk 1.5)")
+    lipsync.add_argument("--video", required=True, help="video with a visible face, e.g. a generated clip")
+    lipsync.add_argument("--audio", required=True, help="speech: wav, mp3, flac, ogg, m4a, or a video's audio track")
+    lipsync.add_argument("--out", required=True, help="output .mp4 with the audio (a .json manifest beside it)")
+    lipsync.add_argument("--bbox-shift", type=int, default=lip_defaults.bbox_shift,
+                         help="px to move the top of the repainted mouth region (positive: down, opens the mouth more)")
+    lipsync.add_argument("--extra-margin", type=int, default=lip_defaults.extra_margin,
+                         help="px below the chin included in the face crop (v1.5 default 10)")
+    lipsync.add_argument("--parsing-mode", choices=("jaw", "raw", "neck"), default=lip_defaults.parsing_mode,
+                         help="which face region is blended back (jaw: MuseTalk 1.5's default)")
+    lipsync.add_argument("--batch-size", type=int, default=lip_defaults.batch_size, help="frames per UNet/VAE call")
+    lipsync.add_argument("--weights-dir", default=None)
+    lipsync.add_argument("--device", default=None)
+    lipsync.add_argument("--cache-dir", default=None,
+                         help="where per-video avatars are kept (default: $DYNAMICTRL_CACHE or ~/.cache/dynamictrl)")
+
     return parser
 
 
@@ -242,6 +264,38 @@ def run_mask(args) -> int:
     return 0
 
 
+class TqdmProgress:
+    """A `progress(fraction, message)` callback drawing one tqdm bar."""
+
+    def __init__(self, description: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=1000, desc=description, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        self.bar.set_postfix_str(message, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_lipsync(args) -> int:
+    from .lipsync.settings import LipSyncSettings
+    from .studio import Studio
+
+    settings = LipSyncSettings(bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
+                               parsing_mode=args.parsing_mode, batch_size=args.batch_size)
+    studio = Studio(weights_dir=args.weights_dir, device=args.device, cache_dir=args.cache_dir)
+    progress = TqdmProgress("lip-sync")
+    try:
+        result = studio.lipsync(args.video, args.audio, args.out, settings, progress=progress)
+    finally:
+        progress.close()
+    print(f"Wrote {result.video_path} and {result.manifest_path} in {result.elapsed_s:.1f} s. {result.report.summary()}")
+    return 0
+
+
 def run_download(args) -> int:
     variants = sorted(weights.VARIANTS) if args.all else [args.variant] if args.variant else []
     repos = [weights.BASE_REPO] + [weights.variant_repo(v) for v in variants]
@@ -254,6 +308,9 @@ def run_download(args) -> int:
         print(f"{weights.DWPOSE_REPO} is in {path}")
     if args.sam or args.all:
         print(f"SAM {args.sam or 'vit_b'} is {weights.resolve_sam(args.sam or 'vit_b', args.weights_dir)}")
+    if args.lipsync or args.all:
+        for repo, files in weights.LIPSYNC_WEIGHTS.items():
+            print(f"{repo} is in {weights.resolve_files(repo, files, args.weights_dir)}")
     return 0
 
 
@@ -266,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             "caption": run_caption,
             "mask": run_mask,
             "download": run_download,
+            "lipsync": run_lipsync,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:

@@ -28,6 +28,7 @@ from .segment import apply_mask, clean_mask, register_segmenter, variant_for
 from .video import read_video, write_video
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+MAX_LIPSYNC_VIDEO_GB = 6.0  # decoded frames held for lip-sync (about 35 s of 1080p at 25 fps)
 MAX_SIDE = 2048  # the paper's largest is 1360x1360; beyond this the 5B model runs out of any GPU
 
 # progress(fraction in [0, 1], message); return value ignored.
@@ -97,6 +98,14 @@ class GenerateResult:
     frames: np.ndarray = field(repr=False)  # (T, H, W, 3) uint8
     elapsed_s: float
     pose: PoseResult | None = None
+
+
+@dataclass
+class LipSyncResult:
+    video_path: Path
+    manifest_path: Path
+    report: object  # dynamictrl.lipsync.pipeline.LipSyncReport
+    elapsed_s: float
 
 
 def file_sha256(path: str | Path) -> str:
@@ -208,6 +217,18 @@ def fill_placeholder(caption: str, fill: str, mask_mode: str | None) -> str:
     return PLACEHOLDER_PATTERN.sub(fill.strip().rstrip(".") + ".", caption, count=1)
 
 
+def default_cache_dir() -> Path:
+    """`$DYNAMICTRL_CACHE` if set, else `~/.cache/dynamictrl` (lip-sync avatars live under it)."""
+    return Path(os.environ.get("DYNAMICTRL_CACHE", Path.home() / ".cache" / "dynamictrl"))
+
+
+def _phase(progress: ProgressCallback | None, start: float, end: float) -> ProgressCallback | None:
+    """A progress callback reporting into [start, end] of the caller's bar."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (end - start) * fraction, message)
+
+
 def _process_ram_gb() -> float | None:
     """Resident memory of this process (Linux /proc; None elsewhere)."""
     try:
@@ -221,7 +242,7 @@ class Studio:
     """Holds loaded models between calls and strings the stages together."""
 
     def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None,
-                 sam_kind: str = "vit_b", caption_model: str = "2b"):
+                 sam_kind: str = "vit_b", caption_model: str = "2b", cache_dir: str | Path | None = None):
         self.model = model
         self.sam_kind = sam_kind
         self.caption_model = caption_model
@@ -231,11 +252,23 @@ class Studio:
         self._dynamictrl = {}  # torch dtype -> DynamiCtrlModels
         self._t5_tokenizer = None
         self.manager.register("dwpose", self._load_detector)
+        self.manager.register("lipsync", self._load_lipsync)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._avatars = None  # lipsync.cache.AvatarCache, made on first lip-sync
 
     def _load_detector(self):
         from .pose.detector import DWPoseDetector
 
         return DWPoseDetector.from_pretrained(weights_dir=self.weights_dir, device=self.device)
+
+    def _load_lipsync(self):
+        import torch
+
+        from .lipsync.models import MuseTalkModels
+
+        # fp16 on a GPU as MuseTalk's realtime mode; fp32 on the CPU as its offline default.
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        return MuseTalkModels.from_pretrained(self.weights_dir, dtype=dtype)
 
     def dynamictrl(self, dtype: str) -> DynamiCtrlModels:
         """The DynamiCtrl parts in the manager for a dtype (one dtype is held at a time)."""
@@ -315,6 +348,78 @@ class Studio:
             filled_frames=sequence.filled_frames,
             elapsed_s=time.perf_counter() - started,
         )
+
+    # ------------------------------------------------------------ lip-sync
+    def lipsync(
+        self,
+        video_path: str | Path,
+        audio_path: str | Path,
+        out_path: str | Path,
+        settings=None,
+        progress: ProgressCallback | None = None,
+    ) -> LipSyncResult:
+        """Lip-syncs the face in `video_path` to `audio_path` (MuseTalk 1.5); writes the mp4
+        with the audio muxed in and, beside it, `<name>.json`.
+
+        The output lasts as long as the audio (the video ping-pongs or is cut, see the
+        report). What depends only on the video is cached per video (`cache_dir`), so a
+        second audio clip for the same video skips face detection and encoding.
+        """
+        from .lipsync.audio import load_audio
+        from .lipsync.cache import AvatarCache, avatar_key
+        from .lipsync.pipeline import LipSyncPipeline
+        from .lipsync.settings import LipSyncSettings
+        from .video import check_video_memory
+
+        started = time.perf_counter()
+        settings = settings or LipSyncSettings()
+        out_path = Path(out_path)
+        if out_path.suffix.lower() != ".mp4":
+            raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
+        audio = load_audio(audio_path)  # bad audio fails before any model loads
+        check_video_memory(video_path, MAX_LIPSYNC_VIDEO_GB, fix="trim it or lower its resolution for lip-sync")
+        video_hash = file_sha256(video_path)
+        if self._avatars is None:
+            self._avatars = AvatarCache(self.cache_dir / "avatars")
+        key = avatar_key(video_hash, settings, self.manager.get("lipsync").fingerprint)
+
+        def read_frames():
+            video = read_video(video_path)
+            return video.frames, video.fps
+
+        avatar = self._avatars.get(key, read_frames)
+        cached = avatar is not None
+        if avatar is None:
+            frames, fps = read_frames()
+            with self.manager.use("dwpose") as detector:
+                poses = detector.detect_video(frames, progress=_phase(progress, 0.0, 0.2))
+            with self.manager.use("lipsync") as models:
+                avatar = LipSyncPipeline(models).prepare_avatar(frames, fps, poses, settings,
+                                                                progress=_phase(progress, 0.2, 0.4))
+            self._avatars.put(key, avatar)
+        with self.manager.use("lipsync") as models:
+            frames, report = LipSyncPipeline(models)(avatar, audio, settings, progress=_phase(progress, 0.4, 1.0))
+            report.avatar_cached = cached
+            write_video(out_path, frames, fps=avatar.fps, audio_path=audio_path)
+        elapsed = time.perf_counter() - started
+        manifest_path = out_path.with_suffix(".json")
+        manifest = {
+            "output": out_path.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kind": "lipsync",
+            "settings": asdict(settings),
+            "inputs": {
+                "video": {"path": str(video_path), "sha256": video_hash},
+                "audio": {"path": str(audio_path), "sha256": file_sha256(audio_path)},
+            },
+            "report": {**asdict(report), "summary": report.summary()},
+            "models": {repo: list(files) for repo, files in weights.LIPSYNC_WEIGHTS.items()},
+            "device": self.device,
+            "versions": package_versions(),
+            "elapsed_s": round(elapsed, 3),
+        }
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        return LipSyncResult(out_path, manifest_path, report, elapsed)
 
     # ------------------------------------------------------------ reference tools
     def _variant_for(self, settings: GenerateSettings) -> str | None:

@@ -6,6 +6,7 @@ mp4, mov, webm, mkv and gif all read the same way.
 """
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,13 +169,26 @@ def to_uint8_frames(frames) -> np.ndarray:
 
 
 def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | Path | None = None, quality: int = 8):
-    """Writes H.264 mp4 (yuv420p, even sizes), optionally muxing an audio file (AAC)."""
+    """Writes H.264 mp4 (yuv420p, even sizes), optionally muxing an audio file (AAC).
+
+    `frames` is an array/list, or any iterable of (H, W, 3) frames, which is streamed to
+    the encoder one frame at a time (long outputs never sit in memory whole).
+    """
     path = Path(path)
-    frames = _even(to_uint8_frames(frames))
+    if isinstance(frames, (list, np.ndarray)) or hasattr(frames, "shape"):
+        stream = iter(_even(to_uint8_frames(frames)))
+    else:
+        stream = (_even(to_uint8_frames([frame]))[0] for frame in frames)
+    first = next(stream, None)
+    if first is None:
+        raise VideoError(f"No frames to write to {path.name}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
+    height, width = first.shape[:2]
+    # Encoded under a temporary name: a failure or cancellation mid-stream leaves no
+    # truncated video where a finished one is expected.
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     writer = imageio_ffmpeg.write_frames(
-        str(path),
+        str(partial),
         (width, height),
         fps=fps,
         codec="libx264",
@@ -186,9 +200,18 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
         output_params=["-shortest"] if audio_path else None,
     )
     writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    try:
+        writer.send(np.ascontiguousarray(first))
+        for frame in stream:
+            if frame.shape[:2] != (height, width):
+                raise VideoError(f"Frame size changed from {width}x{height} to {frame.shape[1]}x{frame.shape[0]}.")
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
     return path
 
 
@@ -211,3 +234,25 @@ def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float
     step = source_fps / fps if fps else 1.0
     driving = int((total - 1 - indices[0]) / step + 1e-6) + 1  # driving frames available
     return driving // 4 * 4 + 1
+
+
+def check_video_memory(path: str | Path, limit_gb: float, fix: str = "trim it or lower its resolution") -> int:
+    """Raises VideoError if all decoded frames of `path` would take more than `limit_gb`;
+    returns the frame count. Counts packets (no decoding)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"Video file not found: {path}")
+    try:
+        meta, frames_iter = _iter_frames(path)
+        frames_iter.close()
+        total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (OSError, RuntimeError) as error:
+        raise _decode_error(path, error) from error
+    width, height = meta["size"]
+    needed_gb = total * width * height * 3 / 1024**3
+    if needed_gb > limit_gb:
+        raise VideoError(
+            f"{path.name} has {total} frames of {width}x{height}: {needed_gb:.1f} GB decoded, more than the "
+            f"{limit_gb:g} GB allowed; {fix}."
+        )
+    return total

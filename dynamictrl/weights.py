@@ -18,6 +18,24 @@ VARIANTS = {
 # DWPose (pose extraction): only the two ONNX files the official pipeline uses.
 DWPOSE_REPO = "yzd-v/DWPose"
 DWPOSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
+# Lip-sync (MuseTalk 1.5): the UNet from MuseTalk's repo and the three models it builds on,
+# each fetched file by file into `weights/<repo-name>/`. The face-parsing BiSeNet was
+# published on Google Drive only; `vivym/face-parsing-bisenet` is the hub mirror of the
+# same `79999_iter.pth` (a plain state dict, loaded with weights_only=True).
+MUSETALK_REPO = "TMElyralab/MuseTalk"
+MUSETALK_FILES = ("musetalkV15/unet.pth", "musetalkV15/musetalk.json")
+SD_VAE_REPO = "stabilityai/sd-vae-ft-mse"
+SD_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+WHISPER_REPO = "openai/whisper-tiny"
+WHISPER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+FACE_PARSING_REPO = "vivym/face-parsing-bisenet"
+FACE_PARSING_FILES = ("79999_iter.pth",)
+LIPSYNC_WEIGHTS = {
+    MUSETALK_REPO: MUSETALK_FILES,
+    SD_VAE_REPO: SD_VAE_FILES,
+    WHISPER_REPO: WHISPER_FILES,
+    FACE_PARSING_REPO: FACE_PARSING_FILES,
+}
 # Approximate download sizes, for messages and the README.
 SIZES_GB = {BASE_REPO: 22.0, VARIANTS["mask_background"]: 11.5, VARIANTS["mask_clothing"]: 11.5}
 

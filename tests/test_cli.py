@@ -207,3 +207,27 @@ def test_generate_a_clip_longer_than_one_window(tiny_weights, tmp_path):
     assert read_video(out).num_frames == 21
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["settings"]["window_frames"] == 9 and manifest["settings"]["overlap"] == 1
+
+
+def test_lipsync_command(lipsync_weights, tmp_path):
+    from scipy.io import wavfile
+
+    frames = np.random.default_rng(3).integers(0, 255, (5, 240, 320, 3), dtype=np.uint8)
+    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (tests/tiny_onnx.py)
+    video = write_video(tmp_path / "talk.mp4", frames, fps=25)
+    t = np.arange(6400) / 16000
+    wavfile.write(tmp_path / "speech.wav", 16000, (9000 * np.sin(2 * np.pi * 180 * t)).astype(np.int16))
+    out = tmp_path / "synced.mp4"
+    common = ["--weights-dir", str(lipsync_weights), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+
+    result = run_cli("lipsync", "--video", str(video), "--audio", str(tmp_path / "speech.wav"), "--out", str(out),
+                     "--bbox-shift", "2", "--batch-size", "4", *common)
+    assert result.returncode == 0, result.stderr
+    assert "10 frames at 25 fps" in result.stdout and "forward and backward" in result.stdout
+    assert "lip-sync" in result.stderr  # the progress bar
+    assert read_video(out).num_frames == 10
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["bbox_shift"] == 2
+
+    wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
+    failed = run_cli("lipsync", "--video", str(video), "--audio", str(tmp_path / "silence.wav"), "--out", str(out), *common)
+    assert failed.returncode == 2 and "silent" in failed.stderr and "Traceback" not in failed.stderr

@@ -231,3 +231,76 @@ def test_cancel_from_the_progress_callback_stops_cleanly(studio, inputs, tmp_pat
     assert not (tmp_path / "c.mp4").exists() and not (tmp_path / "c.json").exists()
     assert not any(row["in_use"] for row in studio.manager.status())  # nothing left held
     assert studio.generate(image, tmp_path / "after.mp4", settings(), pose_video_path=pose).frames.shape[0] == 9
+
+
+# ------------------------------------------------------------------ lip-sync
+@pytest.fixture(scope="module")
+def lip_studio(lipsync_weights, tmp_path_factory):
+    return Studio(weights_dir=lipsync_weights, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def talking_video(path, num_frames=6, gate=255, fps=25):
+    """Frames whose top-left block makes the tiny DWPose find people (see tiny_onnx)."""
+    frames = np.random.default_rng(3).integers(0, 255, (num_frames, 240, 320, 3), dtype=np.uint8)
+    frames[:, :16, :16] = (gate, 0, 0)
+    return write_video(path, frames, fps=fps)
+
+
+def wav(path, seconds, amplitude=0.3):
+    from scipy.io import wavfile
+
+    t = np.arange(int(seconds * 16000)) / 16000
+    wavfile.write(path, 16000, (amplitude * np.sin(2 * np.pi * 200 * t) * 32767).astype(np.int16))
+    return path
+
+
+def test_lipsync_writes_video_with_audio_and_caches_the_avatar(lip_studio, tmp_path):
+    import imageio_ffmpeg
+
+    video = talking_video(tmp_path / "talk.mp4")
+    runs_before = lip_studio.manager.get("dwpose").stats.detector_runs
+    first = lip_studio.lipsync(video, wav(tmp_path / "a.wav", 0.5), tmp_path / "out.mp4")
+    assert lip_studio.manager.get("dwpose").stats.detector_runs == runs_before + 6
+    out = read_video(first.video_path)
+    assert out.num_frames == 12 == first.report.output_frames and out.size == (240, 320)
+    assert first.report.looped and not first.report.avatar_cached
+    _, seconds = imageio_ffmpeg.count_frames_and_secs(str(first.video_path))
+    probe = imageio_ffmpeg.read_frames(str(first.video_path))
+    assert probe.__next__()["audio_codec"] == "aac"
+    probe.close()
+    assert seconds == pytest.approx(0.48, abs=0.05)
+    manifest = json.loads(first.manifest_path.read_text())
+    assert manifest["kind"] == "lipsync" and manifest["inputs"]["video"]["sha256"] == file_sha256(video)
+    assert manifest["report"]["output_frames"] == 12 and "forward and backward" in manifest["report"]["summary"]
+
+    # A new audio clip for the same video: no detection, no encoding; a shorter clip cuts the video.
+    second = lip_studio.lipsync(video, wav(tmp_path / "b.wav", 0.17), tmp_path / "out2.mp4")
+    assert second.report.avatar_cached and second.report.trimmed
+    assert lip_studio.manager.get("dwpose").stats.detector_runs == runs_before + 6
+    assert read_video(second.video_path).num_frames == 4
+    # A fresh process finds the avatar on disk.
+    again = Studio(weights_dir=lip_studio.weights_dir, device="cpu", cache_dir=lip_studio.cache_dir)
+    third = again.lipsync(video, tmp_path / "b.wav", tmp_path / "out3.mp4")
+    assert third.report.avatar_cached and again._avatars.hits["disk"] == 1
+
+
+def test_lipsync_bad_inputs_are_clear_errors(lip_studio, tmp_path):
+    from dynamictrl.lipsync.audio import AudioError
+    from dynamictrl.lipsync.pipeline import NoFaceError
+    from dynamictrl.video import VideoError
+
+    video = talking_video(tmp_path / "talk.mp4", num_frames=2)
+    with pytest.raises(AudioError, match="silent"):
+        lip_studio.lipsync(video, wav(tmp_path / "quiet.wav", 0.5, amplitude=0.0), tmp_path / "o.mp4")
+    (tmp_path / "notes.wav").write_text("not audio")
+    with pytest.raises(AudioError):
+        lip_studio.lipsync(video, tmp_path / "notes.wav", tmp_path / "o.mp4")
+    with pytest.raises(ValueError, match=".mp4"):
+        lip_studio.lipsync(video, wav(tmp_path / "a.wav", 0.3), tmp_path / "o.gif")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(VideoError):
+        lip_studio.lipsync(tmp_path / "broken.mp4", tmp_path / "a.wav", tmp_path / "o.mp4")
+    nobody = talking_video(tmp_path / "nobody.mp4", num_frames=3, gate=0)
+    with pytest.raises(NoFaceError, match="frames 0-2"):
+        lip_studio.lipsync(nobody, tmp_path / "a.wav", tmp_path / "o.mp4")
+    assert not (tmp_path / "o.mp4").exists()
