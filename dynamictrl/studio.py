@@ -193,6 +193,8 @@ def list_history(outputs_dir: str | Path) -> list[dict]:
 
 def settings_from_manifest(manifest: dict) -> GenerateSettings:
     """The `GenerateSettings` a manifest recorded (unknown keys of other versions ignored)."""
+    if manifest.get("kind") == "lipsync":
+        raise ValueError("This is a lip-sync result: its settings are not generation settings. Pick a generated video.")
     known = GenerateSettings.__dataclass_fields__
     return GenerateSettings(**{key: value for key, value in manifest["settings"].items() if key in known})
 

@@ -25,10 +25,11 @@ def _import_test_builders():
 
 
 def save_tiny_weights(folder: str | Path) -> Path:
-    """Writes tiny DynamiCtrl (+ mask variants), DWPose and Qwen2-VL checkpoints into
+    """Writes tiny DynamiCtrl (+ mask variants), DWPose, Qwen2-VL and MuseTalk checkpoints into
     `folder` in the real hub layouts; returns it. Skips what is already there."""
     _import_test_builders()
     from tiny_models import save_tiny_checkpoints
+    from tiny_musetalk import save_tiny_musetalk
     from tiny_onnx import save_tiny_dwpose
     from tiny_qwen import FOLDER_NAME, save_tiny_qwen
 
@@ -39,6 +40,8 @@ def save_tiny_weights(folder: str | Path) -> Path:
         save_tiny_dwpose(folder / "DWPose")
     if not (folder / FOLDER_NAME / "config.json").is_file():
         save_tiny_qwen(folder)
+    if not (folder / "face-parsing-bisenet" / "79999_iter.pth").is_file():
+        save_tiny_musetalk(folder)
     return folder
 
 
@@ -51,6 +54,6 @@ def tiny_studio(folder: str | Path):
     save_tiny_weights(folder)
     from tiny_sam import build_tiny_sam
 
-    studio = Studio(weights_dir=folder, device="cpu")
+    studio = Studio(weights_dir=folder, device="cpu", cache_dir=Path(folder) / "cache")
     studio.manager.register("sam.vit_b", lambda: Segmenter(build_tiny_sam(), device="cpu"))
     return studio

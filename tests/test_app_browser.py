@@ -1,6 +1,6 @@
 """A user's walk through `app.py --tiny` in a real browser (Playwright driving Debian's
 Chromium): upload, person mask, example clip, extract poses, auto caption, generate,
-history. Screenshots of every step go to tests/artifacts/ (git-ignored).
+lip-sync, history. Screenshots of every step go to tests/artifacts/ (git-ignored).
 
 Needs `/usr/bin/chromium` (`apt-get install -y chromium`; `.ci/run` installs it). The
 test fails rather than skips without it, so a CI that lost the browser says so.
@@ -49,6 +49,18 @@ def page(tiny_app):
         finally:
             browser.close()
             shutil.rmtree(profile, ignore_errors=True)
+
+
+def speech_file() -> Path:
+    """Two seconds of a voiced, wobbling tone as a 16-bit wav."""
+    import numpy as np
+    from scipy.io import wavfile
+
+    path = Path(tempfile.mkdtemp(prefix="speech-")) / "speech.wav"
+    t = np.arange(32000) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 4 * t))
+    wavfile.write(path, 16000, (wave * 32767 / 2).astype(np.int16))
+    return path
 
 
 def wait_for_text(page, selector: str, text: str) -> None:
@@ -110,12 +122,25 @@ def walk_through(page, tiny_app):
     assert video.evaluate("v => v.duration") > 0
     shot(page, "05_result")
 
-    # History lists the result
+    # Lip-sync: the result speaks a short clip
+    page.get_by_role("tab", name="Lip-sync").click()
+    page.locator("#lipsync-use-result").click()
+    page.locator("#lipsync-video video").wait_for()
+    page.locator("#lipsync-audio input[type=file]").set_input_files(str(speech_file()))
+    page.locator("#lipsync-run").click()
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#lipsync-result video'); return v && v.duration > 0; }"
+    )
+    wait_for_text(page, "#lipsync-report", "frames at 16 fps")
+    shot(page, "06_lipsync")
+
+    # History lists both results
     page.get_by_role("tab", name="History").click()
-    newest = max(tiny_app.outputs.glob("*.json")).with_suffix(".mp4").name
+    newest = max(tiny_app.outputs.glob("*_lipsync.json")).with_suffix(".mp4").name
     wait_for_text(page, "#history-table", newest)
-    shot(page, "06_history")
+    wait_for_text(page, "#history-table", "lip-sync to")
+    shot(page, "07_history")
 
     page.get_by_role("tab", name="System").click()
     wait_for_text(page, "#models-table", "dynamictrl.shared")
-    shot(page, "07_system")
+    shot(page, "08_system")

@@ -123,3 +123,28 @@ def test_whole_clip_sets_the_longest_frame_count(client):
     frames, info = client.predict(handle_file(str(CLIP)), 0, 16, api_name="/whole_clip")
     assert frames == longest_pose_clip(CLIP, fps=16) and (frames - 1) % 4 == 0 and frames > 37
     assert "overlapping windows" in info
+
+
+def test_lipsync_through_the_api(client, tiny_app, tmp_path):
+    from gradio_client import handle_file
+    from scipy.io import wavfile
+
+    frames = np.random.default_rng(5).integers(0, 255, (6, 120, 160, 3), dtype=np.uint8)
+    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (tests/tiny_onnx.py)
+    talk = write_video(tmp_path / "talk.mp4", frames, fps=25)
+    t = np.arange(8000) / 16000
+    wavfile.write(tmp_path / "speech.wav", 16000, (8000 * np.sin(2 * np.pi * 150 * t)).astype(np.int16))
+    settings = [0, 10, "jaw", 90, 90]
+    video, report, files = client.predict(handle_file(str(talk)), handle_file(str(tmp_path / "speech.wav")), *settings,
+                                          api_name="/lipsync")
+    assert Path(video).stat().st_size > 0 and "12 frames at 25 fps" in report
+    assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
+    _gallery, table, _manifest = client.predict(api_name="/history")
+    assert any(row[5].startswith("lip-sync to") for row in table["data"])
+
+    wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
+    message = app_error(client, handle_file(str(talk)), handle_file(str(tmp_path / "silence.wav")), *settings,
+                        api_name="/lipsync")
+    assert "silent" in message
+    assert "Upload or record the speech" in app_error(client, handle_file(str(talk)), None, *settings,
+                                                      api_name="/lipsync")

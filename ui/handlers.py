@@ -21,6 +21,7 @@ import numpy as np
 
 from dynamictrl import studio as studio_api
 from dynamictrl.caption import consistency_hint, has_placeholder
+from dynamictrl.lipsync.settings import LipSyncSettings
 from dynamictrl.manager import OFFLOAD_CHOICES, OutOfMemory
 from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
 from dynamictrl.video import longest_pose_clip
@@ -48,6 +49,7 @@ SPEED_PRESETS = {
 RETARGET_CHOICES = ("global", "bones", "none")
 MASK_MODES = ("none", "background", "clothing")
 MAX_SEED = 2**31 - 1
+LIPSYNC_GPU_SECONDS = 180  # ZeroGPU budget: MuseTalk runs 30+ fps once models are on the GPU
 # Errors whose message already says what to do: shown as they are.
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsNotFoundError, OutOfMemory, KeyError)
 
@@ -132,6 +134,7 @@ class Handlers:
         self._extract_on_gpu = gpu_job(120)(self.studio.extract_poses)
         self._mask_on_gpu = gpu_job(60)(self.studio.mask)
         self._caption_on_gpu = gpu_job(120)(self.studio.caption)
+        self._lipsync_on_gpu = gpu_job(LIPSYNC_GPU_SECONDS)(self.studio.lipsync)
 
     # ------------------------------------------------------------------ helpers
     def _work_path(self, name: str) -> Path:
@@ -356,14 +359,38 @@ class Handlers:
         self._cancel_event(request).set()
         gr.Info("Cancelling after the current step…")
 
+    # ------------------------------------------------------------------ lip-sync
+    @staticmethod
+    def latest_result(result_video):
+        if not result_video:
+            raise gr.Error("No result yet: generate a video on the Create tab first, or upload one here.")
+        return result_video
+
+    @friendly_errors
+    def lipsync(self, video_path, audio_path, bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek,
+                request: gr.Request, progress=gr.Progress()):
+        _require(video_path, "Upload a video with a visible face, or click 'Use the latest result'.")
+        _require(audio_path, "Upload or record the speech first.")
+        settings = LipSyncSettings(bbox_shift=int(bbox_shift), extra_margin=int(extra_margin),
+                                   parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
+                                   right_cheek_width=int(right_cheek))
+        cancel = self._cancel_event(request)
+        cancel.clear()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_lipsync.mp4"
+        progress(0.0, desc="loading models")
+        result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
+                                      progress=ProgressReporter(progress, cancel))
+        reused = ", video analysis reused from the cache" if result.report.avatar_cached else ""
+        report = f"{result.report.summary()} ({result.elapsed_s:.1f} s{reused})"
+        return str(result.video_path), report, [str(result.video_path), str(result.manifest_path)]
+
     # ------------------------------------------------------------------ history
     @friendly_errors
     def history(self):
         entries = studio_api.list_history(self.config.outputs_dir)
         gallery = [(entry["video_path"], _history_label(entry)) for entry in entries]
-        rows = [[entry.get("created", ""), entry["output"], entry["settings"].get("seed"),
-                 entry["settings"].get("steps"), f'{entry["settings"].get("width")}x{entry["settings"].get("height")}',
-                 entry.get("prompt_used", "")] for entry in entries]
+        rows = [_history_row(entry) for entry in entries]
         return gallery, rows, [entry["manifest_path"] for entry in entries], None, None
 
     @staticmethod
@@ -417,8 +444,19 @@ class Handlers:
         return self.system_status()
 
 
+def _history_row(entry: dict) -> list:
+    settings = entry["settings"]
+    if entry.get("kind") == "lipsync":
+        audio = Path(entry.get("inputs", {}).get("audio", {}).get("path", "")).name
+        return [entry.get("created", ""), entry["output"], "", "", "", f"lip-sync to {audio}"]
+    return [entry.get("created", ""), entry["output"], settings.get("seed"), settings.get("steps"),
+            f'{settings.get("width")}x{settings.get("height")}', entry.get("prompt_used", "")]
+
+
 def _history_label(entry: dict) -> str:
     settings = entry["settings"]
+    if entry.get("kind") == "lipsync":
+        return f'{entry.get("created", "")[:19]} · lip-sync'
     return f'{entry.get("created", "")[:19]} · seed {settings.get("seed")} · {settings.get("steps")} steps'
 
 

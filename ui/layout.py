@@ -1,11 +1,11 @@
 """The page: steps in order (Character, Motion, Prompt, Generate) on the first tab, then
 Lip-sync, History and System. Layout and event wiring only; `handlers` does the calls."""
 
-import importlib.util
 from pathlib import Path
 
 import gradio as gr
 
+from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
 from dynamictrl.manager import OFFLOAD_CHOICES
 
 from .handlers import CUSTOM_SIZE, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
@@ -24,6 +24,7 @@ CSS = """
 
 def build_app(studio, config: AppConfig) -> gr.Blocks:
     handlers = Handlers(studio, config)
+    lip_defaults = LipSyncSettings()
     size_choices = [*config.size_presets, CUSTOM_SIZE]
 
     with gr.Blocks(title="DynamiCtrl Studio") as app:
@@ -129,11 +130,37 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
 
             # -------------------------------------------------------------- Lip-sync
             with gr.Tab("Lip-sync", id="lipsync"):
-                if importlib.util.find_spec("dynamictrl.lipsync") is None:
-                    gr.Markdown("### Lip-sync is not installed yet\nIt arrives with the lip-sync milestone: upload or "
-                                "record audio and the result's mouth follows it.", elem_id="lipsync-missing")
-                else:
-                    gr.Markdown("Lip-sync is installed but not wired into the app yet.")
+                gr.Markdown("Make the character speak: a video with a visible face (your result, or any clip) and "
+                            "speech. The output lasts as long as the speech; a shorter video plays forward and "
+                            "backward (MuseTalk 1.5).")
+                with gr.Row():
+                    with gr.Column():
+                        lip_video = gr.Video(label="Video with a face", sources=["upload"], elem_id="lipsync-video",
+                                             height=320)
+                        use_result = gr.Button("Use the latest result", size="sm", elem_id="lipsync-use-result")
+                        lip_audio = gr.Audio(label="Speech (wav, mp3, flac, ogg, m4a) or record",
+                                             sources=["upload", "microphone"], type="filepath", elem_id="lipsync-audio")
+                        with gr.Accordion("Settings", open=False):
+                            bbox_shift = gr.Slider(-40, 40, value=lip_defaults.bbox_shift, step=1,
+                                                   label="Mouth region shift (px; positive opens the mouth more)")
+                            extra_margin = gr.Slider(0, 40, value=lip_defaults.extra_margin, step=1,
+                                                     label="Chin margin (px below the chin in the face crop)")
+                            parsing_mode = gr.Dropdown(list(PARSING_MODES), value=lip_defaults.parsing_mode,
+                                                       label="Blended region", info="jaw: MuseTalk 1.5's default")
+                            with gr.Row():
+                                left_cheek = gr.Slider(20, 160, value=lip_defaults.left_cheek_width, step=1,
+                                                       label="Left cheek width")
+                                right_cheek = gr.Slider(20, 160, value=lip_defaults.right_cheek_width, step=1,
+                                                        label="Right cheek width")
+                        with gr.Row():
+                            lipsync_button = gr.Button("Lip-sync", variant="primary", elem_id="lipsync-run")
+                            lipsync_cancel = gr.Button("Cancel", variant="stop")
+                    with gr.Column():
+                        lip_result = gr.Video(label="Lip-synced video", interactive=False, elem_id="lipsync-result",
+                                              height=400)
+                        lip_report = gr.Markdown(elem_id="lipsync-report")
+                        lip_files = gr.File(label="Download (video + manifest)", file_count="multiple",
+                                            interactive=False)
 
             # -------------------------------------------------------------- History
             with gr.Tab("History", id="history") as history_tab:
@@ -196,6 +223,15 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
         cancel_button.click(handlers.cancel, None, None, api_name=False, queue=False)
         generate_event.then(handlers.history, None, [gallery, history_table, history_paths, history_manifest, history_index],
                             api_name=False)
+
+        use_result.click(handlers.latest_result, result_video, lip_video, api_name=False, queue=False)
+        lipsync_event = lipsync_button.click(
+            handlers.lipsync, [lip_video, lip_audio, bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek],
+            [lip_result, lip_report, lip_files], api_name="lipsync", concurrency_id=GPU,
+        )
+        lipsync_cancel.click(handlers.cancel, None, None, api_name=False, queue=False)
+        lipsync_event.then(handlers.history, None, [gallery, history_table, history_paths, history_manifest, history_index],
+                           api_name=False)
 
         history_outputs = [gallery, history_table, history_paths, history_manifest, history_index]
         refresh_history.click(handlers.history, None, history_outputs, api_name="history")
