@@ -40,7 +40,10 @@ class Video:
 
 
 def _decode_error(path: Path, error: Exception) -> VideoError:
-    detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    text = str(error)
+    if "does not contain any stream" in text and "Video:" not in text:
+        return VideoError(f"{path.name} has no video track (is it an audio file?): pick a video file.")
+    detail = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
     return VideoError(
         f"Could not decode {path.name}: {detail}. The file may be corrupt or use an unsupported codec; "
         f"re-encode it, e.g. `ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."

@@ -304,3 +304,23 @@ def test_lipsync_bad_inputs_are_clear_errors(lip_studio, tmp_path):
     with pytest.raises(NoFaceError, match="frames 0-2"):
         lip_studio.lipsync(nobody, tmp_path / "a.wav", tmp_path / "o.mp4")
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cancelling_a_lipsync_writes_nothing(lip_studio, tmp_path):
+    from dynamictrl.lipsync.settings import LipSyncSettings
+    from dynamictrl.studio import Cancelled
+
+    video = talking_video(tmp_path / "talk.mp4", num_frames=4)
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if message.startswith("Lip-sync: frame"):
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        lip_studio.lipsync(video, wav(tmp_path / "a.wav", 0.9), tmp_path / "out.mp4",
+                           LipSyncSettings(batch_size=4), progress=progress)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "talk.mp4"]
+    assert any(m.startswith("DWPose") for m in seen) and any(m.startswith("Lip-sync: preparing") for m in seen)
+    assert not any(entry["in_use"] for entry in lip_studio.manager.status())

@@ -130,8 +130,35 @@ def test_audio_only_file_has_no_video_frames(tmp_path):
         [imageio_ffmpeg.get_ffmpeg_exe(), "-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", str(audio)],
         capture_output=True, check=True,
     )
-    with pytest.raises(VideoError):
+    with pytest.raises(VideoError, match="no video track"):
         read_video(audio)
+
+
+def test_frames_stream_from_a_generator(tmp_path):
+    frames = gradient_frames(7)
+    path = write_video(tmp_path / "streamed.mp4", (frame for frame in frames), fps=8)
+    assert read_video(path).num_frames == 7
+    with pytest.raises(VideoError, match="No frames"):
+        write_video(tmp_path / "empty.mp4", iter(()))
+
+
+def test_a_failing_stream_leaves_no_file(tmp_path):
+    def frames():
+        yield from gradient_frames(3)
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        write_video(tmp_path / "cut.mp4", frames())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_video_memory(tmp_path):
+    from dynamictrl.video import check_video_memory
+
+    path = write_video(tmp_path / "m.mp4", gradient_frames(10))
+    assert check_video_memory(path, 1.0) == 10
+    with pytest.raises(VideoError, match="trim it"):
+        check_video_memory(path, 1e-6)
 
 
 def test_longest_pose_clip_counts_driving_frames_at_the_fps(tmp_path):
