@@ -5,17 +5,19 @@
 Builds the mid-size random DynamiCtrl checkpoint of `pipeline_overhead.py` (8 blocks x 512
 wide, the tiny T5 and VAE; `--model tiny` uses `tests/tiny_models.py`), then calls the
 pipeline the way the studio does (PIL image, list of uint8 pose frames, CFG on,
-output_type="np") with `window_frames` (37 by default) and `overlap_frames` (2 latent
-frames) for clips of 1, 2, 4 and 8 windows: T = 1 + 4 * (9 + 7 * (n - 1)) frames.
+output_type="uint8"; `--output-type np` gives the float32 clip instead) with
+`window_frames` (37 by default) and `overlap_frames` (2 latent frames) for clips of 1, 2,
+4 and 8 windows: T = 1 + 4 * (9 + 7 * (n - 1)) frames.
 
 Expected: time grows linearly with the number of windows (each step runs every window
 once; each window is VAE-encoded and decoded once), and the memory the sampling needs
 stays flat (activations are per window). What does grow with the clip is the host
-memory of the clip itself: the pose video given as input (converted to float32) and the
-output frames (float32). On the CPU the table gives the peak RSS of the call, those clip
-buffers computed from their shapes, and the difference (the working memory); on a GPU,
-torch's peak allocated memory (clip buffers stay on the host there). Prints numbers; not
-a test.
+memory of the clip itself: the pose video given as input (stacked as uint8, 1 byte per
+value) and the output frames (1 byte per value for "uint8", 4 for "np"; "output MiB" is
+the returned array's size). On the CPU the table gives the peak RSS of the call, those
+clip buffers, and the difference (the working memory: with "uint8" it holds one window
+in float32 at most); on a GPU, torch's peak allocated memory (clip buffers stay on the
+host there). Prints numbers; not a test.
 """
 
 import argparse
@@ -73,6 +75,8 @@ def main(argv=None):
     parser.add_argument("--overlap", type=int, default=2, help="latent frames shared by neighbouring windows")
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=3, help="calls per length; the best time is reported")
+    parser.add_argument("--output-type", default="uint8", choices=("uint8", "np"),
+                        help="uint8: what the studio asks for; np: the float32 clip, for comparison")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
@@ -111,7 +115,7 @@ def main(argv=None):
             num_inference_steps=steps,
             guidance_scale=args.guidance,
             generator=torch.Generator().manual_seed(42),
-            output_type="np",
+            output_type=args.output_type,
             window_frames=args.window_frames,
             overlap_frames=args.overlap,
             callback_on_step_end=lambda p, i, t, tensors: {},
@@ -123,7 +127,7 @@ def main(argv=None):
         frames = frames_for(windows, args.window_frames, args.overlap)
         plan = plan_windows(frames, args.window_frames, args.overlap)
         assert plan.num_windows == windows, (windows, plan)
-        walls, peak, best = [], 0, None
+        walls, peak, best, output_bytes = [], 0, None, 0
         for _ in range(args.repeats):
             transformer_time.reset()
             vae_time.reset()
@@ -132,13 +136,14 @@ def main(argv=None):
                 video = call(frames, args.steps)
                 wall = time.perf_counter() - start
             assert video.shape == (1, frames, size, size, 3), video.shape
+            output_bytes = video.nbytes
             del video
             walls.append(wall)
             peak = max(peak, memory.peak)
             if best is None or wall < best[0]:
                 best = (wall, transformer_time.seconds, transformer_time.calls, vae_time.seconds, vae_time.calls)
         wall = best[0]
-        clip_buffers = 2 * frames * size * size * 3 * 4  # pose input + output frames, float32
+        clip_buffers = frames * size * size * 3 + output_bytes  # uint8 pose input + output frames
         working = peak - (0 if device.startswith("cuda") else clip_buffers)
         base = base or (wall, working)
         rows.append([
@@ -152,6 +157,7 @@ def main(argv=None):
             f"{best[1]:.2f} ({best[2]})",
             f"{best[3]:.2f} ({best[4]})",
             f"{peak / MIB:.0f}",
+            f"{output_bytes / MIB:.1f}",
             "-" if device.startswith("cuda") else f"{clip_buffers / MIB:.0f}",
             f"{working / MIB:.0f}",
             f"{working / base[1]:.2f}x",
@@ -159,9 +165,10 @@ def main(argv=None):
         print(f"{windows} windows, {frames} frames: best {wall:.2f} s of {len(walls)}, peak {peak / MIB:.0f} MiB")
 
     header = ["windows", "frames", "s at 16 fps", "best s", "median s", "best s / window", "time vs 1",
-              "transformer s (calls)", "VAE s (calls)", "peak MiB", "clip buffers MiB", "working MiB", "working vs 1"]
+              "transformer s (calls)", "VAE s (calls)", "peak MiB", "output MiB", "clip buffers MiB", "working MiB", "working vs 1"]
     run = (f"{size}x{size}, window {args.window_frames} frames, overlap {args.overlap} latent frames, "
-           f"{args.steps} steps, CFG on (guidance {args.guidance:g}), float32, colour matching on, output_type np")
+           f"{args.steps} steps, CFG on (guidance {args.guidance:g}), float32, colour matching on, "
+           f"output_type {args.output_type}")
     print(f"\n{description}\nrun: {run}; peak memory: {memory.kind}\n")
     print(text_table(header, rows))
     if not args.no_results:
@@ -169,7 +176,8 @@ def main(argv=None):
             (f"{description[0].upper() + description[1:]}. Run: {run}; one warm-up call first, then "
              f"{args.repeats} calls per length (best and median time; transformer/VAE times of the best call; "
              "peak over all calls). Peak memory: "
-            f"{memory.kind}. 'clip buffers' = the float32 pose video given as input + the float32 output frames "
+            f"{memory.kind}. 'clip buffers' = the uint8 pose video given as input + the output frames "
+            f"({args.output_type}) "
             "(host memory that grows with the clip by design); 'working' = peak - clip buffers on the CPU, the peak "
             "itself on a GPU."),
             "",

@@ -179,38 +179,114 @@ def match_color(frames: np.ndarray, target_mean: np.ndarray, target_std: np.ndar
     mean = lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)
     std = lab.reshape(-1, 3).std(axis=0, dtype=np.float64)
     scale = np.where(std > eps, target_std / np.maximum(std, eps), 1.0)
-    lab = (lab - mean) * scale + target_mean
-    return np.clip(_from_lab(lab.astype(np.float32)), 0.0, 1.0)
+    # Frame by frame, written back into `lab`: the map is per pixel (so the bits are those
+    # of mapping the whole window at once), and its float64 temporaries stay one frame
+    # big instead of twice the window.
+    for t in range(len(lab)):
+        lab[t] = np.clip(_from_lab(((lab[t] - mean) * scale + target_mean).astype(np.float32)), 0.0, 1.0)
+    return lab
 
 
 # ------------------------------------------------------------------ stitching decoded windows
+def frames_to_uint8(frames: np.ndarray, out: np.ndarray | None = None, overwrite_input: bool = False) -> np.ndarray:
+    """RGB float frames in [0, 1] -> uint8, `round(clip(x, 0, 1) * 255)` (round half to even).
+
+    Every uint8 output goes through these operations (`pipeline.frames_to_uint8_tensor` is
+    their torch twin), so a uint8 video equals converting the float video afterwards, bit
+    for bit. `out`: a uint8 array to write into; `overwrite_input`: use `frames` as the
+    workspace, so the conversion allocates no float memory of its own."""
+    work = np.clip(frames, 0, 1, out=frames if overwrite_input else None)
+    work *= 255
+    np.round(work, out=work)
+    if out is None:
+        return work.astype(np.uint8)
+    np.copyto(out, work, casting="unsafe")
+    return out
+
+
 class FrameStitcher:
     """Accumulates decoded windows into the clip: window 0's slot-0 frame becomes frame 0,
     every window's driving frames are colour-matched to window 0 (optional) and
-    cross-faded with `pixel_fusion_weights`. Frames live on the host, (B, T, H, W, 3)
-    float32 RGB in [0, 1]; only one window is converted at a time."""
+    cross-faded with `pixel_fusion_weights`.
 
-    def __init__(self, plan: WindowPlan, batch: int, height: int, width: int, color_match: bool = True):
+    `frames` is the clip on the host, (B, T, H, W, 3) RGB, allocated once: float32 in
+    [0, 1] by default, or uint8 (`frames_to_uint8`) with `dtype=np.uint8`, a quarter of
+    the memory for a long clip. Windows must be added in order. A frame is written to
+    `frames` as soon as no later window covers it; only the frames the next window still
+    blends into (its overlap with the windows added so far) wait in `pending`, float32,
+    so float memory is bounded by one window whatever the clip's length."""
+
+    def __init__(
+        self,
+        plan: WindowPlan,
+        batch: int,
+        height: int,
+        width: int,
+        color_match: bool = True,
+        dtype: np.dtype | type = np.float32,
+    ):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.uint8):
+            raise ValueError(f"FrameStitcher stores float32 or uint8 frames, not {dtype}.")
         self.plan = plan
         self.color_match = color_match
         self.weights = pixel_fusion_weights(plan)
-        self.frames = np.zeros((batch, plan.num_frames, height, width, 3), dtype=np.float32)
+        self.frames = np.zeros((batch, plan.num_frames, height, width, 3), dtype=dtype)
         self.reference_stats: list[tuple[np.ndarray, np.ndarray]] | None = None
+        # Weighted sums of the frames [pending_start, pending_start + len(pending)) so far.
+        self.pending: np.ndarray | None = None
+        self.pending_start = 1
+        self.added = 0
+
+    @property
+    def done(self) -> bool:
+        return self.added == self.plan.num_windows
+
+    def _store(self, start: int, frames: np.ndarray) -> None:
+        """Writes finished frames; `frames` is scratch of `add` and may be overwritten."""
+        stop = start + frames.shape[1]
+        if self.frames.dtype == np.uint8:
+            frames_to_uint8(frames, out=self.frames[:, start:stop], overwrite_input=True)
+        else:
+            self.frames[:, start:stop] = frames
 
     def add(self, window: Window, frames: np.ndarray) -> None:
-        """`frames`: (B, window_frames, H, W, 3) RGB in [0, 1], frame 0 = the slot-0 frame."""
+        """`frames`: (B, window_frames, H, W, 3) RGB float32 in [0, 1], frame 0 = the slot-0
+        frame (not modified)."""
         expected = 1 + len(window.frames)
         if frames.shape[1] != expected:
             raise ValueError(f"window {window.index} has {frames.shape[1]} frames, expected {expected}.")
-        if self.color_match:
-            if self.reference_stats is None:
-                self.reference_stats = [lab_statistics(clip) for clip in frames]
-            elif window.index > 0:
-                frames = np.stack([match_color(clip, *stats) for clip, stats in zip(frames, self.reference_stats)])
+        if window.index != self.added:
+            raise ValueError(f"windows must be added in order: got window {window.index}, expected {self.added}.")
+        frames = np.asarray(frames, dtype=np.float32)
+        if self.color_match and self.reference_stats is None:
+            self.reference_stats = [lab_statistics(clip) for clip in frames]
         if window.index == 0:
-            self.frames[:, 0] = frames[:, 0]
-        weight = self.weights[window.index].astype(np.float32)[None, :, None, None, None]
-        self.frames[:, window.frames.start : window.frames.stop] += weight * frames[:, 1:]
+            self._store(0, frames[:, :1].copy())  # a copy: `_store` may work in place
+        weight = self.weights[window.index].astype(np.float32)[:, None, None, None]
+        # One clip of the batch at a time, so colour matching holds one clip's copy at most.
+        blended = np.empty((frames.shape[0], len(window.frames), *frames.shape[2:]), dtype=np.float32)
+        for b, clip in enumerate(frames):
+            if self.color_match and window.index > 0:
+                clip = match_color(clip, *self.reference_stats[b])
+            np.multiply(weight, clip[1:], out=blended[b])
+        start = window.frames.start
+        if self.pending is not None:
+            # Windows start in order and all have one length, so what is pending begins at
+            # this window's first frame and ends inside it. Float addition commutes, so
+            # adding this window to the earlier windows' sum gives the bits that
+            # accumulating the windows in order into a zeroed clip gave.
+            if self.pending_start != start:
+                raise ValueError(f"window {window.index} starts at frame {start}, the pending frames at "
+                                 f"{self.pending_start}: the plan's windows are not in order.")
+            blended[:, : self.pending.shape[1]] += self.pending
+        self.added += 1
+        final = self.plan.windows[self.added].frames.start if not self.done else window.frames.stop
+        # A copy (taken before `_store` may overwrite its scratch), so the rest of this
+        # window's float frames can be freed now.
+        self.pending = blended[:, final - start :].copy() if not self.done else None
+        self.pending_start = final
+        self._store(start, blended[:, : final - start])
 
 
 # ------------------------------------------------------------------ noise re-initialisation

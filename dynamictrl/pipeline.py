@@ -45,7 +45,7 @@ DEFAULT_FRAMES = 37
 DEFAULT_FPS = 16
 OFS = 2.0
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+OUTPUT_TYPES = ("pil", "np", "pt", "uint8", "latent")
 
 
 @dataclass
@@ -73,6 +73,13 @@ def latent_layout(num_frames: int, temporal_compression: int, patch_size_t: int 
 def pose_in_unit_range(pose: torch.Tensor) -> torch.Tensor:
     """uint8 pose frames -> float x / 127.5 - 1; float frames are already in [-1, 1]."""
     return pose.float() / 127.5 - 1 if pose.dtype == torch.uint8 else pose
+
+
+def frames_to_uint8_tensor(frames: torch.Tensor) -> torch.Tensor:
+    """Float frames in [0, 1] -> uint8 on their device, `round(clip(x, 0, 1) * 255)` in
+    float32: the same operations as `longvideo.frames_to_uint8`, so both give the bits of
+    converting the "np" output afterwards."""
+    return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def pad_front(latents: torch.Tensor, padding: int) -> torch.Tensor:
@@ -295,8 +302,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         `pose_video`: (T, 3, H, W) in [-1, 1], or a list of T RGB images; frame 0 is the pose
         of the reference image itself. `height`/`width` default to the pose video's size,
         `num_frames` to its length (must be 4k+1). Returns frames as `output_type`:
-        "pil" (lists of PIL images), "np" (B, T, H, W, 3) in [0, 1], "pt" (B, T, 3, H, W) in
-        [0, 1], or "latent" (B, F, C, h, w), the unpadded latents before decoding.
+        "pil" (lists of PIL images), "np" (B, T, H, W, 3) float32 in [0, 1], "pt"
+        (B, T, 3, H, W) in [0, 1], "uint8" (B, T, H, W, 3) uint8, or "latent" (B, F, C, h, w),
+        the unpadded latents before decoding. "uint8" is exactly `round(clip(x, 0, 1) * 255)`
+        of the "np" frames, at a quarter of the host memory (the way to ask for a long clip):
+        the plain path converts each video on the device before it leaves it, the windowed
+        path keeps only the overlap waiting for the next window in float.
 
         Long videos (see `dynamictrl/longvideo.py`): with `window_frames` set (4k+1, 37 is the
         trained length) a clip longer than one window is sampled as overlapping windows, each
@@ -469,12 +480,29 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             video = latents
         else:
             frames = self.decode_latents(latents.to(self.vae.dtype))[:, :, :num_frames]
-            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+            if output_type == "uint8":
+                video = self._decoded_to_uint8(frames)
+            else:
+                video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+            del frames
         self.maybe_free_model_hooks()
 
         if not return_dict:
             return (video,)
         return CogVideoXPipelineOutput(frames=video)
+
+    def _decoded_to_uint8(self, frames: torch.Tensor) -> np.ndarray:
+        """Decoded videos (B, C, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8 on the host.
+
+        One video at a time, denormalised exactly as `postprocess_video(output_type="np")`
+        does (in the VAE's dtype), then converted on the device: only uint8 crosses to the
+        host, into one preallocated array."""
+        batch, _, num_frames, height, width = frames.shape
+        video = np.empty((batch, num_frames, height, width, 3), dtype=np.uint8)
+        for b in range(batch):
+            unit = self.video_processor.postprocess(frames[b].permute(1, 0, 2, 3), output_type="pt")
+            video[b] = frames_to_uint8_tensor(unit).permute(0, 2, 3, 1).cpu().numpy()
+        return video
 
     def _step_constants(self, height: int, width: int, layout: LatentLayout, latents: torch.Tensor, generator):
         """What every denoising step reuses: RoPE of the padded latent grid, the ofs value
@@ -689,7 +717,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         if output_type == "latent":
             video = latents[:, layout.padding :]
         else:
-            stitcher = longvideo.FrameStitcher(plan, batch_size, height, width, color_match=color_match)
+            stitcher = longvideo.FrameStitcher(
+                plan,
+                batch_size,
+                height,
+                width,
+                color_match=color_match,
+                dtype=np.uint8 if output_type == "uint8" else np.float32,
+            )
             for window in windows:
                 window_latents = window_slice(latents, window)[:, layout.padding :]
                 frames = self.decode_latents(window_latents.to(self.vae.dtype))[:, :, :window_frames]
@@ -697,7 +732,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 stitcher.add(window, frames)
                 del frames
             clip = stitcher.frames
-            if output_type == "np":
+            if output_type in ("np", "uint8"):
                 video = clip
             elif output_type == "pt":
                 video = torch.from_numpy(clip).permute(0, 1, 4, 2, 3)

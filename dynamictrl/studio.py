@@ -636,7 +636,7 @@ class Studio:
                     num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance,
                     generator=torch.Generator().manual_seed(settings.seed),
-                    output_type="np",
+                    output_type="uint8",
                     callback_on_step_end=on_step,
                     window_frames=settings.window_frames,
                     overlap_frames=settings.overlap,
@@ -649,7 +649,6 @@ class Studio:
         frames = self.manager.run_with_oom_retry(
             generate_in, first_tier, describe=f"generation at {settings.width}x{settings.height}, {settings.num_frames} frames"
         )
-        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
         write_video(out_path, frames, fps=settings.fps)
         elapsed = time.perf_counter() - started
 

@@ -1,3 +1,5 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from test_pipeline import make_image, make_pose, run
 from dynamictrl import longvideo
 from dynamictrl.longvideo import (
     FrameStitcher,
+    frames_to_uint8,
     lab_statistics,
     latent_fusion_weights,
     match_color,
@@ -147,6 +150,117 @@ def test_stitcher_colour_matches_later_windows_to_the_first():
     np.testing.assert_allclose(stitcher.frames[:, :9], clip[:, :9], atol=1e-6)  # window 0 is the reference
 
 
+def to_uint8(frames):
+    """The conversion the studio applied to the float output before the uint8 output existed."""
+    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
+def drifting_windows(plan, batch=2, size=8, seed=0):
+    """Each window's decoded frames (slot-0 frame first), later windows drifting in colour."""
+    clips = np.stack([smooth_clip(frames=plan.num_frames, height=size, width=size, seed=seed + b) for b in range(batch)])
+    for w in plan.windows:
+        frames = clips[:, plan.pixel_frames(w)]
+        yield w, np.clip(frames * (1 - 0.07 * w.index) + 0.03 * w.index, 0, 1).astype(np.float32)
+
+
+def stitch_in_one_float_clip(plan, windows, color_match):
+    """The stitching as first written: every window accumulated into a zeroed float32 clip."""
+    reference, clip = None, None
+    for w, frames in windows:
+        if clip is None:
+            clip = np.zeros((frames.shape[0], plan.num_frames, *frames.shape[2:]), dtype=np.float32)
+        if color_match:
+            if reference is None:
+                reference = [lab_statistics(c) for c in frames]
+            else:
+                frames = np.stack([match_color(c, *stats) for c, stats in zip(frames, reference)])
+        if w.index == 0:
+            clip[:, 0] = frames[:, 0]
+        weight = pixel_fusion_weights(plan)[w.index].astype(np.float32)[None, :, None, None, None]
+        clip[:, w.frames.start : w.frames.stop] += weight * frames[:, 1:]
+    return clip
+
+
+# (29, 13, 2): stride 1, so some frames are blended from three windows.
+@pytest.mark.parametrize("layout", [(29, 17, 2), (29, 13, 2), (45, 9, 1), (13, 13, 1)])
+@pytest.mark.parametrize("color_match", [True, False])
+def test_stitcher_float_and_uint8_frames_are_the_bits_of_one_float_clip(layout, color_match):
+    plan = plan_windows(*layout)
+    expected = stitch_in_one_float_clip(plan, drifting_windows(plan), color_match)
+    as_float = FrameStitcher(plan, batch=2, height=8, width=8, color_match=color_match)
+    as_uint8 = FrameStitcher(plan, batch=2, height=8, width=8, color_match=color_match, dtype=np.uint8)
+    for w, frames in drifting_windows(plan):
+        as_float.add(w, frames)
+        as_uint8.add(w, frames)
+    assert as_float.frames.dtype == np.float32 and as_uint8.frames.dtype == np.uint8
+    assert as_uint8.frames.shape == (2, plan.num_frames, 8, 8, 3)
+    np.testing.assert_array_equal(as_float.frames, expected)
+    np.testing.assert_array_equal(as_uint8.frames, to_uint8(expected))
+    assert len(np.unique(as_uint8.frames)) > 20  # real images, not a constant
+
+
+def test_frames_to_uint8_clips_and_rounds_half_to_even():
+    values = np.array([-0.5, 0.0, 0.5, 1.5 / 255, 2.5 / 255, 1.0, 1.25], dtype=np.float32)
+    np.testing.assert_array_equal(frames_to_uint8(values), [0, 0, 128, 2, 2, 255, 255])
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(-0.1, 1.1, (3, 4, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(frames_to_uint8(frames), to_uint8(frames))
+    out = np.zeros(frames.shape, np.uint8)
+    scratch = frames.copy()
+    assert frames_to_uint8(scratch, out=out, overwrite_input=True) is out
+    np.testing.assert_array_equal(out, to_uint8(frames))
+    assert frames_to_uint8(frames).dtype == np.uint8 and frames.min() < 0  # the input is left alone by default
+
+
+def test_stitcher_keeps_only_the_pending_overlap_in_float():
+    plan = plan_windows(73, 37, 2)  # windows 0-9, 7-16, 9-18: overlaps of 2 and 7 latents
+    stitcher = FrameStitcher(plan, batch=2, height=8, width=8, dtype=np.uint8)
+    assert stitcher.frames.dtype == np.uint8 and stitcher.frames.nbytes == 2 * 73 * 8 * 8 * 3
+    overlaps = plan.overlaps() + [0]
+    for (w, frames), overlap in zip(drifting_windows(plan), overlaps):
+        stitcher.add(w, frames)
+        float_arrays = {
+            name: value
+            for name, value in vars(stitcher).items()
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim > 1
+        }
+        if overlap:
+            assert list(float_arrays) == ["pending"]
+            assert stitcher.pending.shape == (2, 4 * overlap, 8, 8, 3)
+            assert stitcher.pending_start == plan.windows[w.index + 1].frames.start
+        else:
+            assert float_arrays == {} and stitcher.pending is None and stitcher.done
+
+
+def test_stitching_a_long_clip_to_uint8_peaks_at_one_byte_per_value_plus_a_few_windows():
+    plan = plan_windows(401, 17, 2)  # 49 windows
+    size, batch = 48, 1
+    window_floats = batch * (plan.window_frames) * size * size * 3 * 4
+    uint8_clip = batch * plan.num_frames * size * size * 3
+    rng = np.random.default_rng(0)
+    tracemalloc.start()
+    try:
+        stitcher = FrameStitcher(plan, batch=batch, height=size, width=size, dtype=np.uint8)
+        for w in plan.windows:
+            stitcher.add(w, rng.random((batch, plan.window_frames, size, size, 3), dtype=np.float32))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stitcher.done and stitcher.frames.min() < 10 and stitcher.frames.max() > 245
+    # A float32 clip alone would be 4 * uint8_clip (11 MB here, against this bound of 6.4 MB).
+    assert peak < uint8_clip + 8 * window_floats, (peak, uint8_clip, window_floats)
+
+
+def test_stitcher_wants_windows_in_order_and_a_supported_dtype():
+    plan = plan_windows(29, 17, 2)
+    windows = dict(drifting_windows(plan, batch=1))
+    stitcher = FrameStitcher(plan, batch=1, height=8, width=8)
+    with pytest.raises(ValueError, match="in order"):
+        stitcher.add(plan.windows[1], windows[plan.windows[1]])
+    with pytest.raises(ValueError, match="float32 or uint8"):
+        FrameStitcher(plan, batch=1, height=8, width=8, dtype=np.float64)
+
+
 def test_reinit_noise_mixes_reference_low_frequencies_into_fresh_noise(tiny_pipe):
     noise = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     image = torch.zeros_like(noise)
@@ -176,6 +290,35 @@ def test_a_clip_that_fits_one_window_is_bitwise_the_plain_pipeline(tiny_pipe, fr
         assert torch.equal(plain, windowed)
     else:
         np.testing.assert_array_equal(plain, windowed)
+
+
+def test_a_clip_that_fits_one_window_gives_the_plain_uint8_video(tiny_pipe):
+    kwargs = dict(frames=9, height=32, width=32, seed=7, output_type="uint8")
+    plain = run(tiny_pipe, **kwargs)
+    windowed = run(tiny_pipe, window_frames=13, **kwargs)
+    assert plain.dtype == np.uint8
+    np.testing.assert_array_equal(plain, windowed)
+
+
+def test_three_windows_in_uint8_are_the_float_clip_converted(tiny_pipe, monkeypatch):
+    kwargs = dict(frames=29, height=32, width=32, window_frames=17, overlap_frames=2, seed=4,
+                  num_inference_steps=1, guidance_scale=1.0)
+    assert plan_windows(29, 17, 2).num_windows == 3
+    float_clip = run(tiny_pipe, output_type="np", **kwargs)
+    stitchers = []
+
+    class Recorded(FrameStitcher):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            stitchers.append(self)
+
+    monkeypatch.setattr(longvideo, "FrameStitcher", Recorded)
+    video = run(tiny_pipe, output_type="uint8", **kwargs)
+    assert video.shape == (1, 29, 32, 32, 3) and video.dtype == np.uint8
+    np.testing.assert_array_equal(video, to_uint8(float_clip))
+    # the clip was stitched straight into uint8 and returned without a copy
+    (stitcher,) = stitchers
+    assert stitcher.frames.dtype == np.uint8 and video is stitcher.frames and stitcher.pending is None
 
 
 def test_three_windows_end_to_end_give_every_frame_and_a_playable_mp4(tiny_pipe, tmp_path):

@@ -6,7 +6,7 @@ from conftest import shared_fixture
 from safetensors.torch import load_file
 
 from dynamictrl import weights
-from dynamictrl.pipeline import DynamiCtrlPipeline, latent_layout
+from dynamictrl.pipeline import DynamiCtrlPipeline, frames_to_uint8_tensor, latent_layout
 
 
 def rel_l2(a, b):
@@ -171,6 +171,43 @@ def test_output_types(tiny_pipe):
     np.testing.assert_array_equal(np.asarray(pil[0][2]), (np_frames[0, 2] * 255).round().astype(np.uint8))
 
 
+def to_uint8(frames):
+    """The conversion the studio applied to the "np" output before "uint8" existed."""
+    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
+def test_uint8_output_is_the_np_output_converted_one_video_at_a_time(tiny_pipe, monkeypatch):
+    kwargs = dict(frames=5, height=32, width=32, prompt=["a man in red", "a woman in blue"])
+    np_frames = run(tiny_pipe, output_type="np", **kwargs)
+    processed = []
+    postprocess = tiny_pipe.video_processor.postprocess
+
+    def spy(image, output_type="pil", **rest):
+        processed.append((tuple(image.shape), output_type))
+        return postprocess(image, output_type, **rest)
+
+    def whole_batch(*args, **rest):
+        raise AssertionError("uint8 output must not build the float video of the whole batch")
+
+    monkeypatch.setattr(tiny_pipe.video_processor, "postprocess", spy)
+    monkeypatch.setattr(tiny_pipe.video_processor, "postprocess_video", whole_batch)
+    video = run(tiny_pipe, output_type="uint8", **kwargs)
+    assert video.shape == (2, 5, 32, 32, 3) and video.dtype == np.uint8
+    np.testing.assert_array_equal(video, to_uint8(np_frames))
+    assert np.abs(video[0].astype(int) - video[1]).mean() > 0
+    # denormalised on the device one video (T frames) at a time, like "np" does per video
+    assert processed == [((5, 3, 32, 32), "pt")] * 2
+
+
+def test_uint8_tensor_conversion_is_the_numpy_one():
+    x = torch.rand(2, 5, 7, 3, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2
+    x[0, 0, :4, 0] = torch.tensor([0.5, 1.5 / 255, 2.5 / 255, 1.0])  # rounding ties go to even
+    converted = frames_to_uint8_tensor(x)
+    assert converted.dtype == torch.uint8
+    np.testing.assert_array_equal(converted.numpy(), to_uint8(x.numpy()))
+    assert converted[0, 0, :4, 0].tolist() == [128, 2, 2, 255]
+
+
 def test_pose_as_list_of_images_equals_tensor(tiny_pipe):
     rng = np.random.default_rng(5)
     frames = [rng.integers(0, 255, (64, 48, 3), dtype=np.uint8) for _ in range(5)]
@@ -251,6 +288,8 @@ def test_bf16_runs(tiny_weights):
     assert pipe.transformer.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
     video = run(pipe, frames=5, height=32, width=32)
     assert np.isfinite(video).all()
+    # bf16 decodes are denormalised in bf16 for "np"; "uint8" must do the same to match
+    np.testing.assert_array_equal(run(pipe, frames=5, height=32, width=32, output_type="uint8"), to_uint8(video))
 
 
 def test_image_list_poses_stay_uint8_until_used(tiny_pipe):
