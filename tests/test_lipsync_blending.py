@@ -166,3 +166,27 @@ def test_paste_face_checks_the_mask_size():
     box = (100, 40, 200, 200)
     with pytest.raises(ValueError, match="mask has shape"):
         paste_face(random_frame(), random_frame(256, 256), box, np.zeros((100, 100), np.uint8), expanded_crop_box(box))
+
+
+def upstream_paste(frame, face, box, mask, crop_box):
+    """MuseTalk's get_image step 7 as written upstream: the whole frame through PIL."""
+    import cv2
+    from PIL import Image
+
+    x1, y1, x2, y2 = box
+    xs, ys, _, _ = crop_box
+    body = Image.fromarray(frame)
+    large = body.crop(crop_box)
+    large.paste(Image.fromarray(cv2.resize(face, (x2 - x1, y2 - y1))), (x1 - xs, y1 - ys))
+    body.paste(large, crop_box[:2], Image.fromarray(mask))
+    return np.array(body)
+
+
+@pytest.mark.parametrize("box", [(40, 30, 90, 95), (0, 0, 50, 60), (100, 70, 160, 128), (2, 60, 70, 128)])
+def test_paste_equals_the_whole_frame_upstream_paste(box):
+    rng = np.random.default_rng(sum(box))
+    frame = rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)
+    face = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    crop_box = expanded_crop_box(box)
+    mask = rng.integers(0, 256, (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]), dtype=np.uint8)
+    assert np.array_equal(paste_face(frame, face, box, mask, crop_box), upstream_paste(frame, face, box, mask, crop_box))

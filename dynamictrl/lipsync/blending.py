@@ -74,17 +74,31 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: Box, mask: np.ndarray, 
     Where the mask is 0, and outside the crop box, the result equals `frame` byte for byte;
     where it is 255 inside the box, it equals the resized face.
     """
+    frame = _rgb(frame)
     x1, y1, x2, y2 = box
     xs, ys, xe, ye = crop_box
     if mask.shape != (ye - ys, xe - xs):
         raise ValueError(f"mask has shape {mask.shape}, the crop box {crop_box} needs {(ye - ys, xe - xs)}.")
     resized = cv2.resize(np.ascontiguousarray(face, dtype=np.uint8), (x2 - x1, y2 - y1))
-    body = Image.fromarray(_rgb(frame))
-    large = body.crop(crop_box)
-    large.paste(Image.fromarray(resized), (x1 - xs, y1 - ys))
+    # Only the part of the crop box inside the frame changes, so only that part is blended
+    # (upstream converts and pastes the whole frame for every output frame).
+    height, width = frame.shape[:2]
+    fx0, fy0, fx1, fy1 = max(xs, 0), max(ys, 0), min(xe, width), min(ye, height)
+    if fx1 <= fx0 or fy1 <= fy0:
+        return frame.copy()
+    large = frame[fy0:fy1, fx0:fx1].copy()  # upstream's face_large, restricted to the frame
+    fx, fy = x1 - fx0, y1 - fy0  # the face box in `large` coordinates
+    sx0, sy0 = max(0, -fx), max(0, -fy)
+    sx1, sy1 = min(resized.shape[1], large.shape[1] - fx), min(resized.shape[0], large.shape[0] - fy)
+    if sx1 > sx0 and sy1 > sy0:
+        large[fy + sy0:fy + sy1, fx + sx0:fx + sx1] = resized[sy0:sy1, sx0:sx1]
+    region = Image.fromarray(frame[fy0:fy1, fx0:fx1])
+    alpha = np.ascontiguousarray(mask[fy0 - ys:fy1 - ys, fx0 - xs:fx1 - xs], dtype=np.uint8)
     # PIL's masked paste is an integer alpha blend: mask 0 keeps the frame, 255 takes `large`.
-    body.paste(large, (xs, ys), Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)))
-    return np.array(body)
+    region.paste(Image.fromarray(large), (0, 0), Image.fromarray(alpha))
+    out = frame.copy()
+    out[fy0:fy1, fx0:fx1] = np.asarray(region)
+    return out
 
 
 def _rgb(frame: np.ndarray) -> np.ndarray:
