@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first run)")
     speed.add_argument("--fuse-qkv", action="store_true", help="fuse the attention Q/K/V projections")
+    speed.add_argument("--t5-on-cpu", action="store_true",
+                       help="encode the prompt on the CPU: T5 (9.5 GB) never takes GPU memory; slower start")
 
     pose = commands.add_parser("pose", help="make a pose video for a reference image from a driving video")
     pose.add_argument("--image", required=True, help="reference image")
@@ -188,6 +190,7 @@ def run_generate(args) -> int:
         pyramid_attention_broadcast=args.pab,
         compile=args.compile,
         fuse_qkv=args.fuse_qkv,
+        t5_on_cpu=args.t5_on_cpu,
         window_frames=args.window_frames,
         overlap=args.overlap,
         color_match=not args.no_color_match,

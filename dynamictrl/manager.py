@@ -44,18 +44,20 @@ def video_tokens(num_frames: int, height: int, width: int) -> int:
     return latent_frames // 2 * (height // 16) * (width // 16) + TEXT_TOKENS
 
 
-def estimate_vram_gb(tier: str, num_frames: int, height: int, width: int, weight_bytes: float = 2.0) -> float:
+def estimate_vram_gb(tier: str, num_frames: int, height: int, width: int, weight_bytes: float = 2.0,
+                     t5_on_cpu: bool = False) -> float:
     """Estimated peak VRAM of one generation in a tier (bf16 weights: 2 bytes, fp8: 1).
 
     none: every model resident; model: the largest single model at a time; group: one
     transformer block group resident; sequential: one layer resident. Activations and the
-    VAE decode come on top. Not measured yet: see README ("Memory tiers").
+    VAE decode come on top; `t5_on_cpu` keeps the text encoder off the GPU. Not measured
+    yet: see README ("Memory tiers").
     """
     if tier not in TIERS:
         raise ValueError(f"Unknown memory tier {tier!r}; use one of {TIERS}.")
     activations = ACTIVATION_GB_PER_TOKEN * video_tokens(num_frames, height, width)
     transformer = TRANSFORMER_PARAMS * weight_bytes / GB
-    text_encoder = TEXT_ENCODER_PARAMS * 2 / GB
+    text_encoder = 0.0 if t5_on_cpu else TEXT_ENCODER_PARAMS * 2 / GB
     vae = VAE_PARAMS * 2 / GB
     if tier == "none":
         return transformer + text_encoder + vae + activations
@@ -68,10 +70,10 @@ def estimate_vram_gb(tier: str, num_frames: int, height: int, width: int, weight
 
 
 def choose_tier(free_vram_gb: float, num_frames: int, height: int, width: int, weight_bytes: float = 2.0,
-                margin_gb: float = 1.0) -> str:
+                margin_gb: float = 1.0, t5_on_cpu: bool = False) -> str:
     """The fastest tier whose estimate fits in the free VRAM (minus a margin)."""
     for tier in TIERS:
-        if estimate_vram_gb(tier, num_frames, height, width, weight_bytes) + margin_gb <= free_vram_gb:
+        if estimate_vram_gb(tier, num_frames, height, width, weight_bytes, t5_on_cpu) + margin_gb <= free_vram_gb:
             return tier
     return TIERS[-1]
 
@@ -299,6 +301,9 @@ class PipelineOptions:
     pyramid_attention_broadcast: bool = False
     compile: bool = False  # torch.compile the transformer
     fuse_qkv: bool = False
+    # T5 (9.5 GB in bf16) encodes the prompt on the CPU and never takes GPU memory: with
+    # fp8/int8 weights in the `model` tier it is the largest model, so this lowers the peak.
+    t5_on_cpu: bool = False
 
     def __post_init__(self):
         if self.offload not in OFFLOAD_CHOICES:
@@ -383,7 +388,8 @@ class DynamiCtrlModels:
         free, _total = torch.cuda.mem_get_info(torch.device(self.manager.device))
         if self.manager.vram_budget is not None:
             free = min(free, self.manager.vram_budget)
-        return choose_tier(free / GB, num_frames, height, width, weight_bytes=1.0 if options.fp8 or options.int8 else 2.0)
+        return choose_tier(free / GB, num_frames, height, width, weight_bytes=1.0 if options.fp8 or options.int8 else 2.0,
+                           t5_on_cpu=options.t5_on_cpu)
 
     @contextmanager
     def use(self, variant: str | None, options: PipelineOptions, tier: str) -> Iterator[Any]:
@@ -393,7 +399,7 @@ class DynamiCtrlModels:
             pipe = self.pipeline(variant, options)
             with self.manager.holding(*names):
                 self.manager.offload_all_except(set(names))
-                place_pipeline(pipe, tier, self.manager.device)
+                place_pipeline(pipe, tier, self.manager.device, t5_on_cpu=options.t5_on_cpu)
                 self.manager.mark_on_gpu(*names)
                 yield pipe
 
@@ -453,11 +459,29 @@ def wanted_sticky_state(options: PipelineOptions) -> tuple[bool, ...]:
     return (options.fp8, options.int8, options.fuse_qkv, options.compile)
 
 
-def place_pipeline(pipe, tier: str, device: str) -> None:
-    """Puts the pipeline on `device` in a memory tier (after removing older hooks)."""
+def place_pipeline(pipe, tier: str, device: str, t5_on_cpu: bool = False) -> None:
+    """Puts the pipeline on `device` in a memory tier (after removing older hooks).
+
+    With `t5_on_cpu` the text encoder is kept out of every offload scheme and stays on
+    the CPU; the pipeline then runs the prompt through it there and moves only the
+    embeddings to `device` (`DynamiCtrlPipeline.execution_device`).
+    """
     if tier not in TIERS:
         raise ValueError(f"Unknown memory tier {tier!r}; use one of {TIERS}.")
     clear_placement(pipe)
+    text_encoder = pipe.text_encoder if t5_on_cpu and device != "cpu" else None
+    if text_encoder is not None:
+        pipe.register_modules(text_encoder=None)  # invisible to the offload helpers below
+    try:
+        _place(pipe, tier, device)
+    finally:
+        if text_encoder is not None:
+            pipe.register_modules(text_encoder=text_encoder.to("cpu"))
+    pipe.execution_device = device
+    pipe.text_encoder_device = "cpu" if text_encoder is not None else None
+
+
+def _place(pipe, tier: str, device: str) -> None:
     if device == "cpu" or tier == "none":
         pipe.to(device)
     elif tier == "model":
@@ -477,6 +501,7 @@ def clear_placement(pipe) -> None:
     from diffusers.hooks import HookRegistry
 
     pipe.remove_all_hooks()
+    pipe.execution_device = pipe.text_encoder_device = None
     for component in pipe.components.values():
         if not isinstance(component, torch.nn.Module):
             continue

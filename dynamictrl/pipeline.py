@@ -128,6 +128,24 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
     """
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    # Set by the model manager's placement (`manager.place_pipeline`): the device a job runs
+    # on, and the device of a text encoder kept out of the offload hooks (T5 on the CPU).
+    execution_device: str | None = None
+    text_encoder_device: str | None = None
+
+    @property
+    def _execution_device(self) -> torch.device:
+        if self.execution_device is not None:
+            return torch.device(self.execution_device)
+        return super()._execution_device
+
+    def _get_t5_prompt_embeds(self, prompt=None, num_videos_per_prompt: int = 1, max_sequence_length: int = 226,
+                              device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """T5 embeddings on `device`, computed wherever the text encoder lives."""
+        device = device or self._execution_device
+        encoder_device = torch.device(self.text_encoder_device) if self.text_encoder_device else device
+        embeds = super()._get_t5_prompt_embeds(prompt, num_videos_per_prompt, max_sequence_length, encoder_device, dtype)
+        return embeds.to(device)
 
     # ------------------------------------------------------------------ loading
     @classmethod

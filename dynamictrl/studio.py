@@ -60,6 +60,7 @@ class GenerateSettings:
     pyramid_attention_broadcast: bool = False
     compile: bool = False
     fuse_qkv: bool = False
+    t5_on_cpu: bool = False  # encode the prompt on the CPU; T5 never takes GPU memory
     # Long videos (dynamictrl/longvideo.py): clips longer than one window are sampled as
     # overlapping windows denoised together; a clip that fits one window is unaffected.
     window_frames: int = 37  # the trained length
@@ -613,6 +614,7 @@ class Studio:
             pyramid_attention_broadcast=settings.pyramid_attention_broadcast,
             compile=settings.compile,
             fuse_qkv=settings.fuse_qkv,
+            t5_on_cpu=settings.t5_on_cpu,
         )
 
         def on_step(pipeline, step, timestep, tensors):

@@ -29,7 +29,7 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     result = run_cli(
         "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing",
         "--out", str(out), "--frames", "9", "--width", "48", "--height", "64", "--steps", "2",
-        "--seed", "5", "--weights-dir", str(tiny_weights), "--device", "cpu",
+        "--seed", "5", "--weights-dir", str(tiny_weights), "--device", "cpu", "--t5-on-cpu",
     )
 
     assert result.returncode == 0, result.stderr
@@ -38,7 +38,7 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     video = read_video(out)
     assert video.num_frames == 9 and video.size == (64, 48)
     manifest = json.loads(out.with_suffix(".json").read_text())
-    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5
+    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5 and manifest["settings"]["t5_on_cpu"]
     assert manifest["inputs"]["image"]["path"] == str(image)
 
 

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from dynamictrl.manager import (
+    TEXT_ENCODER_PARAMS,
     TIERS,
     DynamiCtrlModels,
     ModelManager,
@@ -14,6 +15,7 @@ from dynamictrl.manager import (
     PipelineOptions,
     apply_speed_options,
     choose_tier,
+    clear_placement,
     estimate_vram_gb,
     next_tier,
     place_pipeline,
@@ -244,3 +246,34 @@ def test_int8_weight_only_runs_close_to_full_precision_and_can_be_undone(models)
     np.testing.assert_array_equal(run(plain), expected)
     with pytest.raises(ValueError, match="either fp8 or int8"):
         PipelineOptions(fp8=True, int8=True)
+
+
+def test_t5_on_cpu_lowers_the_model_tier_estimate_with_fp8():
+    # With fp8 weights at a small size the 9.5 GB text encoder is the largest model on the GPU.
+    with_t5 = estimate_vram_gb("model", 9, 256, 256, weight_bytes=1)
+    without = estimate_vram_gb("model", 9, 256, 256, weight_bytes=1, t5_on_cpu=True)
+    assert with_t5 == pytest.approx(TEXT_ENCODER_PARAMS * 2 / 1e9) and without < with_t5 - 3
+    assert choose_tier(9.0, 9, 256, 256, weight_bytes=1) == "group"
+    assert choose_tier(9.0, 9, 256, 256, weight_bytes=1, t5_on_cpu=True) == "none"  # all but T5 fit
+
+
+def test_t5_on_cpu_placement_keeps_the_text_encoder_off_the_job_device(tiny_weights):
+    from dynamictrl import weights
+    from dynamictrl.pipeline import DynamiCtrlPipeline
+
+    pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, weights_dir=tiny_weights)
+    # "meta" stands in for a GPU here: every tier but the CPU moves weights off the host.
+    place_pipeline(pipe, "none", "meta", t5_on_cpu=True)
+    assert pipe.transformer.device.type == "meta" and pipe.vae.device.type == "meta"
+    assert pipe.text_encoder.device.type == "cpu" and pipe.components["text_encoder"] is pipe.text_encoder
+    assert pipe._execution_device == torch.device("meta") and pipe.text_encoder_device == "cpu"
+    embeds = pipe._get_t5_prompt_embeds("a dancer")  # encoded on the CPU, handed over to the job device
+    assert embeds.device.type == "meta" and embeds.shape[1] == 226
+    clear_placement(pipe)
+    assert pipe.execution_device is None and pipe.text_encoder_device is None
+
+
+def test_t5_stays_with_the_pipeline_on_the_cpu(models):
+    pipe = models.pipeline(None)
+    place_pipeline(pipe, "model", "cpu", t5_on_cpu=True)
+    assert pipe.text_encoder_device is None and pipe._execution_device.type == "cpu"
