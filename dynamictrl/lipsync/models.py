@@ -91,7 +91,7 @@ class MuseTalkModels:
         unet = load_unet(folders[weights.MUSETALK_REPO], dtype)
         vae = load_vae(folders[weights.SD_VAE_REPO], dtype)
         audio = WhisperAudioEncoder.from_pretrained(folders[weights.WHISPER_REPO], dtype=dtype)
-        parser = FaceParser.from_file(folders[weights.FACE_PARSING_REPO] / weights.FACE_PARSING_FILES[0])
+        parser = FaceParser.from_file(folders[weights.FACE_PARSING_REPO] / weights.FACE_PARSING_FILES[0], dtype=dtype)
         return cls(unet, vae, audio, parser, fingerprint=_fingerprint(folders, dtype))
 
     @property

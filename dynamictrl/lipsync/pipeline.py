@@ -184,8 +184,9 @@ class LipSyncPipeline:
         timestep = torch.tensor([0], device=self.device)
         predicted = self.models.unet(latents, timestep, encoder_hidden_states=prompts).sample
         images = self.models.vae.decode(predicted / LATENT_SCALE).sample
-        images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-        return (images * 255).round().astype(np.uint8)
+        images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
+        # Rounded on the device: a quarter of the bytes cross to the host.
+        return (images * 255).round().to(torch.uint8).cpu().numpy()
 
     def __call__(self, avatar: Avatar, audio: np.ndarray, settings: LipSyncSettings,
                  progress: ProgressCallback | None = None) -> tuple[Iterator[np.ndarray], LipSyncReport]:
