@@ -1,6 +1,6 @@
 """DynamiCtrl Studio web app: `python app.py` locally, the same file on a Hugging Face Space.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--offload auto] [--share] [--tiny]
+    python app.py [--host 127.0.0.1] [--port 7860] [--offload auto] [--share] [--auth USER:PW] [--tiny]
 
 The page is built in `ui/` over `dynamictrl.studio`. `--tiny` (or DYNAMICTRL_TINY=1)
 swaps every model for its tiny random twin from the tests, to try the UI without
@@ -36,7 +36,27 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder for results and manifests (default: outputs/, or outputs/tiny/ with --tiny)")
     parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/ or DYNAMICTRL_WEIGHTS)")
     parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE, help="most jobs waiting in the queue")
+    parser.add_argument("--auth", default=os.environ.get("DYNAMICTRL_AUTH"), metavar="USER:PASSWORD",
+                        help="ask for this login before the page opens (also DYNAMICTRL_AUTH); off by default")
     return parser.parse_args(argv)
+
+
+def auth_pairs(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """`--auth user:password` as gradio's auth list; None when no login is asked for."""
+    if not args.auth:
+        return None
+    user, sep, password = args.auth.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth needs USER:PASSWORD (e.g. --auth ana:long-passphrase).")
+    return [(user, password)]
+
+
+def launch_warnings(args: argparse.Namespace) -> list[str]:
+    warnings = []
+    if args.share:
+        warnings.append("--share opens a public gradio.live link: anyone with it can upload files and use "
+                        "your GPU" + ("." if args.auth else "; consider --auth USER:PASSWORD."))
+    return warnings
 
 
 def make_work_dir() -> Path:
@@ -77,6 +97,9 @@ def main(argv=None) -> int:
     # Gradio's upload cache inside our temp folder, so everything served lives in two places.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(work_dir / "gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    auth = auth_pairs(args)
+    for warning in launch_warnings(args):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     app, config, weights_dir = build(args, work_dir)
     from ui.layout import CSS
 
@@ -85,6 +108,7 @@ def main(argv=None) -> int:
         server_name=args.host,
         server_port=args.port,
         share=args.share,
+        auth=auth,
         max_file_size=MAX_UPLOAD,
         allowed_paths=[str(config.outputs_dir), str(work_dir)],
         blocked_paths=[str(weights_dir), str(ROOT / ".git")],
