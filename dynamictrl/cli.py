@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--all", action="store_true",
                           help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync")
     download.add_argument("--weights-dir", default=None)
+    from .data import cli as data_cli
+
+    data_cli.add_arguments(commands.add_parser("prepare-data", help=data_cli.HELP))
+
     from .lipsync.settings import LipSyncSettings
 
     lip_defaults = LipSyncSettings()
@@ -299,6 +303,12 @@ def run_lipsync(args) -> int:
     return 0
 
 
+def run_prepare_data(args) -> int:
+    from .data import cli as data_cli
+
+    return data_cli.run(args)
+
+
 def run_download(args) -> int:
     variants = sorted(weights.VARIANTS) if args.all else [args.variant] if args.variant else []
     repos = [weights.BASE_REPO] + [weights.variant_repo(v) for v in variants]
@@ -327,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "mask": run_mask,
             "download": run_download,
             "lipsync": run_lipsync,
+            "prepare-data": run_prepare_data,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:

@@ -231,3 +231,9 @@ def test_lipsync_command(lipsync_weights, tmp_path):
     wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
     failed = run_cli("lipsync", "--video", str(video), "--audio", str(tmp_path / "silence.wav"), "--out", str(out), *common)
     assert failed.returncode == 2 and "silent" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_prepare_data_is_a_command(tmp_path):
+    result = run_cli("prepare-data", "--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "dataset"),
+                     "--no-caption")
+    assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
