@@ -135,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync")
     download.add_argument("--weights-dir", default=None)
     from .data import cli as data_cli
+    from .eval import cli as eval_cli
 
     data_cli.add_arguments(commands.add_parser("prepare-data", help=data_cli.HELP))
+    eval_cli.add_arguments(commands.add_parser("evaluate", help=eval_cli.HELP))
 
     from .lipsync.settings import LipSyncSettings
 
@@ -303,6 +305,12 @@ def run_lipsync(args) -> int:
     return 0
 
 
+def run_evaluate(args) -> int:
+    from .eval import cli as eval_cli
+
+    return eval_cli.run(args)
+
+
 def run_prepare_data(args) -> int:
     from .data import cli as data_cli
 
@@ -338,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "download": run_download,
             "lipsync": run_lipsync,
             "prepare-data": run_prepare_data,
+            "evaluate": run_evaluate,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:

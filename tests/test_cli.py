@@ -237,3 +237,8 @@ def test_prepare_data_is_a_command(tmp_path):
     result = run_cli("prepare-data", "--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "dataset"),
                      "--no-caption")
     assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_is_a_command(tmp_path):
+    result = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path / "nope2"))
+    assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
