@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_arguments(commands.add_parser("prepare-data", help=data_cli.HELP))
     eval_cli.add_arguments(commands.add_parser("evaluate", help=eval_cli.HELP))
+    from .train import cli as train_cli
+
+    train_cli.add_arguments(commands.add_parser("train", help="fine-tune DynamiCtrl (full SFT or LoRA) on a prepare-data folder"))
 
     from .lipsync.settings import LipSyncSettings
 
@@ -305,6 +308,12 @@ def run_lipsync(args) -> int:
     return 0
 
 
+def run_train(args) -> int:
+    from .train import cli as train_cli
+
+    return train_cli.run(args)
+
+
 def run_evaluate(args) -> int:
     from .eval import cli as eval_cli
 
@@ -347,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "lipsync": run_lipsync,
             "prepare-data": run_prepare_data,
             "evaluate": run_evaluate,
+            "train": run_train,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:

@@ -242,3 +242,8 @@ def test_prepare_data_is_a_command(tmp_path):
 def test_evaluate_is_a_command(tmp_path):
     result = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path / "nope2"))
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_is_a_command(tmp_path):
+    result = run_cli("train", "--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "missing.yaml" in result.stderr and "Traceback" not in result.stderr
