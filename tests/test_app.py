@@ -60,3 +60,73 @@ def test_package_import_is_light_and_cli_help_works():
         [sys.executable, "-m", "dynamictrl", "generate", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert help_text.returncode == 0 and "--pose-video" in help_text.stdout
+
+
+def test_crop_note_says_which_part_of_the_photo_the_model_sees():
+    from ui.handlers import _crop_note
+
+    # cover_crop's own rounding: 384x640 scaled to 64x107, the middle 80 rows kept
+    assert _crop_note((384, 640), (64, 80)) == "the full width and the middle 75% of the height of the 384x640 photo"
+    assert _crop_note((1920, 1080), (768, 1360)) == ("the full height and the middle 32% of the width of the "
+                                                     "1920x1080 photo")
+    assert _crop_note((1536, 2720), (768, 1360)) == "the whole 1536x2720 photo, scaled"
+
+
+def test_a_cancelled_generation_leaves_nothing_in_the_outputs_folder(tmp_path):
+    """The studio writes the pose video beside the result before denoising; the handler
+    removes it when the job stops."""
+    import gradio as gr
+    import pytest
+
+    from dynamictrl.studio import Cancelled
+    from ui.handlers import AppConfig, Handlers
+
+    class CancelledStudio:
+        extract_poses = mask = caption = lipsync = None  # not reached
+
+        def generate(self, image_path, out_path, settings, progress=None, **kwargs):
+            out_path.with_name(out_path.stem + "_pose.mp4").write_bytes(b"pose video")
+            out_path.with_name(out_path.stem + "_reference.png").write_bytes(b"masked reference")
+            raise Cancelled()
+
+    outputs = tmp_path / "outputs"
+    (image := tmp_path / "reference.png").write_bytes(b"")
+    (video := tmp_path / "dance.mp4").write_bytes(b"")
+    handlers = Handlers(CancelledStudio(), AppConfig(outputs_dir=outputs, work_dir=tmp_path / "work"))
+    handlers.config.size_presets = {"tiny": (64, 80)}
+    with pytest.raises(gr.Error, match="Cancelled"):
+        handlers.generate(str(image), str(video), False, "tiny", 0, 0, 0, 9, 16, "global", "background", [],
+                          "a person dancing", "", 2, 3.0, 7, "official (25 steps)", "auto", {}, request=None,
+                          progress=lambda *args, **kwargs: None)
+    assert list(outputs.iterdir()) == []
+
+
+def test_cancel_pressed_while_queued_still_counts_and_is_then_cleared(tmp_path):
+    """Cancel may be pressed before a queued job starts; the job must stop at its first
+    progress report, and the next job (armed by its click) must run."""
+    import gradio as gr
+    import pytest
+
+    from ui.handlers import AppConfig, Handlers
+
+    class ReportingStudio:
+        extract_poses = mask = caption = None  # not reached
+        calls = 0
+
+        def lipsync(self, video_path, audio_path, out_path, settings, progress=None):
+            type(self).calls += 1
+            progress(0.5, "Lip-sync: frame 1/2")  # raises Cancelled when the flag is set
+            raise RuntimeError("ran past a cancel")
+
+    handlers = Handlers(ReportingStudio(), AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    (video := tmp_path / "v.mp4").write_bytes(b"")
+    (audio := tmp_path / "a.wav").write_bytes(b"")
+    args = (str(video), str(audio), 0, 10, "jaw", 90, 90)
+    handlers.arm_cancel(None)
+    handlers.cancel(None)  # pressed while the job waits in the queue
+    with pytest.raises(gr.Error, match="Cancelled"):
+        handlers.lipsync(*args, request=None, progress=lambda *a, **k: None)
+    handlers.arm_cancel(None)  # the next click
+    with pytest.raises(gr.Error, match="ran past a cancel"):
+        handlers.lipsync(*args, request=None, progress=lambda *a, **k: None)
+    assert ReportingStudio.calls == 2

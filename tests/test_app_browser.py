@@ -1,13 +1,18 @@
 """A user's walk through `app.py --tiny` in a real browser (Playwright driving Debian's
-Chromium): upload, person mask, example clip, extract poses, auto caption, generate,
-lip-sync, history. Screenshots of every step go to tests/artifacts/ (git-ignored).
+Chromium): upload, person check and background mask, example clip, extract poses, auto
+caption, generate, lip-sync, history; then the side paths: mask starts and SAM clicks,
+Cancel during a generation, and History's "Reuse settings". Screenshots of every step go
+to tests/artifacts/ (git-ignored).
 
 Needs `/usr/bin/chromium` (`apt-get install -y chromium`; `.ci/run` installs it). The
 test fails rather than skips without it, so a CI that lost the browser says so.
 """
 
+import contextlib
+import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -74,23 +79,96 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_a_user_goes_from_photo_to_video(page, tiny_app):
+@contextlib.contextmanager
+def shot_on_failure(page, name: str):
     try:
-        walk_through(page, tiny_app)
+        yield
     except Exception:
-        shot(page, "failed")
+        shot(page, f"failed_{name}")
         raise
+
+
+def fresh_page(page, tiny_app) -> None:
+    """A reload: every widget back to its default, the server's outputs folder as it is."""
+    page.goto(tiny_app.url, wait_until="domcontentloaded")
+    page.get_by_text("Tiny mode").first.wait_for()
+
+
+def upload_reference(page) -> None:
+    page.locator("#reference-image input[type=file]").set_input_files(str(ROOT / "assets" / "reference_figure.png"))
+    page.locator("#crop-preview img").wait_for()
+
+
+def expect_mask_mode(page, mode: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(f"#mask-mode input[value={mode}]")).to_be_checked(timeout=STEP_TIMEOUT_MS)
+
+
+def wait_for_new_image(page, selector: str, old_src: str | None) -> str:
+    """Waits until the image under `selector` shows something other than `old_src`; its src."""
+    page.wait_for_function(
+        "([selector, old]) => { const img = document.querySelector(selector);"
+        " return img && img.src && img.src !== old && img.complete && img.naturalWidth > 0; }",
+        arg=[f"{selector} img", old_src],
+    )
+    return page.locator(f"{selector} img").get_attribute("src")
+
+
+def marker_pixels(page, selector: str) -> dict:
+    """How many pixels of the image are exactly the green (add) and red (remove) point markers."""
+    return page.locator(f"{selector} img").evaluate(
+        """img => {
+            const canvas = document.createElement('canvas');
+            canvas.width = img.naturalWidth;
+            canvas.height = img.naturalHeight;
+            const context = canvas.getContext('2d');
+            context.drawImage(img, 0, 0);
+            const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+            let green = 0, red = 0;
+            for (let i = 0; i < data.length; i += 4) {
+                if (data[i] === 0 && data[i + 1] === 220 && data[i + 2] === 0) green++;
+                if (data[i] === 230 && data[i + 1] === 0 && data[i + 2] === 0) red++;
+            }
+            return {green, red, width: img.naturalWidth, height: img.naturalHeight};
+        }"""
+    )
+
+
+def click_image_at(page, selector: str, fx: float, fy: float) -> None:
+    """A click at a fraction of the picture's width and height. The <img> box can be larger
+    than the picture; gradio centres it, scaled down to fit and never up, and maps clicks
+    to its pixels the same way."""
+    image = page.locator(f"{selector} img")
+    box = image.bounding_box()
+    natural_width, natural_height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = min(box["width"] / natural_width, box["height"] / natural_height, 1)
+    left = (box["width"] - natural_width * scale) / 2
+    top = (box["height"] - natural_height * scale) / 2
+    image.click(position={"x": left + natural_width * scale * fx, "y": top + natural_height * scale * fy})
+
+
+def test_a_user_goes_from_photo_to_video(page, tiny_app):
+    with shot_on_failure(page, "walk_through"):
+        walk_through(page, tiny_app)
 
 
 def walk_through(page, tiny_app):
     page.get_by_text("Tiny mode").first.wait_for()
     shot(page, "01_loaded")
 
-    # 1. Character: upload, crop preview, person mask
-    page.locator("#reference-image input[type=file]").set_input_files(str(ROOT / "assets" / "reference_figure.png"))
-    page.locator("#crop-preview img").wait_for()
+    # 1. Character: upload, crop preview (and where it falls on the photo), the person
+    # check (nothing blacked out), then the background blacked out
+    upload_reference(page)
+    wait_for_text(page, "#crop-info", "of the 384x640 photo")
     page.locator("#mask-person").click()
-    page.locator("#mask-preview img").wait_for()
+    person_view = wait_for_new_image(page, "#mask-preview", None)
+    wait_for_text(page, "#mask-info", "Person check")
+    expect_mask_mode(page, "none")
+    shot(page, "02_character_person_check")
+    page.locator("#mask-background").click()
+    wait_for_new_image(page, "#mask-preview", person_view)
+    expect_mask_mode(page, "background")
     shot(page, "02_character_masked")
 
     # 2. Motion: the example clip, extract poses, previews appear
@@ -144,3 +222,126 @@ def walk_through(page, tiny_app):
     page.get_by_role("tab", name="System").click()
     wait_for_text(page, "#models-table", "dynamictrl.shared")
     shot(page, "08_system")
+
+
+def test_mask_starts_and_sam_clicks(page, tiny_app):
+    with shot_on_failure(page, "mask"):
+        fresh_page(page, tiny_app)
+        upload_reference(page)
+
+        # Clothing: the clothes blacked out
+        page.locator("#mask-clothing").click()
+        clothing_view = wait_for_new_image(page, "#mask-preview", None)
+        expect_mask_mode(page, "clothing")
+        page.locator("#masked-preview img").wait_for()
+
+        # Clear, then a click on the crop: SAM segments from the point, background mode,
+        # a green marker where the click landed
+        page.locator("#clear-mask").click()
+        expect_mask_mode(page, "none")
+        page.locator("#mask-preview img").wait_for(state="detached")
+        click_image_at(page, "#crop-preview", 0.5, 0.4)
+        first = wait_for_new_image(page, "#mask-preview", clothing_view)
+        expect_mask_mode(page, "background")
+        pixels = marker_pixels(page, "#mask-preview")
+        assert pixels["green"] > 0 and pixels["red"] == 0, pixels
+
+        # A "remove" click elsewhere adds a red marker and keeps the green one
+        page.locator("#click-label").get_by_text("remove (exclude)").click()
+        click_image_at(page, "#crop-preview", 0.2, 0.9)
+        wait_for_new_image(page, "#mask-preview", first)
+        pixels = marker_pixels(page, "#mask-preview")
+        assert pixels["green"] > 0 and pixels["red"] > 0, pixels
+        expect_mask_mode(page, "background")
+        shot(page, "09_mask_clicks")
+
+
+def test_cancel_stops_a_generation_and_writes_nothing(page, tiny_app):
+    with shot_on_failure(page, "cancel"):
+        fresh_page(page, tiny_app)
+        upload_reference(page)
+        page.locator("#driving-video input[type=file]").set_input_files(str(ROOT / "assets" / "dance_figure.mp4"))
+        page.locator("#driving-video video").wait_for()
+        # 45 frames (the poses of 44 driving frames, two windows) at 100 steps: about 5 s on
+        # 2 idle cores, the margin between the job's start and its end
+        page.locator("#frames input").fill("45")
+        steps = page.locator("#steps input[type=number]")
+        steps.fill("100")
+        steps.blur()
+        before = sorted(path.name for path in tiny_app.outputs.iterdir())
+
+        page.locator("#generate").click()
+        # Cancel once the job reports progress. Its denoising alone lasts ~1.5 s, too short
+        # for a loaded machine to click into reliably; and a Cancel that reaches the server
+        # before the job starts is reset by it.
+        page.wait_for_function(
+            "() => /loading models|pose|denoising/.test(document.querySelector('#result-video')?.innerText || '')"
+        )
+        page.locator("#cancel").click()
+        page.get_by_text("the job stopped before finishing").first.wait_for()
+        shot(page, "10_cancelled")
+
+        assert sorted(path.name for path in tiny_app.outputs.iterdir()) == before
+        assert page.locator("#result-video video").count() == 0
+
+
+def forge_results(outputs: Path) -> tuple[str, str]:
+    """A generated result and a lip-sync result as the studio writes them, dated in the
+    future so they head the History list; their output names."""
+    from dynamictrl.lipsync.settings import LipSyncSettings
+    from dynamictrl.studio import GenerateSettings
+
+    clip = ROOT / "assets" / "dance_figure.mp4"
+    settings = GenerateSettings(prompt="A dancer on a rooftop at dusk.", num_frames=13, width=64, height=80, steps=7,
+                                guidance=4.5, seed=1234)
+    generated = {"output": "29990101-000001_abcd_seed1234.mp4", "created": "2999-01-01T00:00:01+00:00",
+                 "settings": asdict(settings), "prompt_used": settings.prompt}
+    lipsync = {"output": "29990101-000002_abcd_lipsync.mp4", "created": "2999-01-01T00:00:02+00:00",
+               "kind": "lipsync", "settings": asdict(LipSyncSettings()),
+               "inputs": {"video": {"path": str(clip)}, "audio": {"path": "/tmp/hello.wav"}}}
+    for manifest in (generated, lipsync):
+        shutil.copyfile(clip, outputs / manifest["output"])
+        (outputs / manifest["output"]).with_suffix(".json").write_text(json.dumps(manifest))
+    return generated["output"], lipsync["output"]
+
+
+def select_history_row(page, output: str) -> None:
+    page.locator("#history-table").get_by_text(output, exact=True).filter(visible=True).click()
+    # The selection reaches the server before Reuse reads it: wait for its settings to show.
+    wait_for_text(page, "#history-manifest", output)
+
+
+def test_history_reuse_settings_fills_the_form(page, tiny_app):
+    generated, lipsync = forge_results(tiny_app.outputs)
+    try:
+        with shot_on_failure(page, "reuse"):
+            fresh_page(page, tiny_app)
+            page.get_by_role("tab", name="History").click()
+            wait_for_text(page, "#history-table", generated)
+            page.get_by_text("Selected result's settings").click()
+            shot(page, "11_history_gallery")
+
+            select_history_row(page, generated)
+            page.locator("#reuse-settings").click()
+            # Reuse switches to the Create tab with the result's settings
+            page.wait_for_function(
+                "() => document.querySelector('#seed input')?.value === '1234'"
+                " && document.querySelector('#steps input[type=number]')?.value === '7'"
+                " && document.querySelector('#prompt textarea')?.value === 'A dancer on a rooftop at dusk.'"
+                " && document.querySelector('#frames input')?.value === '13'"
+            )
+            assert page.locator("#seed input").is_visible()
+            shot(page, "12_reused")
+
+            # A lip-sync result has no generation settings: a message, the form untouched
+            page.get_by_role("tab", name="History").click()
+            select_history_row(page, lipsync)
+            page.locator("#reuse-settings").click()
+            page.get_by_text("This is a lip-sync result").first.wait_for()
+            shot(page, "13_reuse_lipsync")
+            page.get_by_role("tab", name="Create").click()
+            assert page.locator("#seed input").input_value() == "1234"
+    finally:
+        for name in (generated, lipsync):
+            (tiny_app.outputs / name).unlink(missing_ok=True)
+            (tiny_app.outputs / name).with_suffix(".json").unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """The app's API through `gradio_client`, against `app.py --tiny`: the same endpoints the
 page uses, and the messages a user gets for bad input (never a stack trace)."""
 
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,9 +42,29 @@ def test_the_flow_through_the_api(client, tiny_app):
 
     crop, info = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, api_name="/crop_preview")
     assert Image.open(crop).size == (64, 80) and "64x80" in info
+    # the 384x640 photo is taller than 64x80: the full width, the middle of the height
+    assert "the full width and the middle 75% of the height of the 384x640 photo" in info
 
-    _mask, masked, mode = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, api_name="/mask_person")
+    # Person: a check of SAM's person, nothing blacked out; Background: the person kept
+    person_view, unmasked, mode, note = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360,
+                                                       api_name="/mask_person")
+    assert mode == "none" and "Person check" in note and Image.open(unmasked).size == (64, 80)
+    background_view, masked, mode, _note = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360,
+                                                          api_name="/mask_background")
     assert mode == "background" and Image.open(masked).size == (64, 80)
+    # The person view tints exactly what the background view tints and blacks out: the person
+    # (the unmasked crop is the reference), the background
+    crop_pixels = np.asarray(Image.open(unmasked).convert("RGB"))
+    person_tinted = (np.asarray(Image.open(person_view).convert("RGB")) != crop_pixels).any(axis=2)
+    background_tinted = (np.asarray(Image.open(background_view).convert("RGB")) != crop_pixels).any(axis=2)
+    assert person_tinted.any() and background_tinted.any()
+    assert np.array_equal(person_tinted, ~background_tinted)
+    not_black = (crop_pixels != 0).any(axis=2)
+    blacked = (np.asarray(Image.open(masked).convert("RGB")) == 0).all(axis=2)
+    assert np.array_equal(background_tinted & not_black, blacked & not_black)
+    _view, _masked, mode, _note = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360,
+                                                 api_name="/mask_clothing")
+    assert mode == "clothing"
 
     pose_video, overlay, pose_info = client.predict(*motion(CLIP), api_name="/extract_poses")
     assert Path(pose_video).stat().st_size > 0 and Path(overlay).stat().st_size > 0 and "9 pose frames" in pose_info
@@ -63,6 +84,13 @@ def test_the_flow_through_the_api(client, tiny_app):
 
     gallery, table, _manifest = client.predict(api_name="/history")
     assert manifest["output"] in [row[1] for row in table["data"]] and len(gallery) >= 1
+
+    # Reuse settings gives back the form values the result was made with
+    reused = client.predict(manifest, api_name="/reuse_settings")
+    preset, _width, _height, frames, fps, mode, prompt, _negative, steps, guidance, seed, offload = reused
+    assert (preset, frames, mode, prompt, steps, seed, offload) == (TINY, 9, "background", "a person dancing", 2, 7,
+                                                                    "auto")
+    assert "Pick a result" in app_error(client, None, api_name="/reuse_settings")
 
     info, models, _choices = client.predict(api_name="/system_status")
     assert "cpu" in info and any(row[0] == "dynamictrl.shared" and row[1] == "yes" for row in models["data"])
@@ -141,6 +169,8 @@ def test_lipsync_through_the_api(client, tiny_app, tmp_path):
     assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
     _gallery, table, _manifest = client.predict(api_name="/history")
     assert any(row[5].startswith("lip-sync to") for row in table["data"])
+    manifest = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text())
+    assert "lip-sync result" in app_error(client, manifest, api_name="/reuse_settings")
 
     wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
     message = app_error(client, handle_file(str(talk)), handle_file(str(tmp_path / "silence.wav")), *settings,

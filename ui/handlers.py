@@ -9,6 +9,7 @@ what to do; anything unexpected is logged with its traceback and shown as one li
 import functools
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -172,46 +173,71 @@ class Handlers:
             return None, "Upload a reference image: one person, clearly visible, ideally full body."
         size = self.target_size(preset, width, height)
         crop = studio_api.crop_reference(image_path, *size)
-        return crop, f"The model sees this {size[0]}x{size[1]} crop. Click on it to add mask points."
+        note = _crop_note(studio_api.load_image(image_path).size, size)
+        return crop, f"The model sees this {size[0]}x{size[1]} crop: {note}. Click on it to add mask points."
 
     @staticmethod
     def size_fields(preset):
         return gr.update(visible=preset == CUSTOM_SIZE), gr.update(visible=preset == CUSTOM_SIZE)
 
     def _mask(self, image_path, mode, size, points):
-        result = self._mask_on_gpu(image_path, mode, size[0], size[1], points=points or None)
-        overlay = np.asarray(studio_api.crop_reference(image_path, *size)).copy()
+        return self._mask_on_gpu(image_path, mode, size[0], size[1], points=points or None)
+
+    @staticmethod
+    def _overlay(crop: np.ndarray, region: np.ndarray, points) -> np.ndarray:
+        """The crop with `region` tinted and the clicked points drawn on top."""
+        overlay = crop.copy()
         tint = np.array([255, 0, 200], dtype=np.float32)
-        overlay[result.mask] = (0.45 * overlay[result.mask] + 0.55 * tint).astype(np.uint8)
+        overlay[region] = (0.45 * overlay[region] + 0.55 * tint).astype(np.uint8)
         for x, y, label in points or []:
             _draw_point(overlay, x, y, include=bool(label))
-        return overlay, result.masked
+        return overlay
+
+    def _mask_view(self, image_path, mode, size, points):
+        """The mask widgets for a background / clothing mask: the blacked-out region tinted."""
+        result = self._mask(image_path, mode, size, points)
+        crop = np.asarray(studio_api.crop_reference(image_path, *size))
+        overlay = self._overlay(crop, result.mask, points)
+        what = "the background" if mode == "background" else "the clothing"
+        info = (f"**{mode.capitalize()} mode:** {what} is blacked out for the model (tinted on the left). "
+                + ("Clicks on the crop preview mark the person." if mode == "background"
+                   else "Clicks on the crop preview mark the clothes."))
+        return overlay, result.masked, mode, [list(p) for p in points], info
 
     @friendly_errors
     def mask_start(self, kind, image_path, preset, width, height):
-        """One-click starts: person / background (black out the background, keep the person)
-        or clothing (black out the clothes); the mask comes from the DWPose person box."""
+        """One-click starts from the DWPose person box. "person" shows SAM's person
+        segmentation for checking and blacks out nothing; "background" blacks out
+        everything but the person; "clothing" blacks out the clothes."""
         _require(image_path, "Upload a reference image first (step 1).")
         size = self.target_size(preset, width, height)
-        mode = "clothing" if kind == "clothing" else "background"
-        overlay, masked = self._mask(image_path, mode, size, [])
-        return overlay, masked, mode, []
+        if kind in ("background", "clothing"):
+            return self._mask_view(image_path, kind, size, [])
+        if kind != "person":
+            raise gr.Error(f"Unknown mask start {kind!r}.")
+        # The background mask's complement is the person as SAM found it: shown, not applied.
+        person = ~self._mask(image_path, "background", size, []).mask
+        crop = np.asarray(studio_api.crop_reference(image_path, *size))
+        info = ("**Person check:** the tinted region is the person SAM found; nothing is blacked out (mask mode "
+                "none). If it misses a limb or takes in the background, click on the crop preview (that switches "
+                "to background mode) or press Background to replace the background.")
+        return self._overlay(crop, person, []), crop, "none", [], info
 
     @friendly_errors
     def mask_click(self, image_path, preset, width, height, mode, click_label, points, evt: gr.SelectData):
-        """A click on the crop adds a SAM point: on the person (background mode) or on the
-        clothes (clothing mode); "remove" clicks mark what must stay out."""
+        """A click on the crop adds a SAM point: on the person (background mode, also from
+        no mask or the person check) or on the clothes (clothing mode); "remove" clicks mark
+        what must stay out."""
         _require(image_path, "Upload a reference image first (step 1).")
         size = self.target_size(preset, width, height)
         mode = mode if mode in ("background", "clothing") else "background"
         x, y = (float(v) for v in evt.index[:2])
         points = [*(points or []), [x, y, 1 if click_label.startswith("add") else 0]]
-        overlay, masked = self._mask(image_path, mode, size, points)
-        return overlay, masked, mode, points
+        return self._mask_view(image_path, mode, size, points)
 
     @staticmethod
     def clear_mask():
-        return None, None, "none", []
+        return None, None, "none", [], "No mask: the model sees the whole crop."
 
     # ------------------------------------------------------------------ motion
     def _pose_settings(self, preset, width, height, start, frames, fps, retarget, size=None) -> PoseSettings:
@@ -345,15 +371,29 @@ class Handlers:
             pose_video_path, provenance = pose_state["path"], pose_state.get("provenance")
         else:
             driving_video_path = video_path
+        # Not cleared here: a Cancel pressed while this job waited in the queue must still count
+        # (`arm_cancel` cleared the flag when Generate was clicked).
         cancel = self._cancel_event(request)
-        cancel.clear()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_seed{settings.seed}.mp4"
         progress(0.0, desc="loading models")
-        result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
-                                       pose_settings, ProgressReporter(progress, cancel), provenance)
+        try:
+            result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
+                                           pose_settings, ProgressReporter(progress, cancel), provenance)
+        except Exception:
+            # The studio writes the pose video and the masked reference beside the result before
+            # denoising; a cancelled or failed job leaves none of them in the History folder.
+            for partial in [out_path, *out_path.parent.glob(f"{out_path.stem}_*")]:
+                partial.unlink(missing_ok=True)
+            raise
+        finally:
+            cancel.clear()
         manifest = json.loads(result.manifest_path.read_text())
         return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
+
+    def arm_cancel(self, request: gr.Request):
+        """Runs (unqueued) when a job's button is clicked: a fresh job starts uncancelled."""
+        self._cancel_event(request).clear()
 
     def cancel(self, request: gr.Request):
         self._cancel_event(request).set()
@@ -375,12 +415,14 @@ class Handlers:
                                    parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
                                    right_cheek_width=int(right_cheek))
         cancel = self._cancel_event(request)
-        cancel.clear()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_lipsync.mp4"
         progress(0.0, desc="loading models")
-        result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
-                                      progress=ProgressReporter(progress, cancel))
+        try:
+            result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
+                                          progress=ProgressReporter(progress, cancel))
+        finally:
+            cancel.clear()
         reused = ", video analysis reused from the cache" if result.report.avatar_cached else ""
         report = f"{result.report.summary()} ({result.elapsed_s:.1f} s{reused})"
         return str(result.video_path), report, [str(result.video_path), str(result.manifest_path)]
@@ -402,17 +444,21 @@ class Handlers:
 
     @friendly_errors
     def reuse_settings(self, manifest):
+        """The form values a past result was generated with, and the Create tab to see them."""
         if not manifest:
             raise gr.Error("Pick a result in the gallery or the table first.")
         settings = studio_api.settings_from_manifest(manifest)
         size = (settings.width, settings.height)
         preset = next((label for label, value in self.config.size_presets.items() if value == size), CUSTOM_SIZE)
         mask_mode = settings.mask_mode or "none"
+        gr.Info(f"Loaded the settings of {manifest.get('output', 'the result')} into the Create tab (the reference "
+                "image and the driving video stay as they are).")
         return (
-            gr.update(value=preset), gr.update(value=settings.width, visible=preset == CUSTOM_SIZE),
-            gr.update(value=settings.height, visible=preset == CUSTOM_SIZE), settings.num_frames, settings.fps,
-            mask_mode, settings.mask_points or [], settings.prompt or manifest.get("prompt_used", ""),
-            settings.negative_prompt, settings.steps, settings.guidance, settings.seed, settings.offload,
+            # The custom fields' visibility follows the preset (its change event).
+            preset, settings.width, settings.height, settings.num_frames, settings.fps, mask_mode,
+            settings.mask_points or [], settings.prompt or manifest.get("prompt_used", ""), settings.negative_prompt,
+            settings.steps, settings.guidance, settings.seed, settings.offload,
+            gr.Tabs(selected="create"),
         )
 
     # ------------------------------------------------------------------ system
@@ -455,9 +501,24 @@ def _history_row(entry: dict) -> list:
 
 def _history_label(entry: dict) -> str:
     settings = entry["settings"]
+    # Short enough for a thumbnail; the table has the rest.
+    created = entry.get("created", "")[:16].replace("T", " ")
     if entry.get("kind") == "lipsync":
-        return f'{entry.get("created", "")[:19]} · lip-sync'
-    return f'{entry.get("created", "")[:19]} · seed {settings.get("seed")} · {settings.get("steps")} steps'
+        return f"{created} · lip-sync"
+    return f'{created} · seed {settings.get("seed")}'
+
+
+def _crop_note(photo_size: tuple[int, int], size: tuple[int, int]) -> str:
+    """Where the cover crop falls on the photo, in words (rounded as `cover_crop` rounds)."""
+    photo_width, photo_height = photo_size
+    width, height = size
+    if photo_height / photo_width < height / width:  # wider than the target: the sides go
+        kept, full, cut = width / math.ceil(height * photo_width / photo_height), "height", "width"
+    else:
+        kept, full, cut = height / math.ceil(width * photo_height / photo_width), "width", "height"
+    if kept > 0.99:
+        return f"the whole {photo_width}x{photo_height} photo, scaled"
+    return f"the full {full} and the middle {kept:.0%} of the {cut} of the {photo_width}x{photo_height} photo"
 
 
 def _draw_point(image: np.ndarray, x: float, y: float, include: bool) -> None:

@@ -35,7 +35,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
         pose_state = gr.State({})
         auto_caption_text = gr.State("")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Create", id="create"):
                 # ---------------------------------------------------------- 1. Character
                 gr.Markdown("## 1. Character")
@@ -55,22 +55,28 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                     with gr.Column():
                         crop = gr.Image(label="Crop preview (what the model sees) · click to add mask points",
                                         interactive=False, elem_id="crop-preview", height=360)
-                        crop_info = gr.Markdown()
+                        crop_info = gr.Markdown(label="Crop note", elem_id="crop-info")
                 with gr.Accordion("Mask (optional: replace the background or the clothing)", open=True):
                     with gr.Row():
                         mask_person = gr.Button("Person", elem_id="mask-person")
-                        mask_background = gr.Button("Background")
-                        mask_clothing = gr.Button("Clothing")
-                        clear_mask = gr.Button("Clear mask")
+                        mask_background = gr.Button("Background", elem_id="mask-background")
+                        mask_clothing = gr.Button("Clothing", elem_id="mask-clothing")
+                        clear_mask = gr.Button("Clear mask", elem_id="clear-mask")
+                    mask_info = gr.Markdown("Person: check what SAM takes as the person (nothing is blacked out). "
+                                            "Background / Clothing: black that out for the model, to be described "
+                                            "in the prompt. Clicks on the crop preview refine the mask.",
+                                            label="Mask note", elem_id="mask-info")
                     with gr.Row():
                         mask_mode = gr.Radio(list(MASK_MODES), value="none", label="Mask mode (what is blacked out)",
                                              elem_id="mask-mode")
                         click_label = gr.Radio(["add (include)", "remove (exclude)"], value="add (include)",
-                                               label="A click on the crop preview…")
+                                               label="A click on the crop preview…", elem_id="click-label")
                     with gr.Row():
-                        mask_preview = gr.Image(label="Mask (tinted = blacked out)", interactive=False,
-                                                elem_id="mask-preview", height=300)
-                        masked_preview = gr.Image(label="Masked reference", interactive=False, height=300)
+                        # PNG: webp would smear the mask's edges and the point markers' colours.
+                        mask_preview = gr.Image(label="Mask (tinted = blacked out; after Person: the person)",
+                                                interactive=False, elem_id="mask-preview", height=300, format="png")
+                        masked_preview = gr.Image(label="What the model gets", interactive=False,
+                                                  elem_id="masked-preview", height=300, format="png")
 
                 # ---------------------------------------------------------- 2. Motion
                 gr.Markdown("## 2. Motion")
@@ -112,15 +118,15 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         speed = gr.Dropdown(list(config.speed_presets), value=config.default_speed, label="Quality / speed")
-                        steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps")
+                        steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps", elem_id="steps")
                         guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
                         with gr.Row():
-                            seed = gr.Number(42, label="Seed", precision=0, scale=4)
+                            seed = gr.Number(42, label="Seed", precision=0, scale=4, elem_id="seed")
                             dice = gr.Button("Random seed", scale=1, min_width=80)
                         offload = gr.Dropdown(list(OFFLOAD_CHOICES), value=config.offload, label="Offload (memory tier)")
                         with gr.Row():
                             generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-                            cancel_button = gr.Button("Cancel", variant="stop")
+                            cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     with gr.Column():
                         result_video = gr.Video(label="Result", interactive=False, elem_id="result-video", height=400)
                         result_files = gr.File(label="Download (video + manifest)", file_count="multiple",
@@ -165,14 +171,16 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
             # -------------------------------------------------------------- History
             with gr.Tab("History", id="history") as history_tab:
                 refresh_history = gr.Button("Refresh", elem_id="refresh-history")
-                gallery = gr.Gallery(label="Past results", columns=4, height=360, elem_id="history-gallery")
+                # Fixed columns and height: fit_columns would blow a lone result up to the page width.
+                gallery = gr.Gallery(label="Past results", columns=5, height=280, object_fit="contain",
+                                     fit_columns=False, allow_preview=True, preview=False, elem_id="history-gallery")
                 history_table = gr.Dataframe(headers=["created", "output", "seed", "steps", "size", "prompt"],
                                              interactive=False, elem_id="history-table", wrap=True)
                 history_paths = gr.State([])
                 with gr.Row():
-                    reuse = gr.Button("Reuse settings")
+                    reuse = gr.Button("Reuse settings", elem_id="reuse-settings")
                 with gr.Accordion("Selected result's settings", open=False):
-                    history_manifest = gr.JSON()
+                    history_manifest = gr.JSON(elem_id="history-manifest")
                 history_index = gr.State(None)
 
             # -------------------------------------------------------------- System
@@ -193,7 +201,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
         for trigger in (size_preset.change, custom_width.submit, custom_height.submit):
             trigger(handlers.crop_preview, [reference, *size_inputs], [crop, crop_info], api_name=False)
 
-        mask_outputs = [mask_preview, masked_preview, mask_mode, mask_points]
+        mask_outputs = [mask_preview, masked_preview, mask_mode, mask_points, mask_info]
         for button, kind in ((mask_person, "person"), (mask_background, "background"), (mask_clothing, "clothing")):
             button.click(lambda *args, kind=kind: handlers.mask_start(kind, *args), [reference, *size_inputs],
                          mask_outputs, api_name=f"mask_{kind}", concurrency_id=GPU)
@@ -212,7 +220,8 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
 
         speed.change(handlers.speed_preset_steps, speed, steps, api_name=False, queue=False)
         dice.click(handlers.dice, None, seed, api_name=False, queue=False)
-        generate_event = generate_button.click(
+        # Armed before queuing, so a Cancel pressed while the job waits in the queue still counts.
+        generate_event = generate_button.click(handlers.arm_cancel, None, None, api_name=False, queue=False).then(
             handlers.generate,
             [reference, *motion_inputs, mask_mode, mask_points, prompt, negative, steps, guidance, seed, speed, offload,
              pose_state],
@@ -225,7 +234,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                             api_name=False)
 
         use_result.click(handlers.latest_result, result_video, lip_video, api_name=False, queue=False)
-        lipsync_event = lipsync_button.click(
+        lipsync_event = lipsync_button.click(handlers.arm_cancel, None, None, api_name=False, queue=False).then(
             handlers.lipsync, [lip_video, lip_audio, bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek],
             [lip_result, lip_report, lip_files], api_name="lipsync", concurrency_id=GPU,
         )
@@ -240,7 +249,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
         history_table.select(handlers.history_select, history_paths, [history_manifest, history_index], api_name=False)
         reuse.click(handlers.reuse_settings, history_manifest,
                     [size_preset, custom_width, custom_height, frames, fps, mask_mode, mask_points, prompt, negative,
-                     steps, guidance, seed, offload], api_name=False)
+                     steps, guidance, seed, offload, tabs], api_name="reuse_settings")
 
         system_outputs = [system_info, models_table, loaded_models]
         refresh_system.click(handlers.system_status, None, system_outputs, api_name="system_status")
