@@ -36,6 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder for results and manifests (default: outputs/, or outputs/tiny/ with --tiny)")
     parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/ or DYNAMICTRL_WEIGHTS)")
     parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE, help="most jobs waiting in the queue")
+    parser.add_argument("--serve-url", default=os.environ.get("DYNAMICTRL_SERVE_URL"), metavar="URL",
+                        help="run the jobs on a `python -m dynamictrl serve` service, e.g. http://gpu-box:8000/dynamictrl")
+    parser.add_argument("--ray-address", default=None,
+                        help="run the jobs on the Serve app of this Ray cluster (auto; the HTTP URL is the safer choice)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="jobs sent at once with --serve-url/--ray-address (the local backend runs one at a time)")
     parser.add_argument("--auth", default=os.environ.get("DYNAMICTRL_AUTH"), metavar="USER:PASSWORD",
                         help="ask for this login before the page opens (also DYNAMICTRL_AUTH); off by default")
     return parser.parse_args(argv)
@@ -83,6 +89,11 @@ def build(args: argparse.Namespace, work_dir: Path):
         config.speed_presets = {"tiny (2 steps)": (TINY_STEPS, 0.0), **config.speed_presets}
         config.default_speed = "tiny (2 steps)"
         weights_dir = work_dir / "tiny-weights"
+    elif args.serve_url or args.ray_address:
+        from dynamictrl.serve.client import RemoteStudio
+
+        studio = RemoteStudio(url=args.serve_url, address=args.ray_address)
+        weights_dir = args.weights_dir or weights.default_weights_dir()
     else:
         from dynamictrl.studio import Studio
 
@@ -103,7 +114,8 @@ def main(argv=None) -> int:
     app, config, weights_dir = build(args, work_dir)
     from ui.layout import CSS
 
-    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    remote = bool(args.serve_url or args.ray_address) and not args.tiny
+    app.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency if remote else 1)
     app.launch(
         server_name=args.host,
         server_port=args.port,

@@ -134,14 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--all", action="store_true",
                           help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync")
     download.add_argument("--weights-dir", default=None)
+    # Subcommands that live with their subsystem: each module declares its own arguments.
     from .data import cli as data_cli
     from .eval import cli as eval_cli
+    from .serve import cli as serve_cli
+    from .train import cli as train_cli
 
     data_cli.add_arguments(commands.add_parser("prepare-data", help=data_cli.HELP))
     eval_cli.add_arguments(commands.add_parser("evaluate", help=eval_cli.HELP))
-    from .train import cli as train_cli
-
     train_cli.add_arguments(commands.add_parser("train", help="fine-tune DynamiCtrl (full SFT or LoRA) on a prepare-data folder"))
+    serve_cli.add_serve_arguments(commands.add_parser("serve", help=serve_cli.SERVE_HELP))
+    serve_cli.add_batch_arguments(commands.add_parser("batch", help=serve_cli.BATCH_HELP))
 
     from .lipsync.settings import LipSyncSettings
 
@@ -308,6 +311,18 @@ def run_lipsync(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    from .serve import cli as serve_cli
+
+    return serve_cli.run_serve(args)
+
+
+def run_batch(args) -> int:
+    from .serve import cli as serve_cli
+
+    return serve_cli.run_batch(args)
+
+
 def run_train(args) -> int:
     from .train import cli as train_cli
 
@@ -357,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             "prepare-data": run_prepare_data,
             "evaluate": run_evaluate,
             "train": run_train,
+            "serve": run_serve,
+            "batch": run_batch,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:

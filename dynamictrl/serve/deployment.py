@@ -1,0 +1,532 @@
+"""The Ray Serve application: a `Gateway` (one replica, no GPU) in front of
+`StudioWorker` replicas (one `Studio` each, one GPU each, one job at a time).
+
+Why a gateway: a replica runs one job at a time, so anything sent to it (a cancel, a
+status question) would wait behind the job. The gateway holds the job table (state,
+progress, queue position, results), answers those at once, retries a job whose replica
+died, and is the HTTP ingress. Workers send their progress to it and learn from the
+answer whether the caller cancelled, so a cancel takes effect at the next step.
+
+    submit(job) -> job id        status(job id) -> state, progress, queue position
+    result(job id) -> outputs    cancel(job id)          system_status()
+HTTP (prefix /dynamictrl): POST /jobs, GET /jobs/{id}, GET /jobs/{id}/result,
+POST /jobs/{id}/cancel, GET /status, GET /healthz (file bytes as base64 in JSON).
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from fastapi import Body, FastAPI, HTTPException
+from ray import serve
+from ray.serve.exceptions import RequestCancelledError
+
+from ..studio import Cancelled
+from .config import APP_NAME, GATEWAY, ROUTE_PREFIX, WORKER, ServeConfig, build_studio, load_extra_kinds
+from .jobs import JobContext, check_job, decode_files, encode_files, run_job
+
+logger = logging.getLogger("dynamictrl.serve")
+
+TERMINAL = ("done", "failed", "cancelled")
+REPORT_TIMEOUT_S = 10.0  # a worker's progress report; on timeout the job goes on
+REPORT_EVERY_S = 0.2  # progress reports are throttled to this (the last one always goes)
+HEARTBEAT_S = 10.0  # replicas send their model status this often
+MAX_LOST_BEFORE_START = 3  # replicas that died before a job started on them (not the job's fault)
+RETRY_PAUSE_S = 1.0
+BUSY_WAIT_S = 900.0  # a cancelled job stops at its next step; one 5B step at 1360x1360 is well under this  # lets the router drop a dead replica before the retry is routed
+KEEP_FINISHED = 1000  # finished job records kept (results are dropped earlier, see result_ttl_s)
+
+
+def user_error(error: BaseException) -> bool:
+    """Errors the caller fixes (bad input, missing file, too big for the GPU), as the app
+    and the CLI treat them; anything else is the service's fault."""
+    from ..manager import OutOfMemory
+
+    return isinstance(cause_of(error), (ValueError, FileNotFoundError, KeyError, OutOfMemory))
+
+
+def replica_lost(error: BaseException) -> bool:
+    """The replica (its process or its node) went away: the job is not at fault."""
+    lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.LocalRayletDiedError)
+    return isinstance(error, lost) or isinstance(getattr(error, "cause", None), lost)
+
+
+def cause_of(error: BaseException) -> BaseException:
+    """The user-code exception inside Ray's wrapper (its traceback text is not for users)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+def describe(error: BaseException) -> str:
+    cause = cause_of(error)
+    text = str(cause.args[0]) if isinstance(cause, KeyError) and cause.args else str(cause)
+    return text.strip() or type(cause).__name__
+
+
+async def _wait(response):
+    return await response
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: str
+    spec: dict = field(repr=False)
+    submitted: float
+    max_retries: int
+    state: str = "queued"
+    fraction: float = 0.0
+    message: str = "queued"
+    replica: str | None = None
+    node: str | None = None
+    runs: int = 0  # times the job started on a replica
+    lost: int = 0  # replicas lost before it started
+    error: str | None = None
+    error_type: str | None = None
+    user_error: bool = False
+    result: dict | None = field(default=None, repr=False)
+    result_fetched: bool = False
+    started: float | None = None
+    finished: float | None = None
+    cancel: bool = False
+    response: object = field(default=None, repr=False)
+
+
+api = FastAPI(title="DynamiCtrl Studio jobs")
+
+
+@serve.deployment(name=WORKER, max_ongoing_requests=1)
+class StudioWorker:
+    """One Studio (models stay loaded between jobs); runs one job at a time."""
+
+    def __init__(self, config: dict):
+        self.config = ServeConfig.from_dict(config)
+        self.extra_kinds = load_extra_kinds(self.config)
+        self.studio = build_studio(self.config)
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.unique_id
+        self.app_name = context.app_name
+        self.node = socket.gethostname()
+        self.busy_job = None
+        self._gateway = None
+        # Serve counts a cancelled or timed-out request as over while its thread may still
+        # be finishing a step; the next job waits for it instead of sharing the Studio.
+        self._one_job = threading.Lock()
+        try:
+            Path(self.config.outputs_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # jobs by value need no outputs folder; jobs by path will say what is wrong
+            logger.warning("replica %s: cannot create %s (%s)", self.replica, self.config.outputs_dir, error)
+        # The gateway learns what this replica holds without asking it (a question would
+        # wait behind the running job).
+        threading.Thread(target=self._heartbeat, name="dynamictrl-heartbeat", daemon=True).start()
+
+    def gateway(self):
+        if self._gateway is None:
+            self._gateway = serve.get_deployment_handle(GATEWAY, app_name=self.app_name)
+        return self._gateway
+
+    def _status(self) -> dict:
+        return {**self.studio.system_status(), "replica": self.replica, "node": self.node, "busy_job": self.busy_job,
+                "pid": os.getpid()}
+
+    def _heartbeat(self):
+        while True:
+            try:
+                self.gateway().replica_status.remote(self.replica, self._status()).result(timeout_s=REPORT_TIMEOUT_S)
+            except (ray.exceptions.RayError, TimeoutError, RuntimeError) as error:
+                logger.warning("replica %s: status report failed (%s)", self.replica, error)
+            time.sleep(HEARTBEAT_S)
+
+    def run(self, job: dict) -> dict:
+        reporter = Reporter(self.gateway(), job["id"])
+        if not self._one_job.acquire(timeout=BUSY_WAIT_S):
+            raise RuntimeError(f"Replica {self.replica} is still finishing a cancelled job after {BUSY_WAIT_S:.0f} s.")
+        try:
+            reporter.start(self.replica, self.node)
+            return self._run(job, reporter)
+        finally:
+            self._one_job.release()
+
+    def _run(self, job: dict, reporter: "Reporter") -> dict:
+        self.busy_job = job["id"]
+        try:
+            context = JobContext(self.studio, progress=reporter, outputs_dir=Path(self.config.outputs_dir),
+                                 allowed_roots=self.config.allowed_roots, extra_kinds=self.extra_kinds)
+            return run_job(job, context)
+        finally:
+            self.busy_job = None
+            try:
+                self.gateway().replica_status.remote(self.replica, self._status())
+            except (ray.exceptions.RayError, RuntimeError) as error:
+                logger.warning("replica %s: status report failed (%s)", self.replica, error)
+
+
+class Reporter:
+    """The Studio's progress callback on a replica: forwards progress to the gateway
+    (throttled) and raises `Cancelled` once the gateway says the caller cancelled."""
+
+    def __init__(self, gateway, job_id: str):
+        self.gateway = gateway
+        self.job_id = job_id
+        self.cancelled = False
+        self.last = 0.0
+
+    def _ask(self, method: str, *args) -> bool:
+        try:
+            return bool(getattr(self.gateway, method).remote(self.job_id, *args).result(timeout_s=REPORT_TIMEOUT_S))
+        except (ray.exceptions.RayError, TimeoutError, RuntimeError) as error:
+            # A slow or restarting gateway must not kill a long job: keep the last answer.
+            logger.warning("job %s: progress report failed (%s)", self.job_id, error)
+            return self.cancelled
+
+    def start(self, replica: str, node: str) -> None:
+        self.cancelled = self._ask("started", replica, node)
+        if self.cancelled:
+            raise Cancelled("Cancelled before it started.")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last >= REPORT_EVERY_S or fraction >= 1.0:
+            self.last = now
+            self.cancelled = self._ask("report", float(fraction), str(message))
+        if self.cancelled:
+            raise Cancelled("Cancelled by the caller.")
+
+
+def _http_error(error: BaseException) -> HTTPException:
+    cause = cause_of(error)
+    if isinstance(cause, KeyError):
+        return HTTPException(status_code=404, detail=describe(cause))
+    if isinstance(cause, QueueFull):
+        return HTTPException(status_code=503, detail=describe(cause))
+    return HTTPException(status_code=400, detail=describe(cause))
+
+
+class QueueFull(RuntimeError):
+    """More jobs are waiting than the service accepts (max_queued_jobs)."""
+
+
+@serve.deployment(name=GATEWAY, num_replicas=1, max_ongoing_requests=1000)
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, worker, config: dict):
+        self.worker = worker
+        self.config = ServeConfig.from_dict(config)
+        self.extra_kinds = tuple(self.config.extra_kinds)
+        self.jobs: dict[str, JobRecord] = {}
+        self.replicas: dict[str, dict] = {}  # replica id -> last status it sent
+        self.tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ job table
+    def _record(self, job_id: str) -> JobRecord:
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise KeyError(f"Unknown job {job_id!r} (finished long ago, or the service restarted).")
+        return record
+
+    def _queue_position(self, record: JobRecord) -> int | None:
+        if record.state != "queued":
+            return None
+        waiting = sorted((r.submitted, r.id) for r in self.jobs.values() if r.state == "queued")
+        return waiting.index((record.submitted, record.id)) + 1
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for record in self.jobs.values():
+            if record.finished and record.result is not None and now - record.finished > self.config.result_ttl_s:
+                record.result = None  # results hold file bytes: not kept for callers who never came back
+        finished = sorted((r.finished, r.id) for r in self.jobs.values() if r.finished)
+        for _, job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.jobs[job_id]
+
+    def _finish(self, record: JobRecord, state: str, message: str, error: BaseException | None = None,
+                result: dict | None = None) -> None:
+        record.state, record.message, record.finished = state, message, time.time()
+        record.spec = {}  # inputs by value are no longer needed
+        record.response = None
+        if state == "done":
+            record.fraction, record.result = 1.0, result
+        if error is not None:
+            record.error, record.error_type = describe(error), type(cause_of(error)).__name__
+            record.user_error = user_error(error)
+        logger.info("job %s %s: %s", record.id, state, record.error or message)
+
+    async def _run(self, record: JobRecord) -> None:
+        deadline = record.submitted + self.config.job_timeout_s
+        while True:
+            runs_before = record.runs
+            record.response = self.worker.run.remote({**record.spec, "id": record.id})
+            try:
+                answer = await asyncio.wait_for(_wait(record.response), timeout=max(1.0, deadline - time.time()))
+            except asyncio.TimeoutError:
+                record.cancel = True  # the worker stops at its next step
+                self._finish(record, "failed", "timed out", error=TimeoutError(
+                    f"The job did not finish within {self.config.job_timeout_s:.0f} s (queue time included)."))
+                return
+            except (asyncio.CancelledError, RequestCancelledError):
+                if not record.cancel:
+                    raise
+                self._finish(record, "cancelled", "cancelled before it started")
+                return
+            except Exception as error:  # every failure ends in the record, none reaches the event loop
+                if isinstance(cause_of(error), Cancelled) or (record.cancel and replica_lost(error)):
+                    self._finish(record, "cancelled", "cancelled")
+                    return
+                if not replica_lost(error):
+                    self._finish(record, "failed", "failed", error=error)
+                    return
+                if record.runs > runs_before:
+                    if record.runs > record.max_retries:
+                        self._finish(record, "failed", "replica lost", error=RuntimeError(
+                            f"The replica running this job died {record.runs} time(s) (last on {record.node}: "
+                            f"{describe(error).splitlines()[0]}); not retrying. Too little GPU/CPU memory for "
+                            "these settings is the usual cause."))
+                        return
+                else:
+                    record.lost += 1
+                    if record.lost > MAX_LOST_BEFORE_START:
+                        self._finish(record, "failed", "no replica", error=RuntimeError(
+                            f"{record.lost} replicas died before the job could start; is the cluster healthy?"))
+                        return
+                record.state, record.fraction = "queued", 0.0
+                record.message = "its replica was lost; retrying on another replica"
+                logger.warning("job %s: replica lost (%s); retrying", record.id, describe(error).splitlines()[0])
+                await asyncio.sleep(RETRY_PAUSE_S)
+                if record.cancel:
+                    self._finish(record, "cancelled", "cancelled")
+                    return
+                continue
+            self._finish(record, "done", "done", result=answer)
+            return
+
+    # ------------------------------------------------------------ handle API
+    async def submit(self, job: dict) -> str:
+        check_job(job, self.extra_kinds)
+        job = {**job, "files": decode_files(job.get("files"))}
+        self._sweep()
+        waiting = sum(1 for r in self.jobs.values() if r.state == "queued")
+        if waiting >= self.config.max_queued_jobs:
+            raise QueueFull(f"{waiting} jobs are already waiting (max_queued_jobs); try again later or add replicas.")
+        retries = job.pop("max_retries", self.config.max_retries)
+        record = JobRecord(id=uuid.uuid4().hex[:12], kind=job["kind"], spec=job, submitted=time.time(),
+                           max_retries=max(0, min(int(retries), self.config.max_retries)))
+        self.jobs[record.id] = record
+        task = asyncio.get_running_loop().create_task(self._run(record))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return record.id
+
+    async def status(self, job_id: str) -> dict:
+        record = self._record(job_id)
+        now = time.time()
+        return {
+            "id": record.id, "kind": record.kind, "state": record.state, "fraction": record.fraction,
+            "message": record.message, "queue_position": self._queue_position(record), "replica": record.replica,
+            "node": record.node, "runs": record.runs, "error": record.error, "error_type": record.error_type,
+            "user_error": record.user_error,
+            "waited_s": round((record.started or now) - record.submitted, 3),
+            "elapsed_s": round((record.finished or now) - (record.started or now), 3) if record.started else 0.0,
+            "has_result": record.result is not None,
+        }
+
+    async def result(self, job_id: str) -> dict:
+        """The finished job's answer (once: file bytes are not kept after it is fetched)."""
+        record = self._record(job_id)
+        if record.state != "done":
+            raise ValueError(f"Job {job_id} is {record.state}, not done" + (f": {record.error}" if record.error else "."))
+        if record.result is None:
+            raise KeyError(f"The result of job {job_id} was already fetched or expired.")
+        answer, record.result, record.result_fetched = record.result, None, True
+        return answer
+
+    async def cancel(self, job_id: str) -> dict:
+        record = self._record(job_id)
+        if record.state not in TERMINAL:
+            record.cancel = True
+            record.message = "cancelling"
+            if record.state == "queued" and record.response is not None:
+                record.response.cancel()  # still waiting in the router: it never reaches a replica
+        return await self.status(job_id)
+
+    async def jobs_list(self) -> list[dict]:
+        return [await self.status(job_id) for job_id in list(self.jobs)]
+
+    # ------------------------------------------------------------ from the workers
+    async def started(self, job_id: str, replica: str, node: str) -> bool:
+        record = self.jobs.get(job_id)
+        if record is None or record.state in TERMINAL:
+            return True  # nobody waits for it any more
+        record.state, record.replica, record.node = "running", replica, node
+        record.runs += 1
+        record.started = time.time()
+        record.message = f"started on replica {replica}" + (f" (attempt {record.runs})" if record.runs > 1 else "")
+        return record.cancel
+
+    async def report(self, job_id: str, fraction: float, message: str) -> bool:
+        record = self.jobs.get(job_id)
+        if record is None or record.state in TERMINAL:
+            return True
+        record.fraction, record.message = min(max(fraction, 0.0), 1.0), message
+        return record.cancel
+
+    async def replica_status(self, replica: str, status: dict) -> None:
+        self.replicas[replica] = {**status, "seen": time.time()}
+
+    async def system_status(self) -> dict:
+        now = time.time()
+        live = None
+        try:
+            app = (await asyncio.to_thread(serve.status)).applications.get(serve.get_replica_context().app_name)
+            if app is not None and WORKER in app.deployments:
+                live = app.deployments[WORKER].replica_states.get("RUNNING", 0)
+        except (ray.exceptions.RayError, RuntimeError) as error:
+            logger.warning("serve.status failed: %s", error)
+        replicas = [{**status, "seen_s_ago": round(now - status["seen"], 1)} for status in self.replicas.values()
+                    if now - status["seen"] < 6 * HEARTBEAT_S]
+        counts = {state: sum(1 for r in self.jobs.values() if r.state == state) for state in
+                  ("queued", "running", "done", "failed", "cancelled")}
+        return {"replicas": sorted(replicas, key=lambda r: r["replica"]), "running_replicas": live, "jobs": counts,
+                "max_queued_jobs": self.config.max_queued_jobs, "outputs_dir": self.config.outputs_dir}
+
+    # ------------------------------------------------------------ HTTP
+    @api.post("/jobs")
+    async def http_submit(self, job: dict = Body(...)) -> dict:
+        try:
+            return {"job_id": await self.submit(job)}
+        except (ValueError, QueueFull) as error:
+            raise _http_error(error) from None
+
+    @api.get("/jobs")
+    async def http_jobs(self) -> list:
+        return await self.jobs_list()
+
+    @api.get("/jobs/{job_id}")
+    async def http_status(self, job_id: str) -> dict:
+        try:
+            return await self.status(job_id)
+        except KeyError as error:
+            raise _http_error(error) from None
+
+    @api.get("/jobs/{job_id}/result")
+    async def http_result(self, job_id: str) -> dict:
+        try:
+            answer = await self.result(job_id)
+        except (KeyError, ValueError) as error:
+            raise _http_error(error) from None
+        files = {name: {"name": name, "data": data} for name, data in answer.get("files", {}).items()}
+        return {**answer, "files": encode_files(files)}
+
+    @api.post("/jobs/{job_id}/cancel")
+    async def http_cancel(self, job_id: str) -> dict:
+        try:
+            return await self.cancel(job_id)
+        except KeyError as error:
+            raise _http_error(error) from None
+
+    @api.get("/status")
+    async def http_status_all(self) -> dict:
+        return await self.system_status()
+
+    @api.get("/healthz")
+    async def http_health(self) -> dict:
+        return {"ok": True}
+
+
+# ---------------------------------------------------------------- deploying
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def build_app(config: ServeConfig, replicas: int | None = None, min_replicas: int | None = None,
+              max_replicas: int | None = None, gpus_per_replica: float | None = None, cpus_per_replica: float = 1.0,
+              runtime_env: dict | None = None):
+    """The application (not yet running). Fixed `replicas`, or autoscaling between
+    `min_replicas` and `max_replicas` (one job per replica: Serve adds a replica while
+    jobs wait). `gpus_per_replica` None: 1 when the cluster has GPUs, else 0.
+    `runtime_env` (default: this driver's) is how the replicas find the dynamictrl code."""
+    if gpus_per_replica is None:
+        gpus_per_replica = 1.0 if cluster_gpus() > 0 else 0.0
+    if runtime_env is None:
+        runtime_env = dict(ray.get_runtime_context().runtime_env or {})
+    extra = {"runtime_env": runtime_env} if runtime_env else {}
+    options = {
+        "ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica, **extra},
+        # Scaling down or redeploying waits for the running job instead of killing it.
+        "graceful_shutdown_timeout_s": min(config.job_timeout_s, 3600.0),
+        "health_check_timeout_s": 60.0,
+        # A replica that cannot load its models fails the deployment after a few tries.
+        "max_constructor_retry_count": 3,
+        # Progress reports and heartbeats are calls too: an access-log line each would bury the real logs.
+        "logging_config": {"enable_access_log": False},
+    }
+    if min_replicas is not None or max_replicas is not None:
+        low = 1 if min_replicas is None else min_replicas
+        high = max(low, 1) if max_replicas is None else max_replicas
+        if not 0 <= low <= high or high < 1:
+            raise ValueError(f"Need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got {low}..{high}.")
+        options["autoscaling_config"] = {
+            "min_replicas": low, "max_replicas": high, "initial_replicas": max(low, 1),
+            "target_ongoing_requests": 1, "upscale_delay_s": 5.0,
+            # Models take minutes to load: keep an idle replica a while before letting it go.
+            "downscale_delay_s": 600.0,
+        }
+    else:
+        if replicas is None:
+            replicas = max(1, int(cluster_gpus() // gpus_per_replica)) if gpus_per_replica > 0 else 1
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}.")
+        options["num_replicas"] = replicas
+    worker = StudioWorker.options(**options).bind(config.to_dict())
+    return Gateway.options(ray_actor_options={"num_cpus": 0, **extra},
+                           logging_config={"enable_access_log": False}).bind(worker, config.to_dict())
+
+
+def deploy(config: ServeConfig, name: str = APP_NAME, route_prefix: str | None = ROUTE_PREFIX,
+           host: str = "127.0.0.1", port: int = 8000, timeout_s: float = 600.0, **scale):
+    """Starts Serve (HTTP on host:port) and the application; returns the gateway handle
+    once every replica is up. Raises TimeoutError if that takes longer than `timeout_s`
+    (e.g. the replicas ask for GPUs the cluster does not have)."""
+    if config.tiny:
+        from ..tiny import save_tiny_weights
+
+        save_tiny_weights(config.weights_dir)  # once here, not racing in every replica
+    serve.start(http_options={"host": host, "port": port})
+    # serve.run would wait without a bound for replicas that cannot be placed.
+    serve._run(build_app(config, **scale), _blocking=False, name=name, route_prefix=route_prefix)
+    wait_until_running(name, timeout_s)
+    return serve.get_app_handle(name)
+
+
+def wait_until_running(name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None:
+            last = app
+            status = str(getattr(app.status, "value", app.status))
+            if status == "RUNNING":
+                return
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                details = "; ".join(f"{dep}: {info.message}" for dep, info in app.deployments.items() if info.message)
+                raise RuntimeError(f"The Serve application {name!r} failed to start: {app.message or details}")
+        time.sleep(1.0)
+    details = ""
+    if last is not None:
+        details = " " + "; ".join(f"{dep}: {info.replica_states} {info.message}" for dep, info in last.deployments.items())
+    resources = ray.available_resources()
+    raise TimeoutError(f"The Serve application {name!r} was not running after {timeout_s:.0f} s.{details} "
+                       f"Free cluster resources: CPU {resources.get('CPU', 0):g}, GPU {resources.get('GPU', 0):g}.")
+
+
+def endpoint(host: str, port: int, route_prefix: str = ROUTE_PREFIX) -> str:
+    shown = ray.util.get_node_ip_address() if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}{route_prefix}"

@@ -1,0 +1,342 @@
+"""The Ray service on this machine: a local Ray (2 CPUs, started once), a Serve app of two
+CPU replicas over the tiny models, and the batch runner. Every wait is bounded."""
+
+import argparse
+import json
+import socket
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+
+from dynamictrl.serve import cli as serve_cli  # noqa: E402
+from dynamictrl.serve.client import RemoteJobError, RemoteStudio  # noqa: E402
+from dynamictrl.serve.config import ServeConfig  # noqa: E402
+from dynamictrl.studio import Cancelled, GenerateSettings  # noqa: E402
+from dynamictrl.video import read_video, write_video  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "dynamictrl-test"
+JOB_TIMEOUT_S = 90.0  # a tiny job takes seconds; this only bounds a hang
+
+
+def tiny_settings(**overrides) -> GenerateSettings:
+    values = dict(prompt="a person dancing", num_frames=9, width=48, height=64, steps=2, seed=7)
+    values.update(overrides)
+    return GenerateSettings(**values)
+
+
+def wav(path: Path, seconds: float, amplitude: float = 0.3) -> Path:
+    from scipy.io import wavfile
+
+    t = np.arange(int(seconds * 16000)) / 16000
+    wavfile.write(path, 16000, (amplitude * np.sin(2 * np.pi * 200 * t) * 32767).astype(np.int16))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session; the replicas import dynamictrl and the
+    test job kinds (tests/ray_jobs.py) through PYTHONPATH."""
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="dynamictrl-tests",
+             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1",
+                                       "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def serve_stopped_after_this_file(request):
+    """Serve's controller and proxy poll all the time: stopped when this file is done, so
+    the rest of the suite does not share the 2 cores with them (Ray itself idles until the
+    session ends)."""
+    yield
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_root(tmp_path_factory) -> Path:
+    from dynamictrl.tiny import save_tiny_weights
+
+    root = tmp_path_factory.mktemp("serve")
+    save_tiny_weights(root / "weights")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(root / "ref.png")
+    write_video(root / "pose.mp4", rng.integers(0, 255, (12, 64, 48, 3), dtype=np.uint8), fps=16)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference_frames(serve_root) -> np.ndarray:
+    """A local run of the same job, decoded from its mp4 as the remote results are."""
+    import torch
+
+    from dynamictrl.tiny import tiny_studio
+
+    studio = tiny_studio(serve_root / "weights")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a replica with num_cpus=1 (Ray sets OMP_NUM_THREADS=1)
+    try:
+        studio.generate(serve_root / "ref.png", serve_root / "local" / "ref_run.mp4", tiny_settings(),
+                        pose_video_path=serve_root / "pose.mp4")
+    finally:
+        torch.set_num_threads(threads)
+    return read_video(serve_root / "local" / "ref_run.mp4").frames
+
+
+class TestService:
+    @pytest.fixture(scope="class")
+    def service(self, ray_session, serve_root):
+        """Two CPU replicas of the tiny studio behind the gateway, HTTP on a free port."""
+        from ray import serve
+
+        from dynamictrl.serve.deployment import deploy
+        from ray_jobs import KINDS
+
+        config = ServeConfig(weights_dir=str(serve_root / "weights"), tiny=True, outputs_dir=str(serve_root / "outputs"),
+                             shared_dirs=[str(serve_root)], extra_kinds=KINDS, job_timeout_s=JOB_TIMEOUT_S)
+        port = free_port()
+        deploy(config, name=APP, port=port, replicas=2, gpus_per_replica=0, timeout_s=240)
+        try:
+            yield {"url": f"http://127.0.0.1:{port}/dynamictrl", "config": config}
+        finally:
+            serve.delete(APP)  # frees the two CPUs for the batch tests
+
+    @pytest.fixture
+    def client(self, service):
+        return RemoteStudio(app_name=APP, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
+
+    def test_four_concurrent_jobs_all_finish_and_match_a_local_run(self, client, serve_root, reference_frames):
+        shared = RemoteStudio(app_name=APP, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, transfer="shared")
+        messages = {i: [] for i in range(4)}
+
+        def job(i):
+            studio = shared if i == 3 else client  # three by value, one through the shared folder
+            out = (serve_root / "outputs" / "shared.mp4") if i == 3 else (serve_root / "client" / f"c{i}.mp4")
+            return studio.generate(serve_root / "ref.png", out, tiny_settings(), pose_video_path=serve_root / "pose.mp4",
+                                   progress=lambda f, m: messages[i].append((f, m)))
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(job, range(4), timeout=2 * JOB_TIMEOUT_S))
+        local = json.loads((serve_root / "local" / "ref_run.json").read_text())
+        for i, result in enumerate(results):
+            assert result.video_path.is_file() and result.manifest_path == result.video_path.with_suffix(".json")
+            np.testing.assert_array_equal(read_video(result.video_path).frames, reference_frames)
+            np.testing.assert_array_equal(result.frames, reference_frames)
+            manifest = json.loads(result.manifest_path.read_text())
+            assert manifest["settings"] == local["settings"]
+            assert manifest["inputs"]["image"]["sha256"] == local["inputs"]["image"]["sha256"]
+            # By value the manifest names the caller's files, not the replica's temp copies.
+            assert manifest["inputs"]["image"]["path"] == str(serve_root / "ref.png")
+            assert messages[i][-1] == (1.0, "done")
+            assert any(m.startswith("denoising step") for _, m in messages[i])
+        # Two replicas, one job each at a time: two of the four waited in the queue.
+        assert sum(any(m.startswith("waiting for a free replica") for _, m in messages[i]) for i in range(4)) >= 2
+
+        def replicas_with_models():  # each replica reports what it holds after a job (asynchronously)
+            return len({row["name"].split(":")[0] for row in client.system_status()["models"] if row["loaded"]}) == 2
+
+        wait_for(replicas_with_models, 15, "both replicas to report loaded models")
+
+    def test_queue_position_and_cancel_running_or_queued(self, client):
+        first, second = client.submit({"kind": "sleep", "seconds": 30}), client.submit({"kind": "sleep", "seconds": 30})
+        wait_for(lambda: all(client.status(j)["state"] == "running" for j in (first, second)), 30, "both replicas busy")
+        third = client.submit({"kind": "sleep", "seconds": 30})
+        assert client.status(third)["queue_position"] == 1
+        assert client.status(third)["state"] == "queued"
+
+        client.cancel(third)  # still in the router: it never reaches a replica
+        wait_for(lambda: client.status(third)["state"] == "cancelled", 10, "the queued job cancelled")
+
+        def cancel_button(fraction, message):  # what the app's ProgressReporter does on Cancel
+            if message.startswith("sleeping"):
+                raise Cancelled()
+
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            client.wait(first, progress=cancel_button, timeout_s=JOB_TIMEOUT_S)
+        assert client.status(first)["state"] == "cancelled"
+        client.cancel(second)
+        wait_for(lambda: client.status(second)["state"] == "cancelled", 10, "the running job cancelled")
+        assert time.monotonic() - started < 15  # stopped at the next step, not after 30 s
+
+    def test_bad_inputs_are_clear_errors_and_not_retried(self, client, serve_root, tmp_path):
+        with pytest.raises(ValueError, match="out of range"):
+            client.generate(serve_root / "ref.png", tmp_path / "x.mp4", tiny_settings(width=8000),
+                            pose_video_path=serve_root / "pose.mp4")
+        with pytest.raises(ValueError, match="Unknown job kind"):
+            client.submit({"kind": "paint"})
+        outside = RemoteStudio(app_name=APP, transfer="shared", poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
+        Image.new("RGB", (48, 64)).save(tmp_path / "elsewhere.png")
+        with pytest.raises(ValueError, match="outside the folders"):
+            outside.generate(tmp_path / "elsewhere.png", serve_root / "outputs" / "x.mp4", tiny_settings(),
+                             pose_video_path=serve_root / "pose.mp4")
+        assert not (tmp_path / "x.mp4").exists()
+
+    def test_pose_lipsync_mask_and_caption_come_back_like_local_results(self, client, serve_root, tmp_path):
+        from dynamictrl.pose.types import load_poses
+        from dynamictrl.studio import PoseSettings
+
+        pose = client.extract_poses(serve_root / "ref.png", serve_root / "pose.mp4",
+                                    PoseSettings(num_frames=5, width=48, height=64), out_path=tmp_path / "p.mp4",
+                                    preview_path=tmp_path / "overlay.mp4", json_path=tmp_path / "p.json")
+        assert pose.sequence.num_frames == 5 and read_video(pose.pose_video_path).num_frames == 5
+        assert pose.preview_path.is_file() and len(load_poses(pose.json_path)[0]) == 5
+
+        frames = np.random.default_rng(3).integers(0, 255, (6, 240, 320, 3), dtype=np.uint8)
+        frames[:, :16, :16] = (255, 0, 0)  # makes the tiny DWPose find a face (see tiny_onnx)
+        video = write_video(tmp_path / "talk.mp4", frames, fps=25)
+        result = client.lipsync(video, wav(tmp_path / "a.wav", 0.5), tmp_path / "talking.mp4")
+        assert result.report.output_frames == 12 and result.report.looped
+        assert read_video(result.video_path).num_frames == 12
+        manifest = json.loads(result.manifest_path.read_text())
+        assert manifest["kind"] == "lipsync" and manifest["inputs"]["video"]["path"] == str(video)
+        with pytest.raises(ValueError, match="silent"):  # an AudioError on the replica: the caller's to fix
+            client.lipsync(video, wav(tmp_path / "quiet.wav", 0.5, amplitude=0.0), tmp_path / "q.mp4")
+
+        red = tmp_path / "red.png"
+        Image.new("RGB", (360, 480), (255, 0, 0)).save(red)  # the tiny detector finds people in red
+        masked = client.mask(red, "background", 48, 64)
+        assert masked.mask.shape == (64, 48) and 0 < masked.mask.mean() < 1 and (masked.masked[masked.mask] == 0).all()
+        caption = client.caption(masked.masked, mask_mode="background")
+        assert caption.text and caption.t5_tokens <= 226
+
+    def test_http_endpoint(self, service, serve_root, reference_frames):
+        url = service["url"]
+        with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
+            assert json.loads(response.read()) == {"ok": True}
+        remote = RemoteStudio(url=url, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
+        result = remote.generate(serve_root / "ref.png", serve_root / "http" / "h.mp4", tiny_settings(),
+                                 pose_video_path=serve_root / "pose.mp4")
+        np.testing.assert_array_equal(read_video(result.video_path).frames, reference_frames)
+        with pytest.raises(KeyError, match="Unknown job"):
+            remote.status("nope")
+        with pytest.raises(ValueError, match="needs exactly one"):
+            remote.submit({"kind": "generate", "image": "a.png", "out": "a.mp4", "settings": {"prompt": ""}})
+        status = remote.system_status()
+        assert "2 Ray Serve replica(s)" in status["device"] and status["jobs"]["done"] >= 1
+
+    def test_replica_killed_mid_job_is_retried_on_the_other(self, client, serve_root, reference_frames):
+        out = serve_root / "outputs" / "after_crash.mp4"
+        job = {"kind": "crash_once", "then": "generate", "marker": str(serve_root / "crash.marker"),
+               "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"), "out": str(out),
+               "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2,
+                            "seed": 7}}
+        job_id = client.submit(job)
+        answer = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+        status = client.status(job_id)
+        assert status["runs"] == 2 and (serve_root / "crash.marker").is_file()
+        assert answer["outputs"]["video"] == str(out)
+        np.testing.assert_array_equal(read_video(out).frames, reference_frames)
+
+    def test_replica_dying_every_time_is_a_clear_error_not_a_hang(self, client):
+        started = time.monotonic()
+        with pytest.raises(RemoteJobError, match="died 1 time"):
+            client.wait(client.submit({"kind": "crash_always", "max_retries": 0}), timeout_s=JOB_TIMEOUT_S)
+        assert time.monotonic() - started < 30
+
+
+class TestBatch:
+    def write_jobs(self, folder: Path, serve_root: Path) -> Path:
+        (folder / "broken.png").write_bytes(b"not an image")
+        settings = {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2}
+        lines = [{"kind": "generate", "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"),
+                  "out": f"out/g{seed}.mp4", "settings": {**settings, "seed": seed}} for seed in range(4)]
+        lines.insert(2, {"kind": "generate", "id": "the-bad-one", "image": "broken.png",
+                         "pose_video": str(serve_root / "pose.mp4"), "out": "out/bad.mp4", "settings": settings})
+        lines.append({"kind": "pose", "image": str(serve_root / "ref.png"), "driving_video": str(serve_root / "pose.mp4"),
+                      "out": "out/pose.mp4", "settings": {"num_frames": 5, "width": 48, "height": 64}})
+        path = folder / "jobs.jsonl"
+        path.write_text("# six jobs, one with a broken image\n" + "\n".join(json.dumps(line) for line in lines) + "\n")
+        return path
+
+    def run_cli(self, jobs: Path, serve_root: Path) -> int:
+        parser = argparse.ArgumentParser()
+        serve_cli.add_batch_arguments(parser)
+        args = parser.parse_args(["--jobs", str(jobs), "--tiny", "--weights-dir", str(serve_root / "weights"),
+                                  "--workers", "2", "--job-timeout", str(JOB_TIMEOUT_S), "--no-progress"])
+        return serve_cli.run_batch(args)
+
+    def test_batch_reports_the_bad_job_and_a_rerun_skips_the_done_ones(self, ray_session, serve_root, tmp_path, capsys):
+        jobs = self.write_jobs(tmp_path, serve_root)
+        assert self.run_cli(jobs, serve_root) == 1
+        report = capsys.readouterr().out
+        assert "6 job(s): 5 done, 0 skipped (already done), 1 failed" in report
+        assert "FAILED the-bad-one: Could not read the image" in report
+        outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+        assert outputs == sorted([*(f"g{s}.{e}" for s in range(4) for e in ("mp4", "json")), "pose.mp4", "pose.json"])
+        assert json.loads((tmp_path / "out" / "g3.json").read_text())["settings"]["seed"] == 3
+        stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+
+        assert self.run_cli(jobs, serve_root) == 1
+        report = capsys.readouterr().out
+        assert "6 job(s): 0 done, 5 skipped (already done), 1 failed" in report
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps
+
+
+def test_jobs_file_errors_name_the_line(tmp_path):
+    from dynamictrl.serve.jobs import load_jobs
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"kind": "generate", "image": "a.png", "out": "a.mp4", "settings": {"prompt": ""}}\n'
+                    "\n{not json\n"
+                    '{"kind": "pose", "image": "a.png", "driving_video": "d.mp4", "out": "p.mp4", "settings": {"fps": 8}}\n'
+                    '{"kind": "generate", "image": "a.png", "pose_video": "p.mp4", "out": "b.mp4", '
+                    '"settings": {"prompt": "", "sead": 1}}\n')
+    records = load_jobs(path)
+    assert [r["line"] for r in records] == [1, 3, 4, 5]
+    assert "needs exactly one" in records[0]["error"] and records[1]["error"].startswith("line 3:")
+    assert records[2]["job"]["json"] == str(tmp_path / "p.json")  # what marks a pose job done
+    assert records[2]["job"]["image"] == str(tmp_path / "a.png")
+    assert "Unknown generate settings: sead" in records[3]["error"]
+
+
+
+def test_replica_options_follow_the_flags():
+    """One GPU and one job per replica; fixed count or autoscaling bounds (no Ray needed)."""
+    from dynamictrl.serve.deployment import build_app
+
+    fixed = build_app(ServeConfig(), replicas=3, gpus_per_replica=1, runtime_env={})
+    worker = fixed._bound_deployment.init_args[0]._bound_deployment
+    assert worker.num_replicas == 3 and worker.ray_actor_options == {"num_gpus": 1, "num_cpus": 1.0}
+    assert worker._deployment_config.max_ongoing_requests == 1
+    assert fixed._bound_deployment.ray_actor_options["num_cpus"] == 0  # the gateway takes no CPU from the replicas
+
+    scaled = build_app(ServeConfig(), min_replicas=0, max_replicas=4, gpus_per_replica=0, runtime_env={"py_modules": ["x"]})
+    worker = scaled._bound_deployment.init_args[0]._bound_deployment
+    bounds = worker._deployment_config.autoscaling_config
+    assert (bounds.min_replicas, bounds.initial_replicas, bounds.max_replicas) == (0, 1, 4)
+    assert bounds.target_ongoing_requests == 1
+    assert worker.ray_actor_options == {"num_gpus": 0, "num_cpus": 1.0, "runtime_env": {"py_modules": ["x"]}}
+    with pytest.raises(ValueError, match="min_replicas"):
+        build_app(ServeConfig(), min_replicas=3, max_replicas=2, gpus_per_replica=0, runtime_env={})
