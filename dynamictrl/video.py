@@ -50,12 +50,24 @@ def _decode_error(path: Path, error: Exception) -> VideoError:
     )
 
 
-def _iter_frames(path: Path):
+def _decoder_params(threads: int | None) -> list[str] | None:
+    """ffmpeg input options for `threads` decoder threads (None: ffmpeg's default, one per
+    core). An input option, so it sets the decoder's threads only; H.264 and the other
+    codecs decode bit-exactly whatever the thread count, so the frames are the same."""
+    if threads is None:
+        return None
+    if int(threads) < 1:
+        raise VideoError(f"The decoder thread count must be >= 1 (or None for ffmpeg's default), got {threads}.")
+    return ["-threads", str(int(threads))]
+
+
+def _iter_frames(path: Path, threads: int | None = None):
     """Yields (meta, frame iterator); every decoder failure becomes a VideoError."""
     if not path.is_file():
         raise VideoError(f"Video file not found: {path}")
+    input_params = _decoder_params(threads)
     try:
-        reader = imageio_ffmpeg.read_frames(str(path))
+        reader = imageio_ffmpeg.read_frames(str(path), input_params=input_params)
         meta = reader.__next__()
         width, height = meta["size"]
     except (OSError, RuntimeError, StopIteration, KeyError) as error:
@@ -73,20 +85,69 @@ def _iter_frames(path: Path):
     return meta, frames()
 
 
-def read_video(path: str | Path, max_frames: int | None = None) -> Video:
-    """Reads a video (mp4, mov, webm, mkv, gif, ...) as RGB uint8 frames."""
+# First allocation of a frame buffer: at most this many bytes, however many frames the
+# header promises (a wrong duration must not reserve absurd amounts); it grows past that.
+_FIRST_BUFFER_BYTES = 4 * 1024**3
+
+
+class _FrameBuffer:
+    """(T, H, W, 3) uint8 frames copied one at a time into a single array.
+
+    The decoder hands over each frame as its own bytes object. Keeping those and stacking
+    them at the end holds every frame twice at the peak and touches twice the memory;
+    copying each into one array as it arrives lets the next frame reuse the bytes' memory.
+    The array is sized from the header's duration x fps with some slack (untouched slack
+    costs no memory), grows if a video has more frames than announced, and is trimmed to
+    the frames written at the end.
+    """
+
+    def __init__(self, meta: dict, limit: int | None = None):
+        self.width, self.height = meta["size"]
+        fps, duration = float(meta.get("fps") or 0.0), float(meta.get("duration") or 0.0)
+        expected = math.ceil(duration * fps * 1.05) + 16 if fps > 0 and duration > 0 else 64
+        frame_bytes = max(1, self.width * self.height * 3)
+        capacity = min(expected, max(16, _FIRST_BUFFER_BYTES // frame_bytes))
+        self.limit = limit
+        self.frames = np.empty((self._capped(capacity), self.height, self.width, 3), dtype=np.uint8)
+
+    def _capped(self, capacity: int) -> int:
+        return max(1, capacity if self.limit is None else min(capacity, self.limit))
+
+    def put(self, position: int, frame: np.ndarray) -> None:
+        if position >= len(self.frames):
+            grown = np.empty((self._capped(max(position + 1, 2 * len(self.frames))), *self.frames.shape[1:]), np.uint8)
+            grown[: len(self.frames)] = self.frames
+            self.frames = grown
+        self.frames[position] = frame
+
+    def result(self, count: int) -> np.ndarray:
+        """The first `count` frames as an array of their own."""
+        if count < len(self.frames):
+            # Shrinks the allocation in place (realloc); nothing else refers to this array.
+            self.frames.resize((count, *self.frames.shape[1:]), refcheck=False)
+        return self.frames
+
+
+def read_video(path: str | Path, max_frames: int | None = None, threads: int | None = None) -> Video:
+    """Reads a video (mp4, mov, webm, mkv, gif, ...) as RGB uint8 frames.
+
+    `threads`: decoder threads (None: ffmpeg's default); the frames do not depend on it.
+    """
     path = Path(path)
-    meta, frames_iter = _iter_frames(path)
-    frames = []
+    meta, frames_iter = _iter_frames(path, threads)
+    # max_frames < 1 still returns the first frame, as it always has.
+    buffer = _FrameBuffer(meta, None if max_frames is None else max(1, max_frames))
+    count = 0
     for frame in frames_iter:
-        frames.append(frame)
-        if max_frames is not None and len(frames) >= max_frames:
+        buffer.put(count, frame)
+        count += 1
+        if max_frames is not None and count >= max_frames:
             frames_iter.close()
             break
-    if not frames:
+    if count == 0:
         raise VideoError(f"{path.name} contains no frames: pick another video or re-export it.")
     fps = float(meta.get("fps") or 0.0)
-    return Video(frames=np.stack(frames), fps=fps if fps > 0 else 16.0)
+    return Video(frames=buffer.result(count), fps=fps if fps > 0 else 16.0)
 
 
 def sample_indices(source_fps: float, target_fps: float | None, start_s: float, count: int) -> list[int]:
@@ -103,37 +164,45 @@ def sample_indices(source_fps: float, target_fps: float | None, start_s: float, 
 
 
 def pick_frames(
-    path: str | Path, count: int, fps: float | None = None, start_s: float = 0.0, loop: bool = False
+    path: str | Path,
+    count: int,
+    fps: float | None = None,
+    start_s: float = 0.0,
+    loop: bool = False,
+    threads: int | None = None,
 ) -> Video:
     """`count` frames of a video at `fps` (None: native) from `start_s`, streamed so
     only the chosen frames are kept in memory.
 
     A video too short for `count` frames is an error that offers the fixes, unless
-    `loop=True`, which wraps around to the start.
+    `loop=True`, which wraps around to the start. `threads`: decoder threads (None:
+    ffmpeg's default); the frames do not depend on it.
     """
     path = Path(path)
     if count < 1:
         raise VideoError(f"Asked for {count} frames from {path.name}: ask for at least one.")
     if start_s < 0:
         raise VideoError(f"The start time must be >= 0 s, got {start_s}.")
-    meta, frames_iter = _iter_frames(path)
+    meta, frames_iter = _iter_frames(path, threads)
     source_fps = float(meta.get("fps") or 0.0) or 16.0
     wanted = sample_indices(source_fps, fps, start_s, count)
     positions = {}
     for position, index in enumerate(wanted):
         positions.setdefault(index, []).append(position)
-    picked: list[np.ndarray | None] = [None] * count
+    picked = _FrameBuffer(meta, count)
+    filled = [False] * count
     total = 0
     for index, frame in enumerate(frames_iter):
         total = index + 1
         for position in positions.get(index, ()):
-            picked[position] = frame
+            picked.put(position, frame)
+            filled[position] = True
         if index >= wanted[-1]:
             frames_iter.close()
             break
     if total == 0:
         raise VideoError(f"{path.name} contains no frames: pick another video or re-export it.")
-    missing = [k for k, frame in enumerate(picked) if frame is None]
+    missing = [k for k in range(count) if not filled[k]]
     if missing:
         if not loop:
             available = missing[0]
@@ -146,10 +215,10 @@ def pick_frames(
             )
         # Second pass: wrap the missing source indices around the video's real length.
         wrapped = {k: wanted[k] % total for k in missing}
-        video = read_video(path, max_frames=max(wrapped.values()) + 1)
+        video = read_video(path, max_frames=max(wrapped.values()) + 1, threads=threads)
         for k, index in wrapped.items():
-            picked[k] = video.frames[index]
-    return Video(frames=np.stack(picked), fps=float(fps) if fps else source_fps)
+            picked.put(k, video.frames[index])
+    return Video(frames=picked.result(count), fps=float(fps) if fps else source_fps)
 
 
 def _even(frames: np.ndarray) -> np.ndarray:

@@ -235,3 +235,84 @@ def test_bad_video_arguments(detector):
         detector.detect_video([frame(), np.zeros((H, W), dtype=np.uint8)])
     with pytest.raises(ValueError, match="detect_every"):
         detector.detect_video([frame()], detect_every=0)
+
+
+# ---------------------------------------------------------------------------------------
+# The pre/post-processing takes shortcuts (planar letterbox, only candidate anchors decoded,
+# per-channel lookup tables). The plain official steps below must give identical arrays.
+
+
+def reference_letterbox(image):
+    import cv2
+
+    ratio = min(640 / image.shape[0], 640 / image.shape[1])
+    new_w, new_h = max(1, int(image.shape[1] * ratio)), max(1, int(image.shape[0] * ratio))
+    canvas = np.full((640, 640, 3), 114, dtype=np.uint8)
+    canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32), ratio
+
+
+def reference_decode_detections(raw, ratio):
+    from dynamictrl.pose.detector import _nms
+
+    raw = np.array(raw, dtype=np.float32)
+    cells, strides = [], []
+    for stride in (8, 16, 32):
+        ys, xs = np.divmod(np.arange((640 // stride) ** 2), 640 // stride)
+        cells.append(np.stack([xs, ys], axis=1))
+        strides.append(np.full(((640 // stride) ** 2, 1), stride))
+    cells, strides = np.concatenate(cells).astype(np.int64), np.concatenate(strides).astype(np.int64)
+    raw[:, :2] = (raw[:, :2] + cells) * strides
+    raw[:, 2:4] = np.exp(raw[:, 2:4]) * strides
+    half = raw[:, 2:4] / 2.0
+    boxes = np.concatenate([raw[:, :2] - half, raw[:, :2] + half], axis=1) / ratio
+    scores = raw[:, 4] * raw[:, 5]
+    candidates = scores > 0.1
+    if not candidates.any():
+        return np.zeros((0, 4))
+    boxes, scores = boxes[candidates], scores[candidates]
+    keep = _nms(boxes, scores, 0.45)
+    boxes, scores = boxes[keep].astype(np.float64), scores[keep].astype(np.float64)
+    return boxes[scores > 0.3]
+
+
+def reference_crop(image, box):
+    import cv2
+
+    from dynamictrl.pose.detector import _crop_matrix, box_center_scale
+
+    center, scale = box_center_scale(box, (288, 384))
+    crop = cv2.warpAffine(image, _crop_matrix(center, scale, (288, 384)), (288, 384), flags=cv2.INTER_LINEAR)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    return ((crop - mean) / std).astype(np.float32).transpose(2, 0, 1)
+
+
+def test_pre_and_post_processing_match_the_plain_official_steps():
+    from dynamictrl.pose.detector import decode_detections, letterbox
+
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        height, width = [(720, 1280), (1280, 720), (240, 320), (1, 900), (631, 17)][trial % 5]
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        tensor, ratio = letterbox(image)
+        expected, expected_ratio = reference_letterbox(image)
+        assert ratio == expected_ratio and tensor.dtype == np.float32 and np.array_equal(tensor, expected)
+
+        # Raw YOLOX rows: many candidates, tied scores, now and then float64 or nobody.
+        raw = np.zeros((8400, 85), dtype=np.float32)
+        rows = rng.choice(8400, int(rng.integers(0, 400)), replace=False)
+        raw[rows, :2] = rng.uniform(-1, 2, (len(rows), 2))
+        raw[rows, 2:4] = rng.uniform(-2, 4, (len(rows), 2))
+        raw[rows, 4:6] = rng.uniform(0, 1, (len(rows), 2))
+        raw[rows[: len(rows) // 3], 4:6] = 0.8  # ties
+        if trial % 4 == 3:
+            raw = raw.astype(np.float64)
+        before = raw.copy()
+        boxes = decode_detections(raw, ratio)
+        assert np.array_equal(raw, before)  # the caller's array is left alone
+        expected = reference_decode_detections(raw, ratio)
+        assert boxes.dtype == expected.dtype and np.array_equal(boxes, expected)
+
+        for box in [*boxes[:2], np.array([-40.0, -25.0, width + 30.0, height * 0.8])]:
+            crop, _, _ = crop_person(image, box, (288, 384))
+            assert crop.flags.c_contiguous and np.array_equal(crop, reference_crop(image, box))

@@ -172,3 +172,39 @@ def test_longest_pose_clip_counts_driving_frames_at_the_fps(tmp_path):
     assert pick_frames(path, k - 1, fps=5).num_frames == k - 1  # really available
     with pytest.raises(VideoError, match="past its end"):
         longest_pose_clip(path, start_s=5)
+
+
+def reference_frames(path):
+    """Every frame as imageio-ffmpeg hands it over, stacked: what reading must give."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    width, height = next(reader)["size"]
+    return np.stack([np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3) for buffer in reader])
+
+
+def test_decoder_threads_do_not_change_the_frames(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (12, 64, 96, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "noise.mp4", frames)
+    expected = reference_frames(path)
+    for threads in (None, 1, 3):
+        video = read_video(path, threads=threads)
+        assert np.array_equal(video.frames, expected), threads
+        assert np.array_equal(pick_frames(path, 5, fps=8, threads=threads).frames, expected[[0, 2, 4, 6, 8]])
+    with pytest.raises(VideoError, match="thread count"):
+        read_video(path, threads=0)
+
+
+def test_frames_land_in_one_array_even_when_the_header_undercounts(tmp_path, monkeypatch):
+    import dynamictrl.video as video_module
+
+    path = numbered_video(tmp_path, count=25)
+    expected = reference_frames(path)
+    for first_bytes in (video_module._FIRST_BUFFER_BYTES, 1):  # 1: room for 16 frames, then it must grow
+        monkeypatch.setattr(video_module, "_FIRST_BUFFER_BYTES", first_bytes)
+        video = read_video(path)
+        assert video.frames.shape == expected.shape and np.array_equal(video.frames, expected)
+        assert video.frames.flags.c_contiguous and video.frames.flags.owndata
+        assert read_video(path, max_frames=20).num_frames == 20
+        assert read_video(path, max_frames=0).num_frames == 1  # as before: the first frame
+        looped = pick_frames(path, count=35, fps=10, loop=True)
+        assert frame_numbers(looped) == list(range(25)) + list(range(10))
+        assert looped.frames.flags.owndata and len(looped.frames) == 35
