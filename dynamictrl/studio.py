@@ -109,6 +109,20 @@ class LipSyncResult:
     elapsed_s: float
 
 
+def write_json_atomic(path: str | Path, payload) -> Path:
+    """Writes JSON under a temporary name and renames it into place: a crash or a full disk
+    never leaves a truncated manifest (the manifest is written last, after the video)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(json.dumps(payload, indent=2))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -421,7 +435,7 @@ class Studio:
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        write_json_atomic(manifest_path, manifest)
         return LipSyncResult(out_path, manifest_path, report, elapsed)
 
     # ------------------------------------------------------------ reference tools
@@ -688,5 +702,5 @@ class Studio:
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        write_json_atomic(manifest_path, manifest)
         return GenerateResult(out_path, manifest_path, frames, elapsed, pose_result)

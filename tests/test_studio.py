@@ -324,3 +324,20 @@ def test_cancelling_a_lipsync_writes_nothing(lip_studio, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "talk.mp4"]
     assert any(m.startswith("DWPose") for m in seen) and any(m.startswith("Lip-sync: preparing") for m in seen)
     assert not any(entry["in_use"] for entry in lip_studio.manager.status())
+
+
+def test_manifests_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from dynamictrl.studio import write_json_atomic
+
+    target = write_json_atomic(tmp_path / "m.json", {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+
+    def full_disk(self, text, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(target), "write_text", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_json_atomic(tmp_path / "m.json", {"a": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"a": 1}  # the old manifest is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no partial file left

@@ -8,6 +8,7 @@ and the reference fixtures use.
 """
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,13 @@ def save_poses(path: str | Path, frames: list[FramePose], **metadata) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": 1, "metadata": metadata, "frames": [f.to_json() for f in frames]}
-    path.write_text(json.dumps(payload))
+    partial = path.with_name(f".{path.name}.partial")  # renamed into place: never a truncated file
+    try:
+        partial.write_text(json.dumps(payload))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 
