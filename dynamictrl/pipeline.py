@@ -485,10 +485,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
                                "negative_prompt_embeds": negative_prompt_embeds}
-                    outputs = callback_on_step_end(
-                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    ) or {}
-                    latents = outputs.pop("latents", latents)
+                    latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
                 progress_bar.update()
         self._current_timestep = None
 
@@ -521,6 +518,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             unit = self.video_processor.postprocess(frames[b].permute(1, 0, 2, 3), output_type="pt")
             video[b] = frames_to_uint8_tensor(unit).permute(0, 2, 3, 1).cpu().numpy()
         return video
+
+    def _step_callback(self, callback, step: int, timestep, tensors: dict, names) -> torch.Tensor:
+        """diffusers' `callback_on_step_end` protocol: the callback sees the named tensors and
+        may return replacement latents."""
+        outputs = callback(self, step, timestep, {name: tensors[name] for name in names}) or {}
+        return outputs.pop("latents", tensors["latents"])
 
     def _step_constants(self, height: int, width: int, layout: LatentLayout, latents: torch.Tensor, generator):
         """What every denoising step reuses: RoPE of the padded latent grid, the ofs value
@@ -724,10 +727,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
                                "negative_prompt_embeds": negative_prompt_embeds}
-                    outputs = callback_on_step_end(
-                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    ) or {}
-                    latents = outputs.pop("latents", latents)
+                    latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
         self._current_timestep = None
 
         # 4. Decode window by window ([slot 0] + its latents, the layout the causal VAE
