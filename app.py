@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run the jobs on the Serve app of this Ray cluster (auto; the HTTP URL is the safer choice)")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="jobs sent at once with --serve-url/--ray-address (the local backend runs one at a time)")
+    parser.add_argument("--shared-history", action="store_true",
+                        help="one results folder and History for every browser session (a single local user; "
+                             "never on a public server)")
     parser.add_argument("--auth", default=os.environ.get("DYNAMICTRL_AUTH"), metavar="USER:PASSWORD",
                         help="ask for this login before the page opens (also DYNAMICTRL_AUTH); off by default")
     return parser.parse_args(argv)
@@ -79,7 +82,8 @@ def build(args: argparse.Namespace, work_dir: Path):
     from ui.layout import build_app
 
     outputs = args.outputs or ROOT / "outputs" / ("tiny" if args.tiny else "")
-    config = AppConfig(outputs_dir=Path(outputs).resolve(), work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload)
+    config = AppConfig(outputs_dir=Path(outputs).resolve(), work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload,
+                       session_folders=not args.shared_history)
     if args.tiny:
         from dynamictrl.tiny import TINY_FRAMES, TINY_SIZE, TINY_STEPS, tiny_studio
 

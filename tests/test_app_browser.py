@@ -89,9 +89,24 @@ def shot_on_failure(page, name: str):
 
 
 def fresh_page(page, tiny_app) -> None:
-    """A reload: every widget back to its default, the server's outputs folder as it is."""
+    """A reload: every widget back to its default, a new session (so an empty History)."""
     page.goto(tiny_app.url, wait_until="domcontentloaded")
     page.get_by_text("Tiny mode").first.wait_for()
+
+
+def session_outputs(page, tiny_app) -> Path:
+    """The page's results folder: the app keeps one per session (gradio's session id,
+    random per page load), and History lists only it."""
+    from ui.handlers import session_folder_name
+
+    session_hash = page.evaluate("() => window.__gradio_session_hash__")
+    assert session_hash, "the page has no gradio session id"
+    return tiny_app.outputs / session_folder_name(session_hash)
+
+
+def output_files(tiny_app) -> list[str]:
+    """Every result file under the outputs root, whichever session made it."""
+    return sorted(str(path.relative_to(tiny_app.outputs)) for path in tiny_app.outputs.rglob("*") if path.is_file())
 
 
 def upload_reference(page) -> None:
@@ -214,7 +229,7 @@ def walk_through(page, tiny_app):
 
     # History lists both results
     page.get_by_role("tab", name="History").click()
-    newest = max(tiny_app.outputs.glob("*_lipsync.json")).with_suffix(".mp4").name
+    newest = max(session_outputs(page, tiny_app).glob("*_lipsync.json")).with_suffix(".mp4").name
     wait_for_text(page, "#history-table", newest)
     wait_for_text(page, "#history-table", "lip-sync to")
     shot(page, "07_history")
@@ -268,7 +283,7 @@ def test_cancel_stops_a_generation_and_writes_nothing(page, tiny_app):
         steps = page.locator("#steps input[type=number]")
         steps.fill("100")
         steps.blur()
-        before = sorted(path.name for path in tiny_app.outputs.iterdir())
+        before = output_files(tiny_app)
 
         page.locator("#generate").click()
         # Cancel once the job reports progress. Its denoising alone lasts ~1.5 s, too short
@@ -281,7 +296,7 @@ def test_cancel_stops_a_generation_and_writes_nothing(page, tiny_app):
         page.get_by_text("the job stopped before finishing").first.wait_for()
         shot(page, "10_cancelled")
 
-        assert sorted(path.name for path in tiny_app.outputs.iterdir()) == before
+        assert output_files(tiny_app) == before
         assert page.locator("#result-video video").count() == 0
 
 
@@ -299,6 +314,7 @@ def forge_results(outputs: Path) -> tuple[str, str]:
     lipsync = {"output": "29990101-000002_abcd_lipsync.mp4", "created": "2999-01-01T00:00:02+00:00",
                "kind": "lipsync", "settings": asdict(LipSyncSettings()),
                "inputs": {"video": {"path": str(clip)}, "audio": {"path": "/tmp/hello.wav"}}}
+    outputs.mkdir(parents=True, exist_ok=True)
     for manifest in (generated, lipsync):
         shutil.copyfile(clip, outputs / manifest["output"])
         (outputs / manifest["output"]).with_suffix(".json").write_text(json.dumps(manifest))
@@ -312,10 +328,11 @@ def select_history_row(page, output: str) -> None:
 
 
 def test_history_reuse_settings_fills_the_form(page, tiny_app):
-    generated, lipsync = forge_results(tiny_app.outputs)
+    fresh_page(page, tiny_app)
+    outputs = session_outputs(page, tiny_app)
+    generated, lipsync = forge_results(outputs)
     try:
         with shot_on_failure(page, "reuse"):
-            fresh_page(page, tiny_app)
             page.get_by_role("tab", name="History").click()
             wait_for_text(page, "#history-table", generated)
             page.get_by_text("Selected result's settings").click()
@@ -343,5 +360,5 @@ def test_history_reuse_settings_fills_the_form(page, tiny_app):
             assert page.locator("#seed input").input_value() == "1234"
     finally:
         for name in (generated, lipsync):
-            (tiny_app.outputs / name).unlink(missing_ok=True)
-            (tiny_app.outputs / name).with_suffix(".json").unlink(missing_ok=True)
+            (outputs / name).unlink(missing_ok=True)
+            (outputs / name).with_suffix(".json").unlink(missing_ok=True)

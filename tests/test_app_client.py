@@ -79,7 +79,10 @@ def test_the_flow_through_the_api(client, tiny_app):
     # Whether the poses of the Motion step were reused or extracted again, how they were
     # made is in the manifest.
     assert manifest["inputs"]["pose_extraction"]["settings"]["retarget"] == "global"
-    assert (tiny_app.outputs / manifest["output"]).is_file()
+    # Results go to the session's own folder under the outputs root (History lists only that one).
+    from ui.handlers import session_folder_name
+
+    assert (tiny_app.outputs / session_folder_name(client.session_hash) / manifest["output"]).is_file()
     assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
 
     gallery, table, _manifest = client.predict(api_name="/history")

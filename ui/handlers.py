@@ -7,6 +7,7 @@ what to do; anything unexpected is logged with its traceback and shown as one li
 """
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -53,12 +54,17 @@ MAX_SEED = 2**31 - 1
 LIPSYNC_GPU_SECONDS = 180  # ZeroGPU budget: MuseTalk runs 30+ fps once models are on the GPU
 # Errors whose message already says what to do: shown as they are.
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsNotFoundError, OutOfMemory, KeyError)
+# The results folder of calls that come without a gradio session (handlers called from Python).
+SHARED_SESSION = "shared"
 
 
 @dataclass
 class AppConfig:
-    outputs_dir: Path  # results + manifests (the History tab lists this folder)
+    outputs_dir: Path  # results + manifests, one subfolder per browser session (History lists the session's)
     work_dir: Path  # per-request intermediates: crops, masks, pose videos
+    # False: every session writes to and lists `outputs_dir` itself (one local user who wants
+    # History to survive page reloads); never on a public server.
+    session_folders: bool = True
     tiny: bool = False
     offload: str = "auto"
     size_presets: dict = field(default_factory=lambda: dict(SIZE_PRESETS))
@@ -88,6 +94,19 @@ def friendly_errors(handler):
             raise gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details.") from None
 
     return wrapper
+
+
+def session_folder_name(session_hash: str | None) -> str:
+    """The results subfolder of a gradio session: a hash of its session id (random per page
+    load, sent by the browser or gradio_client), so a client's string never becomes a path
+    and the folder name does not reveal the id; `SHARED_SESSION` without a session."""
+    if not session_hash:
+        return SHARED_SESSION
+    return hashlib.sha256(session_hash.encode()).hexdigest()[:24]
+
+
+def _session_key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "default"
 
 
 def _require(value, message: str):
@@ -130,6 +149,8 @@ class Handlers:
         self.config.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         self._cancel_events: dict[str, threading.Event] = {}
+        self._armed: dict[str, int] = {}  # per session: jobs clicked on the page, not started yet (`_job_cancel`)
+        self._armed_lock = threading.Lock()
         # ZeroGPU needs the GPU-bound functions decorated once, at build time.
         self._generate_on_gpu = gpu_job(self._generation_seconds)(self._generate_job)
         self._extract_on_gpu = gpu_job(120)(self.studio.extract_poses)
@@ -161,9 +182,33 @@ class Handlers:
         return frames
 
     def _cancel_event(self, request: gr.Request | None) -> threading.Event:
-        key = getattr(request, "session_hash", None) or "default"
-        event = self._cancel_events.setdefault(key, threading.Event())
-        return event
+        return self._cancel_events.setdefault(_session_key(request), threading.Event())
+
+    def _job_cancel(self, request: gr.Request | None) -> threading.Event:
+        """The session's cancel flag for a job that starts now. A job clicked on the page was
+        armed (flag cleared at the click), so a Cancel pressed while it waited in the queue
+        still counts; a job sent through the API was not armed, and a Cancel sent when nothing
+        ran must not stop it (API clients drop a queued job with gradio_client's `job.cancel()`)."""
+        key = _session_key(request)
+        cancel = self._cancel_event(request)
+        with self._armed_lock:
+            if self._armed.get(key, 0) > 0:
+                self._armed[key] -= 1
+            else:
+                cancel.clear()
+        return cancel
+
+    def _drop_if_empty(self, folder: Path) -> None:
+        """Removes a session folder that a failed first job left empty (never the outputs root)."""
+        if folder != self.config.outputs_dir and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def session_outputs(self, request: gr.Request | None) -> Path:
+        """Where this session's results go and what its History lists: a public server must
+        not show one visitor's videos to another."""
+        if not self.config.session_folders:
+            return self.config.outputs_dir
+        return self.config.outputs_dir / session_folder_name(getattr(request, "session_hash", None))
 
     # ------------------------------------------------------------------ character
     @friendly_errors
@@ -371,11 +416,11 @@ class Handlers:
             pose_video_path, provenance = pose_state["path"], pose_state.get("provenance")
         else:
             driving_video_path = video_path
-        # Not cleared here: a Cancel pressed while this job waited in the queue must still count
-        # (`arm_cancel` cleared the flag when Generate was clicked).
-        cancel = self._cancel_event(request)
+        cancel = self._job_cancel(request)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_seed{settings.seed}.mp4"
+        out_dir = self.session_outputs(request)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_path = out_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_seed{settings.seed}.mp4"
         progress(0.0, desc="loading models")
         try:
             result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
@@ -385,6 +430,7 @@ class Handlers:
             # denoising; a cancelled or failed job leaves none of them in the History folder.
             for partial in [out_path, *out_path.parent.glob(f"{out_path.stem}_*")]:
                 partial.unlink(missing_ok=True)
+            self._drop_if_empty(out_dir)
             raise
         finally:
             cancel.clear()
@@ -392,10 +438,15 @@ class Handlers:
         return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
 
     def arm_cancel(self, request: gr.Request):
-        """Runs (unqueued) when a job's button is clicked: a fresh job starts uncancelled."""
+        """Runs (unqueued) when a job's button is clicked: a fresh job starts uncancelled, and
+        a Cancel pressed from now on stops it, even while it waits in the queue."""
         self._cancel_event(request).clear()
+        with self._armed_lock:
+            key = _session_key(request)
+            self._armed[key] = self._armed.get(key, 0) + 1
 
     def cancel(self, request: gr.Request):
+        """Stops this session's job between steps; other sessions' jobs are not touched."""
         self._cancel_event(request).set()
         gr.Info("Cancelling after the current step…")
 
@@ -414,13 +465,18 @@ class Handlers:
         settings = LipSyncSettings(bbox_shift=int(bbox_shift), extra_margin=int(extra_margin),
                                    parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
                                    right_cheek_width=int(right_cheek))
-        cancel = self._cancel_event(request)
+        cancel = self._job_cancel(request)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_path = self.config.outputs_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_lipsync.mp4"
+        out_dir = self.session_outputs(request)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_path = out_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_lipsync.mp4"
         progress(0.0, desc="loading models")
         try:
             result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
                                           progress=ProgressReporter(progress, cancel))
+        except Exception:
+            self._drop_if_empty(out_dir)
+            raise
         finally:
             cancel.clear()
         reused = ", video analysis reused from the cache" if result.report.avatar_cached else ""
@@ -429,8 +485,9 @@ class Handlers:
 
     # ------------------------------------------------------------------ history
     @friendly_errors
-    def history(self):
-        entries = studio_api.list_history(self.config.outputs_dir)
+    def history(self, request: gr.Request):
+        """This session's results only (see `session_outputs`)."""
+        entries = studio_api.list_history(self.session_outputs(request))
         gallery = [(entry["video_path"], _history_label(entry)) for entry in entries]
         rows = [_history_row(entry) for entry in entries]
         return gallery, rows, [entry["manifest_path"] for entry in entries], None, None

@@ -229,7 +229,9 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
             api_name="generate", concurrency_id=GPU,
         )
         # Cancel stops the job between denoising steps (the handler raises); the page stops waiting at once.
-        cancel_button.click(handlers.cancel, None, None, api_name=False, queue=False)
+        # Also an endpoint: API clients stop their session's running job the way the button does
+        # (gradio_client's `job.cancel()` only drops a job that has not started).
+        cancel_button.click(handlers.cancel, None, None, api_name="cancel", queue=False)
         generate_event.then(handlers.history, None, [gallery, history_table, history_paths, history_manifest, history_index],
                             api_name=False)
 
