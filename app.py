@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-MAX_UPLOAD = "200mb"  # a 30 s 1080p dance clip is ~50 MB; larger uploads are refused by the server
 QUEUE_SIZE = 16  # waiting jobs beyond this get "queue full" instead of waiting for hours
 
 
@@ -116,6 +115,7 @@ def main(argv=None) -> int:
     for warning in launch_warnings(args):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     app, config, weights_dir = build(args, work_dir)
+    from dynamictrl.limits import Limits
     from ui.layout import CSS
 
     remote = bool(args.serve_url or args.ray_address) and not args.tiny
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
         server_port=args.port,
         share=args.share,
         auth=auth,
-        max_file_size=MAX_UPLOAD,
+        # Larger uploads are refused by the server (DYNAMICTRL_MAX_UPLOAD_MB, default 200).
+        max_file_size=f"{Limits.from_env().max_upload_mb:g}mb",
         allowed_paths=[str(config.outputs_dir), str(work_dir)],
         blocked_paths=[str(weights_dir), str(ROOT / ".git")],
         show_error=True,

@@ -6,10 +6,13 @@ palette, CMYK are converted; transparent pixels become black, the colour the
 masked-reference models read as "masked"; EXIF rotation is applied (phone photos).
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .limits import LimitError, default_limits, how_to_raise
 
 MIN_SIDE = 16  # nothing smaller can be a useful reference (and SAM's 64x64 embedding agrees)
 MAX_SIDE = 8192  # beyond this the pixels alone are 200 MB per copy; references are far smaller
@@ -86,29 +89,68 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         return _array_to_rgb(np.asarray(image.convert("RGBA")))
     try:
         return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, palette, 1-bit, L ...
-    except (ValueError, OSError) as error:
+    except OSError as error:  # pixels that fail to decode: a truncated or damaged file
+        raise ValueError(
+            f"Could not read the image's pixels ({error}): the file is incomplete or corrupt. Upload it again, or "
+            "re-save it as PNG or JPEG."
+        ) from error
+    except ValueError as error:
         raise ValueError(f"Cannot convert a {image.mode} image to RGB ({error}); save it as PNG or JPEG.") from error
 
 
-def to_rgb(image) -> np.ndarray:
+def check_pixels(width: int, height: int, max_pixels: int, name: str = "The image") -> None:
+    """LimitError if width x height exceeds `max_pixels` (the decompression-bomb guard: a
+    few KB of PNG can declare gigapixels, so the header's size is judged, not the file's)."""
+    if width * height > max_pixels:
+        raise LimitError(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels, more than the "
+            f"{max_pixels / 1e6:g} allowed. Resize it first (the reference is used at most at 2048 px); "
+            f"{how_to_raise('max_image_pixels')}."
+        )
+
+
+def _bomb_error(name: str, error: Exception, max_pixels: int) -> LimitError:
+    """PIL's own decompression-bomb refusal (raised while reading the header), in our words."""
+    return LimitError(
+        f"{name} declares far more pixels than allowed ({error}); images may have at most {max_pixels / 1e6:g} "
+        f"megapixels and {MAX_SIDE} px a side. It may be a decompression bomb; if it is a real photo, resize it "
+        f"first; {how_to_raise('max_image_pixels')}."
+    )
+
+
+def to_rgb(image, max_pixels: int | None = None) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array from a PIL image, a numpy array or a file path.
 
     Grayscale, palette, CMYK, 16-bit and float images are converted; alpha is composited
-    onto black. The size is checked first (`check_size`), before any decoding or copy.
+    onto black. The size is checked first (`check_size`, and for files and PIL images
+    `check_pixels` against `max_pixels`, default `Limits.max_image_pixels`), before any
+    decoding or copy. Arrays are already decoded, so only their sides are checked.
     """
+    if max_pixels is None:
+        max_pixels = default_limits().max_image_pixels
     if isinstance(image, (str, Path)):
+        path = Path(image)
         try:
-            if not Path(image).is_file():
+            if not path.is_file():
                 raise ValueError(f"Image not found: {image}")
-            with Image.open(image) as opened:  # lazy: only the header is read until converted
-                check_size(*opened.size)
-                return _pil_to_rgb(ImageOps.exif_transpose(opened))
-        except Image.DecompressionBombError as error:
-            raise ValueError(f"The image is too large ({error}); at most {MAX_SIDE} px a side.") from error
+            # PIL's bomb warning (between its threshold and twice it) becomes an error here:
+            # a warning would let the pixels be inflated anyway.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as opened:  # lazy: only the header is read until converted
+                    check_size(*opened.size)
+                    check_pixels(*opened.size, max_pixels, name=path.name)
+                    return _pil_to_rgb(ImageOps.exif_transpose(opened))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise _bomb_error(path.name, error, max_pixels) from None
         except OSError as error:
-            raise ValueError(f"Could not read the image {image} ({error}); save it as PNG or JPEG.") from error
+            raise ValueError(
+                f"Could not read the image {path.name} ({error}): the file is incomplete, corrupt or not an image. "
+                "Upload it again, or re-save it as PNG or JPEG."
+            ) from error
     if isinstance(image, Image.Image):
         check_size(*image.size)
+        check_pixels(*image.size, max_pixels)
         return _pil_to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         if image.ndim < 2:
@@ -118,8 +160,6 @@ def to_rgb(image) -> np.ndarray:
     raise ValueError(f"The image must be a PIL image, a numpy array or a path, got {type(image).__name__}.")
 
 
-
-
-def to_rgb_image(image) -> Image.Image:
+def to_rgb_image(image, max_pixels: int | None = None) -> Image.Image:
     """`to_rgb` as a PIL image."""
-    return Image.fromarray(to_rgb(image))
+    return Image.fromarray(to_rgb(image, max_pixels=max_pixels))

@@ -23,6 +23,7 @@ from PIL import Image
 from . import weights
 from .caption import PLACEHOLDER_PATTERN, check_no_placeholder, has_placeholder
 from .images import to_rgb_image
+from .limits import Limits, apply_pil_limit, check_generate_settings, check_pose_settings, check_prompt_tokens
 from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
 from .segment import apply_mask, clean_mask, register_segmenter, variant_for
 from .video import read_video, write_video
@@ -143,9 +144,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Opens any image PIL reads (16-bit, palette, alpha, CMYK...) as 8-bit RGB."""
-    return to_rgb_image(path)
+def load_image(path: str | Path, limits: Limits | None = None) -> Image.Image:
+    """Opens any image PIL reads (16-bit, palette, alpha, CMYK...) as 8-bit RGB; larger
+    than `limits.max_image_pixels` (default: `Limits.from_env()`) is refused unread."""
+    return to_rgb_image(path, max_pixels=limits.max_image_pixels if limits is not None else None)
 
 
 def resolve_dtype(name: str, device: str):
@@ -181,12 +183,12 @@ class Cancelled(Exception):
     """Raised by a progress callback to stop a job between steps (the app's Cancel button)."""
 
 
-def crop_reference(image_path: str | Path, width: int, height: int) -> np.ndarray:
+def crop_reference(image_path: str | Path, width: int, height: int, limits: Limits | None = None) -> np.ndarray:
     """The reference as the model sees it: cover-resized and centre-cropped to the target size."""
     from .pose.sequence import cover_crop
 
     check_size_and_frames(1, width, height)
-    return cover_crop(load_image(image_path), width, height)
+    return cover_crop(load_image(image_path, limits), width, height)
 
 
 def list_history(outputs_dir: str | Path) -> list[dict]:
@@ -259,8 +261,12 @@ class Studio:
     """Holds loaded models between calls and strings the stages together."""
 
     def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None,
-                 sam_kind: str = "vit_b", caption_model: str = "2b", cache_dir: str | Path | None = None):
+                 sam_kind: str = "vit_b", caption_model: str = "2b", cache_dir: str | Path | None = None,
+                 limits: Limits | None = None):
         self.model = model
+        # Input limits (dynamictrl/limits.py): `Limits.from_env()` unless given.
+        self.limits = limits if limits is not None else Limits.from_env()
+        apply_pil_limit(self.limits)
         self.sam_kind = sam_kind
         self.caption_model = caption_model
         self.weights_dir = weights_dir
@@ -313,23 +319,24 @@ class Studio:
         from .video import VideoTooShortError, pick_frames
 
         started = time.perf_counter()
+        check_pose_settings(settings, self.limits)
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         if settings.num_frames < 2:
             raise ValueError("A pose video from a driving video needs at least 5 frames (4k+1).")
         if settings.detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {settings.detect_every}.")
-        image = load_image(image_path)
+        image = load_image(image_path, self.limits)
         try:
             driving = pick_frames(
-                driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop
+                driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop,
+                limits=self.limits,
             )
         except VideoTooShortError as error:
             # Frame 0 is the reference pose, so k driving frames allow T = 4*(k//4) + 1.
             usable = error.available_frames // 4 * 4 + 1
-            raise VideoTooShortError(
-                f"{error} With this video use --frames {usable} or --loop.",
-                error.available_frames,
-            ) from error
+            # A pose video needs T >= 5, i.e. at least 4 driving frames.
+            fix = f"use --frames {usable} or --loop" if usable >= 5 else "use --loop or a longer video"
+            raise VideoTooShortError(f"{error} With this video {fix}.", error.available_frames) from error
         with self.manager.use("dwpose") as detector:
             sequence = build_pose_sequence(
                 image,
@@ -386,14 +393,17 @@ class Studio:
         from .lipsync.cache import AvatarCache, avatar_key
         from .lipsync.pipeline import LipSyncPipeline
         from .lipsync.settings import LipSyncSettings
-        from .video import check_video_memory
+        from .video import check_video_limits, check_video_memory, probe_video
 
         started = time.perf_counter()
         settings = settings or LipSyncSettings()
         out_path = Path(out_path)
         if out_path.suffix.lower() != ".mp4":
             raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
-        audio = load_audio(audio_path)  # bad audio fails before any model loads
+        # Bad or too long audio fails before any model loads; the video's limits are judged
+        # from its header before check_video_memory counts its packets.
+        audio = load_audio(audio_path, max_seconds=self.limits.max_audio_seconds)
+        check_video_limits(probe_video(video_path), self.limits, Path(video_path).name)
         check_video_memory(video_path, MAX_LIPSYNC_VIDEO_GB, fix="trim it or lower its resolution for lip-sync")
         video_hash = file_sha256(video_path)
         if self._avatars is None:
@@ -401,7 +411,7 @@ class Studio:
         key = avatar_key(video_hash, settings, self.manager.get("lipsync").fingerprint)
 
         def read_frames():
-            video = read_video(video_path)
+            video = read_video(video_path, limits=self.limits)
             return video.frames, video.fps
 
         avatar = self._avatars.get(key, read_frames)
@@ -435,7 +445,12 @@ class Studio:
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
-        write_json_atomic(manifest_path, manifest)
+        try:
+            write_json_atomic(manifest_path, manifest)
+        except BaseException:
+            # The manifest comes last and vouches for the video: without it the video is no result.
+            out_path.unlink(missing_ok=True)
+            raise
         return LipSyncResult(out_path, manifest_path, report, elapsed)
 
     # ------------------------------------------------------------ reference tools
@@ -501,7 +516,7 @@ class Studio:
         from .pose.sequence import cover_crop
 
         check_size_and_frames(1, width, height)
-        reference = cover_crop(load_image(image_path), width, height)
+        reference = cover_crop(load_image(image_path, self.limits), width, height)
         result = self.mask_reference(reference, mode, points=points, dilate_px=dilate_px)
         if out_path is not None:
             Image.fromarray(result.masked).save(out_path)
@@ -570,11 +585,16 @@ class Studio:
             raise ValueError("Give exactly one of a pose video (already rendered) or a driving video.")
         if out_path.suffix.lower() != ".mp4":
             raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
+        check_generate_settings(settings, self.limits)
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
         if settings.prompt.strip():
             check_no_placeholder(settings.prompt)
+        # T5 reads 226 tokens and would drop the rest silently (auto captions are fitted to it).
+        for text, what in ((settings.prompt, "prompt"), (settings.negative_prompt, "negative prompt")):
+            if text.strip():
+                check_prompt_tokens(text.strip(), self.t5_tokenizer(), what=what)
 
         pose_result = None
         if driving_video_path is not None:
@@ -592,8 +612,8 @@ class Studio:
             reference = pose_result.sequence.reference_pil()
             pose_frames = list(pose_result.sequence.pose_frames)
         else:
-            image = load_image(image_path)
-            pose = read_video(pose_video_path, max_frames=settings.num_frames)
+            image = load_image(image_path, self.limits)
+            pose = read_video(pose_video_path, max_frames=settings.num_frames, limits=self.limits)
             if pose.num_frames < settings.num_frames:
                 usable = (pose.num_frames - 1) // 4 * 4 + 1
                 raise ValueError(
@@ -702,5 +722,10 @@ class Studio:
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
-        write_json_atomic(manifest_path, manifest)
+        try:
+            write_json_atomic(manifest_path, manifest)
+        except BaseException:
+            # The manifest comes last and vouches for the video: without it the video is no result.
+            out_path.unlink(missing_ok=True)
+            raise
         return GenerateResult(out_path, manifest_path, frames, elapsed, pose_result)

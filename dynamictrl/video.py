@@ -7,15 +7,23 @@ mp4, mov, webm, mkv and gif all read the same way.
 
 import math
 import os
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
+from .limits import LimitError, Limits, how_to_raise
+
 
 class VideoError(ValueError):
     """A video could not be read or written; the message says why and what to do."""
+
+
+class VideoLimitError(VideoError, LimitError):
+    """A video is larger than a `Limits` field allows (found from its header, before decoding)."""
 
 
 class VideoTooShortError(VideoError):
@@ -43,7 +51,16 @@ def _decode_error(path: Path, error: Exception) -> VideoError:
     text = str(error)
     if "does not contain any stream" in text and "Video:" not in text:
         return VideoError(f"{path.name} has no video track (is it an audio file?): pick a video file.")
+    if "received no packets" in text and "[dec:" not in text:
+        # The header names a video track, but no frame of it reached the decoder (an empty
+        # track, or the media data is missing); a decoder error instead means damaged data.
+        return VideoError(
+            f"{path.name} has a video track but no frames in it (empty, or the file was cut off after its "
+            "header): pick another video or export it again."
+        )
     detail = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    if detail.strip() == "Conversion failed!":  # ffmpeg's last word says nothing about the cause
+        detail = "no frame could be decoded"
     return VideoError(
         f"Could not decode {path.name}: {detail}. The file may be corrupt or use an unsupported codec; "
         f"re-encode it, e.g. `ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
@@ -61,13 +78,136 @@ def _decoder_params(threads: int | None) -> list[str] | None:
     return ["-threads", str(int(threads))]
 
 
-def _iter_frames(path: Path, threads: int | None = None):
-    """Yields (meta, frame iterator); every decoder failure becomes a VideoError."""
+# ---------------------------------------------------------------------------- probing
+
+PROBE_TIMEOUT_S = 60  # reading a header takes milliseconds; only a damaged or hostile file takes longer
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's header says, read without decoding a frame (`probe_video`)."""
+
+    width: int  # coded size; a rotation flag may swap it when decoded
+    height: int
+    fps: float  # average frame rate; 0 when the header has none
+    duration_s: float  # 0 when the header has none
+    codec: str
+    has_audio: bool
+    # The average rate differs from the stream's base rate: the frames are not evenly
+    # spaced (phone recordings, joined clips), so reading resamples them to `fps`.
+    variable_fps: bool
+
+    @property
+    def estimated_frames(self) -> int:
+        """duration x fps (0 when either is unknown)."""
+        return round(self.duration_s * self.fps) if self.duration_s > 0 and self.fps > 0 else 0
+
+
+def _rate(text: str) -> float:
+    """An ffmpeg rate such as "29.97" or "1k" as a number."""
+    return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """The video's size, frame rate and duration from its header (`ffmpeg -i`, no decoding).
+
+    Raises VideoError for a missing or unreadable file and for one without a video track
+    (an audio file, including one whose cover picture ffmpeg lists as a video stream).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"Video file not found: {path}")
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    try:
+        # ffmpeg exits with an error here (no output file is given); the header is on stderr.
+        result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise VideoError(
+            f"Opening {path.name} took more than {PROBE_TIMEOUT_S} s: it is damaged or not a video. Re-encode it, e.g. "
+            f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
+        ) from None
+    text = result.stderr
+    if "Input #0" not in text:
+        raise _decode_error(path, RuntimeError(text))
+    streams = [line for line in text.splitlines() if re.match(r"\s*Stream #\d+:\d+", line)]
+    video = [line for line in streams if " Video: " in line and "(attached pic)" not in line]
+    if not video:
+        raise VideoError(f"{path.name} has no video track (is it an audio file?): pick a video file.")
+    line = video[0]
+    size = re.search(r" (\d+)x(\d+)[, ]", line)
+    fps = re.search(r" (\d+(?:\.\d+)?k?) fps", line)
+    tbr = re.search(r" (\d+(?:\.\d+)?k?) tbr", line)
+    duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
+    width, height = (int(size.group(1)), int(size.group(2))) if size else (0, 0)
+    fps_value = _rate(fps.group(1)) if fps else 0.0
+    tbr_value = _rate(tbr.group(1)) if tbr else 0.0
+    seconds = 0.0
+    if duration:
+        hours, minutes, secs = duration.groups()
+        seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=fps_value,
+        duration_s=seconds,
+        codec=line.split(" Video: ", 1)[1].split(" ", 1)[0].rstrip(","),
+        has_audio=any(" Audio: " in stream for stream in streams),
+        variable_fps=fps_value > 0 and tbr_value > 0 and abs(fps_value - tbr_value) > 0.005 * fps_value,
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def check_video_limits(info: VideoInfo, limits: Limits, name: str) -> None:
+    """VideoLimitError when the header shows the video is larger than `limits` allows."""
+    width, height = info.width, info.height
+    if max(width, height) > limits.max_video_side:
+        raise VideoLimitError(
+            f"{name} is {width}x{height}; videos may be at most {limits.max_video_side} px on the longer side. "
+            f"Downscale it first, e.g. `ffmpeg -i {name} -vf scale=-2:1080 smaller.mp4`; {how_to_raise('max_video_side')}."
+        )
+    if width * height > limits.max_video_pixels:
+        raise VideoLimitError(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels a frame, more than the "
+            f"{limits.max_video_pixels / 1e6:.1f} allowed. Downscale it first, e.g. `ffmpeg -i {name} -vf scale=-2:1080 "
+            f"smaller.mp4`; {how_to_raise('max_video_pixels')}."
+        )
+    if info.duration_s > limits.max_video_seconds:
+        raise VideoLimitError(
+            f"{name} lasts {_minutes(info.duration_s)}, longer than the {_minutes(limits.max_video_seconds)} allowed. "
+            f"Trim it first, e.g. `ffmpeg -i {name} -ss 0 -t 60 -c copy part.mp4`; {how_to_raise('max_video_seconds')}."
+        )
+    if info.estimated_frames > limits.max_video_frames:
+        raise VideoLimitError(
+            f"{name} holds about {info.estimated_frames:,} frames ({info.duration_s:.1f} s at {info.fps:g} fps), more "
+            f"than the {limits.max_video_frames:,} allowed. Lower its frame rate or trim it, e.g. `ffmpeg -i {name} "
+            f"-r 30 fewer.mp4`; {how_to_raise('max_video_frames')}."
+        )
+
+
+def _probe(path: Path, limits: Limits | None) -> VideoInfo:
+    info = probe_video(path)
+    if limits is not None:
+        check_video_limits(info, limits, path.name)
+    return info
+
+
+def _iter_frames(path: Path, threads: int | None = None, info: VideoInfo | None = None):
+    """Yields (meta, frame iterator); every decoder failure becomes a VideoError.
+
+    With the header `info` of a variable-frame-rate video, the frames are resampled to
+    its average rate: ffmpeg would otherwise emit them at a base rate of its own choosing
+    (dropping most of a 60 fps stretch of a 10/60 fps clip) while reporting the average,
+    so timings computed from the fps would be wrong.
+    """
     if not path.is_file():
         raise VideoError(f"Video file not found: {path}")
     input_params = _decoder_params(threads)
+    output_params = ["-vf", f"fps={info.fps:g}"] if info is not None and info.variable_fps else None
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), input_params=input_params)
+        reader = imageio_ffmpeg.read_frames(str(path), input_params=input_params, output_params=output_params)
         meta = reader.__next__()
         width, height = meta["size"]
     except (OSError, RuntimeError, StopIteration, KeyError) as error:
@@ -128,17 +268,29 @@ class _FrameBuffer:
         return self.frames
 
 
-def read_video(path: str | Path, max_frames: int | None = None, threads: int | None = None) -> Video:
+def read_video(path: str | Path, max_frames: int | None = None, threads: int | None = None,
+               limits: Limits | None = None) -> Video:
     """Reads a video (mp4, mov, webm, mkv, gif, ...) as RGB uint8 frames.
 
     `threads`: decoder threads (None: ffmpeg's default); the frames do not depend on it.
+    `limits`: refuse a video larger than these (`VideoLimitError`) from its header, before
+    decoding; a whole-file read also stops at `limits.max_video_frames` frames, for files
+    whose header says nothing of their length.
     """
     path = Path(path)
-    meta, frames_iter = _iter_frames(path, threads)
+    info = _probe(path, limits)
+    meta, frames_iter = _iter_frames(path, threads, info)
     # max_frames < 1 still returns the first frame, as it always has.
     buffer = _FrameBuffer(meta, None if max_frames is None else max(1, max_frames))
+    cap = limits.max_video_frames if limits is not None and max_frames is None else None
     count = 0
     for frame in frames_iter:
+        if cap is not None and count >= cap:
+            frames_iter.close()
+            raise VideoLimitError(
+                f"{path.name} has more than {cap:,} frames (its header did not say how many). Trim it or lower its "
+                f"frame rate; {how_to_raise('max_video_frames')}."
+            )
         buffer.put(count, frame)
         count += 1
         if max_frames is not None and count >= max_frames:
@@ -170,20 +322,30 @@ def pick_frames(
     start_s: float = 0.0,
     loop: bool = False,
     threads: int | None = None,
+    limits: Limits | None = None,
 ) -> Video:
     """`count` frames of a video at `fps` (None: native) from `start_s`, streamed so
     only the chosen frames are kept in memory.
 
     A video too short for `count` frames is an error that offers the fixes, unless
     `loop=True`, which wraps around to the start. `threads`: decoder threads (None:
-    ffmpeg's default); the frames do not depend on it.
+    ffmpeg's default); the frames do not depend on it. `limits`: as for `read_video`, and
+    `count` may be at most `limits.max_frames`.
     """
     path = Path(path)
     if count < 1:
         raise VideoError(f"Asked for {count} frames from {path.name}: ask for at least one.")
-    if start_s < 0:
+    if not math.isfinite(start_s) or start_s < 0:
         raise VideoError(f"The start time must be >= 0 s, got {start_s}.")
-    meta, frames_iter = _iter_frames(path, threads)
+    if fps is not None and not math.isfinite(fps):
+        raise VideoError(f"The fps must be a finite number (or None for every frame), got {fps}.")
+    if limits is not None and count > limits.max_frames:
+        raise VideoLimitError(
+            f"Asked for {count:,} frames from {path.name}; at most {limits.max_frames:,} are allowed per job; "
+            f"{how_to_raise('max_frames')}."
+        )
+    info = _probe(path, limits)
+    meta, frames_iter = _iter_frames(path, threads, info)
     source_fps = float(meta.get("fps") or 0.0) or 16.0
     wanted = sample_indices(source_fps, fps, start_s, count)
     positions = {}
@@ -215,7 +377,7 @@ def pick_frames(
             )
         # Second pass: wrap the missing source indices around the video's real length.
         wrapped = {k: wanted[k] % total for k in missing}
-        video = read_video(path, max_frames=max(wrapped.values()) + 1, threads=threads)
+        video = read_video(path, max_frames=max(wrapped.values()) + 1, threads=threads, limits=limits)
         for k, index in wrapped.items():
             picked.put(k, video.frames[index])
     return Video(frames=picked.result(count), fps=float(fps) if fps else source_fps)
@@ -272,6 +434,11 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
         output_params=["-shortest"] if audio_path else None,
     )
     writer.send(None)
+    # imageio-ffmpeg never looks at ffmpeg's exit status: an ffmpeg that was killed or could
+    # not write (a full disk) would leave a truncated file to be renamed into place. The
+    # process is the generator's local `p` (imageio-ffmpeg 0.8, pinned; tests/test_faults.py
+    # fails if that changes).
+    process = writer.gi_frame.f_locals["p"]
     try:
         writer.send(np.ascontiguousarray(first))
         for frame in stream:
@@ -279,6 +446,10 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
                 raise VideoError(f"Frame size changed from {width}x{height} to {frame.shape[1]}x{frame.shape[0]}.")
             writer.send(np.ascontiguousarray(frame))
         writer.close()
+        status = process.wait()
+        if status != 0:
+            raise VideoError(f"ffmpeg stopped with exit status {status} while writing {path.name} (killed, or the "
+                             "disk is full?); nothing was written.")
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
@@ -287,15 +458,19 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
     return path
 
 
-def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float = 0.0) -> int:
+def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float = 0.0,
+                      limits: Limits | None = None) -> int:
     """The largest 4k+1 pose-frame count a driving video gives from `start_s` at `fps`
-    (None: every frame), frame 0 being the reference pose: the "whole clip" length."""
+    (None: every frame), frame 0 being the reference pose: the "whole clip" length.
+    `limits`: refuse a video larger than these before counting its frames; the count is
+    also capped at `limits.max_frames`."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"Video file not found: {path}")
+    info = _probe(path, limits)
     try:
         total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-        meta, frames_iter = _iter_frames(path)
+        meta, frames_iter = _iter_frames(path, info=info)
         frames_iter.close()
     except (OSError, RuntimeError) as error:
         raise _decode_error(path, error) from error
@@ -305,6 +480,8 @@ def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float
         raise VideoError(f"{path.name} is {total / source_fps:.2f} s long: the start time {start_s:g} s is past its end.")
     step = source_fps / fps if fps else 1.0
     driving = int((total - 1 - indices[0]) / step + 1e-6) + 1  # driving frames available
+    if limits is not None:
+        driving = min(driving, limits.max_frames - 1)
     return driving // 4 * 4 + 1
 
 

@@ -284,8 +284,6 @@ def test_disk_full_while_writing_frames(studio, inputs, idle, tmp_path, monkeypa
     check_clean_and_usable("disk full writing frames", studio, inputs, out_dir, idle)
 
 
-@pytest.mark.xfail(strict=True, reason="video.write_video ignores ffmpeg's exit status: the truncated file is "
-                                       "renamed into place (fix described in the issue #11 note)")
 def test_ffmpeg_dying_while_it_writes_the_file(studio, inputs, idle, tmp_path, monkeypatch):
     """ffmpeg itself fails to write (a file size limit: as a full disk looks to ffmpeg; it
     is killed by SIGXFSZ) after frames were accepted: imageio-ffmpeg does not look at
@@ -324,8 +322,6 @@ def test_ffmpeg_dying_while_it_writes_the_file(studio, inputs, idle, tmp_path, m
     check_clean_and_usable("ffmpeg dies writing the file", studio, inputs, out_dir, idle)
 
 
-@pytest.mark.xfail(strict=True, reason="Studio.generate leaves the finished video when its manifest cannot be "
-                                       "written (fix described in the issue #11 note)")
 def test_disk_full_while_writing_the_manifest(studio, inputs, idle, tmp_path, monkeypatch):
     real = Path.write_text
 

@@ -158,6 +158,11 @@ class Handlers:
         self._caption_on_gpu = gpu_job(120)(self.studio.caption)
         self._lipsync_on_gpu = gpu_job(LIPSYNC_GPU_SECONDS)(self.studio.lipsync)
 
+    @property
+    def _limits(self):
+        """The studio's input limits (a remote studio has none here: the service checks)."""
+        return getattr(self.studio, "limits", None)
+
     # ------------------------------------------------------------------ helpers
     def _work_path(self, name: str) -> Path:
         """A fresh file path in the app's temp folder (served to the page from there)."""
@@ -217,7 +222,7 @@ class Handlers:
         if not image_path:
             return None, "Upload a reference image: one person, clearly visible, ideally full body."
         size = self.target_size(preset, width, height)
-        crop = studio_api.crop_reference(image_path, *size)
+        crop = studio_api.crop_reference(image_path, *size, limits=self._limits)
         note = _crop_note(studio_api.load_image(image_path).size, size)
         return crop, f"The model sees this {size[0]}x{size[1]} crop: {note}. Click on it to add mask points."
 
@@ -241,7 +246,7 @@ class Handlers:
     def _mask_view(self, image_path, mode, size, points):
         """The mask widgets for a background / clothing mask: the blacked-out region tinted."""
         result = self._mask(image_path, mode, size, points)
-        crop = np.asarray(studio_api.crop_reference(image_path, *size))
+        crop = np.asarray(studio_api.crop_reference(image_path, *size, limits=self._limits))
         overlay = self._overlay(crop, result.mask, points)
         what = "the background" if mode == "background" else "the clothing"
         info = (f"**{mode.capitalize()} mode:** {what} is blacked out for the model (tinted on the left). "
@@ -262,7 +267,7 @@ class Handlers:
             raise gr.Error(f"Unknown mask start {kind!r}.")
         # The background mask's complement is the person as SAM found it: shown, not applied.
         person = ~self._mask(image_path, "background", size, []).mask
-        crop = np.asarray(studio_api.crop_reference(image_path, *size))
+        crop = np.asarray(studio_api.crop_reference(image_path, *size, limits=self._limits))
         info = ("**Person check:** the tinted region is the person SAM found; nothing is blacked out (mask mode "
                 "none). If it misses a limb or takes in the background, click on the crop preview (that switches "
                 "to background mode) or press Background to replace the background.")
@@ -306,7 +311,7 @@ class Handlers:
     def whole_clip(self, video_path, start, fps):
         """The frame count that uses the whole driving clip (long clips run in windows)."""
         _require(video_path, "Upload a driving video first.")
-        frames = longest_pose_clip(video_path, fps=fps or None, start_s=float(start or 0))
+        frames = longest_pose_clip(video_path, fps=fps or None, start_s=float(start or 0), limits=self._limits)
         windows = "one window" if frames <= GenerateSettings(prompt="").window_frames else "overlapping windows"
         return frames, f"The whole clip: {frames} frames ({windows})."
 
@@ -342,7 +347,7 @@ class Handlers:
         """The image the model gets: the crop, masked when a mask mode is chosen."""
         if mask_mode in ("background", "clothing"):
             return self._mask_on_gpu(image_path, mask_mode, size[0], size[1], points=points or None).masked
-        return studio_api.crop_reference(image_path, *size)
+        return studio_api.crop_reference(image_path, *size, limits=self._limits)
 
     @friendly_errors
     def auto_caption(self, image_path, preset, width, height, mask_mode, points, progress=gr.Progress()):

@@ -42,6 +42,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         reference = gr.Image(label="Reference image", type="filepath", sources=["upload", "clipboard"],
+                                             image_mode=None,  # the file as uploaded: dynamictrl.images converts it
                                              elem_id="reference-image", height=360)
                         size_preset = gr.Dropdown(size_choices, value=config.default_size, label="Target size (width x height)",
                                                   elem_id="size-preset")

@@ -21,6 +21,8 @@ import torch
 from scipy.io import wavfile
 from transformers import WhisperFeatureExtractor, WhisperModel
 
+from ..limits import LimitError, default_limits, how_to_raise
+
 SAMPLE_RATE = 16000  # whisper's input rate
 WHISPER_FPS = 50  # whisper encoder frames per second (20 ms each)
 
@@ -40,22 +42,40 @@ class AudioError(ValueError):
     """An audio file could not be used; the message names the file, the problem and the fix."""
 
 
+class AudioTooLongError(AudioError, LimitError):
+    """The audio lasts longer than `Limits.max_audio_seconds`."""
+
+
+PROBE_TIMEOUT_S = 60  # a header is read in milliseconds; only a damaged or hostile file takes longer
+
+
 # ---------------------------------------------------------------------------- loading
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """The audio of `path` as float32 mono at `sample_rate`, equal to
     `librosa.load(path, sr=sample_rate)[0]` (librosa 0.11 defaults).
 
     Any format ffmpeg reads works, including the audio track of a video. Raises
-    `AudioError` for a missing, undecodable, audio-less, empty or silent file.
+    `AudioError` for a missing, undecodable, audio-less, empty or silent file, and
+    `AudioTooLongError` for one longer than `max_seconds` (default
+    `Limits.max_audio_seconds`; `math.inf` for none): judged from the header before
+    decoding, and the decoder stops just past the limit for files whose header is silent
+    about their length.
     """
     path = Path(path)
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}.")
+    if max_seconds is None:
+        max_seconds = default_limits().max_audio_seconds
     if not path.is_file():
         raise AudioError(f"Audio file not found: {path}. Check the path, or upload the file again.")
 
-    samples, native_rate = _decode(path)
+    declared = _header_seconds(path)
+    if declared is not None and declared > max_seconds:
+        raise _too_long(path, f"lasts {_clock(declared)}", max_seconds)
+    samples, native_rate = _decode(path, max_seconds)
+    if samples.shape[0] > max_seconds * native_rate:
+        raise _too_long(path, f"lasts more than {_clock(max_seconds)} (its header did not say how long)", max_seconds)
     if samples.shape[0] == 0:
         raise AudioError(f"{path.name} contains no audio samples (0 s long): use a clip with speech.")
     # librosa.to_mono: mean over the channel axis of the (channels, samples) view, in float32.
@@ -74,13 +94,50 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return audio
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
+def _clock(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{seconds:.1f} s"
+
+
+def _too_long(path: Path, how_long: str, max_seconds: float) -> AudioTooLongError:
+    return AudioTooLongError(
+        f"{path.name} {how_long}; lip-sync takes at most {_clock(max_seconds)} of speech. Trim it first, e.g. "
+        f"`ffmpeg -i {path.name} -t 60 speech.wav`, or split it into parts; {how_to_raise('max_audio_seconds')}."
+    )
+
+
+def _header_seconds(path: Path) -> float | None:
+    """The duration the container header declares (`ffmpeg -i`, nothing decoded); None if
+    it declares none or cannot be read (decoding then reports what is wrong)."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
+    try:
+        result = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace",
+                                timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise AudioError(
+            f"Opening {path.name} took more than {PROBE_TIMEOUT_S} s: it is damaged or not audio. "
+            f"Re-export it (e.g. as wav or mp3). Accepted: {ACCEPTED_FORMATS}."
+        ) from None
+    match = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", result.stderr)
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _decode(path: Path, max_seconds: float = math.inf) -> tuple[np.ndarray, int]:
     """All channels of the default audio stream as float32, (samples,) or (samples, channels),
-    at the native rate. ffmpeg picks the stream the same way librosa's audioread fallback does."""
+    at the native rate. ffmpeg picks the stream the same way librosa's audioread fallback does.
+    With a finite `max_seconds` the decoder stops one second past it (enough to tell that
+    the audio is too long, without decoding hours of it)."""
+    limit = ["-t", f"{max_seconds + 1:.3f}"] if math.isfinite(max_seconds) else []
     with tempfile.TemporaryDirectory(prefix="dynamictrl-audio-") as folder:
         target = Path(folder) / "decoded.wav"
         command = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-i", str(path),
+            imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-i", str(path), *limit,
             "-vn", "-sn", "-dn",
             # No metadata chunk in the wav (scipy warns about chunks it does not know).
             "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
