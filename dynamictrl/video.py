@@ -194,7 +194,7 @@ def _probe(path: Path, limits: Limits | None) -> VideoInfo:
     return info
 
 
-def _iter_frames(path: Path, threads: int | None = None, info: VideoInfo | None = None):
+def iter_frames(path: Path, threads: int | None = None, info: VideoInfo | None = None):
     """Yields (meta, frame iterator); every decoder failure becomes a VideoError.
 
     With the header `info` of a variable-frame-rate video, the frames are resampled to
@@ -279,7 +279,7 @@ def read_video(path: str | Path, max_frames: int | None = None, threads: int | N
     """
     path = Path(path)
     info = _probe(path, limits)
-    meta, frames_iter = _iter_frames(path, threads, info)
+    meta, frames_iter = iter_frames(path, threads, info)
     # max_frames < 1 still returns the first frame, as it always has.
     buffer = _FrameBuffer(meta, None if max_frames is None else max(1, max_frames))
     cap = limits.max_video_frames if limits is not None and max_frames is None else None
@@ -345,7 +345,7 @@ def pick_frames(
             f"{how_to_raise('max_frames')}."
         )
     info = _probe(path, limits)
-    meta, frames_iter = _iter_frames(path, threads, info)
+    meta, frames_iter = iter_frames(path, threads, info)
     source_fps = float(meta.get("fps") or 0.0) or 16.0
     wanted = sample_indices(source_fps, fps, start_s, count)
     positions = {}
@@ -470,7 +470,7 @@ def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float
     info = _probe(path, limits)
     try:
         total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-        meta, frames_iter = _iter_frames(path, info=info)
+        meta, frames_iter = iter_frames(path, info=info)
         frames_iter.close()
     except (OSError, RuntimeError) as error:
         raise _decode_error(path, error) from error
@@ -492,7 +492,7 @@ def check_video_memory(path: str | Path, limit_gb: float, fix: str = "trim it or
     if not path.is_file():
         raise VideoError(f"Video file not found: {path}")
     try:
-        meta, frames_iter = _iter_frames(path)
+        meta, frames_iter = iter_frames(path)
         frames_iter.close()
         total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
     except (OSError, RuntimeError) as error:

@@ -27,7 +27,7 @@ from ..pose.render import draw_pose
 from ..pose.sequence import cover_crop
 from ..pose.tracking import fill_missing_people, track_people
 from ..pose.types import FramePose, save_poses
-from ..video import VideoError, _iter_frames, write_video
+from ..video import VideoError, iter_frames, write_video
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -191,7 +191,7 @@ def source_indices(source_fps: float, target_fps: float) -> Iterator[int]:
 def resampled_frames(path: Path, settings: PrepareSettings) -> Iterator[np.ndarray]:
     """The clip's frames at `settings.fps`, cover-cropped to the target size, streamed:
     a long video never sits in memory whole. Decoding problems raise `VideoError`."""
-    meta, frames = _iter_frames(path)
+    meta, frames = iter_frames(path)
     source_fps = float(meta.get("fps") or 0.0) or 16.0  # as read_video when the fps is unknown
     wanted = source_indices(source_fps, settings.fps)
     target, count = next(wanted), 0
