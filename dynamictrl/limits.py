@@ -183,10 +183,7 @@ def check_generate_settings(settings, limits: Limits) -> None:
     4k+1 frame rule and the size rules are `studio.check_size_and_frames`'s."""
     check_prompt(settings.prompt, limits, "prompt")
     check_prompt(settings.negative_prompt, limits, "negative prompt")
-    for name in ("num_frames", "width", "height"):
-        value = getattr(settings, name)
-        if not _is_integer(value):
-            raise ValueError(f"{name} must be a whole number, got {value!r}.")
+    _whole_numbers(settings, "num_frames", "width", "height")
     if settings.num_frames > limits.max_frames:
         raise LimitError(
             f"{settings.num_frames} frames asked for; at most {limits.max_frames} are allowed per job "
@@ -201,13 +198,17 @@ def check_generate_settings(settings, limits: Limits) -> None:
     _integer("overlap", settings.overlap, 0, limits.max_frames)
 
 
-def check_pose_settings(settings, limits: Limits) -> None:
-    """The `PoseSettings` counterpart of `check_generate_settings` (frame count, fps, start
-    time, detector stride)."""
-    for name in ("num_frames", "width", "height"):
+def _whole_numbers(settings, *names: str) -> None:
+    for name in names:
         value = getattr(settings, name)
         if not _is_integer(value):
             raise ValueError(f"{name} must be a whole number, got {value!r}.")
+
+
+def check_pose_settings(settings, limits: Limits) -> None:
+    """The `PoseSettings` counterpart of `check_generate_settings` (frame count, fps, start
+    time, detector stride)."""
+    _whole_numbers(settings, "num_frames", "width", "height")
     if settings.num_frames > limits.max_frames:
         raise LimitError(
             f"{settings.num_frames} pose frames asked for; at most {limits.max_frames} are allowed per job. "

@@ -29,6 +29,7 @@ from .segment import apply_mask, clean_mask, register_segmenter, variant_for
 from .video import read_video, write_video
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+SIDE_OUTPUTS = ("_pose.mp4", "_reference.png")  # written beside a generated video: <stem>_pose.mp4, ...
 MAX_LIPSYNC_VIDEO_GB = 6.0  # decoded frames held for lip-sync (about 35 s of 1080p at 25 fps)
 MAX_SIDE = 2048  # the paper's largest is 1360x1360; beyond this the 5B model runs out of any GPU
 
@@ -122,6 +123,16 @@ def write_json_atomic(path: str | Path, payload) -> Path:
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_manifest(video_path: Path, manifest_path: Path, manifest: dict) -> None:
+    """The manifest comes last and vouches for the video: if it cannot be written, the video
+    is removed too (no result without its record)."""
+    try:
+        write_json_atomic(manifest_path, manifest)
+    except BaseException:
+        video_path.unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: str | Path) -> str:
@@ -445,12 +456,7 @@ class Studio:
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
-        try:
-            write_json_atomic(manifest_path, manifest)
-        except BaseException:
-            # The manifest comes last and vouches for the video: without it the video is no result.
-            out_path.unlink(missing_ok=True)
-            raise
+        write_manifest(out_path, manifest_path, manifest)
         return LipSyncResult(out_path, manifest_path, report, elapsed)
 
     # ------------------------------------------------------------ reference tools
@@ -573,8 +579,23 @@ class Studio:
         The motion comes from `pose_video_path` (an already rendered pose video, frame 0 =
         the reference's pose; `pose_provenance` says how it was made, for the manifest) or
         from `driving_video_path` (a raw video: poses are extracted first with
-        `pose_settings`, whose size and frame count follow `settings`).
+        `pose_settings`, whose size and frame count follow `settings`). A job that fails or
+        is cancelled leaves nothing beside `out_path` (no pose video, no masked reference).
         """
+        out_path = Path(out_path)
+        side_files = [out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS]
+        existing = {path for path in side_files if path.exists()}
+        try:
+            return self._generate(image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings,
+                                  progress, pose_provenance)
+        except BaseException:
+            for path in side_files:
+                if path not in existing:  # never a file an earlier run left under this name
+                    path.unlink(missing_ok=True)
+            raise
+
+    def _generate(self, image_path, out_path: Path, settings: GenerateSettings, pose_video_path, driving_video_path,
+                  pose_settings, progress, pose_provenance) -> GenerateResult:
         import torch
 
         from .pose.sequence import cover_crop
@@ -605,7 +626,7 @@ class Studio:
                 height=settings.height,
                 fps=settings.fps,  # driving frames at the output fps keep the motion's real speed
             )
-            pose_path = out_path.with_name(out_path.stem + "_pose.mp4")
+            pose_path = out_path.with_name(out_path.stem + SIDE_OUTPUTS[0])
             pose_result = self.extract_poses(
                 image_path, driving_video_path, pose_settings, out_path=pose_path, progress=progress
             )
@@ -631,7 +652,7 @@ class Studio:
                 np.asarray(reference), settings.mask_mode, pose=reference_pose, points=settings.mask_points
             )
             reference = Image.fromarray(masked.masked)
-            Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + "_reference.png"))
+            Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + SIDE_OUTPUTS[1]))
         prompt, caption = settings.prompt.strip(), None
         if not prompt:
             caption = self.caption(np.asarray(reference), settings.mask_mode)
@@ -722,10 +743,5 @@ class Studio:
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }
-        try:
-            write_json_atomic(manifest_path, manifest)
-        except BaseException:
-            # The manifest comes last and vouches for the video: without it the video is no result.
-            out_path.unlink(missing_ok=True)
-            raise
+        write_manifest(out_path, manifest_path, manifest)
         return GenerateResult(out_path, manifest_path, frames, elapsed, pose_result)

@@ -341,3 +341,30 @@ def test_manifests_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"a": 1}  # the old manifest is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no partial file left
+
+
+def test_a_cancelled_generation_leaves_nothing_beside_its_output(studio, tmp_path):
+    from dynamictrl.studio import Cancelled, PoseSettings
+
+    rng = np.random.default_rng(4)
+    image = tmp_path / "ref.png"
+    still = rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)
+    still[:16, :16] = (255, 0, 0)  # the tiny DWPose finds a person (tests/tiny_onnx.py)
+    Image.fromarray(still).save(image)
+    frames = rng.integers(0, 255, (12, 80, 60, 3), dtype=np.uint8)
+    frames[:, :16, :16] = (255, 0, 0)
+    driving = write_video(tmp_path / "dance.mp4", frames, fps=16)
+    out = tmp_path / "out" / "clip.mp4"
+    earlier = out.with_name("clip_reference.png")  # an earlier run's file under the same name
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"earlier run")
+
+    def cancel_at_denoising(fraction, message):
+        if message.startswith("denoising"):
+            assert out.with_name("clip_pose.mp4").is_file()  # written before denoising...
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        studio.generate(image, out, settings(), driving_video_path=driving, pose_settings=PoseSettings(),
+                        progress=cancel_at_denoising)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip_reference.png"]  # ...and removed; the old file kept

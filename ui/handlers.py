@@ -422,25 +422,24 @@ class Handlers:
         else:
             driving_video_path = video_path
         cancel = self._job_cancel(request)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = self.session_outputs(request)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out_path = out_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_seed{settings.seed}.mp4"
+        out_dir, out_path = self._new_result(request, f"seed{settings.seed}")
         progress(0.0, desc="loading models")
         try:
             result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
                                            pose_settings, ProgressReporter(progress, cancel), provenance)
         except Exception:
-            # The studio writes the pose video and the masked reference beside the result before
-            # denoising; a cancelled or failed job leaves none of them in the History folder.
-            for partial in [out_path, *out_path.parent.glob(f"{out_path.stem}_*")]:
-                partial.unlink(missing_ok=True)
-            self._drop_if_empty(out_dir)
+            self._drop_if_empty(out_dir)  # the studio already removed what the job had written
             raise
         finally:
             cancel.clear()
         manifest = json.loads(result.manifest_path.read_text())
         return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
+
+    def _new_result(self, request, label: str) -> tuple[Path, Path]:
+        """(session folder, fresh result path): a generated name, never a user's file name."""
+        out_dir = self.session_outputs(request)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return out_dir, out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:4]}_{label}.mp4"
 
     def arm_cancel(self, request: gr.Request):
         """Runs (unqueued) when a job's button is clicked: a fresh job starts uncancelled, and
@@ -471,10 +470,7 @@ class Handlers:
                                    parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
                                    right_cheek_width=int(right_cheek))
         cancel = self._job_cancel(request)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = self.session_outputs(request)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out_path = out_dir / f"{stamp}_{uuid.uuid4().hex[:4]}_lipsync.mp4"
+        out_dir, out_path = self._new_result(request, "lipsync")
         progress(0.0, desc="loading models")
         try:
             result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
