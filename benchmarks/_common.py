@@ -20,9 +20,13 @@ machine, device and package versions it ran on; numbers from different machines 
 comparable. Re-run a script to add a section; do not edit old ones.
 """
 
-for path in (ROOT, ROOT / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+try:  # the benchmarks measure the installed package; the tiny models come from dynamictrl.testing
+    import dynamictrl  # noqa: F401
+except ModuleNotFoundError:
+    raise SystemExit(
+        "the benchmarks need the dynamictrl package: run `pip install -e .` in the repository root "
+        "(or prefix the command with PYTHONPATH=.)"
+    ) from None
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -23,7 +23,7 @@ UNet, `vae.decode`, `paste_face`), so they are the times of the measured run its
 second run; 'other' is the rest of the wall time. Each wrapper synchronises the device.
 
 Uses the real lip-sync weights if every file of `dynamictrl.weights.LIPSYNC_WEIGHTS` is in
-the weights folder, else tiny random ones from `tests/tiny_musetalk.py` built in a temp
+the weights folder, else tiny random ones from `dynamictrl/testing/musetalk.py` built in a temp
 folder (then UNet and VAE numbers say nothing about MuseTalk's networks; the face parser
 has the real BiSeNet architecture and whisper the real encoder width and depth). MuseTalk
 claims 30 fps+ for the cached path on a V100 (real weights, fp16). Prints numbers; not a
@@ -158,13 +158,13 @@ def load_models(args, dtype, tmp: Path):
         folder = Path(args.weights_dir or weights.default_weights_dir())
         models = MuseTalkModels.from_pretrained(args.weights_dir, dtype=dtype, local_files_only=True)
         return models, f"REAL MuseTalk 1.5 weights from {folder}", True
-    from tiny_musetalk import save_tiny_musetalk
+    from dynamictrl.testing.musetalk import save_tiny_musetalk
 
     root = save_tiny_musetalk(tmp / "weights")
     models = MuseTalkModels.from_pretrained(root, dtype=dtype, local_files_only=True)
     shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     return models, (
-        f"TINY random test weights of tests/tiny_musetalk.py (real files missing: {shown}): UNet and VAE "
+        f"TINY random test weights of dynamictrl/testing/musetalk.py (real files missing: {shown}): UNet and VAE "
         "times say nothing about MuseTalk's networks; the face parser is the real BiSeNet architecture "
         "and whisper has whisper-tiny's encoder width and depth (random values)"
     ), False

@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 def big_config(target_bytes: float, bytes_per_param: int) -> tuple[dict, int]:
     """A CogVideoX-1.5-like config (heads x 64, time_embed 512, text 32 for the tiny T5)
     whose parameter count lands near target_bytes; returns (config, params)."""
-    from tiny_models import TRANSFORMER_CONFIG
+    from dynamictrl.testing.models import TRANSFORMER_CONFIG
 
     heads = 24  # width 1536 (the real model: 48 heads = 3072)
     width, time_dim = heads * 64, 512
@@ -74,7 +74,7 @@ def write_weights(root: Path, config: dict, dtype, shard_gb: float | None = None
     """Tiny shared parts + the big transformer twice (base, Mask_B01). Returns file sizes."""
     import torch
     from dynamictrl.models import DynamiCtrlTransformerModel
-    from tiny_models import save_shared_parts
+    from dynamictrl.testing.models import save_shared_parts
 
     base = save_shared_parts(root / "DynamiCtrl")
 

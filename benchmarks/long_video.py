@@ -3,7 +3,7 @@
     python benchmarks/long_video.py [--size 128] [--steps 4] [--windows 1 2 4 8] [--model mid|tiny]
 
 Builds the mid-size random DynamiCtrl checkpoint of `pipeline_overhead.py` (8 blocks x 512
-wide, the tiny T5 and VAE; `--model tiny` uses `tests/tiny_models.py`), then calls the
+wide, the tiny T5 and VAE; `--model tiny` uses `dynamictrl/testing/models.py`), then calls the
 pipeline the way the studio does (PIL image, list of uint8 pose frames, CFG on,
 output_type="uint8"; `--output-type np` gives the float32 clip instead) with
 `window_frames` (37 by default) and `overlap_frames` (2 latent frames) for clips of 1, 2,
@@ -50,11 +50,11 @@ def build(model: str, size: int, window_frames: int, tmp: Path):
     from dynamictrl.pipeline import DynamiCtrlPipeline
 
     if model == "tiny":
-        from tiny_models import save_tiny_checkpoints
+        from dynamictrl.testing.models import save_tiny_checkpoints
 
         root = save_tiny_checkpoints(tmp)
         pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, weights_dir=root, torch_dtype=torch.float32)
-        return pipe, "tiny random pipeline of `tests/tiny_models.py`"
+        return pipe, "tiny random pipeline of `dynamictrl/testing/models.py`"
     from pipeline_overhead import mid_transformer_config, save_checkpoint
 
     config = mid_transformer_config(size, window_frames, layers=8, heads=8, head_dim=64)
@@ -62,7 +62,7 @@ def build(model: str, size: int, window_frames: int, tmp: Path):
     pipe = DynamiCtrlPipeline.from_pretrained(str(base), torch_dtype=torch.float32)
     params = sum(p.numel() for p in pipe.transformer.parameters())
     return pipe, (f"mid-size random pipeline: transformer 8 blocks x 512 wide ({params / 1e6:.1f} M params), "
-                  "tiny T5 (d_model 32) and tiny VAE of `tests/tiny_models.py`")
+                  "tiny T5 (d_model 32) and tiny VAE of `dynamictrl/testing/models.py`")
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@ inside the networks (transformer, VAE encode + decode, T5 encoder), in the same 
     python benchmarks/pipeline_overhead.py [--size 256] [--frames 33] [--steps 4] [--profile]
 
 Builds a mid-size random DynamiCtrl checkpoint in a temp folder (the tiny test tokenizer,
-T5 and VAE of `tests/tiny_models.py`, and a transformer with 8 blocks of width 512 =
+T5 and VAE of `dynamictrl/testing/models.py`, and a transformer with 8 blocks of width 512 =
 8 heads x 64), saves it with `save_pretrained` in the `gulucaptain/DynamiCtrl` layout,
 loads it with `DynamiCtrlPipeline.from_pretrained` and calls it the way the studio does
 (PIL image, list of uint8 pose frames, CFG on, output_type="np").
@@ -41,7 +41,7 @@ TARGET = 1.10
 
 
 def mid_transformer_config(size: int, frames: int, layers: int, heads: int, head_dim: int) -> dict:
-    from tiny_models import TRANSFORMER_CONFIG
+    from dynamictrl.testing.models import TRANSFORMER_CONFIG
 
     latent = size // 8  # the tiny VAE compresses 8x spatially
     return dict(
@@ -61,7 +61,7 @@ def mid_transformer_config(size: int, frames: int, layers: int, heads: int, head
 def save_checkpoint(root: Path, config: dict, seed: int = 0) -> Path:
     """The tiny tokenizer/T5/VAE/scheduler + a bigger transformer, hub layout."""
     from dynamictrl.models import DynamiCtrlTransformerModel
-    from tiny_models import save_shared_parts
+    from dynamictrl.testing.models import save_shared_parts
 
     base = save_shared_parts(root / "DynamiCtrl", seed)
     DynamiCtrlTransformerModel(**config).eval().save_pretrained(base / "transformer")
@@ -247,7 +247,7 @@ def main(argv=None):
     if not args.no_results:
         body = [
             (f"Mid-size random pipeline: transformer {args.layers} blocks x {args.heads * args.head_dim} wide "
-             f"({params / 1e6:.1f} M params), tiny T5 (d_model 32) and tiny VAE of `tests/tiny_models.py`; "
+             f"({params / 1e6:.1f} M params), tiny T5 (d_model 32) and tiny VAE of `dynamictrl/testing/models.py`; "
              f"loaded with `DynamiCtrlPipeline.from_pretrained`. Run: {run}, output_type np."),
             "",
             markdown_table(header, rows),

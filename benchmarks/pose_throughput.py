@@ -34,7 +34,7 @@ crop, as the official code does), `detect_video(batch_size=B)` (the product defa
 used for the stage table), and `detect_video(detect_every=N, batch_size=B)`.
 
 Uses the real DWPose ONNX files if `weights/DWPose/` holds them, else the tiny test
-models of `tests/tiny_onnx.py` (then the model rows measure onnxruntime on stand-ins,
+models of `dynamictrl/testing/onnx.py` (then the model rows measure onnxruntime on stand-ins,
 not YOLOX-L / RTMPose, and the 'detected' poses are fixed stand-ins: two people whose
 keypoints are spread over their boxes). With the real models the pose stage runs on the
 first `--pose-frames` frames only (default 32: the real networks are slow on one core).
@@ -192,7 +192,7 @@ def load_detector(args, tmp: Path) -> tuple[DWPoseDetector, str, bool]:
             args.weights_dir, local_files_only=True, device="cpu", num_threads=args.threads
         )
         return detector, f"REAL DWPose ONNX files from {folder}", True
-    from tiny_onnx import save_tiny_dwpose
+    from dynamictrl.testing.onnx import save_tiny_dwpose
 
     tiny = save_tiny_dwpose(tmp / "DWPose")
     detector = DWPoseDetector(tiny / "yolox_l.onnx", tiny / "dw-ll_ucoco_384.onnx", device="cpu", num_threads=args.threads)

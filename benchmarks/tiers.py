@@ -2,7 +2,7 @@
 
     python benchmarks/tiers.py [--size 64] [--frames 17] [--steps 6] [--repeats 3] [--model tiny|mid]
 
-Uses a small random pipeline (the tiny test checkpoints of `tests/tiny_models.py`, or with
+Uses a small random pipeline (the tiny test checkpoints of `dynamictrl/testing/models.py`, or with
 `--model mid` the 8-block x 512 transformer of `pipeline_overhead.py`), loaded through the
 manager (`DynamiCtrlModels(...).pipeline(None, options)`), placed with `place_pipeline`
 and sped up with `apply_speed_options`, exactly as the studio does.
@@ -40,7 +40,7 @@ from _common import (
 
 def save_weights(root: Path, model: str, size: int, frames: int) -> Path:
     if model == "tiny":
-        from tiny_models import save_tiny_checkpoints
+        from dynamictrl.testing.models import save_tiny_checkpoints
 
         return save_tiny_checkpoints(root)
     from pipeline_overhead import mid_transformer_config, save_checkpoint

@@ -1,15 +1,12 @@
-"""Tiny mode: every model replaced by its tiny random twin from the test suite.
+"""Tiny mode: every model replaced by its tiny random twin from `dynamictrl.testing`.
 
 `python app.py --tiny` (or DYNAMICTRL_TINY=1) uses this so the whole app can be clicked
 through, by tests and by people, without downloading ~35 GB of weights. The outputs are
-noise. The builders live in `tests/tiny_*.py` (one place, shared with the test suite),
-so tiny mode needs the source checkout, not just the installed package.
+noise. The builders are part of the package (`dynamictrl/testing/`, shared with the test
+suite), so tiny mode works from an installed wheel as well as from a checkout.
 """
 
-import sys
 from pathlib import Path
-
-TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 
 # What the UI offers in tiny mode: sizes and lengths the tiny VAE decodes in about a second on a CPU.
 TINY_SIZE = (64, 80)  # width, height: the tiny transformer's positional grid is 64x80 at most
@@ -17,21 +14,13 @@ TINY_FRAMES = 9
 TINY_STEPS = 2
 
 
-def _import_test_builders():
-    if not (TESTS_DIR / "tiny_models.py").is_file():
-        raise RuntimeError(f"Tiny mode needs the test helpers in {TESTS_DIR} (a source checkout of the repository).")
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-
-
 def save_tiny_weights(folder: str | Path) -> Path:
     """Writes tiny DynamiCtrl (+ mask variants), DWPose, Qwen2-VL and MuseTalk checkpoints into
     `folder` in the real hub layouts; returns it. Skips what is already there."""
-    _import_test_builders()
-    from tiny_models import save_tiny_checkpoints
-    from tiny_musetalk import save_tiny_musetalk
-    from tiny_onnx import save_tiny_dwpose
-    from tiny_qwen import FOLDER_NAME, save_tiny_qwen
+    from .testing.models import save_tiny_checkpoints
+    from .testing.musetalk import save_tiny_musetalk
+    from .testing.onnx import save_tiny_dwpose
+    from .testing.qwen import FOLDER_NAME, save_tiny_qwen
 
     folder = Path(folder)
     if not (folder / "DynamiCtrl" / "model_index.json").is_file():
@@ -50,10 +39,9 @@ def tiny_studio(folder: str | Path):
     name the studio uses (real SAM checkpoints are checked against the official file size)."""
     from .segment import Segmenter
     from .studio import Studio
+    from .testing.sam import build_tiny_sam
 
     save_tiny_weights(folder)
-    from tiny_sam import build_tiny_sam
-
     studio = Studio(weights_dir=folder, device="cpu", cache_dir=Path(folder) / "cache")
     studio.manager.register("sam.vit_b", lambda: Segmenter(build_tiny_sam(), device="cpu"))
     return studio

@@ -22,8 +22,8 @@ def shared_fixture(*parts: str) -> Path:
 def tiny_weights(tmp_path_factory) -> Path:
     """A weights folder with tiny checkpoints in the real hub layouts: DynamiCtrl (+ mask
     variants) with random weights, and DWPose's two ONNX files with known outputs."""
-    from tiny_models import save_tiny_checkpoints
-    from tiny_onnx import export_pose, save_tiny_dwpose
+    from dynamictrl.testing.models import save_tiny_checkpoints
+    from dynamictrl.testing.onnx import export_pose, save_tiny_dwpose
 
     root = save_tiny_checkpoints(tmp_path_factory.mktemp("weights"))
     save_tiny_dwpose(root / "DWPose")
@@ -34,7 +34,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lipsync_weights(tiny_weights) -> Path:
     """The tiny weights folder plus tiny MuseTalk 1.5 (UNet, VAE, whisper, face parsing)."""
-    from tiny_musetalk import save_tiny_musetalk
+    from dynamictrl.testing.musetalk import save_tiny_musetalk
 
     return save_tiny_musetalk(tiny_weights)
 
@@ -64,7 +64,7 @@ def tiny_pipe(tiny_weights):
 @pytest.fixture(scope="session")
 def tiny_app(tmp_path_factory):
     """`app.py --tiny` running on a free local port (shared by the browser and client tests)."""
-    from app_server import TinyAppServer
+    from tests.app_server import TinyAppServer
 
     folder = tmp_path_factory.mktemp("app")
     server = TinyAppServer(outputs=folder / "outputs", log_path=folder / "app.log")

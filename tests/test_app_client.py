@@ -161,7 +161,7 @@ def test_lipsync_through_the_api(client, tiny_app, tmp_path):
     from scipy.io import wavfile
 
     frames = np.random.default_rng(5).integers(0, 255, (6, 120, 160, 3), dtype=np.uint8)
-    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (tests/tiny_onnx.py)
+    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (dynamictrl/testing/onnx.py)
     talk = write_video(tmp_path / "talk.mp4", frames, fps=25)
     t = np.arange(8000) / 16000
     wavfile.write(tmp_path / "speech.wav", 16000, (8000 * np.sin(2 * np.pi * 150 * t)).astype(np.int16))

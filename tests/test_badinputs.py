@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from badinputs.make_corpus import CASES, make_corpus
+from tests.badinputs.make_corpus import CASES, make_corpus
 from PIL import Image
 
 from dynamictrl.lipsync.audio import AudioError, AudioTooLongError

@@ -18,7 +18,7 @@ from dynamictrl.weights import WeightsNotFoundError
 
 @pytest.fixture(scope="session")
 def qwen_weights(tmp_path_factory):
-    from tiny_qwen import save_tiny_qwen
+    from dynamictrl.testing.qwen import save_tiny_qwen
 
     root = tmp_path_factory.mktemp("qwen_weights")
     save_tiny_qwen(root)
@@ -33,7 +33,7 @@ def captioner(qwen_weights):
 
 @pytest.fixture(scope="session")
 def t5_tokenizer():
-    from tiny_models import build_tokenizer
+    from dynamictrl.testing.models import build_tokenizer
 
     return build_tokenizer()
 

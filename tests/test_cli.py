@@ -134,7 +134,7 @@ def test_generate_from_a_driving_video(tiny_weights, tmp_path):
 
 
 def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path):
-    from tiny_qwen import save_tiny_qwen
+    from dynamictrl.testing.qwen import save_tiny_qwen
 
     if not (tiny_weights / "Qwen2-VL-2B-Instruct").exists():
         save_tiny_qwen(tiny_weights)
@@ -148,7 +148,7 @@ def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path):
 
 def test_mask_command_writes_the_masked_reference(tiny_weights, tmp_path, monkeypatch, capsys):
     """In process, with the tiny SAM registered where the real checkpoint would load."""
-    from tiny_sam import build_tiny_sam
+    from dynamictrl.testing.sam import build_tiny_sam
 
     from dynamictrl import cli
     from dynamictrl.segment import Segmenter
@@ -213,7 +213,7 @@ def test_lipsync_command(lipsync_weights, tmp_path):
     from scipy.io import wavfile
 
     frames = np.random.default_rng(3).integers(0, 255, (5, 240, 320, 3), dtype=np.uint8)
-    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (tests/tiny_onnx.py)
+    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (dynamictrl/testing/onnx.py)
     video = write_video(tmp_path / "talk.mp4", frames, fps=25)
     t = np.arange(6400) / 16000
     wavfile.write(tmp_path / "speech.wav", 16000, (9000 * np.sin(2 * np.pi * 180 * t)).astype(np.int16))

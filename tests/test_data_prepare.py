@@ -1,6 +1,6 @@
 """`prepare-data`: a folder of videos -> the training dataset layout, on the tiny models.
 
-The tiny DWPose finds people only in frames whose top-left pixel is red (tiny_onnx), so
+The tiny DWPose finds people only in frames whose top-left pixel is red (dynamictrl/testing/onnx.py), so
 the source clips below put a red block there in the frames that "have a person". Each
 source frame k is a flat grey of level `level(k)`, so the prepared clip tells which
 source frame every output frame came from.
@@ -44,8 +44,8 @@ def source_levels(clip: np.ndarray) -> list[int]:
 @pytest.fixture(scope="module")
 def studio(tiny_weights):
     """The tiny DWPose, Qwen2-VL and SAM behind a CPU studio (as tests/test_studio.py)."""
-    from tiny_qwen import FOLDER_NAME, save_tiny_qwen
-    from tiny_sam import build_tiny_sam
+    from dynamictrl.testing.qwen import FOLDER_NAME, save_tiny_qwen
+    from dynamictrl.testing.sam import build_tiny_sam
 
     from dynamictrl.segment import Segmenter
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny_eval import moving_square_video, random_lpips, save_frames, tiny_backbone, tiny_models
+from dynamictrl.testing.eval import moving_square_video, random_lpips, save_frames, tiny_backbone, tiny_models
 
 from dynamictrl.eval import cli as eval_cli
 from dynamictrl.eval import core as ev

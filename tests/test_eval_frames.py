@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from tiny_eval import moving_square_video, random_lpips
+from dynamictrl.testing.eval import moving_square_video, random_lpips
 
 from dynamictrl import weights
 from dynamictrl.eval import frames as fm

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny_eval import moving_square_video, tiny_backbone
+from dynamictrl.testing.eval import moving_square_video, tiny_backbone
 
 from dynamictrl import weights
 from dynamictrl.eval import fvd

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_eval import tiktok_dataset, tiny_models
+from dynamictrl.testing.eval import tiktok_dataset, tiny_models
 
 from dynamictrl.eval import cli as eval_cli
 from dynamictrl.eval import core as ev

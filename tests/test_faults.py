@@ -346,7 +346,7 @@ def lip_studio(lipsync_weights, tmp_path_factory):
 
 def talking_video(path, num_frames=3):
     frames = np.random.default_rng(3).integers(0, 255, (num_frames, 120, 160, 3), dtype=np.uint8)
-    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (tests/tiny_onnx.py)
+    frames[:, :16, :16] = (255, 0, 0)  # the tiny DWPose finds people (dynamictrl/testing/onnx.py)
     return write_video(path, frames, fps=25)
 
 

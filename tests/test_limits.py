@@ -10,7 +10,7 @@ from dataclasses import replace
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from badinputs.make_corpus import variable_frame_rate
+from tests.badinputs.make_corpus import variable_frame_rate
 from PIL import Image
 
 from dynamictrl.limits import (

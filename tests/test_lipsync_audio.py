@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from scipy.io import wavfile
-from tiny_whisper import ENCODER_SHAPE, save_tiny_whisper
+from dynamictrl.testing.whisper import ENCODER_SHAPE, save_tiny_whisper
 
 from dynamictrl.lipsync.audio import (
     SILENCE_DBFS,

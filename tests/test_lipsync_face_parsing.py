@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from tiny_face_parser import save_tiny_face_parser
+from dynamictrl.testing.face_parser import save_tiny_face_parser
 
 from dynamictrl.lipsync.face_parsing import (
     BiSeNet,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from test_lipsync_face import face_points, person_with_face
+from tests.test_lipsync_face import face_points, person_with_face
 
 from dynamictrl.lipsync.audio import positional_encoding
 from dynamictrl.lipsync.models import MuseTalkModels

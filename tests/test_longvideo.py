@@ -3,7 +3,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from test_pipeline import make_image, make_pose, run
+from tests.test_pipeline import make_image, make_pose, run
 
 from dynamictrl import longvideo
 from dynamictrl.longvideo import (

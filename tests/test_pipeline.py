@@ -2,7 +2,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import shared_fixture
+from tests.conftest import shared_fixture
 from safetensors.torch import load_file
 
 from dynamictrl import weights

@@ -14,7 +14,7 @@ from dynamictrl import weights
 from dynamictrl.pose.detector import DWPoseDetector, crop_person, wholebody_to_openpose
 from dynamictrl.pose.types import FramePose
 
-tiny_onnx = pytest.importorskip("tiny_onnx")
+from dynamictrl.testing import onnx as tiny_onnx
 
 H, W = 240, 320  # test frames; letterbox ratio = min(640/240, 640/320) = 2
 RATIO = 2.0
@@ -26,7 +26,7 @@ OPENPOSE_FROM_COCO = [0, "neck", 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1
 
 
 def frame(seed=0, gate=255, shift=0, blue=0):
-    """Random RGB frame whose top-left block steers the tiny detector (see tiny_onnx)."""
+    """Random RGB frame whose top-left block steers the tiny detector (see dynamictrl/testing/onnx.py)."""
     image = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
     image[:16, :16] = (gate, shift, blue)
     return image

@@ -3,7 +3,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import shared_fixture
+from tests.conftest import shared_fixture
 
 from dynamictrl.pose.render import draw_pose, draw_pose_video, overlay_pose, side_by_side
 from dynamictrl.pose.types import NUM_BODY, NUM_FACE, NUM_HAND, FramePose, PersonPose, pose_from_dict

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared_fixture
+from tests.conftest import shared_fixture
 
 from dynamictrl.pose.retarget import (
     LEFT_FOREARM,

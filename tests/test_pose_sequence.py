@@ -1,4 +1,4 @@
-"""The pose-sequence builder on the real detector path (tiny ONNX models, see tiny_onnx)."""
+"""The pose-sequence builder on the real detector path (tiny ONNX models, see dynamictrl/testing/onnx.py)."""
 
 import numpy as np
 import pytest

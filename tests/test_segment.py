@@ -17,8 +17,8 @@ from dynamictrl import segment, weights
 from dynamictrl.manager import ModelManager
 from dynamictrl.pose.types import FramePose
 from dynamictrl.segment import MASK_MODES, MaskResult, Segmenter, apply_mask, clean_mask, to_rgb, variant_for
-from tiny_onnx import DET_SIZE, DETECTOR_PROPOSALS, EXPECTED_PEOPLE
-from tiny_sam import build_tiny_sam
+from dynamictrl.testing.onnx import DET_SIZE, DETECTOR_PROPOSALS, EXPECTED_PEOPLE
+from dynamictrl.testing.sam import build_tiny_sam
 
 WIDTH, HEIGHT = 480, 360
 

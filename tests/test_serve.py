@@ -121,7 +121,7 @@ class TestService:
         from ray import serve
 
         from dynamictrl.serve.deployment import deploy
-        from ray_jobs import KINDS
+        from tests.ray_jobs import KINDS
 
         config = ServeConfig(weights_dir=str(serve_root / "weights"), tiny=True, outputs_dir=str(serve_root / "outputs"),
                              shared_dirs=[str(serve_root)], extra_kinds=KINDS, job_timeout_s=JOB_TIMEOUT_S)
@@ -218,7 +218,7 @@ class TestService:
         assert pose.preview_path.is_file() and len(load_poses(pose.json_path)[0]) == 5
 
         frames = np.random.default_rng(3).integers(0, 255, (6, 240, 320, 3), dtype=np.uint8)
-        frames[:, :16, :16] = (255, 0, 0)  # makes the tiny DWPose find a face (see tiny_onnx)
+        frames[:, :16, :16] = (255, 0, 0)  # makes the tiny DWPose find a face (see dynamictrl/testing/onnx.py)
         video = write_video(tmp_path / "talk.mp4", frames, fps=25)
         result = client.lipsync(video, wav(tmp_path / "a.wav", 0.5), tmp_path / "talking.mp4")
         assert result.report.output_frames == 12 and result.report.looped

@@ -128,8 +128,8 @@ def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_
 @pytest.fixture(scope="module")
 def tool_studio(tiny_weights):
     """A studio whose SAM and Qwen2-VL are the tiny test models (DWPose, DynamiCtrl too)."""
-    from tiny_qwen import save_tiny_qwen
-    from tiny_sam import build_tiny_sam
+    from dynamictrl.testing.qwen import save_tiny_qwen
+    from dynamictrl.testing.sam import build_tiny_sam
 
     from dynamictrl.segment import Segmenter
 
@@ -240,7 +240,7 @@ def lip_studio(lipsync_weights, tmp_path_factory):
 
 
 def talking_video(path, num_frames=6, gate=255, fps=25):
-    """Frames whose top-left block makes the tiny DWPose find people (see tiny_onnx)."""
+    """Frames whose top-left block makes the tiny DWPose find people (see dynamictrl/testing/onnx.py)."""
     frames = np.random.default_rng(3).integers(0, 255, (num_frames, 240, 320, 3), dtype=np.uint8)
     frames[:, :16, :16] = (gate, 0, 0)
     return write_video(path, frames, fps=fps)
@@ -349,7 +349,7 @@ def test_a_cancelled_generation_leaves_nothing_beside_its_output(studio, tmp_pat
     rng = np.random.default_rng(4)
     image = tmp_path / "ref.png"
     still = rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)
-    still[:16, :16] = (255, 0, 0)  # the tiny DWPose finds a person (tests/tiny_onnx.py)
+    still[:16, :16] = (255, 0, 0)  # the tiny DWPose finds a person (dynamictrl/testing/onnx.py)
     Image.fromarray(still).save(image)
     frames = rng.integers(0, 255, (12, 80, 60, 3), dtype=np.uint8)
     frames[:, :16, :16] = (255, 0, 0)

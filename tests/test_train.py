@@ -10,8 +10,8 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_train_data import make_dataset
-from tiny_models import TRANSFORMER_CONFIG
+from tests.test_train_data import make_dataset
+from dynamictrl.testing.models import TRANSFORMER_CONFIG
 
 from dynamictrl import weights
 from dynamictrl.models import DynamiCtrlTransformerModel

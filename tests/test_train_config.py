@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train_data import make_dataset
+from tests.test_train_data import make_dataset
 
 from dynamictrl.train import cli as train_cli
 from dynamictrl.train.config import Config, ConfigError, config_from_dict, load_config

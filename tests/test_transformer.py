@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import shared_fixture
+from tests.conftest import shared_fixture
 from safetensors.torch import load_file
 
 from dynamictrl.models import DynamiCtrlTransformerModel

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 # The tiny DWPose of the tests finds people (always the same two) in a frame whose
-# top-left pixel is red, and nobody when it is black (tests/tiny_onnx.py).
+# top-left pixel is red, and nobody when it is black (dynamictrl/testing/onnx.py).
 PERSON = "drawbox=x=0:y=0:w=16:h=16:color=red:t=fill"
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from tiny_face_parser import save_tiny_face_parser
-from tiny_whisper import save_tiny_whisper
+from .face_parser import save_tiny_face_parser
+from .whisper import save_tiny_whisper
 
 UNET_CONFIG = dict(
     act_fn="silu",

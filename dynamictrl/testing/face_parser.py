@@ -8,7 +8,7 @@ import torch
 def save_tiny_face_parser(path: str | Path, seed: int = 0) -> Path:
     """Write a seeded random BiSeNet state dict to `path` (a file, or `79999_iter.pth` inside a
     folder). It has the real architecture (~13M parameters): only the values are fake."""
-    from dynamictrl.lipsync.face_parsing import BiSeNet
+    from ..lipsync.face_parsing import BiSeNet
 
     path = Path(path)
     if path.is_dir():

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from dynamictrl.models import DynamiCtrlTransformerModel
+from ..models import DynamiCtrlTransformerModel
 
 TRANSFORMER_CONFIG = dict(
     num_attention_heads=2,

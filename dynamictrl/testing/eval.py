@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dynamictrl.eval import EvalModels, LpipsMetric, VideoBackbone
+from ..eval import EvalModels, LpipsMetric, VideoBackbone
 
 
 class TinyVideoNet(nn.Module):
