@@ -1,10 +1,15 @@
-"""The Ray service on this machine: a local Ray (2 CPUs, started once), a Serve app of two
-CPU replicas over the tiny models, and the batch runner. Every wait is bounded."""
+"""The Ray service on this machine: a local Ray (2 CPUs, started once, on loopback), a Serve
+app of two CPU replicas over the tiny models behind a token, and the batch runner. Every
+wait is bounded. Ray tests are marked `ray` (the schema and CLI checks at the end are not)."""
 
 import argparse
+import dataclasses
+import ipaddress
 import json
+import select
 import socket
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,13 +22,15 @@ ray = pytest.importorskip("ray")
 
 from dynamictrl.serve import cli as serve_cli  # noqa: E402
 from dynamictrl.serve.client import RemoteJobError, RemoteStudio  # noqa: E402
-from dynamictrl.serve.config import ServeConfig  # noqa: E402
+from dynamictrl.serve.config import ServeConfig, token_digest  # noqa: E402
 from dynamictrl.studio import Cancelled, GenerateSettings  # noqa: E402
 from dynamictrl.video import read_video, write_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "dynamictrl-test"
 JOB_TIMEOUT_S = 90.0  # a tiny job takes seconds; this only bounds a hang
+TOKEN = "test-token-0123456789abcdef"
+MAX_REQUEST_BYTES = 1_000_000  # the test service's body limit (a tiny job by value is ~0.1 MB)
 
 
 def tiny_settings(**overrides) -> GenerateSettings:
@@ -62,9 +69,9 @@ def ray_session():
     test job kinds (tests/ray_jobs.py) through PYTHONPATH."""
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="dynamictrl-tests",
-             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1",
-                                       "TOKENIZERS_PARALLELISM": "false"}})
+    serve_cli.start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="dynamictrl-tests",
+                              runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1",
+                                                        "TOKENIZERS_PARALLELISM": "false"}})
     try:
         yield
     finally:
@@ -114,21 +121,24 @@ def reference_frames(serve_root) -> np.ndarray:
     return read_video(serve_root / "local" / "ref_run.mp4").frames
 
 
+@pytest.mark.ray
 class TestService:
     @pytest.fixture(scope="class")
     def service(self, ray_session, serve_root):
-        """Two CPU replicas of the tiny studio behind the gateway, HTTP on a free port."""
+        """Two CPU replicas of the tiny studio behind the gateway, HTTP on a free port, with a
+        token and a 1 MB body limit."""
         from ray import serve
 
         from dynamictrl.serve.deployment import deploy
         from tests.ray_jobs import KINDS
 
         config = ServeConfig(weights_dir=str(serve_root / "weights"), tiny=True, outputs_dir=str(serve_root / "outputs"),
-                             shared_dirs=[str(serve_root)], extra_kinds=KINDS, job_timeout_s=JOB_TIMEOUT_S)
+                             shared_dirs=[str(serve_root)], extra_kinds=KINDS, job_timeout_s=JOB_TIMEOUT_S,
+                             token_sha256=token_digest(TOKEN), max_request_bytes=MAX_REQUEST_BYTES)
         port = free_port()
         deploy(config, name=APP, port=port, replicas=2, gpus_per_replica=0, timeout_s=240)
         try:
-            yield {"url": f"http://127.0.0.1:{port}/dynamictrl", "config": config}
+            yield {"url": f"http://127.0.0.1:{port}/dynamictrl", "config": config, "port": port}
         finally:
             serve.delete(APP)  # frees the two CPUs for the batch tests
 
@@ -239,7 +249,7 @@ class TestService:
         url = service["url"]
         with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
             assert json.loads(response.read()) == {"ok": True}
-        remote = RemoteStudio(url=url, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
+        remote = RemoteStudio(url=url, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, token=TOKEN)
         result = remote.generate(serve_root / "ref.png", serve_root / "http" / "h.mp4", tiny_settings(),
                                  pose_video_path=serve_root / "pose.mp4")
         np.testing.assert_array_equal(read_video(result.video_path).frames, reference_frames)
@@ -249,6 +259,7 @@ class TestService:
             remote.submit({"kind": "generate", "image": "a.png", "out": "a.mp4", "settings": {"prompt": ""}})
         status = remote.system_status()
         assert "2 Ray Serve replica(s)" in status["device"] and status["jobs"]["done"] >= 1
+        assert [job["state"] for job in remote.jobs()] == ["done"]  # its own job, nobody else's
 
     def test_replica_killed_mid_job_is_retried_on_the_other(self, client, serve_root, reference_frames):
         out = serve_root / "outputs" / "after_crash.mp4"
@@ -269,7 +280,171 @@ class TestService:
             client.wait(client.submit({"kind": "crash_always", "max_retries": 0}), timeout_s=JOB_TIMEOUT_S)
         assert time.monotonic() - started < 30
 
+    # ------------------------------------------------------------ security (issue 15)
+    def test_token_is_required_except_for_health_and_docs(self, service):
+        url = service["url"]
+        assert call("GET", url + "/healthz")[0] == 200
+        for method, path in (("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/abc"), ("POST", "/jobs/abc/cancel")):
+            code, answer = call(method, url + path, body={"kind": "sleep", "seconds": 0} if method == "POST" else None,
+                                headers={"X-Owner-Key": "k" * 20})
+            assert code == 401 and "Bearer" in answer["detail"], (path, code, answer)
+            assert call(method, url + path, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+        with pytest.raises(PermissionError, match="token"):
+            RemoteStudio(url=url, token="not-the-token-0123456789").submit({"kind": "sleep", "seconds": 0})
 
+    def test_openapi_schema_is_derived_from_the_settings(self, service):
+        from dynamictrl.lipsync.settings import LipSyncSettings
+        from dynamictrl.studio import PoseSettings
+
+        code, schema = call("GET", service["url"] + "/openapi.json")
+        assert code == 200
+        models = schema["components"]["schemas"]
+        for cls in (GenerateSettings, PoseSettings, LipSyncSettings):
+            properties = models[cls.__name__]["properties"]
+            assert set(properties) == {f.name for f in dataclasses.fields(cls)}
+            for f in dataclasses.fields(cls):
+                if f.default is not dataclasses.MISSING:
+                    assert properties[f.name].get("default") == f.default, (cls.__name__, f.name)
+        assert {"GenerateJob", "PoseJob", "LipSyncJob", "MaskJob", "CaptionJob"} <= set(models)
+        with urllib.request.urlopen(service["url"] + "/docs", timeout=30) as page:
+            assert b"swagger" in page.read().lower()
+
+    def test_bad_fields_are_422_naming_the_field(self, service, serve_root):
+        url, auth = service["url"], {"Authorization": f"Bearer {TOKEN}", "X-Owner-Key": "o" * 20}
+        job = {"kind": "generate", "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"),
+               "out": "x.mp4", "settings": {"prompt": "a", "steps": "many"}}
+        for settings, field in (({"prompt": "a", "steps": "many"}, "steps"), ({"prompt": "a", "sead": 1}, "sead"),
+                                ({"prompt": "a", "guidance": float("inf")}, "guidance"),
+                                ({"prompt": "a", "num_frames": 10}, "4k+1")):
+            code, answer = call("POST", url + "/jobs", body={**job, "settings": settings}, headers=auth)
+            assert code == 422 and field in json.dumps(answer["detail"]), (settings, code, answer)
+        code, answer = call("POST", url + "/jobs", body={**job, "kind": "paint"}, headers=auth)
+        assert code == 422 and "paint" in json.dumps(answer["detail"])
+        code, answer = call("POST", url + "/jobs", body={"kind": "mask", "image": "a.png", "mode": "background",
+                                                         "width": 48, "height": 64, "points": [["x", 1, 1]]}, headers=auth)
+        assert code == 422 and "points" in json.dumps(answer["detail"])
+        remote = RemoteStudio(url=url, token=TOKEN)
+        with pytest.raises(ValueError, match="steps"):
+            remote.submit({**job, "settings": {"prompt": "a", "steps": "many"}})
+
+    def test_jobs_belong_to_their_owner(self, service, client):
+        url = service["url"]
+        owner = RemoteStudio(url=url, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, token=TOKEN)
+        other = RemoteStudio(url=url, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, token=TOKEN)
+        job_id = owner.submit({"kind": "sleep", "seconds": 0.2})
+        assert job_id in [job["id"] for job in owner.jobs()]
+        assert job_id not in [job["id"] for job in other.jobs()]
+        assert job_id not in [job["id"] for job in client.jobs()]  # the Ray handle, another owner key
+        for attempt in (other.status, other.cancel, other.transport.result, client.status, client.cancel):
+            with pytest.raises(KeyError, match="Unknown job"):
+                attempt(job_id)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert call("GET", f"{url}/jobs/{job_id}", headers=headers)[0] == 404  # no owner key at all
+        assert call("GET", f"{url}/jobs", headers=headers)[0] == 400
+        answer = owner.wait(job_id, timeout_s=JOB_TIMEOUT_S)  # the probes above neither cancelled nor took it
+        assert answer["kind"] == "sleep" and owner.status(job_id)["state"] == "done"
+        # Without an owner key of its own, a submission gets one back and needs it afterwards.
+        code, submitted = call("POST", url + "/jobs", body={"kind": "sleep", "seconds": 0}, headers=headers)
+        assert code == 200 and len(submitted["owner_key"]) >= 16
+        mine = {**headers, "X-Owner-Key": submitted["owner_key"]}
+        assert call("GET", f"{url}/jobs/{submitted['job_id']}", headers=mine)[0] == 200
+        assert call("GET", f"{url}/jobs/{submitted['job_id']}", headers={**headers, "X-Owner-Key": "x" * 20})[0] == 404
+        code, answer = call("POST", url + "/jobs", body={"kind": "sleep", "seconds": 0}, headers={**headers, "X-Owner-Key": "short"})
+        assert code == 422 and "16" in answer["detail"]
+
+    def test_oversized_bodies_are_refused_before_they_are_read(self, service):
+        port, path = service["port"], "/dynamictrl/jobs"
+        auth = f"Authorization: Bearer {TOKEN}\r\nX-Owner-Key: {'o' * 20}\r\n"
+        # Declared: refused from the headers alone (the body is never sent).
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                         f"Content-Length: 146000000\r\n\r\n".encode())
+            status, body = read_response(sock)
+        assert status == 413 and "1 MB" in body
+        # Chunked (no length): counted as it arrives; the answer comes long before the end.
+        total, chunk = 64 * MAX_REQUEST_BYTES, b"x" * 65536
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n".encode())
+            sent = 0
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                try:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                except OSError:  # the server answered and closed while we were still sending
+                    break
+                sent += len(chunk)
+            status, body = read_response(sock)
+        assert status == 413 and "1 MB" in body
+        assert sent < total / 2, f"the whole body ({sent} bytes) was sent before the refusal"
+        # A job below the limit still goes through afterwards.
+        assert call("GET", service["url"] + "/healthz")[0] == 200
+
+    def test_status_shows_hosts_pids_and_folders_only_with_the_token(self, service, serve_root):
+        url = service["url"]
+        code, public = call("GET", url + "/status")
+        assert code == 200 and public["replicas"] and public["jobs"]["done"] >= 1
+        text = json.dumps(public)
+        assert socket.gethostname() not in text and str(serve_root) not in text
+        assert all(set(replica) <= {"replica", "device", "gpu", "vram_free_gb", "vram_total_gb", "vram_allocated_gb",
+                                    "models", "seen_s_ago", "busy"} for replica in public["replicas"])
+        code, full = call("GET", url + "/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert code == 200 and full["outputs_dir"] == str(serve_root / "outputs")
+        assert all("pid" in replica and "node" in replica for replica in full["replicas"])
+        assert call("GET", url + "/status", headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+
+    def test_ray_listens_on_loopback_only(self, service):
+        """Every listening socket of every process this Ray started (GCS, raylet, agents,
+        workers, the Serve proxy) is on 127.0.0.1."""
+        import psutil
+
+        listening = []
+        for process in psutil.Process().children(recursive=True):
+            try:
+                sockets = process.net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue
+            listening += [(process.name(), s.laddr) for s in sockets if s.status == psutil.CONN_LISTEN]
+        assert any(addr.port == service["port"] for _, addr in listening)  # the Serve proxy is among them
+        exposed = [(name, addr) for name, addr in listening if not loopback(addr.ip)]
+        assert not exposed, exposed
+
+
+def call(method: str, url: str, body=None, headers=None) -> tuple[int, dict]:
+    """(HTTP status, JSON answer) of one request; error statuses are answers too."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def read_response(sock: socket.socket) -> tuple[int, str]:
+    """The status and body of a raw HTTP/1.1 response (read until the body is complete)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+    while len(body) < length:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return int(head.split(b" ")[1]), body.decode(errors="replace")
+
+
+def loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+@pytest.mark.ray
 class TestBatch:
     def write_jobs(self, folder: Path, serve_root: Path) -> Path:
         (folder / "broken.png").write_bytes(b"not an image")
@@ -322,7 +497,7 @@ def test_jobs_file_errors_name_the_line(tmp_path):
     assert "needs exactly one" in records[0]["error"] and records[1]["error"].startswith("line 3:")
     assert records[2]["job"]["json"] == str(tmp_path / "p.json")  # what marks a pose job done
     assert records[2]["job"]["image"] == str(tmp_path / "a.png")
-    assert "Unknown generate settings: sead" in records[3]["error"]
+    assert "settings.sead: unknown field" in records[3]["error"]
 
 
 
@@ -344,3 +519,65 @@ def test_replica_options_follow_the_flags():
     assert worker.ray_actor_options == {"num_gpus": 0, "num_cpus": 1.0, "runtime_env": {"py_modules": ["x"]}}
     with pytest.raises(ValueError, match="min_replicas"):
         build_app(ServeConfig(), min_replicas=3, max_replicas=2, gpus_per_replica=0, runtime_env={})
+
+
+def test_job_schema_follows_the_settings_dataclasses():
+    """Derived, not restated: a nested dataclass, a default factory, metadata ranges and
+    choices, and a dataclass's own rules all reach the model without naming a field."""
+    from pydantic import ValidationError
+
+    from dynamictrl.serve.schema import settings_model, to_dataclass
+
+    @dataclasses.dataclass
+    class Memory:
+        offload: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "none"), "help": "where"})
+        blocks: int = dataclasses.field(default=2, metadata={"min": 1, "max": 8})
+
+    @dataclasses.dataclass
+    class Settings:
+        prompt: str
+        tags: list[str] = dataclasses.field(default_factory=lambda: ["a"])
+        memory: Memory = dataclasses.field(default_factory=Memory)
+        ratio: float | None = None
+
+        def __post_init__(self):
+            if self.ratio is not None and self.ratio > 1:
+                raise ValueError(f"ratio must be <= 1, got {self.ratio}.")
+
+    model = settings_model(Settings)
+    assert list(model.model_fields) == ["prompt", "tags", "memory", "ratio"]
+    built = to_dataclass(Settings, model.model_validate({"prompt": "p", "memory": {"blocks": 3}}))
+    assert built == Settings(prompt="p", memory=Memory(blocks=3)) and isinstance(built.memory, Memory)
+    schema = model.model_json_schema()
+    assert schema["$defs"]["Memory"]["properties"]["offload"]["enum"] == ["auto", "none"]
+    assert schema["$defs"]["Memory"]["properties"]["blocks"]["maximum"] == 8
+    for bad, where in (({"prompt": "p", "memory": {"blocks": 9}}, ("memory", "blocks")),
+                       ({"prompt": "p", "memory": {"offload": "gpu"}}, ("memory", "offload")),
+                       ({"prompt": "p", "memory": {"speed": 1}}, ("memory", "speed")),
+                       ({}, ("prompt",)), ({"prompt": "p", "ratio": 2}, ())):
+        with pytest.raises(ValidationError) as error:
+            model.model_validate(bad)
+        assert error.value.errors()[0]["loc"] == where, bad
+    # The real settings: every field, default and the Studio's own checks.
+    generate = settings_model(GenerateSettings)
+    assert list(generate.model_fields) == [f.name for f in dataclasses.fields(GenerateSettings)]
+    assert generate.model_validate({"prompt": "x"}).num_frames == GenerateSettings(prompt="x").num_frames
+    with pytest.raises(ValidationError, match="multiples of 16"):
+        generate.model_validate({"prompt": "x", "width": 50})
+
+
+def test_serving_beyond_loopback_needs_a_token_or_insecure(monkeypatch):
+    """Refused before Ray starts; a token shorter than 16 characters is refused too."""
+    from dynamictrl.serve.config import check_exposure, is_loopback
+
+    monkeypatch.delenv("DYNAMICTRL_SERVE_TOKEN", raising=False)
+    parser = argparse.ArgumentParser()
+    serve_cli.add_serve_arguments(parser)
+    with pytest.raises(ValueError, match="--insecure"):
+        serve_cli.run_serve(parser.parse_args(["--host", "0.0.0.0", "--tiny"]))
+    with pytest.raises(ValueError, match="at least 16"):
+        serve_cli.run_serve(parser.parse_args(["--host", "0.0.0.0", "--tiny", "--token", "short"]))
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    check_exposure("0.0.0.0", ServeConfig(token_sha256=token_digest(TOKEN)))
+    check_exposure("0.0.0.0", ServeConfig(insecure=True))
+    check_exposure("127.0.0.1", ServeConfig())

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import APP_NAME, ROUTE_PREFIX, ServeConfig
+from .config import APP_NAME, MB, ROUTE_PREFIX, TOKEN_ENV, ServeConfig, check_exposure, is_loopback, token_digest
 
 SERVE_HELP = "serve generation, pose extraction and lip-sync on Ray Serve (one replica per GPU) over HTTP"
 BATCH_HELP = "run a jobs.jsonl of generate/pose/lip-sync jobs on Ray (resumable; one GPU per worker)"
@@ -19,19 +19,38 @@ BATCH_HELP = "run a jobs.jsonl of generate/pose/lip-sync jobs on Ray (resumable;
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
+def start_local_ray(**options) -> None:
+    """`ray.init` of a one-machine Ray whose own ports (GCS, raylet, object manager, agents,
+    workers, dashboard) listen on loopback only.
+
+    Ray binds its servers to the node address, and on Linux it replaces a loopback node
+    address by the machine's network address unless its "cluster mode" is off; turning it
+    off (the switch Ray has for Windows and macOS, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`)
+    keeps every server on 127.0.0.1. The variable is set for the processes Ray starts; the
+    constant is set too because Ray reads it once, at import. tests/test_serve.py checks
+    the listening sockets of every Ray process."""
+    import ray
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    options.setdefault("dashboard_host", "127.0.0.1")
+    ray.init(_node_ip_address="127.0.0.1", **options)
+
+
 def init_ray(address: str | None, ship_code: bool = True, log_to_driver: bool = True) -> bool:
-    """Connects to `address` ("auto", "ray://head:10001") or starts a local Ray when None.
-    Returns True when this process started Ray (and so should stop it). The replicas get
-    the dynamictrl code through the runtime environment: PYTHONPATH on this machine, the
-    package uploaded (`py_modules`) on a cluster unless `ship_code` is False (then every
-    node needs the repository installed)."""
+    """Connects to `address` ("auto", "ray://head:10001") or starts a local Ray when None
+    (bound to loopback: `start_local_ray`). Returns True when this process started Ray (and
+    so should stop it). The replicas get the dynamictrl code through the runtime
+    environment: PYTHONPATH on this machine, the package uploaded (`py_modules`) on a
+    cluster unless `ship_code` is False (then every node needs the repository installed)."""
     import ray
 
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
         path = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=log_to_driver)
+        start_local_ray(runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=log_to_driver)
         return True
     runtime_env = {"py_modules": [str(PACKAGE_DIR)]} if ship_code else {}
     ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
@@ -65,8 +84,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                        help="default: 1 when the cluster has GPUs, else 0 (CPU replicas)")
     scale.add_argument("--cpus-per-replica", type=float, default=1.0)
     http = parser.add_argument_group("HTTP")
-    http.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication!)")
+    http.add_argument("--host", default="127.0.0.1",
+                      help="0.0.0.0 to accept other machines (then a token is required, or --insecure)")
     http.add_argument("--port", type=int, default=8000)
+    http.add_argument("--token", default=None,
+                      help=f"shared token every request must carry (default: ${TOKEN_ENV}; prefer the variable, "
+                           "a command line is visible to other users of the machine)")
+    http.add_argument("--insecure", action="store_true",
+                      help="allow a non-loopback --host without a token (anyone who reaches the port can submit jobs)")
+    http.add_argument("--max-request-mb", type=float, default=ServeConfig.max_request_bytes / MB,
+                      help="larger request bodies are refused (413); a job by value carries its files base64-encoded")
     http.add_argument("--route-prefix", default=ROUTE_PREFIX)
     http.add_argument("--name", default=APP_NAME, help="Serve application name")
     parser.add_argument("--outputs", default="outputs/serve",
@@ -109,7 +136,11 @@ def run_serve(args) -> int:
         raise ValueError("--detach needs --address: a Ray started by this command stops when it exits.")
     if args.replicas is not None and (args.min_replicas is not None or args.max_replicas is not None):
         raise ValueError("Give --replicas (a fixed count) or --min-replicas/--max-replicas (autoscaling), not both.")
-    config = _config(args, outputs_dir=args.outputs, shared_dirs=args.shared_dir, max_queued_jobs=args.max_queued)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    config = _config(args, outputs_dir=args.outputs, shared_dirs=args.shared_dir, max_queued_jobs=args.max_queued,
+                     token_sha256=token_digest(token) if token else None, insecure=args.insecure,
+                     max_request_bytes=int(args.max_request_mb * MB))
+    check_exposure(args.host, config)  # before Ray starts: a refusal costs nothing
     started_ray = init_ray(args.address, ship_code=not args.no_ship_code)
     deploy(config, name=args.name, route_prefix=args.route_prefix, host=args.host, port=args.port,
            timeout_s=args.start_timeout, replicas=args.replicas, min_replicas=args.min_replicas,
@@ -119,7 +150,12 @@ def run_serve(args) -> int:
     print(f"DynamiCtrl Studio is serving at {url}", flush=True)
     print(f"  POST {url}/jobs  ·  GET {url}/jobs/<id>  ·  GET {url}/jobs/<id>/result  ·  "
           f"POST {url}/jobs/<id>/cancel  ·  GET {url}/status", flush=True)
-    print(f"  Python: RemoteStudio(url={url!r}) or RemoteStudio(address='auto', app_name={args.name!r})", flush=True)
+    print(f"  Python: RemoteStudio(url={url!r}) or RemoteStudio(address='auto', app_name={args.name!r})  ·  "
+          f"schema: {url}/docs", flush=True)
+    if config.token_sha256:
+        print(f"  Requests need 'Authorization: Bearer <token>' (RemoteStudio reads {TOKEN_ENV}).", flush=True)
+    elif not is_loopback(args.host):
+        print("  WARNING: --insecure: anyone who reaches this port can submit jobs.", file=sys.stderr, flush=True)
     if args.detach:
         return 0
     print("Ctrl-C stops the service.", flush=True)

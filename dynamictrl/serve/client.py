@@ -7,13 +7,17 @@
 Inputs are sent by value and results come back as bytes written where the caller asked
 (`transfer="bytes"`, the default: nothing needs to be shared), or the paths are passed
 as they are (`transfer="shared"`: the replicas see the same disk, inside the folders the
-deployment shares). `progress(fraction, message)` hears the queue position while the
+deployment shares). Each RemoteStudio makes a secret owner key and sends it with its jobs:
+the service shows, returns and cancels a job only for that key. A service started with a
+token needs it here too (`token=` or DYNAMICTRL_SERVE_TOKEN). `progress(fraction, message)` hears the queue position while the
 job waits and the replica's progress while it runs; if it raises `Cancelled` (the app's
 Cancel button does), the remote job is cancelled and `Cancelled` is raised here.
 """
 
 import io
 import json
+import os
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..studio import Cancelled, GenerateResult, LipSyncResult, MaskedReference, PoseResult
-from .config import APP_NAME
+from .config import APP_NAME, TOKEN_ENV
 from .jobs import encode_files, pack_inputs, safe_name, write_returned_files
 
 CALL_TIMEOUT_S = 30.0  # one request to the gateway (submit, status, cancel, result)
@@ -57,7 +61,9 @@ class RemoteCaption:
 
 
 class _HandleTransport:
-    def __init__(self, address: str | None, app_name: str):
+    """Inside the Ray cluster: the gateway's handle (the cluster is the trust boundary; no token)."""
+
+    def __init__(self, address: str | None, app_name: str, owner_key: str):
         import ray
         from ray import serve
 
@@ -65,6 +71,7 @@ class _HandleTransport:
             ray.init(address=address or "auto", log_to_driver=False)
         self.handle = serve.get_app_handle(app_name)
         self.where = f"Ray Serve app {app_name!r}"
+        self.owner_key = owner_key
 
     def call(self, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
         import ray
@@ -79,30 +86,35 @@ class _HandleTransport:
             raise
 
     def submit(self, job):
-        return self.call("submit", job)
+        return self.call("submit", job, self.owner_key)["job_id"]
 
     def status(self, job_id):
-        return self.call("status", job_id)
+        return self.call("status", job_id, self.owner_key)
 
     def result(self, job_id):
-        return self.call("result", job_id, timeout_s=300.0)  # may carry a large video
+        return self.call("result", job_id, self.owner_key, timeout_s=300.0)  # may carry a large video
 
     def cancel(self, job_id):
-        return self.call("cancel", job_id)
+        return self.call("cancel", job_id, self.owner_key)
+
+    def jobs(self):
+        return self.call("jobs_list", self.owner_key)
 
     def system_status(self):
-        return self.call("system_status")
+        return self.call("system_status", True)
 
 
 class _HttpTransport:
-    def __init__(self, url: str):
+    def __init__(self, url: str, owner_key: str, token: str | None):
         self.url = url.rstrip("/")
         self.where = self.url
+        self.headers = {"Content-Type": "application/json", "X-Owner-Key": owner_key}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def _request(self, method: str, path: str, body=None, timeout_s: float = CALL_TIMEOUT_S):
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())
@@ -110,8 +122,10 @@ class _HttpTransport:
             detail = _detail(error.read().decode(errors="replace"))
             if error.code == 404:
                 raise KeyError(detail) from None
-            if error.code == 400:
+            if error.code in (400, 413, 422):  # the request's to fix: bad job, too large
                 raise ValueError(detail) from None
+            if error.code == 401:
+                raise PermissionError(f"{self.url}: {detail}") from None
             raise RemoteJobError(f"{self.url}{path}: HTTP {error.code}: {detail}") from None
 
     def submit(self, job):
@@ -120,6 +134,9 @@ class _HttpTransport:
 
     def status(self, job_id):
         return self._request("GET", f"/jobs/{job_id}")
+
+    def jobs(self):
+        return self._request("GET", "/jobs")
 
     def result(self, job_id):
         import base64
@@ -136,12 +153,19 @@ class _HttpTransport:
 
 
 def _detail(text: str) -> str:
-    """FastAPI's {"detail": ...} message, or the raw text when the body is not that."""
+    """FastAPI's {"detail": ...} message (a schema error list as "field: message; ..."),
+    or the raw text when the body is not that."""
     try:
         payload = json.loads(text)
     except ValueError:
         return text
-    return str(payload.get("detail", text)) if isinstance(payload, dict) else text
+    if not isinstance(payload, dict):
+        return text
+    detail = payload.get("detail", text)
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(part) for part in item.get('loc', [])[1:])}: {item.get('msg')}"
+                         if isinstance(item, dict) else str(item) for item in detail)
+    return str(detail)
 
 
 def _error_for(status: dict) -> Exception:
@@ -174,10 +198,18 @@ class RemoteManager:
 
 class RemoteStudio:
     def __init__(self, address: str | None = None, url: str | None = None, app_name: str = APP_NAME,
-                 transfer: str = "bytes", job_timeout_s: float = 3 * 3600.0, poll_s: float = 0.5):
+                 transfer: str = "bytes", job_timeout_s: float = 3 * 3600.0, poll_s: float = 0.5,
+                 token: str | None = None, owner_key: str | None = None):
+        """`token`: the service's shared token over HTTP (default: $DYNAMICTRL_SERVE_TOKEN).
+        `owner_key`: the secret this client's jobs belong to (default: a new random one;
+        pass the same one to see the same jobs from another process)."""
         if transfer not in ("bytes", "shared"):
             raise ValueError(f"transfer must be 'bytes' or 'shared', got {transfer!r}.")
-        self.transport = _HttpTransport(url) if url else _HandleTransport(address, app_name)
+        self.owner_key = owner_key or secrets.token_urlsafe(32)
+        if url:
+            self.transport = _HttpTransport(url, self.owner_key, token or os.environ.get(TOKEN_ENV))
+        else:
+            self.transport = _HandleTransport(address, app_name, self.owner_key)
         self.transfer = transfer
         self.job_timeout_s = job_timeout_s
         self.poll_s = poll_s
@@ -195,6 +227,10 @@ class RemoteStudio:
     def status(self, job_id: str) -> dict:
         return self.transport.status(job_id)
 
+    def jobs(self) -> list[dict]:
+        """This client's jobs (those submitted with its owner key) as the gateway sees them."""
+        return self.transport.jobs()
+
     def wait(self, job_id: str, progress=None, timeout_s: float | None = None) -> dict:
         """Polls until the job ends; returns its answer or raises its error (`Cancelled`
         when cancelled, `TimeoutError` past `timeout_s`)."""
@@ -205,7 +241,7 @@ class RemoteStudio:
             try:
                 status = self.transport.status(job_id)
                 failing_since = None
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, PermissionError):  # unknown job, bad request, wrong token: no retry
                 raise
             except Exception as error:  # transport trouble: retried until LOST_CONTACT_S
                 failing_since = failing_since or time.monotonic()

@@ -1,7 +1,10 @@
 """What a Serve replica or a batch worker is built from (plain data: it travels to other
 machines inside the deployment description)."""
 
+import hashlib
+import ipaddress
 import os
+import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -9,6 +12,9 @@ APP_NAME = "dynamictrl"
 ROUTE_PREFIX = "/dynamictrl"
 GATEWAY = "Gateway"
 WORKER = "StudioWorker"
+TOKEN_ENV = "DYNAMICTRL_SERVE_TOKEN"  # the shared token, for `serve` and for clients (RemoteStudio)
+MIN_TOKEN_CHARS = 16
+MB = 1_000_000
 
 
 @dataclass
@@ -24,6 +30,13 @@ class ServeConfig:
     job_timeout_s: float = 3 * 3600.0  # a job still unfinished after this (queue included) fails
     max_queued_jobs: int = 64  # submissions beyond this many waiting jobs are refused
     result_ttl_s: float = 3600.0  # finished results not fetched within this are dropped
+    # HTTP: the SHA-256 of the shared token every request but /healthz and /docs must carry
+    # (None: no token). Only the digest travels in the deployment description.
+    token_sha256: str | None = None
+    insecure: bool = False  # serve on a non-loopback address without a token (explicitly asked for)
+    # Request bodies larger than this are refused with 413 before they are read whole
+    # (a job by value carries its files base64-encoded: ~4/3 of their size).
+    max_request_bytes: int = 300 * MB
     # kind -> "module:function" handler(job, JobContext) -> result; for custom job kinds
     # (the test suite adds crashing and sleeping kinds this way).
     extra_kinds: dict[str, str] = field(default_factory=dict)
@@ -33,6 +46,8 @@ class ServeConfig:
             raise ValueError("Tiny mode needs weights_dir: the folder holding the tiny weights.")
         if self.max_retries < 0 or self.max_queued_jobs < 1 or self.job_timeout_s <= 0:
             raise ValueError("max_retries >= 0, max_queued_jobs >= 1 and job_timeout_s > 0 are required.")
+        if self.max_request_bytes < 1024:
+            raise ValueError(f"max_request_bytes must be at least 1024, got {self.max_request_bytes}.")
         self.outputs_dir = str(Path(os.path.expanduser(self.outputs_dir)).resolve())
         self.shared_dirs = [str(Path(os.path.expanduser(d)).resolve()) for d in self.shared_dirs]
         if self.weights_dir:
@@ -49,6 +64,39 @@ class ServeConfig:
     @property
     def allowed_roots(self) -> list[Path]:
         return [Path(self.outputs_dir), *(Path(d) for d in self.shared_dirs)]
+
+
+def token_digest(token: str) -> str:
+    """What the service keeps of a shared token (SHA-256 hex); refuses guessable tokens."""
+    token = (token or "").strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"The serve token must be at least {MIN_TOKEN_CHARS} characters; make one with "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            return False
+        return bool(addresses) and all(is_loopback(a) for a in addresses)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def check_exposure(host: str, config: ServeConfig) -> None:
+    """Serving beyond this machine needs a token, or `insecure` said out loud."""
+    if is_loopback(host) or config.token_sha256 or config.insecure:
+        return
+    raise ValueError(f"Serving on {host} lets other machines submit jobs: set a token ({TOKEN_ENV}=... or "
+                     "--token; clients send it too) or pass --insecure to serve without one.")
 
 
 def build_studio(config: ServeConfig):

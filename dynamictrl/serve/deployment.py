@@ -7,15 +7,21 @@ progress, queue position, results), answers those at once, retries a job whose r
 died, and is the HTTP ingress. Workers send their progress to it and learn from the
 answer whether the caller cancelled, so a cancel takes effect at the next step.
 
-    submit(job) -> job id        status(job id) -> state, progress, queue position
-    result(job id) -> outputs    cancel(job id)          system_status()
-HTTP (prefix /dynamictrl): POST /jobs, GET /jobs/{id}, GET /jobs/{id}/result,
-POST /jobs/{id}/cancel, GET /status, GET /healthz (file bytes as base64 in JSON).
+    submit(job, owner_key) -> {job_id, owner_key}    status(job id, owner_key) -> state, progress, queue position
+    result(job id, owner_key) -> outputs             cancel(job id, owner_key)     jobs_list(owner_key)
+    system_status(full=False)
+A job belongs to the owner key it was submitted with (the caller's, or one made here and
+returned); the other calls answer "unknown job" to any other key.
+HTTP (prefix /dynamictrl; `dynamictrl.serve.http_api`): POST /jobs, GET /jobs, GET /jobs/{id},
+GET /jobs/{id}/result, POST /jobs/{id}/cancel, GET /status, GET /healthz, /docs.
 """
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -24,13 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-from fastapi import Body, FastAPI, HTTPException
 from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 
 from ..studio import Cancelled
-from .config import APP_NAME, GATEWAY, ROUTE_PREFIX, WORKER, ServeConfig, build_studio, load_extra_kinds
-from .jobs import JobContext, check_job, decode_files, encode_files, run_job
+from .config import APP_NAME, GATEWAY, ROUTE_PREFIX, WORKER, ServeConfig, build_studio, check_exposure, load_extra_kinds
+from .jobs import JobContext, JobError, check_job, decode_files, run_job
 
 logger = logging.getLogger("dynamictrl.serve")
 
@@ -42,6 +47,10 @@ MAX_LOST_BEFORE_START = 3  # replicas that died before a job started on them (no
 RETRY_PAUSE_S = 1.0
 BUSY_WAIT_S = 900.0  # a cancelled job stops at its next step; one 5B step at 1360x1360 is well under this  # lets the router drop a dead replica before the retry is routed
 KEEP_FINISHED = 1000  # finished job records kept (results are dropped earlier, see result_ttl_s)
+MIN_OWNER_KEY_CHARS = 16
+# What /status shows of a replica without the token (no host names, PIDs or job ids).
+PUBLIC_REPLICA_FIELDS = ("replica", "device", "gpu", "vram_free_gb", "vram_total_gb", "vram_allocated_gb", "models",
+                         "seen_s_ago")
 
 
 def user_error(error: BaseException) -> bool:
@@ -80,6 +89,7 @@ class JobRecord:
     id: str
     kind: str
     spec: dict = field(repr=False)
+    owner: str = field(repr=False)  # SHA-256 of the owner key
     submitted: float
     max_retries: int
     state: str = "queued"
@@ -98,9 +108,6 @@ class JobRecord:
     finished: float | None = None
     cancel: bool = False
     response: object = field(default=None, repr=False)
-
-
-api = FastAPI(title="DynamiCtrl Studio jobs")
 
 
 @serve.deployment(name=WORKER, max_ongoing_requests=1)
@@ -201,21 +208,16 @@ class Reporter:
             raise Cancelled("Cancelled by the caller.")
 
 
-def _http_error(error: BaseException) -> HTTPException:
-    cause = cause_of(error)
-    if isinstance(cause, KeyError):
-        return HTTPException(status_code=404, detail=describe(cause))
-    if isinstance(cause, QueueFull):
-        return HTTPException(status_code=503, detail=describe(cause))
-    return HTTPException(status_code=400, detail=describe(cause))
-
-
 class QueueFull(RuntimeError):
     """More jobs are waiting than the service accepts (max_queued_jobs)."""
 
 
+def owner_digest(owner_key: str) -> str:
+    return hashlib.sha256(owner_key.encode()).hexdigest()
+
+
 @serve.deployment(name=GATEWAY, num_replicas=1, max_ongoing_requests=1000)
-@serve.ingress(api)
+@serve.ingress()
 class Gateway:
     def __init__(self, worker, config: dict):
         self.worker = worker
@@ -225,11 +227,20 @@ class Gateway:
         self.replicas: dict[str, dict] = {}  # replica id -> last status it sent
         self.tasks: set[asyncio.Task] = set()
 
+    def __serve_build_asgi_app__(self):
+        """The HTTP app, built here because it depends on this gateway's config (token,
+        body limit, job kinds)."""
+        from .http_api import build_http_app
+
+        return build_http_app(self)
+
     # ------------------------------------------------------------ job table
-    def _record(self, job_id: str) -> JobRecord:
+    def _record(self, job_id: str, owner_key: str | None) -> JobRecord:
+        """The job, if `owner_key` owns it; anyone else learns nothing (not even that it exists)."""
         record = self.jobs.get(job_id)
-        if record is None:
-            raise KeyError(f"Unknown job {job_id!r} (finished long ago, or the service restarted).")
+        if record is None or not owner_key or not hmac.compare_digest(record.owner, owner_digest(owner_key)):
+            raise KeyError(f"Unknown job {job_id!r} (finished long ago, the service restarted, or it was submitted "
+                           "with another owner key).")
         return record
 
     def _queue_position(self, record: JobRecord) -> int | None:
@@ -308,7 +319,14 @@ class Gateway:
             return
 
     # ------------------------------------------------------------ handle API
-    async def submit(self, job: dict) -> str:
+    async def submit(self, job: dict, owner_key: str | None = None) -> dict:
+        """Queues a job; returns {"job_id", "owner_key"}: the key (the caller's, or a new
+        one) is what status, result and cancel of this job need."""
+        if owner_key is None:
+            owner_key = secrets.token_urlsafe(24)
+        elif not isinstance(owner_key, str) or len(owner_key) < MIN_OWNER_KEY_CHARS:
+            raise JobError(f"The owner key must be a secret of at least {MIN_OWNER_KEY_CHARS} characters "
+                           "(or none: the service makes one and returns it).")
         check_job(job, self.extra_kinds)
         job = {**job, "files": decode_files(job.get("files"))}
         self._sweep()
@@ -316,16 +334,18 @@ class Gateway:
         if waiting >= self.config.max_queued_jobs:
             raise QueueFull(f"{waiting} jobs are already waiting (max_queued_jobs); try again later or add replicas.")
         retries = job.pop("max_retries", self.config.max_retries)
-        record = JobRecord(id=uuid.uuid4().hex[:12], kind=job["kind"], spec=job, submitted=time.time(),
-                           max_retries=max(0, min(int(retries), self.config.max_retries)))
+        record = JobRecord(id=uuid.uuid4().hex[:12], kind=job["kind"], spec=job, owner=owner_digest(owner_key),
+                           submitted=time.time(), max_retries=max(0, min(int(retries), self.config.max_retries)))
         self.jobs[record.id] = record
         task = asyncio.get_running_loop().create_task(self._run(record))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return record.id
+        return {"job_id": record.id, "owner_key": owner_key}
 
-    async def status(self, job_id: str) -> dict:
-        record = self._record(job_id)
+    async def status(self, job_id: str, owner_key: str | None = None) -> dict:
+        return self._status(self._record(job_id, owner_key))
+
+    def _status(self, record: JobRecord) -> dict:
         now = time.time()
         return {
             "id": record.id, "kind": record.kind, "state": record.state, "fraction": record.fraction,
@@ -337,9 +357,9 @@ class Gateway:
             "has_result": record.result is not None,
         }
 
-    async def result(self, job_id: str) -> dict:
+    async def result(self, job_id: str, owner_key: str | None = None) -> dict:
         """The finished job's answer (once: file bytes are not kept after it is fetched)."""
-        record = self._record(job_id)
+        record = self._record(job_id, owner_key)
         if record.state != "done":
             raise ValueError(f"Job {job_id} is {record.state}, not done" + (f": {record.error}" if record.error else "."))
         if record.result is None:
@@ -347,17 +367,21 @@ class Gateway:
         answer, record.result, record.result_fetched = record.result, None, True
         return answer
 
-    async def cancel(self, job_id: str) -> dict:
-        record = self._record(job_id)
+    async def cancel(self, job_id: str, owner_key: str | None = None) -> dict:
+        record = self._record(job_id, owner_key)
         if record.state not in TERMINAL:
             record.cancel = True
             record.message = "cancelling"
             if record.state == "queued" and record.response is not None:
                 record.response.cancel()  # still waiting in the router: it never reaches a replica
-        return await self.status(job_id)
+        return self._status(record)
 
-    async def jobs_list(self) -> list[dict]:
-        return [await self.status(job_id) for job_id in list(self.jobs)]
+    async def jobs_list(self, owner_key: str | None = None) -> list[dict]:
+        """The jobs of `owner_key` (none without one)."""
+        if not owner_key:
+            return []
+        digest = owner_digest(owner_key)
+        return [self._status(record) for record in list(self.jobs.values()) if hmac.compare_digest(record.owner, digest)]
 
     # ------------------------------------------------------------ from the workers
     async def started(self, job_id: str, replica: str, node: str) -> bool:
@@ -380,7 +404,9 @@ class Gateway:
     async def replica_status(self, replica: str, status: dict) -> None:
         self.replicas[replica] = {**status, "seen": time.time()}
 
-    async def system_status(self) -> dict:
+    async def system_status(self, full: bool = False) -> dict:
+        """Replicas (device, models) and job counts. `full` (the Ray handle, or HTTP with
+        the token) adds what locates the service: host names, PIDs, running job ids, folders."""
         now = time.time()
         live = None
         try:
@@ -393,51 +419,15 @@ class Gateway:
                     if now - status["seen"] < 6 * HEARTBEAT_S]
         counts = {state: sum(1 for r in self.jobs.values() if r.state == state) for state in
                   ("queued", "running", "done", "failed", "cancelled")}
-        return {"replicas": sorted(replicas, key=lambda r: r["replica"]), "running_replicas": live, "jobs": counts,
-                "max_queued_jobs": self.config.max_queued_jobs, "outputs_dir": self.config.outputs_dir}
-
-    # ------------------------------------------------------------ HTTP
-    @api.post("/jobs")
-    async def http_submit(self, job: dict = Body(...)) -> dict:
-        try:
-            return {"job_id": await self.submit(job)}
-        except (ValueError, QueueFull) as error:
-            raise _http_error(error) from None
-
-    @api.get("/jobs")
-    async def http_jobs(self) -> list:
-        return await self.jobs_list()
-
-    @api.get("/jobs/{job_id}")
-    async def http_status(self, job_id: str) -> dict:
-        try:
-            return await self.status(job_id)
-        except KeyError as error:
-            raise _http_error(error) from None
-
-    @api.get("/jobs/{job_id}/result")
-    async def http_result(self, job_id: str) -> dict:
-        try:
-            answer = await self.result(job_id)
-        except (KeyError, ValueError) as error:
-            raise _http_error(error) from None
-        files = {name: {"name": name, "data": data} for name, data in answer.get("files", {}).items()}
-        return {**answer, "files": encode_files(files)}
-
-    @api.post("/jobs/{job_id}/cancel")
-    async def http_cancel(self, job_id: str) -> dict:
-        try:
-            return await self.cancel(job_id)
-        except KeyError as error:
-            raise _http_error(error) from None
-
-    @api.get("/status")
-    async def http_status_all(self) -> dict:
-        return await self.system_status()
-
-    @api.get("/healthz")
-    async def http_health(self) -> dict:
-        return {"ok": True}
+        if not full:
+            replicas = [{**{key: r[key] for key in PUBLIC_REPLICA_FIELDS if key in r}, "busy": bool(r.get("busy_job"))}
+                        for r in replicas]
+        status = {"replicas": sorted(replicas, key=lambda r: r["replica"]), "running_replicas": live, "jobs": counts,
+                  "max_queued_jobs": self.config.max_queued_jobs}
+        if full:
+            status.update(outputs_dir=self.config.outputs_dir, shared_dirs=self.config.shared_dirs,
+                          gateway={"node": socket.gethostname(), "pid": os.getpid()})
+        return status
 
 
 # ---------------------------------------------------------------- deploying
@@ -493,7 +483,9 @@ def deploy(config: ServeConfig, name: str = APP_NAME, route_prefix: str | None =
            host: str = "127.0.0.1", port: int = 8000, timeout_s: float = 600.0, **scale):
     """Starts Serve (HTTP on host:port) and the application; returns the gateway handle
     once every replica is up. Raises TimeoutError if that takes longer than `timeout_s`
-    (e.g. the replicas ask for GPUs the cluster does not have)."""
+    (e.g. the replicas ask for GPUs the cluster does not have). Serving on a non-loopback
+    `host` needs `config.token_sha256` or `config.insecure`."""
+    check_exposure(host, config)
     if config.tiny:
         from ..tiny import save_tiny_weights
 

@@ -28,24 +28,12 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-KINDS = ("generate", "pose", "lipsync", "mask", "caption")
-INPUT_ROLES = {
-    "generate": ("image", "pose_video", "driving_video"),
-    "pose": ("image", "driving_video"),
-    "lipsync": ("video", "audio"),
-    "mask": ("image",),
-    "caption": ("image",),
-}
-# The kinds that write an mp4 + manifest (and can be skipped when both exist).
-FILE_KINDS = ("generate", "pose", "lipsync")
+from .schema import FILE_KINDS, INPUT_ROLES, KINDS, JobError, settings_from, validate_job  # noqa: F401 (KINDS: public here)
+
 MAX_NAME = 120
-
-
-class JobError(ValueError):
-    """A job that cannot run as written (the user's to fix; never retried)."""
 
 
 @dataclass
@@ -65,80 +53,11 @@ class JobContext:
 
 
 # ------------------------------------------------------------------ validation
-def _settings(cls, values, what: str):
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise JobError(f"{what} must be an object of settings, got {type(values).__name__}.")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise JobError(f"Unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise JobError(f"Bad {what}: {error}") from error
-
-
 def check_job(job, extra_kinds=()) -> dict:
-    """The job if it is well formed, else JobError saying what is wrong."""
-    if not isinstance(job, dict):
-        raise JobError(f"A job is a JSON object, got {type(job).__name__}.")
-    kind = job.get("kind")
-    if kind in extra_kinds:
-        return job
-    if kind not in KINDS:
-        raise JobError(f"Unknown job kind {kind!r}: use one of {', '.join(KINDS)}.")
-    files = job.get("files") or {}
-    if not isinstance(files, dict):
-        raise JobError("'files' must map an input name to {\"name\": ..., \"data\": ...}.")
-    for role in files:
-        if role not in INPUT_ROLES[kind]:
-            raise JobError(f"A {kind} job has no input {role!r} (inputs: {', '.join(INPUT_ROLES[kind])}).")
-
-    def given(role):
-        return bool(job.get(role)) or role in files
-
-    if kind == "generate":
-        if given("pose_video") == given("driving_video"):
-            raise JobError("A generate job needs exactly one of 'pose_video' or 'driving_video'.")
-        if not isinstance(job.get("settings"), dict) or "prompt" not in job["settings"]:
-            raise JobError("A generate job needs 'settings' with at least a 'prompt' (\"\" for an auto caption).")
-    needed = {"generate": ("image",), "pose": ("image", "driving_video"), "lipsync": ("video", "audio"),
-              "mask": ("image",), "caption": ("image",)}[kind]
-    missing = [role for role in needed if not given(role)]
-    if missing:
-        raise JobError(f"A {kind} job needs {', '.join(repr(m) for m in missing)}.")
-    if kind in FILE_KINDS:
-        out = job.get("out")
-        if not out or not str(out).lower().endswith(".mp4"):
-            raise JobError(f"A {kind} job needs 'out', an .mp4 path (got {out!r}).")
-    _check_setting_names(job)
-    if kind == "mask":
-        for key in ("mode", "width", "height"):
-            if key not in job:
-                raise JobError(f"A mask job needs {key!r}.")
+    """The job if it is well formed (`dynamictrl.serve.schema`, the one job schema), else
+    JobError naming each bad field."""
+    validate_job(job, extra_kinds)
     return job
-
-
-def _check_setting_names(job: dict) -> None:
-    """Misspelt settings fail at submission, not on a worker after the models loaded."""
-    from ..lipsync.settings import LipSyncSettings
-    from ..studio import GenerateSettings, PoseSettings
-
-    kind = job["kind"]
-    checks = {"generate": [("settings", GenerateSettings, "generate settings"), ("pose_settings", PoseSettings, "pose settings")],
-              "pose": [("settings", PoseSettings, "pose settings")],
-              "lipsync": [("settings", LipSyncSettings, "lip-sync settings")]}.get(kind, [])
-    for key, cls, what in checks:
-        values = job.get(key)
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise JobError(f"'{key}' must be an object of {what}, got {type(values).__name__}.")
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise JobError(f"Unknown {what}: {', '.join(unknown)} (known: {', '.join(f.name for f in fields(cls))}).")
 
 
 def output_paths(job: dict) -> list[Path]:
@@ -290,7 +209,7 @@ def run_job(job: dict, context: JobContext) -> dict:
     from ..lipsync.settings import LipSyncSettings
     from ..studio import GenerateSettings, PoseSettings
 
-    check_job(job, context.extra_kinds)
+    check_job(job, tuple(context.extra_kinds))
     kind = job["kind"]
     if kind in context.extra_kinds:
         return context.extra_kinds[kind](job, context)
@@ -305,8 +224,8 @@ def run_job(job: dict, context: JobContext) -> dict:
             out_dir.mkdir()
         outputs, manifest, details = {}, None, {}
         if kind == "generate":
-            settings = _settings(GenerateSettings, job["settings"], "generate settings")
-            pose_settings = _settings(PoseSettings, job["pose_settings"], "pose settings") if job.get("pose_settings") else None
+            settings = settings_from(GenerateSettings, job["settings"], "settings")
+            pose_settings = settings_from(PoseSettings, job["pose_settings"], "pose_settings") if job.get("pose_settings") else None
             out = _output(job, "out", context, out_dir)
             result = studio.generate(inputs["image"], out, settings, pose_video_path=inputs.get("pose_video"),
                                      driving_video_path=inputs.get("driving_video"), pose_settings=pose_settings,
@@ -317,7 +236,7 @@ def run_job(job: dict, context: JobContext) -> dict:
                 outputs["pose_video"] = result.pose.pose_video_path
                 details["pose"] = _pose_summary(result.pose)
         elif kind == "pose":
-            settings = _settings(PoseSettings, job.get("settings"), "pose settings")
+            settings = settings_from(PoseSettings, job.get("settings"), "settings")
             paths = {key: _output(job, key, context, out_dir) for key in ("out", "preview", "json")}
             if out_dir is not None and len({p.name for p in paths.values() if p}) < len([p for p in paths.values() if p]):
                 raise JobError("'out', 'preview' and 'json' need different file names.")
@@ -326,7 +245,7 @@ def run_job(job: dict, context: JobContext) -> dict:
             outputs = {"pose_video": result.pose_video_path, "preview": result.preview_path, "json": result.json_path}
             details = _pose_summary(result)
         elif kind == "lipsync":
-            settings = _settings(LipSyncSettings, job.get("settings"), "lip-sync settings")
+            settings = settings_from(LipSyncSettings, job.get("settings"), "settings")
             out = _output(job, "out", context, out_dir)
             result = studio.lipsync(inputs["video"], inputs["audio"], out, settings, progress=progress)
             manifest = _rewrite_input_names(result.manifest_path, names)
