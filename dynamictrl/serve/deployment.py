@@ -34,7 +34,8 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 
 from ..studio import Cancelled
-from .config import APP_NAME, GATEWAY, ROUTE_PREFIX, WORKER, ServeConfig, build_studio, check_exposure, load_extra_kinds
+from .config import (APP_NAME, GATEWAY, ROUTE_PREFIX, WORKER, ServeConfig, build_studio, check_exposure, is_loopback,
+                     load_extra_kinds)
 from .jobs import JobContext, JobError, check_job, decode_files, run_job
 
 logger = logging.getLogger("dynamictrl.serve")
@@ -110,11 +111,37 @@ class JobRecord:
     response: object = field(default=None, repr=False)
 
 
+def keep_replica_server_on_loopback() -> None:
+    """Called first in a replica: on a node whose address is loopback (a local `serve`, see
+    `cli.start_local_ray`) the replica's inter-deployment gRPC server listens on 127.0.0.1
+    too. Ray Serve (2.60) binds that server to [::] whatever the node address, the one port
+    of a local service that would otherwise listen beyond the machine; the replica module
+    looks the function up when it starts the server, after this constructor. A cluster
+    node (non-loopback address) is left as Ray made it. tests/test_serve.py checks the
+    listening sockets."""
+    if not is_loopback(ray.util.get_node_ip_address()):
+        return
+    from ray.serve._private import replica as serve_replica
+
+    original = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "loopback_only", False):
+        return
+
+    def add_port_on_loopback(server, address: str):
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    add_port_on_loopback.loopback_only = True
+    serve_replica.add_port_to_grpc_server = add_port_on_loopback
+
+
 @serve.deployment(name=WORKER, max_ongoing_requests=1)
 class StudioWorker:
     """One Studio (models stay loaded between jobs); runs one job at a time."""
 
     def __init__(self, config: dict):
+        keep_replica_server_on_loopback()
         self.config = ServeConfig.from_dict(config)
         self.extra_kinds = load_extra_kinds(self.config)
         self.studio = build_studio(self.config)
@@ -220,6 +247,7 @@ def owner_digest(owner_key: str) -> str:
 @serve.ingress()
 class Gateway:
     def __init__(self, worker, config: dict):
+        keep_replica_server_on_loopback()
         self.worker = worker
         self.config = ServeConfig.from_dict(config)
         self.extra_kinds = tuple(self.config.extra_kinds)
