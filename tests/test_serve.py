@@ -261,25 +261,6 @@ class TestService:
         assert "2 Ray Serve replica(s)" in status["device"] and status["jobs"]["done"] >= 1
         assert [job["state"] for job in remote.jobs()] == ["done"]  # its own job, nobody else's
 
-    def test_replica_killed_mid_job_is_retried_on_the_other(self, client, serve_root, reference_frames):
-        out = serve_root / "outputs" / "after_crash.mp4"
-        job = {"kind": "crash_once", "then": "generate", "marker": str(serve_root / "crash.marker"),
-               "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"), "out": str(out),
-               "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2,
-                            "seed": 7}}
-        job_id = client.submit(job)
-        answer = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
-        status = client.status(job_id)
-        assert status["runs"] == 2 and (serve_root / "crash.marker").is_file()
-        assert answer["outputs"]["video"] == str(out)
-        np.testing.assert_array_equal(read_video(out).frames, reference_frames)
-
-    def test_replica_dying_every_time_is_a_clear_error_not_a_hang(self, client):
-        started = time.monotonic()
-        with pytest.raises(RemoteJobError, match="died 1 time"):
-            client.wait(client.submit({"kind": "crash_always", "max_retries": 0}), timeout_s=JOB_TIMEOUT_S)
-        assert time.monotonic() - started < 30
-
     # ------------------------------------------------------------ security (issue 15)
     def test_token_is_required_except_for_health_and_docs(self, service):
         url = service["url"]
@@ -407,6 +388,25 @@ class TestService:
         assert any(addr.port == service["port"] for _, addr in listening)  # the Serve proxy is among them
         exposed = [(name, addr) for name, addr in listening if not loopback(addr.ip)]
         assert not exposed, exposed
+
+    def test_replica_killed_mid_job_is_retried_on_the_other(self, client, serve_root, reference_frames):
+        out = serve_root / "outputs" / "after_crash.mp4"
+        job = {"kind": "crash_once", "then": "generate", "marker": str(serve_root / "crash.marker"),
+               "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"), "out": str(out),
+               "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2,
+                            "seed": 7}}
+        job_id = client.submit(job)
+        answer = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+        status = client.status(job_id)
+        assert status["runs"] == 2 and (serve_root / "crash.marker").is_file()
+        assert answer["outputs"]["video"] == str(out)
+        np.testing.assert_array_equal(read_video(out).frames, reference_frames)
+
+    def test_replica_dying_every_time_is_a_clear_error_not_a_hang(self, client):
+        started = time.monotonic()
+        with pytest.raises(RemoteJobError, match="died 1 time"):
+            client.wait(client.submit({"kind": "crash_always", "max_retries": 0}), timeout_s=JOB_TIMEOUT_S)
+        assert time.monotonic() - started < 30
 
 
 def call(method: str, url: str, body=None, headers=None) -> tuple[int, dict]:
