@@ -342,8 +342,9 @@ class TestService:
                          f"Content-Length: 146000000\r\n\r\n".encode())
             status, body = read_response(sock)
         assert status == 413 and "1 MB" in body
-        # Chunked (no length): counted as it arrives; the answer comes long before the end,
-        # and the gateway's memory does not grow by what was sent.
+        # Chunked (no length): refused with 411 from the headers too (Ray Serve's proxy would
+        # read such a body whole before the gateway could count it); the gateway's memory
+        # does not grow by what the client pushes meanwhile.
         import psutil
 
         gateway = psutil.Process(call("GET", service["url"] + "/status",
@@ -361,11 +362,11 @@ class TestService:
                     break
                 sent += len(chunk)
             status, body = read_response(sock)
-        assert status == 413 and "1 MB" in body
+        assert status == 411 and "Content-Length" in body and "1 MB" in body
         assert sent < total / 2, f"the whole body ({sent} bytes) was sent before the refusal"
         grown = gateway.memory_info().rss - rss_before
         print(f"chunked body refused after {sent / 1e6:.1f} MB sent; gateway RSS grew {grown / 1e6:.1f} MB")
-        assert grown < max(sent, 8 * MAX_REQUEST_BYTES), grown
+        assert grown < 8 * MAX_REQUEST_BYTES, grown
         # A job below the limit still goes through afterwards.
         assert call("GET", service["url"] + "/healthz")[0] == 200
 
@@ -528,6 +529,47 @@ def test_replica_options_follow_the_flags():
     assert worker.ray_actor_options == {"num_gpus": 0, "num_cpus": 1.0, "runtime_env": {"py_modules": ["x"]}}
     with pytest.raises(ValueError, match="min_replicas"):
         build_app(ServeConfig(), min_replicas=3, max_replicas=2, gpus_per_replica=0, runtime_env={})
+
+
+def test_body_limit_counts_a_body_as_it_arrives():
+    """The second line of the body limit (no Ray): whatever arrives is counted and refused
+    past the limit, before the app has it whole; a declared length or chunking is refused
+    from the headers."""
+    import asyncio
+
+    from fastapi import FastAPI, Request
+
+    from dynamictrl.serve.http_api import BodyLimit
+
+    app = FastAPI()
+    pulled = []
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        return {"bytes": len(await request.body())}
+
+    def run(headers: list, pieces: int) -> tuple[int, str]:
+        sent = []
+
+        async def receive():
+            pulled.append(1)
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": len(pulled) < pieces}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
+                 "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("x", 80), "root_path": ""}
+        pulled.clear()
+        asyncio.run(BodyLimit(app, max_bytes=5000)(scope, receive, send))
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+        return sent[0]["status"], body
+
+    assert run([], pieces=3) == (200, '{"bytes":3000}')
+    status, body = run([], pieces=100)  # no length header at all: counted
+    assert status == 413 and "0.005 MB" in body and len(pulled) == 6  # stopped right past the limit
+    assert run([(b"content-length", b"6000")], pieces=6)[0] == 413 and not pulled  # never read
+    assert run([(b"transfer-encoding", b"chunked")], pieces=6)[0] == 411 and not pulled
 
 
 def test_job_schema_follows_the_settings_dataclasses():
