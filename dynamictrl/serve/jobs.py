@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .schema import FILE_KINDS, INPUT_ROLES, KINDS, JobError, settings_from, validate_job  # noqa: F401 (KINDS: public here)
+from .schema import FILE_KINDS, INPUT_ROLES, JobError, settings_from, validate_job
 
 MAX_NAME = 120
 
