@@ -2,23 +2,26 @@
 fps from a start time, write H.264 mp4 (optionally with audio).
 
 Uses the ffmpeg binary shipped inside `imageio-ffmpeg` (no system ffmpeg needed), so
-mp4, mov, webm, mkv and gif all read the same way.
+mp4, mov, webm, mkv and gif all read the same way. Every file is probed first through
+`dynamictrl.probe` (a regular local file, a container on the video allow-list, limits
+from the stream data), and ffmpeg decodes it with the same allow-lists.
 """
 
 import math
 import os
-import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
+from . import probe as media
 from .limits import LimitError, Limits, how_to_raise
 
 
-class VideoError(ValueError):
+class VideoError(media.MediaError):
     """A video could not be read or written; the message says why and what to do."""
 
 
@@ -80,79 +83,67 @@ def _decoder_params(threads: int | None) -> list[str] | None:
 
 # ---------------------------------------------------------------------------- probing
 
-PROBE_TIMEOUT_S = 60  # reading a header takes milliseconds; only a damaged or hostile file takes longer
+PROBE_TIMEOUT_S = media.PROBE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video's header says, read without decoding a frame (`probe_video`)."""
+    """What a video's streams say, read without decoding a frame (`probe_video`)."""
 
     width: int  # coded size; a rotation flag may swap it when decoded
     height: int
-    fps: float  # average frame rate; 0 when the header has none
-    duration_s: float  # 0 when the header has none
+    fps: float  # average frame rate; 0 when the stream has none
+    duration_s: float  # 0 when the container says nothing
     codec: str
     has_audio: bool
     # The average rate differs from the stream's base rate: the frames are not evenly
     # spaced (phone recordings, joined clips), so reading resamples them to `fps`.
     variable_fps: bool
+    frames: int = 0  # the container's frame count (its index), 0 when it has none
+    # The probe behind these numbers: the absolute path and the demuxer ffmpeg is held to.
+    source: media.MediaProbe | None = field(default=None, repr=False, compare=False)
+    rate: Fraction | None = field(default=None, repr=False, compare=False)  # `fps` exactly
 
     @property
     def estimated_frames(self) -> int:
-        """duration x fps (0 when either is unknown)."""
-        return round(self.duration_s * self.fps) if self.duration_s > 0 and self.fps > 0 else 0
+        """The container's frame count, or duration x fps (0 when neither is known)."""
+        estimate = round(self.duration_s * self.fps) if self.duration_s > 0 and self.fps > 0 else 0
+        return max(self.frames, estimate)
 
 
-def _rate(text: str) -> float:
-    """An ffmpeg rate such as "29.97" or "1k" as a number."""
-    return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+def _unreadable(name: str, detail: str) -> VideoError:
+    return VideoError(
+        f"Could not decode {name}: {detail}. The file may be corrupt or use an unsupported codec; "
+        f"re-encode it, e.g. `ffmpeg -i {name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
+    )
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """The video's size, frame rate and duration from its header (`ffmpeg -i`, no decoding).
+    """The video's size, frame rate, duration and frame count from its stream data
+    (`dynamictrl.probe`: a regular local file in an allowed container; no frame decoded).
 
-    Raises VideoError for a missing or unreadable file and for one without a video track
-    (an audio file, including one whose cover picture ffmpeg lists as a video stream).
+    Raises VideoError for a missing, refused or unreadable file and for one without a
+    video track (an audio file, including one whose cover picture is a video stream).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"Video file not found: {path}")
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
-    try:
-        # ffmpeg exits with an error here (no output file is given); the header is on stderr.
-        result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise VideoError(
-            f"Opening {path.name} took more than {PROBE_TIMEOUT_S} s: it is damaged or not a video. Re-encode it, e.g. "
-            f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
-        ) from None
-    text = result.stderr
-    if "Input #0" not in text:
-        raise _decode_error(path, RuntimeError(text))
-    streams = [line for line in text.splitlines() if re.match(r"\s*Stream #\d+:\d+", line)]
-    video = [line for line in streams if " Video: " in line and "(attached pic)" not in line]
-    if not video:
-        raise VideoError(f"{path.name} has no video track (is it an audio file?): pick a video file.")
-    line = video[0]
-    size = re.search(r" (\d+)x(\d+)[, ]", line)
-    fps = re.search(r" (\d+(?:\.\d+)?k?) fps", line)
-    tbr = re.search(r" (\d+(?:\.\d+)?k?) tbr", line)
-    duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
-    width, height = (int(size.group(1)), int(size.group(2))) if size else (0, 0)
-    fps_value = _rate(fps.group(1)) if fps else 0.0
-    tbr_value = _rate(tbr.group(1)) if tbr else 0.0
-    seconds = 0.0
-    if duration:
-        hours, minutes, secs = duration.groups()
-        seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
+    probed = media.probe(path, media.VIDEO, VideoError, unreadable=_unreadable)
+    name = Path(os.fspath(path)).name
+    stream = probed.video
+    if stream is None:
+        raise VideoError(f"{name} has no video track (is it an audio file?): pick a video file.")
+    rate = stream.average_rate
+    fps = float(rate) if rate else 0.0
+    base = float(stream.base_rate) if stream.base_rate else 0.0
     return VideoInfo(
-        width=width,
-        height=height,
-        fps=fps_value,
-        duration_s=seconds,
-        codec=line.split(" Video: ", 1)[1].split(" ", 1)[0].rstrip(","),
-        has_audio=any(" Audio: " in stream for stream in streams),
-        variable_fps=fps_value > 0 and tbr_value > 0 and abs(fps_value - tbr_value) > 0.005 * fps_value,
+        width=stream.width,
+        height=stream.height,
+        fps=fps,
+        duration_s=stream.duration_s or probed.duration_s,
+        codec=stream.codec,
+        has_audio=probed.has_audio,
+        variable_fps=fps > 0 and base > 0 and abs(fps - base) > 0.005 * fps,
+        frames=stream.frames,
+        source=probed,
+        rate=rate,
     )
 
 
@@ -197,21 +188,35 @@ def _probe(path: Path, limits: Limits | None) -> VideoInfo:
 def iter_frames(path: Path, threads: int | None = None, info: VideoInfo | None = None):
     """Yields (meta, frame iterator); every decoder failure becomes a VideoError.
 
-    With the header `info` of a variable-frame-rate video, the frames are resampled to
-    its average rate: ffmpeg would otherwise emit them at a base rate of its own choosing
-    (dropping most of a 60 fps stretch of a 10/60 fps clip) while reporting the average,
-    so timings computed from the fps would be wrong.
+    The file is probed first (`probe_video`) unless its `info` is given; ffmpeg then
+    decodes the absolute path with the probe's allow-lists. `meta` holds the decoded
+    frame size ("size": (width, height)) and the stream data's "fps", "duration" and
+    "frames", never numbers from ffmpeg's text log.
+
+    A variable-frame-rate video is resampled to its average rate: ffmpeg would otherwise
+    emit its frames at a base rate of its own choosing (dropping most of a 60 fps stretch
+    of a 10/60 fps clip) while reporting the average, so timings computed from the fps
+    would be wrong.
     """
-    if not path.is_file():
-        raise VideoError(f"Video file not found: {path}")
-    input_params = _decoder_params(threads)
-    output_params = ["-vf", f"fps={info.fps:g}"] if info is not None and info.variable_fps else None
+    path = Path(path)
+    if info is None or info.source is None:
+        info = probe_video(path)
+    input_params = info.source.ffmpeg_input_options() + (_decoder_params(threads) or [])
+    output_params = ["-vf", f"fps={info.rate}"] if info.variable_fps and info.rate else None
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), input_params=input_params, output_params=output_params)
-        meta = reader.__next__()
-        width, height = meta["size"]
+        reader = imageio_ffmpeg.read_frames(str(info.source.path), input_params=input_params,
+                                            output_params=output_params)
+        decoded = reader.__next__()
+        width, height = decoded["size"]
     except (OSError, RuntimeError, StopIteration, KeyError) as error:
         raise _decode_error(path, error) from error
+    if info.width and info.height and sorted((width, height)) != sorted((info.width, info.height)):
+        reader.close()
+        raise VideoError(
+            f"{path.name}: its frames decode at {width}x{height} but its video stream says {info.width}x{info.height}; "
+            f"the file is inconsistent. Re-encode it, e.g. `ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
+        )
+    meta = {"size": (width, height), "fps": info.fps, "duration": info.duration_s, "frames": info.frames}
 
     def frames():
         try:
@@ -223,6 +228,18 @@ def iter_frames(path: Path, threads: int | None = None, info: VideoInfo | None =
             reader.close()
 
     return meta, frames()
+
+
+def count_frames(info: VideoInfo, stop_after: int | None = None) -> int:
+    """The video's frames counted from its packets (nothing decoded), stopping once
+    `stop_after` is passed; a VideoError if the file cannot be read to its end."""
+    import av
+
+    try:
+        return media.count_video_packets(info.source, stop_after)
+    except (av.error.FFmpegError, OSError) as error:
+        raise VideoError(f"Could not count the frames of {info.source.path.name} ({error}): re-encode it, e.g. "
+                         f"`ffmpeg -i {info.source.path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.") from error
 
 
 # First allocation of a frame buffer: at most this many bytes, however many frames the
@@ -406,9 +423,13 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
     """Writes H.264 mp4 (yuv420p, even sizes), optionally muxing an audio file (AAC).
 
     `frames` is an array/list, or any iterable of (H, W, 3) frames, which is streamed to
-    the encoder one frame at a time (long outputs never sit in memory whole).
+    the encoder one frame at a time (long outputs never sit in memory whole). The audio
+    file is probed like every input (`dynamictrl.probe`) before a frame is encoded.
     """
     path = Path(path)
+    audio = media.probe(audio_path, media.AUDIO, VideoError) if audio_path else None
+    if audio is not None and not audio.has_audio:
+        raise VideoError(f"{Path(audio_path).name} has no audio track to add to {path.name}.")
     if isinstance(frames, (list, np.ndarray)) or hasattr(frames, "shape"):
         stream = iter(_even(to_uint8_frames(frames)))
     else:
@@ -429,9 +450,6 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
         pix_fmt_out="yuv420p",
         quality=quality,
         macro_block_size=1,
-        audio_path=str(audio_path) if audio_path else None,
-        audio_codec="aac" if audio_path else None,
-        output_params=["-shortest"] if audio_path else None,
     )
     writer.send(None)
     # imageio-ffmpeg never looks at ffmpeg's exit status: an ffmpeg that was killed or could
@@ -450,12 +468,36 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
         if status != 0:
             raise VideoError(f"ffmpeg stopped with exit status {status} while writing {path.name} (killed, or the "
                              "disk is full?); nothing was written.")
+        if audio is not None:
+            _add_audio(partial, audio, path.name)
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, path)
     return path
+
+
+def _add_audio(video: Path, audio: media.MediaProbe, name: str) -> None:
+    """Muxes the probed audio file's first audio track (AAC) into `video`, replaced in
+    place; the frames are copied, not encoded again. Our own ffmpeg command, so the audio
+    input gets the probe's allow-lists (imageio-ffmpeg's writer has no options for it)."""
+    muxed = video.with_name(video.name.replace(".partial", ".partial-audio"))
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y",
+        *media.ffmpeg_input_options("mov"), "-i", str(video),
+        *audio.ffmpeg_input_options(), "-i", str(audio.path),
+        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed),
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+        if result.returncode != 0:
+            detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
+            raise VideoError(f"Could not add the audio of {audio.path.name} to {name}: {detail}. Re-export the audio "
+                             "(e.g. as wav) and try again; nothing was written.")
+        os.replace(muxed, video)
+    finally:
+        muxed.unlink(missing_ok=True)
 
 
 def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float = 0.0,
@@ -465,15 +507,15 @@ def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float
     `limits`: refuse a video larger than these before counting its frames; the count is
     also capped at `limits.max_frames`."""
     path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"Video file not found: {path}")
     info = _probe(path, limits)
-    try:
-        total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-        meta, frames_iter = iter_frames(path, info=info)
-        frames_iter.close()
-    except (OSError, RuntimeError) as error:
-        raise _decode_error(path, error) from error
+    total = count_frames(info, stop_after=limits.max_video_frames if limits is not None else None)
+    if limits is not None and total > limits.max_video_frames:
+        raise VideoLimitError(
+            f"{path.name} has more than {limits.max_video_frames:,} frames (its header did not say how many). Trim it or "
+            f"lower its frame rate; {how_to_raise('max_video_frames')}."
+        )
+    meta, frames_iter = iter_frames(path, info=info)
+    frames_iter.close()
     source_fps = float(meta.get("fps") or 0.0) or 16.0
     indices = sample_indices(source_fps, fps, start_s, 1)
     if indices[0] >= total:
@@ -489,14 +531,10 @@ def check_video_memory(path: str | Path, limit_gb: float, fix: str = "trim it or
     """Raises VideoError if all decoded frames of `path` would take more than `limit_gb`;
     returns the frame count. Counts packets (no decoding)."""
     path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"Video file not found: {path}")
-    try:
-        meta, frames_iter = iter_frames(path)
-        frames_iter.close()
-        total, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (OSError, RuntimeError) as error:
-        raise _decode_error(path, error) from error
+    info = probe_video(path)
+    meta, frames_iter = iter_frames(path, info=info)
+    frames_iter.close()
+    total = count_frames(info)
     width, height = meta["size"]
     needed_gb = total * width * height * 3 / 1024**3
     if needed_gb > limit_gb:
