@@ -4,26 +4,53 @@ becomes an (H, W, 3) uint8 RGB array, with the size checked before pixels are de
 Rules: 16-bit and [0, 1] float data are scaled (not clipped) to 8 bits; grayscale,
 palette, CMYK are converted; transparent pixels become black, the colour the
 masked-reference models read as "masked"; EXIF rotation is applied (phone photos).
+
+Files: a regular local file (`dynamictrl.probe.local_file`: no URL, device, FIFO or
+folder), in one of `IMAGE_FORMATS` (PIL's EPS reader would run Ghostscript, so formats
+are allow-listed); HEIC/HEIF photos (iPhones) are read through pillow-heif, registered
+with PIL on import so everything in the process (the web app's uploads too) reads them.
+Every error names the file and says what to do.
 """
 
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps
 
 from .limits import LimitError, default_limits, how_to_raise
+from .probe import IMAGE, MediaError, local_file
+
+pillow_heif.register_heif_opener()
+
+# PIL format ids read from files. Not EPS/PS (Ghostscript), nor formats that need
+# external handlers (WMF) or hold no photo (FITS, fonts, ...).
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "AVIF", "HEIF", "PSD", "TGA", "PPM",
+                 "JPEG2000", "ICO", "QOI")
+RESAVE = "re-save it as PNG or JPEG"
+
+
+def _openable_formats() -> tuple[str, ...]:
+    """`IMAGE_FORMATS` that this PIL build reads (all of its plugins loaded first: PIL
+    loads most of them only when a file is not one of the five commonest)."""
+    Image.init()
+    return tuple(name for name in IMAGE_FORMATS if name in Image.OPEN)
+
+
+class ImageError(MediaError):
+    """An image file could not be used; the message names the file, the problem and the fix."""
 
 MIN_SIDE = 16  # nothing smaller can be a useful reference (and SAM's 64x64 embedding agrees)
 MAX_SIDE = 8192  # beyond this the pixels alone are 200 MB per copy; references are far smaller
 
 
-def check_size(width: int, height: int) -> None:
+def check_size(width: int, height: int, name: str = "The image") -> None:
     """ValueError unless MIN_SIDE <= width, height <= MAX_SIDE (checked before any pixel
     is decoded or copied, so a huge image is refused without allocating it)."""
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise ValueError(
-            f"The image is {width}x{height} (width x height); images must be {MIN_SIDE} to {MAX_SIDE} pixels "
+            f"{name} is {width}x{height} (width x height); images must be {MIN_SIDE} to {MAX_SIDE} pixels "
             f"on each side. Resize it first (the reference is used at most at 2048 px anyway)."
         )
 
@@ -81,7 +108,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+def _pil_to_rgb(image: Image.Image, name: str = "the image") -> np.ndarray:
     """An opened PIL image of any mode as RGB uint8."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _array_to_rgb(np.asarray(image))
@@ -90,12 +117,27 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     try:
         return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, palette, 1-bit, L ...
     except OSError as error:  # pixels that fail to decode: a truncated or damaged file
-        raise ValueError(
-            f"Could not read the image's pixels ({error}): the file is incomplete or corrupt. Upload it again, or "
-            "re-save it as PNG or JPEG."
+        raise ImageError(
+            f"Could not read the pixels of {name} ({error}): the file is incomplete or corrupt. Upload it again, or "
+            f"{RESAVE}."
         ) from error
     except ValueError as error:
-        raise ValueError(f"Cannot convert a {image.mode} image to RGB ({error}); save it as PNG or JPEG.") from error
+        if _is_chunk_bomb(error):
+            raise _chunk_bomb_error(name) from None
+        raise ImageError(f"Cannot convert {name}, a {image.mode} image, to RGB ({error}); {RESAVE}.") from error
+
+
+def _is_chunk_bomb(error: ValueError) -> bool:
+    """PIL's refusal of a PNG text or colour-profile chunk that inflates past its bound."""
+    text = str(error)
+    return "Decompressed data too large" in text or "Decompressed Data Too Large" in text or "Too much memory used in text chunks" in text
+
+
+def _chunk_bomb_error(name: str) -> ImageError:
+    return ImageError(
+        f"{name} holds a compressed metadata chunk (text or colour profile) that inflates to more than is allowed: "
+        f"it may be a decompression bomb. If it is a real picture, {RESAVE} without its metadata and try again."
+    )
 
 
 def check_pixels(width: int, height: int, max_pixels: int, name: str = "The image") -> None:
@@ -129,25 +171,7 @@ def to_rgb(image, max_pixels: int | None = None) -> np.ndarray:
     if max_pixels is None:
         max_pixels = default_limits().max_image_pixels
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        try:
-            if not path.is_file():
-                raise ValueError(f"Image not found: {image}")
-            # PIL's bomb warning (between its threshold and twice it) becomes an error here:
-            # a warning would let the pixels be inflated anyway.
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as opened:  # lazy: only the header is read until converted
-                    check_size(*opened.size)
-                    check_pixels(*opened.size, max_pixels, name=path.name)
-                    return _pil_to_rgb(ImageOps.exif_transpose(opened))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise _bomb_error(path.name, error, max_pixels) from None
-        except OSError as error:
-            raise ValueError(
-                f"Could not read the image {path.name} ({error}): the file is incomplete, corrupt or not an image. "
-                "Upload it again, or re-save it as PNG or JPEG."
-            ) from error
+        return _file_to_rgb(image, max_pixels)
     if isinstance(image, Image.Image):
         check_size(*image.size)
         check_pixels(*image.size, max_pixels)
@@ -158,6 +182,37 @@ def to_rgb(image, max_pixels: int | None = None) -> np.ndarray:
         check_size(image.shape[1], image.shape[0])
         return _array_to_rgb(image)
     raise ValueError(f"The image must be a PIL image, a numpy array or a path, got {type(image).__name__}.")
+
+
+def _file_to_rgb(image: str | Path, max_pixels: int) -> np.ndarray:
+    name = Path(image).name
+    path = local_file(image, IMAGE, ImageError)
+    try:
+        # PIL's bomb warning (between its threshold and twice it) becomes an error here:
+        # a warning would let the pixels be inflated anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_openable_formats()) as opened:  # lazy: only the header is read until converted
+                check_size(*opened.size, name=name)
+                check_pixels(*opened.size, max_pixels, name=name)
+                return _pil_to_rgb(ImageOps.exif_transpose(opened), name)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _bomb_error(name, error, max_pixels) from None
+    except Image.UnidentifiedImageError:
+        # PIL's own message carries the full path; a server's paths are nobody's business.
+        raise ImageError(
+            f"Could not read the image {name} (not an image in a format accepted here: {IMAGE.accepted}, or damaged). "
+            f"Upload it again, or {RESAVE}."
+        ) from None
+    except OSError as error:
+        raise ImageError(
+            f"Could not read the image {name} ({error}): the file is incomplete, corrupt or not an image. "
+            f"Upload it again, or {RESAVE}."
+        ) from error
+    except ValueError as error:
+        if _is_chunk_bomb(error):
+            raise _chunk_bomb_error(name) from None
+        raise
 
 
 def to_rgb_image(image, max_pixels: int | None = None) -> Image.Image:

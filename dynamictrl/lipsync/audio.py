@@ -4,10 +4,13 @@
 `load_audio` reproduces `librosa.load(path, sr=16000)` (librosa 0.11 defaults: channels
 averaged, soxr "HQ" resampling, float32) without librosa and its numba/llvmlite stack:
 the ffmpeg binary of `imageio-ffmpeg` decodes any common container to float32 PCM at the
-native rate, and `soxr` resamples exactly as librosa's `res_type="soxr_hq"` does.
+native rate, and `soxr` resamples exactly as librosa's `res_type="soxr_hq"` does. The file
+is probed first (`dynamictrl.probe`: a regular local file in an allowed container, its
+length from the stream data) and ffmpeg decodes it with the same allow-lists.
 """
 
 import math
+import os
 import re
 import subprocess
 import tempfile
@@ -21,6 +24,7 @@ import torch
 from scipy.io import wavfile
 from transformers import WhisperFeatureExtractor, WhisperModel
 
+from .. import probe as media
 from ..limits import LimitError, default_limits, how_to_raise
 
 SAMPLE_RATE = 16000  # whisper's input rate
@@ -30,7 +34,7 @@ WHISPER_FPS = 50  # whisper encoder frames per second (20 ms each)
 SILENCE_DBFS = -60.0
 SILENCE_PEAK = 10.0 ** (SILENCE_DBFS / 20.0)
 
-ACCEPTED_FORMATS = "wav, flac, mp3, ogg/opus, m4a/aac, or a video with an audio track (mp4, mov, mkv, webm)"
+ACCEPTED_FORMATS = media.AUDIO.accepted
 
 # Each video frame sees 10 whisper frames (200 ms): 4 before the frame's start (80 ms),
 # the frame's own 2 at 25 fps, and 4 after. MuseTalk was trained with exactly this window.
@@ -38,7 +42,7 @@ WINDOW_FRAMES = 10
 LEFT_PAD_FRAMES = 4
 
 
-class AudioError(ValueError):
+class AudioError(media.MediaError):
     """An audio file could not be used; the message names the file, the problem and the fix."""
 
 
@@ -46,7 +50,7 @@ class AudioTooLongError(AudioError, LimitError):
     """The audio lasts longer than `Limits.max_audio_seconds`."""
 
 
-PROBE_TIMEOUT_S = 60  # a header is read in milliseconds; only a damaged or hostile file takes longer
+PROBE_TIMEOUT_S = media.PROBE_TIMEOUT_S
 
 
 # ---------------------------------------------------------------------------- loading
@@ -55,25 +59,23 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
     """The audio of `path` as float32 mono at `sample_rate`, equal to
     `librosa.load(path, sr=sample_rate)[0]` (librosa 0.11 defaults).
 
-    Any format ffmpeg reads works, including the audio track of a video. Raises
-    `AudioError` for a missing, undecodable, audio-less, empty or silent file, and
-    `AudioTooLongError` for one longer than `max_seconds` (default
-    `Limits.max_audio_seconds`; `math.inf` for none): judged from the header before
-    decoding, and the decoder stops just past the limit for files whose header is silent
-    about their length.
+    The containers of `dynamictrl.probe.AUDIO` work, including the audio track of a
+    video. Raises `AudioError` for a missing, refused (playlist, device, URL...),
+    undecodable, audio-less, empty or silent file, and `AudioTooLongError` for one longer
+    than `max_seconds` (default `Limits.max_audio_seconds`; `math.inf` for none): judged
+    from the stream data before decoding, and the decoder stops just past the limit for
+    files that do not say how long they are.
     """
     path = Path(path)
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}.")
     if max_seconds is None:
         max_seconds = default_limits().max_audio_seconds
-    if not path.is_file():
-        raise AudioError(f"Audio file not found: {path}. Check the path, or upload the file again.")
-
-    declared = _header_seconds(path)
-    if declared is not None and declared > max_seconds:
+    probed = probe_audio(path)
+    declared = probed.audio_duration_s or probed.duration_s
+    if declared > max_seconds:
         raise _too_long(path, f"lasts {_clock(declared)}", max_seconds)
-    samples, native_rate = _decode(path, max_seconds)
+    samples, native_rate = _decode(path, max_seconds, probed)
     if samples.shape[0] > max_seconds * native_rate:
         raise _too_long(path, f"lasts more than {_clock(max_seconds)} (its header did not say how long)", max_seconds)
     if samples.shape[0] == 0:
@@ -109,35 +111,36 @@ def _too_long(path: Path, how_long: str, max_seconds: float) -> AudioTooLongErro
     )
 
 
-def _header_seconds(path: Path) -> float | None:
-    """The duration the container header declares (`ffmpeg -i`, nothing decoded); None if
-    it declares none or cannot be read (decoding then reports what is wrong)."""
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
-    try:
-        result = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace",
-                                timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise AudioError(
-            f"Opening {path.name} took more than {PROBE_TIMEOUT_S} s: it is damaged or not audio. "
-            f"Re-export it (e.g. as wav or mp3). Accepted: {ACCEPTED_FORMATS}."
-        ) from None
-    match = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", result.stderr)
-    if match is None:
-        return None
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+def _unreadable(name: str, detail: str) -> AudioError:
+    return AudioError(
+        f"{name} could not be decoded: the format looks unsupported or the file is corrupt. "
+        f"Accepted: {ACCEPTED_FORMATS}. ffmpeg said: {detail}"
+    )
 
 
-def _decode(path: Path, max_seconds: float = math.inf) -> tuple[np.ndarray, int]:
+def probe_audio(path: str | Path) -> media.MediaProbe:
+    """The file's streams (`dynamictrl.probe` with the audio allow-list); an AudioError
+    for a refused or unreadable file and for one without an audio stream."""
+    probed = media.probe(path, media.AUDIO, AudioError, unreadable=_unreadable)
+    if not probed.has_audio:
+        name = Path(os.fspath(path)).name
+        raise AudioError(f"{name} has no audio stream (e.g. a silent video). Use a file with speech: {ACCEPTED_FORMATS}.")
+    return probed
+
+
+def _decode(path: Path, max_seconds: float = math.inf, probed: media.MediaProbe | None = None) -> tuple[np.ndarray, int]:
     """All channels of the default audio stream as float32, (samples,) or (samples, channels),
     at the native rate. ffmpeg picks the stream the same way librosa's audioread fallback does.
     With a finite `max_seconds` the decoder stops one second past it (enough to tell that
-    the audio is too long, without decoding hours of it)."""
+    the audio is too long, without decoding hours of it). `probed`: the file's probe
+    (made here if not given), whose allow-lists hold ffmpeg."""
+    probed = probed or probe_audio(path)
     limit = ["-t", f"{max_seconds + 1:.3f}"] if math.isfinite(max_seconds) else []
     with tempfile.TemporaryDirectory(prefix="dynamictrl-audio-") as folder:
         target = Path(folder) / "decoded.wav"
         command = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-i", str(path), *limit,
+            imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats",
+            *probed.ffmpeg_input_options(), "-i", str(probed.path), *limit,
             "-vn", "-sn", "-dn",
             # No metadata chunk in the wav (scipy warns about chunks it does not know).
             "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
