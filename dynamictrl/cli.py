@@ -377,9 +377,21 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:
-        # Input and weight problems are the user's to fix: a clear line, no traceback.
-        print(f"error: {error}", file=sys.stderr)
+        # Input, output and weight problems are the user's to fix: a clear line, no traceback.
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # The system refused (permissions, a full disk, a vanished file): the user's to fix too.
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (messages are written as one; a library's may not be)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import platform
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -109,6 +111,47 @@ class LipSyncResult:
     manifest_path: Path
     report: object  # dynamictrl.lipsync.pipeline.LipSyncReport
     elapsed_s: float
+
+
+class OutputError(ValueError):
+    """An output cannot be written where asked; found before any input is read or model
+    loaded."""
+
+
+def check_outputs(*paths: str | Path | None, suffix: str | None = None) -> None:
+    """Refuses, before any work, outputs that could only fail at the end: a path that is
+    a folder or a device, a folder that cannot be created or written (checked by creating
+    and removing a file in it). `suffix` (e.g. ".mp4") is required of the first path.
+    A missing folder is fine when it can be made (it is made when the output is written)."""
+    checked = set()
+    for index, path in enumerate(paths):
+        if path is None:
+            continue
+        path = Path(path)
+        if index == 0 and suffix is not None and path.suffix.lower() != suffix:
+            raise OutputError(f"The output must be an {suffix} file, got {path.name}.")
+        if path.is_dir():
+            raise OutputError(f"The output {path} is a folder: give a file name inside it, e.g. "
+                              f"{path / ('result' + (suffix or path.suffix or '.mp4'))}.")
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            raise OutputError(f"The output {path} exists and is not a regular file (a device or a pipe?): "
+                              "give the name of a new file.")
+        folder = path.parent
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing in checked:
+            continue
+        if not existing.is_dir():
+            raise OutputError(f"Cannot write {path}: {existing} is a file, not a folder. Pick another output folder.")
+        try:
+            handle, probe_path = tempfile.mkstemp(dir=existing, prefix=".dynamictrl-write-check-")
+        except OSError as error:
+            raise OutputError(f"Cannot write {path}: the folder {existing} is not writable ({error.strerror}). "
+                              "Pick another output folder or fix its permissions.") from None
+        os.close(handle)
+        os.unlink(probe_path)
+        checked.add(existing)
 
 
 def write_json_atomic(path: str | Path, payload) -> Path:
@@ -330,6 +373,7 @@ class Studio:
         from .video import VideoTooShortError, pick_frames
 
         started = time.perf_counter()
+        check_outputs(out_path, preview_path, json_path)
         check_pose_settings(settings, self.limits)
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         if settings.num_frames < 2:
@@ -409,8 +453,7 @@ class Studio:
         started = time.perf_counter()
         settings = settings or LipSyncSettings()
         out_path = Path(out_path)
-        if out_path.suffix.lower() != ".mp4":
-            raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
+        check_outputs(out_path, out_path.with_suffix(".json"), suffix=".mp4")
         # Bad or too long audio fails before any model loads; the video's limits are judged
         # from its header before check_video_memory counts its packets.
         audio = load_audio(audio_path, max_seconds=self.limits.max_audio_seconds)
@@ -522,6 +565,7 @@ class Studio:
         from .pose.sequence import cover_crop
 
         check_size_and_frames(1, width, height)
+        check_outputs(out_path, mask_path)
         reference = cover_crop(load_image(image_path, self.limits), width, height)
         result = self.mask_reference(reference, mode, points=points, dilate_px=dilate_px)
         if out_path is not None:
@@ -604,8 +648,8 @@ class Studio:
         out_path = Path(out_path)
         if (pose_video_path is None) == (driving_video_path is None):
             raise ValueError("Give exactly one of a pose video (already rendered) or a driving video.")
-        if out_path.suffix.lower() != ".mp4":
-            raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
+        check_outputs(out_path, out_path.with_suffix(".json"),
+                      *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS), suffix=".mp4")
         check_generate_settings(settings, self.limits)
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)

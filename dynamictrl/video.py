@@ -470,11 +470,11 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
                              "disk is full?); nothing was written.")
         if audio is not None:
             _add_audio(partial, audio, path.name)
+        os.replace(partial, path)  # inside: if `path` cannot be replaced, no partial file stays
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
         raise
-    os.replace(partial, path)
     return path
 
 

@@ -131,18 +131,16 @@ class Source:
             except OSError as error:
                 raise EvalInputError(f"Cannot read {images[0]}: {error}. Replace or re-export that frame.") from error
             return len(images), (height, width)
-        import imageio_ffmpeg
+        from ..video import VideoError, count_frames, iter_frames, probe_video
 
         try:
-            reader = imageio_ffmpeg.read_frames(str(self.path))
-            meta = next(reader)
-            reader.close()
-            count, _ = imageio_ffmpeg.count_frames_and_secs(str(self.path))
-        except (OSError, RuntimeError, StopIteration, KeyError) as error:
-            raise EvalInputError(
-                f"Cannot read the video {self.path}: {str(error).strip().splitlines()[-1] if str(error).strip() else error}. "
-                f"Re-encode it (e.g. ffmpeg -i {self.path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4)."
-            ) from error
+            # The one safe probe of every media input (dynamictrl.probe), then the packets counted.
+            info = probe_video(self.path)
+            meta, frames = iter_frames(self.path, info=info)
+            frames.close()
+            count = count_frames(info)
+        except VideoError as error:
+            raise EvalInputError(f"Cannot read the video {self.path}: {error}") from error
         width, height = meta["size"]
         return int(count), (int(height), int(width))
 
