@@ -283,16 +283,20 @@ class TqdmProgress:
     """A `progress(fraction, message)` callback drawing one tqdm bar."""
 
     def __init__(self, description: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=1000, desc=description, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+        self.description = description
+        self.bar = None  # drawn at the first report: a job refused up front prints its one error line only
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=1000, desc=self.description, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
         self.bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
         self.bar.set_postfix_str(message, refresh=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_lipsync(args) -> int:

@@ -73,7 +73,7 @@ _IMAGE_MAGIC = (
 )
 # ffmpeg protocols a string could name ("concat:a.mp4|b.mp4", "subfile,,start,..."): a
 # path is never one of them, and a local file with such a name is still read as a file.
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/+(.*)$")
 _PROTOCOL = re.compile(r"^(concat|concatf|subfile|pipe|fd|data|file|cache|crypto|async|tee|md5|hls|"
                        r"rtmp\w*|rtsp|rtp|srtp|udp|tcp|tls|http\w*|ftp|sftp|smb|gopher\w*|icecast|mmsh|mmst|srt|zmq)[:,]",
                        re.IGNORECASE)
@@ -89,8 +89,11 @@ def local_file(path, kind: MediaKind, error: type[ValueError] = MediaError) -> P
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     name = Path(text).name or text
-    if _URL.match(text):
-        raise error(f"{text} is a network URL, not {kind.noun}: download it and give the local file.")
+    url = _URL.match(text)
+    if url and not os.path.lexists(text):
+        # pathlib folds "http://host" into "http:/host": shown as the URL it was.
+        shown = f"{url.group(1)}://{url.group(2)}"
+        raise error(f"{shown} is a network URL, not {kind.noun}: download it and give the local file.")
     try:
         info = os.stat(text)
     except FileNotFoundError:
@@ -112,7 +115,7 @@ def local_file(path, kind: MediaKind, error: type[ValueError] = MediaError) -> P
         None if stat.S_ISREG(mode) else "not a regular file"
     )
     if what is not None:
-        raise error(f"{text} is {what}, not {kind.noun}: give the path of {kind.noun} "
+        raise error(f"{name} is {what}, not {kind.noun}: give the path of {kind.noun} "
                     f"({kind.accepted}).")
     return Path(os.path.abspath(text))
 

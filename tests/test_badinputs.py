@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from tests.badinputs.make_corpus import CASES, make_corpus
+from tests.badinputs.make_corpus import CASES, PROBE_CASES, make_corpus
 from PIL import Image
 
+from dynamictrl.images import ImageError
 from dynamictrl.lipsync.audio import AudioError, AudioTooLongError
 from dynamictrl.limits import LimitError
 from dynamictrl.pose.sequence import NoPersonError
-from dynamictrl.studio import GenerateSettings, PoseSettings, Studio, load_image
+from dynamictrl.studio import GenerateSettings, OutputError, PoseSettings, Studio, load_image
 from dynamictrl.video import VideoError, VideoLimitError, VideoTooShortError, read_video
 
 HANG_GUARD_S = 60  # a hang guard, not a performance bound: the slowest case takes a few seconds
@@ -112,7 +113,9 @@ def prompt_from(case, corpus: Path):
 def run_case(case, corpus: Path, studio: Studio, out: Path):
     """The case's input through the API call a user of that stage makes."""
     reference, pose, dance = corpus / "reference.png", corpus / "pose.mp4", corpus / "dance.mp4"
-    path = corpus / case.file if case.file else None
+    path = corpus / case.file if case.file else value_path(case, corpus)
+    if case.stage == "output":
+        return run_output_case(case, corpus, studio)
     if case.stage == "driving video":
         return studio.extract_poses(reference, path, POSE, out_path=out / "pose.mp4")
     if case.stage == "pose video":
@@ -133,6 +136,31 @@ def run_case(case, corpus: Path, studio: Studio, out: Path):
             return studio.extract_poses(reference, dance, replace(POSE, **case.value["pose"]), out_path=out / "pose.mp4")
         return studio.generate(reference, out / "out.mp4", replace(SETTINGS, **case.value), pose_video_path=pose)
     raise AssertionError(f"unknown stage {case.stage!r}")
+
+
+def value_path(case, corpus: Path):
+    """A case's input given as a path that is not a corpus file (a URL, a pattern)."""
+    text = case.value.get("path")
+    if text is None:
+        return None
+    return text if "://" in text else corpus / text
+
+
+def output_target(case, corpus: Path) -> Path:
+    out = Path(case.value["out"])
+    return out if out.is_absolute() else corpus / out
+
+
+def run_output_case(case, corpus: Path, studio: Studio):
+    target = output_target(case, corpus)
+    call = case.value["call"]
+    if call == "generate":
+        return studio.generate(corpus / "reference.png", target, SETTINGS, pose_video_path=corpus / "pose.mp4")
+    if call == "lipsync":
+        return studio.lipsync(corpus / "talk.mp4", corpus / "speech.wav", target)
+    if call == "pose":
+        return studio.extract_poses(corpus / "reference.png", corpus / "dance.mp4", POSE, out_path=target)
+    raise AssertionError(call)
 
 
 # ---------------------------------------------------------------------------- what each case must give
@@ -295,6 +323,49 @@ EXPECTED = {
     "pose_fps_negative": error(ValueError, r"fps must be 0\.\.120, got -5"),
     "pose_frames_huge": error(LimitError, r"100001 pose frames asked for; at most 2049"),
 }
+
+
+# ---------------------------------------------------------------------------- issue 15: the probe's cases
+def heic_read(image):
+    array = np.asarray(image)
+    assert image.size == (96, 128) and tuple(array[4, 4]) == pytest.approx((255, 0, 0), abs=6)
+    return "HEIC read as 96x128, red stays red"
+
+
+PLAYLIST_VIDEO = r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not a video file: lists that name other files are refused"
+CHUNK_BOMB = r"holds a compressed metadata chunk .*decompression bomb.*re-save it as PNG or JPEG"
+PROBE_EXPECTED = {
+    "hls_playlist_driving": error(VideoError, PLAYLIST_VIDEO),
+    "hls_playlist_pose": error(VideoError, PLAYLIST_VIDEO),
+    "hls_playlist_speech": error(AudioError, r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not an audio file"),
+    "hls_playlist_lipsync": error(VideoError, PLAYLIST_VIDEO),
+    "hls_playlist_renamed_mp4": error(VideoError, r"playlist_renamed.mp4 is an HLS playlist \(\.m3u8\), not a video file"),
+    "ffconcat_list": error(VideoError, r"list.ffconcat is an ffconcat list, not a video file"),
+    "ffconcat_list_speech": error(AudioError, r"list.ffconcat is an ffconcat list, not an audio file"),
+    "image_sequence_pattern": error(VideoError, r"seq_%03d.png is an image-sequence pattern, not a video file.*"
+                                                r"ffmpeg -framerate 16 -i seq_%03d.png"),
+    "image_as_video": error(VideoError, r"reference.png is an image \(PNG\), not a video"),
+    "network_url": error(VideoError, r"http://127.0.0.1:9/dance.mp4 is a network URL, not a video file: download it"),
+    "spoofed_duration_video": error(VideoLimitError, r"eleven_minutes_titled.mp4 lasts 11 min 00.0 s, longer than the "
+                                                     r"10 min 00.0 s allowed"),
+    "spoofed_duration_audio": error(AudioTooLongError, r"eleven_minutes_titled.flac lasts 11 min 00 s; lip-sync takes "
+                                                       r"at most 10 min 00 s"),
+    "dev_zero_video": error(VideoError, r"^dev_zero.mp4 is a device, not a video file: give the path of a video file"),
+    "dev_zero_speech": error(AudioError, r"^dev_zero.mp4 is a device, not an audio file"),
+    "dev_zero_image": error(ImageError, r"^dev_zero.png is a device, not an image file"),
+    "fifo_video": error(VideoError, r"^fifo.mp4 is a named pipe \(FIFO\), not a video file"),
+    "fifo_image": error(ImageError, r"^fifo.png is a named pipe \(FIFO\), not an image file"),
+    "folder_as_video": error(VideoError, r"^folder.mp4 is a folder, not a video file"),
+    "folder_as_speech": error(AudioError, r"^folder.mp4 is a folder, not an audio file"),
+    "heic_photo": ok(generated(heic_read)),
+    "png_huge_iccp": error(ImageError, "huge_iccp.png " + CHUNK_BOMB),
+    "png_huge_ztxt": error(ImageError, "huge_ztxt.png " + CHUNK_BOMB),
+    "eps_as_image": error(ImageError, r"Could not read the image ghostscript.eps \(not an image in a format accepted here"),
+    "output_is_folder": error(OutputError, r"out_dir.mp4 is a folder: give a file name inside it"),
+    "output_folder_unwritable": error(OutputError, r"dynamictrl-out.mp4: the folder /proc is not writable"),
+    "pose_output_is_folder": error(OutputError, r"out_dir.mp4 is a folder: give a file name inside it"),
+}
+EXPECTED.update(PROBE_EXPECTED)
 
 
 def test_every_case_has_an_expectation():
@@ -495,6 +566,110 @@ def check_app_result(name: str, result) -> str:
     raise AssertionError(name)
 
 
+# ---------------------------------------------------------------------------- issue 15: the probe's cases through the CLI
+
+def cli_args(case, corpus: Path, out: Path, weights: Path) -> list[str]:
+    """The `python -m dynamictrl ...` command a CLI user of the case's stage types."""
+    path = str(corpus / case.file if case.file else value_path(case, corpus))
+    size = ["--frames", "9", "--width", "48", "--height", "64"]
+    common = ["--weights-dir", str(weights), "--device", "cpu"]
+    generate = ["generate", "--prompt", "a person dancing", "--steps", "2", *size, *common]
+    lipsync = ["lipsync", "--cache-dir", str(out / "cache"), *common]
+    stage = case.stage
+    if stage == "output":
+        target = str(output_target(case, corpus))
+        stage, path = {"generate": "pose video", "lipsync": "lip-sync video", "pose": "driving video"}[case.value["call"]], None
+        out_file = target
+    else:
+        out_file = str(out / ("talk_out.mp4" if "audio" in stage or "lip-sync" in stage else "out.mp4"))
+    if stage == "driving video":
+        return ["pose", "--image", str(corpus / "reference.png"), "--video", path or str(corpus / "dance.mp4"),
+                "--out", out_file, *size, *common]
+    if stage == "pose video":
+        return [*generate, "--image", str(corpus / "reference.png"), "--pose-video", path or str(corpus / "pose.mp4"),
+                "--out", out_file]
+    if stage == "reference image":
+        return [*generate, "--image", path, "--pose-video", str(corpus / "pose.mp4"), "--out", out_file]
+    if stage == "speech audio":
+        return [*lipsync, "--video", str(corpus / "talk.mp4"), "--audio", path, "--out", out_file]
+    if stage == "lip-sync video":
+        return [*lipsync, "--video", path or str(corpus / "talk.mp4"), "--audio", str(corpus / "speech.wav"),
+                "--out", out_file]
+    raise AssertionError(stage)
+
+
+@pytest.mark.parametrize("name", [case.name for case in PROBE_CASES])
+def test_probe_case_through_the_cli(name, corpus, lipsync_weights, tmp_path, capsys):
+    """The CLI (its `main`, in this process: an interpreter per case would cost seconds each)
+    answers a refused input with exit status 2 and one line, `error: ...`, and writes nothing."""
+    from dynamictrl import cli
+
+    case = CASES_BY_NAME[name]
+    expected = EXPECTED[name]
+    row = {"case": name, "stage": case.stage, "what": case.what, "expected": case.expected, "via": "CLI"}
+    RESULTS.append(row)
+    out = tmp_path / "out"
+    out.mkdir()
+    started = time.perf_counter()
+    try:
+        with hang_guard(HANG_GUARD_S):
+            status = cli.main(cli_args(case, corpus, out, lipsync_weights))
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        if expected[0] == "error":
+            row["outcome"] = f"exit {status}: " + " / ".join(lines)
+            assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
+            assert "Traceback" not in captured.err and re.search(expected[2], lines[0][len("error: "):]), lines
+            written = [p.name for p in out.rglob("*") if p.suffix in (".mp4", ".json") or ".partial" in p.name]
+            assert not written, written
+        else:
+            row["outcome"] = f"exit {status}: {captured.out.strip()}"
+            assert status == 0 and (out / "out.mp4").is_file() and (out / "out.json").is_file(), captured.err
+            assert read_video(out / "out.mp4").num_frames == 9
+    finally:
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        row["rss_mb"] = None
+    row["passed"] = True
+    assert not list((corpus / "out_dir.mp4").iterdir())  # the folder named as an output stays untouched
+
+
+def test_outputs_are_checked_before_any_model_loads(corpus, tmp_path):
+    """No weights at all: a bad output must be what the caller hears about, from the API and
+    from a real `python -m dynamictrl` process (exit 2, one line, no traceback)."""
+    import subprocess
+    import sys
+
+    studio = Studio(weights_dir=tmp_path / "no-weights", device="cpu")
+    for case in (case for case in PROBE_CASES if case.stage == "output"):
+        with pytest.raises(OutputError, match=EXPECTED[case.name][2]):
+            run_output_case(case, corpus, studio)
+    assert not any(entry["loaded"] for entry in studio.manager.status()) and studio._t5_tokenizer is None
+    case = CASES_BY_NAME["output_is_folder"]
+    command = [sys.executable, "-m", "dynamictrl", *cli_args(case, corpus, tmp_path, tmp_path / "no-weights")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "out_dir.mp4 is a folder" in result.stderr, result.stderr
+
+
+def test_the_reference_cases_are_real_attacks(corpus):
+    """Left to itself, ffmpeg decodes what the playlist, the concat list and the pattern name,
+    and its log's first "Duration:" is the spoofed title: the cases above test real holes."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    for name in ("playlist.m3u8", "list.ffconcat", "seq_%03d.png"):
+        reader = imageio_ffmpeg.read_frames(str(corpus / name))
+        meta = next(reader)
+        frames = sum(1 for _ in reader)
+        assert frames >= 3 and meta["size"] in ((64, 48), (48, 64)), (name, frames, meta["size"])
+    for name in ("eleven_minutes_titled.mp4", "eleven_minutes_titled.flac"):
+        log = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(corpus / name)],
+                             capture_output=True, text=True).stderr
+        assert re.search(r"Duration: (\d+:\d+:\d+)", log).group(1) == "00:00:05", log
+
+
 # ---------------------------------------------------------------------------- report
 
 def _cell(text) -> str:
@@ -505,7 +680,8 @@ def _cell(text) -> str:
 
 def render_report(results: list[dict]) -> str:
     api = [row for row in results if row["via"] == "API"]
-    app = [row for row in results if row["via"] != "API"]
+    cli = [row for row in results if row["via"] == "CLI"]
+    app = [row for row in results if row["via"] not in ("API", "CLI")]
     passed = sum(1 for row in results if row.get("passed"))
     known = [row for row in results if row.get("known_issue") and not row.get("passed")]
     slowest = max(results, key=lambda row: row.get("seconds") or 0.0)
@@ -517,8 +693,8 @@ def render_report(results: list[dict]) -> str:
         "actual outcomes (do not edit by hand; rerun after changing a case or a message). The corpus is written by",
         "`tests/badinputs/make_corpus.py` (see `tests/badinputs/README.md`); the limits are `dynamictrl/limits.py`.",
         "",
-        f"- Cases run: {len(results)} ({len(api)} through the Python API on tiny models, {len(app)} through the web "
-        f"app's endpoints); passed: {passed}; known app-layer issues (strict xfail): {len(known)}"
+        f"- Cases run: {len(results)} ({len(api)} through the Python API on tiny models, {len(cli)} through the CLI, "
+        f"{len(app)} through the web app's endpoints); passed: {passed}; known app-layer issues (strict xfail): {len(known)}"
         + (f" ({', '.join(row['case'] for row in known)}: {known[0]['known_issue']})." if known else "."),
         f"- Hang guard: {HANG_GUARD_S} s per case, held by every case; slowest: {slowest['case']} "
         f"({slowest['via']}), {slowest['seconds']} s.",
@@ -541,6 +717,12 @@ def render_report(results: list[dict]) -> str:
         lines.append(f"| {row['case']} | {row['stage']} | {_cell(row['what'])} | {_cell(row['expected'])} | "
                      f"{_cell(row.get('outcome', 'FAILED'))}{'' if row.get('passed') else ' **(FAILED)**'} | "
                      f"{row.get('seconds')} | {row.get('rss_mb')} |")
+    if cli:
+        lines += ["", "## Through the CLI (`python -m dynamictrl ...`, the probe's cases)", "",
+                  "| case | stage | outcome the user sees | s |", "|---|---|---|---|"]
+        for row in cli:
+            lines.append(f"| {row['case']} | {row['stage']} | {_cell(row.get('outcome', 'FAILED'))}"
+                         f"{'' if row.get('passed') else ' **(FAILED)**'} | {row.get('seconds')} |")
     lines += ["", "## Through the web app (gradio_client, `app.py --tiny`)", "",
               "| case | endpoint | outcome the user sees | s |", "|---|---|---|---|"]
     for row in app:

@@ -13,6 +13,7 @@ silence in a few bytes per block), the decompression bombs are PNGs of zeros.
 """
 
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -143,6 +144,65 @@ CASES = [
     Case("pose_frames_huge", "settings", None, "PoseSettings.num_frames = 100,001 (extract_poses)",
          "error: limit 2049 frames", {"pose": {"num_frames": 100_001}}),
 ]
+
+
+# ---------------------------------------------------------------------------- issue 15: the probe
+# Files that make a demuxer open other files (playlists, concat lists, sequence patterns),
+# things that are not files (devices, FIFOs, folders, URLs), text that lies about the
+# length, photos from phones, PNG metadata bombs, and outputs that cannot be written.
+# Made by `make_probe_corpus`; run through the API and the CLI by tests/test_badinputs.py.
+PLAYLIST = "an m3u8 playlist naming dance.mp4 in the corpus by its absolute path (ffmpeg alone decodes it)"
+PROBE_CASES = [
+    Case("hls_playlist_driving", "driving video", "playlist.m3u8", PLAYLIST, "error: is an HLS playlist, not a video file"),
+    Case("hls_playlist_pose", "pose video", "playlist.m3u8", PLAYLIST, "error: is an HLS playlist, not a video file"),
+    Case("hls_playlist_speech", "speech audio", "playlist.m3u8", PLAYLIST, "error: is an HLS playlist, not an audio file"),
+    Case("hls_playlist_lipsync", "lip-sync video", "playlist.m3u8", PLAYLIST,
+         "error: is an HLS playlist, not a video file"),
+    Case("hls_playlist_renamed_mp4", "driving video", "playlist_renamed.mp4", "the same playlist named .mp4",
+         "error: is an HLS playlist, not a video file"),
+    Case("ffconcat_list", "driving video", "list.ffconcat", "an ffconcat list naming dance.mp4 (ffmpeg alone decodes it)",
+         "error: is an ffconcat list, not a video file"),
+    Case("ffconcat_list_speech", "speech audio", "list.ffconcat", "the ffconcat list as the speech",
+         "error: is an ffconcat list, not an audio file"),
+    Case("image_sequence_pattern", "driving video", None, "seq_%03d.png, a pattern matching three PNG frames",
+         "error: is an image-sequence pattern, not a video file", {"path": "seq_%03d.png"}),
+    Case("image_as_video", "driving video", "reference.png", "a PNG photo as the driving video",
+         "error: is an image (PNG), not a video"),
+    Case("network_url", "driving video", None, "http://127.0.0.1:9/dance.mp4", "error: is a network URL",
+         {"path": "http://127.0.0.1:9/dance.mp4"}),
+    Case("spoofed_duration_video", "driving video", "eleven_minutes_titled.mp4",
+         "11 minutes (16x16 at 1 fps) whose title is 'Duration: 00:00:05.00' (it fooled the text probe)",
+         "error: lasts 11 min, limit 10 min"),
+    Case("spoofed_duration_audio", "speech audio", "eleven_minutes_titled.flac",
+         "11 minutes of FLAC whose title is 'Duration: 00:00:05.00'", "error: lasts 11 min, limit 10 min"),
+    Case("dev_zero_video", "driving video", "dev_zero.mp4", "a symlink to /dev/zero named .mp4",
+         "error: is a device, not a video file"),
+    Case("dev_zero_speech", "speech audio", "dev_zero.mp4", "a symlink to /dev/zero as the speech",
+         "error: is a device, not an audio file"),
+    Case("dev_zero_image", "reference image", "dev_zero.png", "a symlink to /dev/zero named .png",
+         "error: is a device, not an image file"),
+    Case("fifo_video", "driving video", "fifo.mp4", "a named pipe (FIFO) named .mp4 (reading it would block)",
+         "error: is a named pipe (FIFO)"),
+    Case("fifo_image", "reference image", "fifo.png", "a FIFO named .png", "error: is a named pipe (FIFO)"),
+    Case("folder_as_video", "pose video", "folder.mp4", "a folder named .mp4", "error: is a folder, not a video file"),
+    Case("folder_as_speech", "speech audio", "folder.mp4", "a folder named .mp4 as the speech",
+         "error: is a folder, not an audio file"),
+    Case("heic_photo", "reference image", "photo.heic", "an iPhone-style HEIC photo (HEVC still, pillow-heif)",
+         "ok: read (96x128), generates"),
+    Case("png_huge_iccp", "reference image", "huge_iccp.png", "a 64 KB PNG whose colour profile (iCCP) inflates to 64 MB",
+         "error: names the file, metadata chunk bomb, re-save"),
+    Case("png_huge_ztxt", "reference image", "huge_ztxt.png", "a 64 KB PNG whose zTXt text chunk inflates to 64 MB",
+         "error: names the file, metadata chunk bomb, re-save"),
+    Case("eps_as_image", "reference image", "ghostscript.eps", "an EPS file (PIL would hand it to Ghostscript)",
+         "error: not an image in a format accepted here"),
+    Case("output_is_folder", "output", None, "generate with --out naming an existing folder out_dir.mp4",
+         "error: the output is a folder, before any model loads", {"call": "generate", "out": "out_dir.mp4"}),
+    Case("output_folder_unwritable", "output", None, "lip-sync with --out in /proc (not writable, even by root)",
+         "error: folder not writable, before any model loads", {"call": "lipsync", "out": "/proc/dynamictrl-out.mp4"}),
+    Case("pose_output_is_folder", "output", None, "pose extraction with --out naming an existing folder",
+         "error: the output is a folder", {"call": "pose", "out": "out_dir.mp4"}),
+]
+CASES = CASES + PROBE_CASES
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -365,11 +425,61 @@ def make_corpus(folder: str | Path) -> Path:
     lavfi_video(folder / "pose.mp4", "48x64", 16, 12)
     lavfi_video(folder / "dance.mp4", "64x48", 16, 24)
 
-    missing = [case.file for case in CASES if case.file and not (folder / case.file).is_file()]
+    make_probe_corpus(folder)
+
+    missing = [case.file for case in CASES if case.file and not os.path.lexists(folder / case.file)]
     if missing:
         raise RuntimeError(f"make_corpus did not write {missing}")
     return folder
 
+
+def png_with_chunk(path: Path, kind: bytes, payload_prefix: bytes, inflated_bytes: int) -> Path:
+    """A 32x32 PNG with one extra chunk before IDAT: `payload_prefix` then zlib data that
+    inflates to `inflated_bytes` zeros (64 MB compress to about 64 KB)."""
+    base = path.with_name("_base.png")
+    Image.fromarray(red_person(32, 32)).save(base)
+    data = base.read_bytes()
+    base.unlink()
+    compressor = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    body = b"".join(compressor.compress(block) for _ in range(inflated_bytes >> 20)) + compressor.flush()
+    payload = payload_prefix + body
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    end_of_header = 8 + 25  # signature + IHDR
+    path.write_bytes(data[:end_of_header] + chunk + data[end_of_header:])
+    return path
+
+
+def make_probe_corpus(folder: Path) -> None:
+    """The files of `PROBE_CASES` (the good inputs they name are written by `make_corpus`)."""
+    import pillow_heif
+
+    dance = (folder / "dance.mp4").resolve()
+    playlist = f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.5,\n{dance}\n#EXT-X-ENDLIST\n"
+    (folder / "playlist.m3u8").write_text(playlist)
+    (folder / "playlist_renamed.mp4").write_text(playlist)
+    # The concat demuxer refuses absolute names by default, so the list names its neighbour.
+    (folder / "list.ffconcat").write_text("ffconcat version 1.0\nfile dance.mp4\n")
+    for index in range(1, 4):
+        Image.fromarray(red_person(64, 48)).save(folder / f"seq_{index:03d}.png")
+    title = ("-metadata", "title=Duration: 00:00:05.00")
+    lavfi_video(folder / "eleven_minutes_titled.mp4", "16x16", 1, 660, person=False, extra=title)
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=8000:duration=1", "-f", "lavfi", "-i",
+           "anullsrc=r=8000:cl=mono", "-filter_complex", "[0][1]concat=n=2:v=0:a=1,atrim=duration=660", "-ac", "1",
+           *title, "-c:a", "flac", str(folder / "eleven_minutes_titled.flac"))
+    for name in ("dev_zero.mp4", "dev_zero.png"):
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to("/dev/zero")
+    for name in ("fifo.mp4", "fifo.png"):
+        (folder / name).unlink(missing_ok=True)
+        os.mkfifo(folder / name)
+    (folder / "folder.mp4").mkdir(exist_ok=True)
+    (folder / "out_dir.mp4").mkdir(exist_ok=True)
+    photo = pillow_heif.from_pillow(Image.fromarray(red_person(96, 128)))
+    photo.save(folder / "photo.heic", quality=90)
+    png_with_chunk(folder / "huge_iccp.png", b"iCCP", b"sRGB\x00\x00", 64 << 20)
+    png_with_chunk(folder / "huge_ztxt.png", b"zTXt", b"Comment\x00\x00", 64 << 20)
+    (folder / "ghostscript.eps").write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 96 128\nshowpage\n")
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
