@@ -652,6 +652,27 @@ def test_outputs_are_checked_before_any_model_loads(corpus, tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "out_dir.mp4 is a folder" in result.stderr, result.stderr
 
 
+def test_heic_photo_through_the_app(client, corpus):
+    """The app reads an iPhone photo: gradio's image component opens uploads with PIL, which
+    reads HEIC once dynamictrl.images has registered pillow-heif (the app imports it)."""
+    case = CASES_BY_NAME["heic_photo"]
+    row = {"case": case.name, "stage": case.stage, "what": case.what, "expected": case.expected,
+           "via": "app /crop_preview"}
+    RESULTS.append(row)
+    started = time.perf_counter()
+    try:
+        with hang_guard(HANG_GUARD_S):
+            crop, info = client.predict(*app_args("/crop_preview", corpus, case.file), api_name="/crop_preview")
+        pixels = np.asarray(Image.open(crop).convert("RGB")).astype(int)
+        row["outcome"] = f"ok: {info}"
+        assert pixels.shape == (80, 64, 3) and "64x80" in info
+        assert pixels[:, :, 0].max() > 200  # the red block of the photo survives the crop
+    finally:
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        row["rss_mb"] = None
+    row["passed"] = True
+
+
 def test_the_reference_cases_are_real_attacks(corpus):
     """Left to itself, ffmpeg decodes what the playlist, the concat list and the pattern name,
     and its log's first "Duration:" is the spoofed title: the cases above test real holes."""
