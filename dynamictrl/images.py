@@ -31,7 +31,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "AVI
 RESAVE = "re-save it as PNG or JPEG"
 
 
-def _openable_formats() -> tuple[str, ...]:
+def openable_formats() -> tuple[str, ...]:
     """`IMAGE_FORMATS` that this PIL build reads (all of its plugins loaded first: PIL
     loads most of them only when a file is not one of the five commonest)."""
     Image.init()
@@ -192,7 +192,7 @@ def _file_to_rgb(image: str | Path, max_pixels: int) -> np.ndarray:
         # a warning would let the pixels be inflated anyway.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_openable_formats()) as opened:  # lazy: only the header is read until converted
+            with Image.open(path, formats=openable_formats()) as opened:  # lazy: only the header is read until converted
                 check_size(*opened.size, name=name)
                 check_pixels(*opened.size, max_pixels, name=name)
                 return _pil_to_rgb(ImageOps.exif_transpose(opened), name)

@@ -490,7 +490,7 @@ def _add_audio(video: Path, audio: media.MediaProbe, name: str) -> None:
         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed),
     ]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+        result = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace")
         if result.returncode != 0:
             detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
             raise VideoError(f"Could not add the audio of {audio.path.name} to {name}: {detail}. Re-export the audio "

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..images import openable_formats
 from .frames import FRAME_METRICS, LPIPS_SCALINGS, LpipsMetric, frame_metrics, prepare_frames
 from .fvd import VIDEO_METRICS, VideoBackbone, distance_between, fid_vid_backbone, fvd_backbone
 
@@ -126,7 +127,7 @@ class Source:
         if not self.is_video_file:
             images = _images_in(self.path)
             try:
-                with Image.open(images[0]) as first:
+                with Image.open(images[0], formats=openable_formats()) as first:
                     width, height = first.size
             except OSError as error:
                 raise EvalInputError(f"Cannot read {images[0]}: {error}. Replace or re-export that frame.") from error
@@ -157,7 +158,7 @@ class Source:
         size = None
         for image_path in _images_in(self.path)[:max_frames]:
             try:
-                with Image.open(image_path) as image:
+                with Image.open(image_path, formats=openable_formats()) as image:  # PIL's allow-list (no EPS)
                     frame = np.asarray(image.convert("RGB"))
             except OSError as error:
                 raise EvalInputError(f"Cannot read {image_path}: {error}. Replace or re-export that frame.") from error

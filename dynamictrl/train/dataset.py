@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset
 
+from ..images import openable_formats
 from ..video import VideoError, read_video
 
 MANIFEST_VERSION = 1
@@ -144,7 +145,7 @@ def plan_clips(manifest: Manifest, num_frames: int, stride: int, use_masks: bool
 
 def load_mask(path: Path, width: int, height: int) -> np.ndarray:
     """(H, W) bool, True where the reference is blacked out (white in the PNG)."""
-    with PIL.Image.open(path) as image:
+    with PIL.Image.open(path, formats=openable_formats()) as image:  # PIL's allow-list (no EPS)
         mask = image.convert("L")
         if mask.size != (width, height):
             mask = mask.resize((width, height), PIL.Image.NEAREST)
