@@ -9,9 +9,10 @@ Every field can be set through the environment (`DYNAMICTRL_` + the field name i
 e.g. `DYNAMICTRL_MAX_IMAGE_PIXELS=80000000`); `Limits.from_env()` reads them, and a
 `Studio` built without `limits=` uses it. A limit is lifted by setting it very large.
 
-Where each is enforced: videos in `dynamictrl.video` (a header probe, before frames are
-decoded), images in `dynamictrl.images` (after the header is read, before pixels are),
-audio in `dynamictrl.lipsync.audio` (a header probe, then the decoder stops at the limit),
+Where each is enforced: videos in `dynamictrl.video` (from the stream data of the safe
+probe, `dynamictrl.probe`, before frames are decoded), images in `dynamictrl.images`
+(after the header is read, before pixels are), audio in `dynamictrl.lipsync.audio` (the
+same probe, then the decoder stops at the limit),
 prompts and numeric settings in `check_generate_settings` / `check_pose_settings` (called
 by `Studio` before any model or file is touched). `max_upload_mb` is the web server's.
 """
