@@ -2,8 +2,10 @@
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from . import weights
+from . import errors, weights
 
 DESCRIPTION = "DynamiCtrl Studio: pose-guided human image animation."
 
@@ -32,15 +34,62 @@ def pose_settings_from(args, num_frames: int, width: int, height: int, fps: floa
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Only `command`'s own arguments are declared (all of them when
+    None): a subcommand's defaults may come from modules that import torch, and neither
+    `--help` nor a typo should wait for those."""
+    parser = argparse.ArgumentParser(prog="python -m dynamictrl", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, spec in COMMANDS.items():
+        subparser = commands.add_parser(name, help=spec.help, description=spec.help)
+        if command is None or command == name:
+            spec.add_arguments(subparser)
+    return parser
+
+
+# Subcommands that live with their subsystem declare their own arguments; their modules
+# load only when that subcommand is used.
+def add_prepare_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data import cli as data_cli
+
+    data_cli.add_arguments(parser)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .eval import cli as eval_cli
+
+    eval_cli.add_arguments(parser)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train import cli as train_cli
+
+    train_cli.add_arguments(parser)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from .serve import cli as serve_cli
+
+    serve_cli.add_serve_arguments(parser)
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    from .serve import cli as serve_cli
+
+    serve_cli.add_batch_arguments(parser)
+
+
+def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     from .studio import DTYPES, GenerateSettings, PoseSettings
 
     defaults = GenerateSettings(prompt="")
     pose_defaults = PoseSettings()
-    parser = argparse.ArgumentParser(prog="python -m dynamictrl", description=DESCRIPTION)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    generate = commands.add_parser("generate", help="animate a reference image with a pose video")
     generate.add_argument("--image", required=True, help="reference image (PNG/JPEG)")
     motion = generate.add_mutually_exclusive_group(required=True)
     motion.add_argument("--pose-video", help="rendered DWPose video; frame 0 = the reference's pose")
@@ -86,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--t5-on-cpu", action="store_true",
                        help="encode the prompt on the CPU: T5 (9.5 GB) never takes GPU memory; slower start")
 
-    pose = commands.add_parser("pose", help="make a pose video for a reference image from a driving video")
+
+def add_pose_arguments(pose: argparse.ArgumentParser) -> None:
+    from .studio import PoseSettings
+
+    pose_defaults = PoseSettings()
     pose.add_argument("--image", required=True, help="reference image")
     pose.add_argument("--video", required=True, help="driving video (mp4, mov, webm, mkv, gif)")
     pose.add_argument("--out", required=True, help="output pose video (.mp4)")
@@ -101,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--device", default=None)
     add_pose_options(pose, pose_defaults)
 
-    caption = commands.add_parser("caption", help="describe a reference image with Qwen2-VL (an editable prompt)")
+
+def add_caption_arguments(caption: argparse.ArgumentParser) -> None:
     caption.add_argument("--image", required=True)
     caption.add_argument("--mask-mode", choices=("background", "clothing"), default=None,
                          help="caption the visible part and leave a placeholder for the masked region")
@@ -109,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--weights-dir", default=None)
     caption.add_argument("--device", default=None)
 
-    mask = commands.add_parser("mask", help="black out the background or the clothing of a reference (SAM)")
+
+def add_mask_arguments(mask: argparse.ArgumentParser) -> None:
+    from .studio import GenerateSettings
+
+    defaults = GenerateSettings(prompt="")
     mask.add_argument("--image", required=True)
     mask.add_argument("--mode", choices=("background", "clothing"), required=True)
     mask.add_argument("--points", nargs="*", default=None, metavar="X,Y,+|-",
@@ -124,8 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--weights-dir", default=None)
     mask.add_argument("--device", default=None)
 
-    download = commands.add_parser("download", help="fetch the weights into weights/ ahead of time")
-    download.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None)
+
+def add_models_arguments(models: argparse.ArgumentParser) -> None:
+    models.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights or $DYNAMICTRL_WEIGHTS)")
+    models.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def add_download_arguments(download: argparse.ArgumentParser) -> None:
+    from . import catalog
+
+    names = ", ".join([*catalog.BY_NAME, *catalog.GROUPS])
+    download.add_argument("names", nargs="*", metavar="NAME",
+                          help=f"models to fetch (see `python -m dynamictrl models`): {names}; default: base")
+    download.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None, help="also this mask variant")
     download.add_argument("--dwpose", action="store_true", help="also the DWPose ONNX files (pose extraction)")
     download.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default=None, help="also a SAM checkpoint")
     download.add_argument("--captioner", choices=("2b", "7b"), default=None, help="also Qwen2-VL for captions")
@@ -134,22 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--all", action="store_true",
                           help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync")
     download.add_argument("--weights-dir", default=None)
-    # Subcommands that live with their subsystem: each module declares its own arguments.
-    from .data import cli as data_cli
-    from .eval import cli as eval_cli
-    from .serve import cli as serve_cli
-    from .train import cli as train_cli
 
-    data_cli.add_arguments(commands.add_parser("prepare-data", help=data_cli.HELP))
-    eval_cli.add_arguments(commands.add_parser("evaluate", help=eval_cli.HELP))
-    train_cli.add_arguments(commands.add_parser("train", help="fine-tune DynamiCtrl (full SFT or LoRA) on a prepare-data folder"))
-    serve_cli.add_serve_arguments(commands.add_parser("serve", help=serve_cli.SERVE_HELP))
-    serve_cli.add_batch_arguments(commands.add_parser("batch", help=serve_cli.BATCH_HELP))
 
+def add_lipsync_arguments(lipsync: argparse.ArgumentParser) -> None:
     from .lipsync.settings import LipSyncSettings
 
     lip_defaults = LipSyncSettings()
-    lipsync = commands.add_parser("lipsync", help="lip-sync the face in a video to speech (MuseTalk 1.5)")
     lipsync.add_argument("--video", required=True, help="video with a visible face, e.g. a generated clip")
     lipsync.add_argument("--audio", required=True, help="speech: wav, mp3, flac, ogg, m4a, or a video's audio track")
     lipsync.add_argument("--out", required=True, help="output .mp4 with the audio (a .json manifest beside it)")
@@ -164,8 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     lipsync.add_argument("--device", default=None)
     lipsync.add_argument("--cache-dir", default=None,
                          help="where per-video avatars are kept (default: $DYNAMICTRL_CACHE or ~/.cache/dynamictrl)")
-
-    return parser
 
 
 def frames_for_duration(seconds: float, fps: float) -> int:
@@ -345,57 +402,130 @@ def run_prepare_data(args) -> int:
     return data_cli.run(args)
 
 
-def run_download(args) -> int:
-    variants = sorted(weights.VARIANTS) if args.all else [args.variant] if args.variant else []
-    repos = [weights.BASE_REPO] + [weights.variant_repo(v) for v in variants]
-    if args.captioner or args.all:
-        repos.append({"2b": "Qwen/Qwen2-VL-2B-Instruct", "7b": "Qwen/Qwen2-VL-7B-Instruct"}[args.captioner or "2b"])
-    for repo in repos:
-        print(f"{repo} is in {weights.download(repo, args.weights_dir)}")
-    if args.dwpose or args.all:
-        path = weights.resolve_files(weights.DWPOSE_REPO, weights.DWPOSE_FILES, args.weights_dir)
-        print(f"{weights.DWPOSE_REPO} is in {path}")
-    if args.sam or args.all:
-        print(f"SAM {args.sam or 'vit_b'} is {weights.resolve_sam(args.sam or 'vit_b', args.weights_dir)}")
-    if args.lipsync or args.all:
-        for repo, files in weights.LIPSYNC_WEIGHTS.items():
-            print(f"{repo} is in {weights.resolve_files(repo, files, args.weights_dir)}")
+def download_names(args) -> list[str]:
+    """The models `download` fetches: the names given, plus those of the older flags."""
+    names = list(args.names)
+    if args.variant:
+        names.append(args.variant)
+    if args.dwpose:
+        names.append("dwpose")
+    if args.sam:
+        names.append(f"sam_{args.sam}")
+    if args.captioner:
+        names.append(f"qwen2vl_{args.captioner}")
+    if args.lipsync:
+        names.append("lipsync")
+    if args.all:
+        names.append("all")
+    if not args.names:
+        names.insert(0, "base")
+    return names
+
+
+def run_models(args) -> int:
+    import json
+
+    from . import catalog
+
+    rows = catalog.statuses(args.weights_dir)
+    if args.json:
+        print(json.dumps([row.row() for row in rows], indent=2))
+        return 0
+    print(catalog.table(rows))
+    missing = [row for row in rows if row.state != catalog.ON_DISK]
+    if missing:
+        total = catalog.format_bytes(sum(row.bytes_to_download for row in missing))
+        print(f"\nNot on disk: {len(missing)} ({total}). Fetch one with: {catalog.COMMAND} NAME")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class DownloadBar:
+    """Draws `catalog.DownloadProgress` reports as one tqdm bar per model."""
+
+    def __init__(self):
+        self.bar = None
+        self.model = None
+
+    def __call__(self, report) -> None:
+        from tqdm.auto import tqdm
+
+        if report.model != self.model:
+            self.close()
+            self.model = report.model
+            self.bar = tqdm(total=report.total_bytes, desc=report.model, unit="B", unit_scale=True, unit_divisor=1000)
+        self.bar.n = report.done_bytes
+        self.bar.set_postfix_str(report.text().split(", ", 1)[-1], refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run_download(args) -> int:
+    from . import catalog
+
+    bar = DownloadBar()
     try:
-        commands = {
-            "generate": run_generate,
-            "pose": run_pose,
-            "caption": run_caption,
-            "mask": run_mask,
-            "download": run_download,
-            "lipsync": run_lipsync,
-            "prepare-data": run_prepare_data,
-            "evaluate": run_evaluate,
-            "train": run_train,
-            "serve": run_serve,
-            "batch": run_batch,
-        }
-        return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
-        # Input, output and weight problems are the user's to fix: a clear line, no traceback.
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        # The system refused (permissions, a full disk, a vanished file): the user's to fix too.
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 1
+        for item in catalog.expand(download_names(args)):
+            path = catalog.download([item.name], args.weights_dir, progress=bar)[0]
+            bar.close()
+            print(f"{item.title} is in {path}")
+    finally:
+        bar.close()
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS = {
+    "generate": Command("animate a reference image with a pose video", add_generate_arguments, run_generate),
+    "pose": Command("make a pose video for a reference image from a driving video", add_pose_arguments, run_pose),
+    "caption": Command("describe a reference image with Qwen2-VL (an editable prompt)", add_caption_arguments,
+                       run_caption),
+    "mask": Command("black out the background or the clothing of a reference (SAM)", add_mask_arguments, run_mask),
+    "models": Command("list every model: on disk, partial or missing, sizes, folders, licences", add_models_arguments,
+                      run_models),
+    "download": Command("fetch models into weights/ ahead of time (resumable)", add_download_arguments, run_download),
+    "lipsync": Command("lip-sync the face in a video to speech (MuseTalk 1.5)", add_lipsync_arguments, run_lipsync),
+    "prepare-data": Command("make a training dataset (clips, poses, prompts, masks, manifest) from a folder of videos",
+                            add_prepare_data_arguments, run_prepare_data),
+    "evaluate": Command("frame and video metrics (L1, SSIM, PSNR, PSNR*, LPIPS, FID-VID, FVD); --tiktok runs the "
+                        "benchmark", add_evaluate_arguments, run_evaluate),
+    "train": Command("fine-tune DynamiCtrl (full SFT or LoRA) on a prepare-data folder", add_train_arguments, run_train),
+    "serve": Command("serve generation, pose extraction and lip-sync on Ray Serve (one replica per GPU) over HTTP",
+                     add_serve_arguments, run_serve),
+    "batch": Command("run a jobs.jsonl of generate/pose/lip-sync jobs on Ray (resumable; one GPU per worker)",
+                     add_batch_arguments, run_batch),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(command_in(argv)).parse_args(argv)
+    errors.configure_cli_logging(debug=args.debug)
+    try:
+        return COMMANDS[args.command].run(args)
+    except Exception as error:
+        if errors.is_user_error(error):
+            # Input, weight and cancel problems are the user's to fix: one clear line; the
+            # traceback only with --debug.
+            errors.log_user_error(errors.logger, error)
+            return 2
+        if isinstance(error, OSError):
+            # The system refused (permissions, a full disk, a vanished file): the user's to
+            # fix too, but not bad input, hence a different exit status.
+            errors.log_user_error(errors.logger, error)
+            return 1
+        raise
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("Stopped.", file=sys.stderr)
         return 130
-
-
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line (messages are written as one; a library's may not be)."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

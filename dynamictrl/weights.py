@@ -6,6 +6,7 @@ layout, the download command and the offline error.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -44,6 +45,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class WeightsNotFoundError(FileNotFoundError):
     """Raised when weights are neither on disk nor downloadable; the message names the fix."""
+
+
+class DownloadCancelled(Exception):
+    """A download stopped by its cancel event; the bytes so far are kept for a resume."""
 
 
 def default_weights_dir() -> Path:
@@ -261,18 +266,22 @@ def resolve_sam(
 
 
 def download_url(url: str, target: str | os.PathLike, size: int | None = None, sha256: str | None = None,
-                 chunk_bytes: int = 1 << 20) -> Path:
-    """Downloads `url` to `target` over plain HTTPS with a tqdm progress bar.
+                 chunk_bytes: int = 1 << 20, headers: dict | None = None,
+                 on_bytes: "Callable[[int], None] | None" = None, cancel=None) -> Path:
+    """Downloads `url` to `target` over plain HTTP(S).
 
     Bytes go to `<target>.part` first; a later call resumes it with an HTTP Range
     request (a server that ignores the range gets a fresh start). The finished file is
     checked against `size` and `sha256` before it is renamed into place, so `target`
     only ever exists complete. A mismatch deletes the part file and raises ValueError.
+
+    Progress: `on_bytes(n)` after every chunk (the bytes already in the part file are
+    reported once, first); without it a tqdm bar is drawn. `cancel` (a
+    `threading.Event`) stops between chunks with `DownloadCancelled`, keeping the part
+    file for a later resume.
     """
     import hashlib
     import urllib.request
-
-    from tqdm.auto import tqdm
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,21 +291,36 @@ def download_url(url: str, target: str | os.PathLike, size: int | None = None, s
         part.unlink()
         have = 0
     if size is None or have < size:
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        request_headers = dict(headers or {})
+        if have:
+            request_headers["Range"] = f"bytes={have}-"
+        request = urllib.request.Request(url, headers=request_headers)
         with urllib.request.urlopen(request, timeout=60) as response:
             if have and getattr(response, "status", 200) != 206:
                 have = 0  # the server sent the whole file
             total = size if size is not None else (have + int(response.headers.get("Content-Length", 0)) or None)
             mode = "ab" if have else "wb"
-            with open(part, mode) as out, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name
-            ) as bar:
-                while True:
-                    chunk = response.read(chunk_bytes)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    bar.update(len(chunk))
+            report, bar = on_bytes, None
+            if report is None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name)
+                report = bar.update
+            elif have:
+                report(have)
+            try:
+                with open(part, mode) as out:
+                    while True:
+                        if cancel is not None and cancel.is_set():
+                            raise DownloadCancelled(f"Download of {target.name} cancelled; run it again to resume.")
+                        chunk = response.read(chunk_bytes)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        report(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
     got = part.stat().st_size
     if size is not None and got != size:
         raise ValueError(f"download of {url} stopped at {got:,} of {size:,} bytes; run again to resume")
