@@ -417,6 +417,7 @@ def download_model(
     cancel: threading.Event | None = None,
     endpoint: str | None = None,
     chunk_bytes: int = 1 << 20,
+    report_every_s: float = 0.25,
 ) -> Path:
     """Fetches one model into its folder (`ModelSpec.path`), resuming what is there.
 
@@ -443,7 +444,7 @@ def download_model(
     if item.sam_kind is None:
         record = {"repo_id": item.repo_id, "files": {f.name: f.size for f in files}}
         (folder / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=2))
-    meter = _Meter(name, sum(f.size for f in files), progress)
+    meter = _Meter(name, sum(f.size for f in files), progress, report_every_s)
     headers = _hub_headers(item)
     for remote in files:
         destination = folder / remote.name

@@ -594,7 +594,9 @@ class Studio:
         if self._t5_tokenizer is None:
             from transformers import T5Tokenizer
 
-            self._t5_tokenizer = T5Tokenizer.from_pretrained(weights.resolve(self.model, self.weights_dir), subfolder="tokenizer")
+            # Only the tokenizer files: a caption or a prompt check never pulls the 22 GB repo.
+            folder = weights.resolve_tokenizer(self.model, self.weights_dir)
+            self._t5_tokenizer = T5Tokenizer.from_pretrained(folder, subfolder="tokenizer")
         return self._t5_tokenizer
 
     def caption(self, image, mask_mode: str | None = None):

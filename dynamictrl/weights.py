@@ -71,9 +71,13 @@ def local_dir_for(repo_id: str, weights_dir: str | os.PathLike | None = None) ->
 
 
 def download_command(repo_id: str, weights_dir: str | os.PathLike | None = None, filenames=None) -> str:
-    variant = next((name for name, repo in VARIANTS.items() if repo == repo_id), None)
-    if repo_id == BASE_REPO or variant:
-        return "python -m dynamictrl download" + (f" --variant {variant}" if variant else "")
+    """The one command that fetches a model: `python -m dynamictrl download NAME` for
+    every model of the catalog (`dynamictrl/catalog.py`); `hf download` only for other repos."""
+    from . import catalog
+
+    name = next((spec.name for spec in catalog.MODELS if spec.repo_id == repo_id), None)
+    if name is not None:
+        return f"{catalog.COMMAND} {name}" + (f" --weights-dir {weights_dir}" if weights_dir else "")
     files = "".join(f" {name}" for name in filenames or ())
     return f"hf download {repo_id}{files} --local-dir {local_dir_for(repo_id, weights_dir)}"
 
@@ -111,6 +115,35 @@ def resolve(
     return download(repo_id, weights_dir)
 
 
+TOKENIZER_PATTERNS = ("tokenizer/*",)  # the T5 tokenizer of the base repo: a few MB of its 22 GB
+
+
+def resolve_tokenizer(
+    path_or_repo_id: str | os.PathLike,
+    weights_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """A folder whose `tokenizer/` holds the base model's T5 tokenizer.
+
+    Like `resolve`, but a missing tokenizer is fetched alone (`allow_patterns`
+    `tokenizer/*`): prompt checks and captions need only it, not the 22 GB of models.
+    The folder counts as partial afterwards, so `resolve` still fetches the rest when a
+    generation needs it.
+    """
+    candidate = Path(path_or_repo_id).expanduser()
+    if candidate.is_dir():
+        return candidate
+    repo_id = str(path_or_repo_id)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise WeightsNotFoundError(f"{repo_id!r} is neither an existing folder nor a hub id like 'owner/name'.")
+    target = local_dir_for(repo_id, weights_dir)
+    if (target / "tokenizer").is_dir() and any((target / "tokenizer").iterdir()):
+        return target
+    if local_files_only or _offline():
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, "offline mode is on"))
+    return download(repo_id, weights_dir, allow_patterns=list(TOKENIZER_PATTERNS))
+
+
 def download(repo_id: str, weights_dir: str | os.PathLike | None = None, allow_patterns=None) -> Path:
     """Downloads (or resumes) a hub repo into `weights/<repo-name>`; shows tqdm progress."""
     from huggingface_hub import snapshot_download
@@ -118,7 +151,7 @@ def download(repo_id: str, weights_dir: str | os.PathLike | None = None, allow_p
 
     target = local_dir_for(repo_id, weights_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    size = SIZES_GB.get(repo_id)
+    size = None if allow_patterns else SIZES_GB.get(repo_id)
     print(f"Downloading {repo_id}" + (f" (~{size:.0f} GB)" if size else "") + f" into {target} ...", flush=True)
     try:
         snapshot_download(repo_id=repo_id, local_dir=str(target), allow_patterns=allow_patterns)
@@ -214,10 +247,8 @@ def sam_checkpoint_path(kind: str, weights_dir: str | os.PathLike | None = None)
 
 
 def sam_download_command(kind: str, weights_dir: str | os.PathLike | None = None) -> str:
-    # curl rather than a project command: it works before the project is installed, and
-    # `-C -` resumes a partial file just like our own downloader does.
-    target = sam_checkpoint_path(kind, weights_dir)
-    return f"curl -L --fail -C - -o {target} {sam_checkpoint(kind).url}"
+    sam_checkpoint(kind)
+    return f"python -m dynamictrl download sam_{kind}" + (f" --weights-dir {weights_dir}" if weights_dir else "")
 
 
 def _sam_missing(kind: str, target: Path, weights_dir, reason: str) -> WeightsNotFoundError:

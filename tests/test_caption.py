@@ -125,7 +125,8 @@ def test_missing_weights_offline_name_the_download_command(tmp_path):
     with pytest.raises(WeightsNotFoundError) as error:
         cap.Captioner.from_pretrained(weights_dir=tmp_path, local_files_only=True)
     message = str(error.value)
-    assert f"hf download {cap.QWEN2_VL_2B} --local-dir {tmp_path / 'Qwen2-VL-2B-Instruct'}" in message
+    assert f"python -m dynamictrl download qwen2vl_2b --weights-dir {tmp_path}" in message
+    assert str(tmp_path / "Qwen2-VL-2B-Instruct") in message
     with pytest.raises(WeightsNotFoundError, match="Qwen2-VL-7B-Instruct"):
         cap.Captioner.from_pretrained("7b", weights_dir=tmp_path, local_files_only=True)
 

@@ -71,7 +71,8 @@ def test_missing_weights_offline_names_the_download_command(tmp_path):
 def test_download_offline_fails_clearly(tmp_path):
     result = run_cli("download", "--weights-dir", str(tmp_path))
     assert result.returncode == 2
-    assert "gulucaptain/DynamiCtrl" in result.stderr and "Traceback" not in result.stderr
+    assert "download base --weights-dir weights" in result.stderr and "Traceback" not in result.stderr
+    assert "copy DynamiCtrl from its weights/ folder" in result.stderr
 
 
 def uniform_video(path, colors, height=240, width=320, fps=16):
@@ -247,3 +248,45 @@ def test_evaluate_is_a_command(tmp_path):
 def test_train_is_a_command(tmp_path):
     result = run_cli("train", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "missing.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def imported_modules(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Runs the CLI under `python -X importtime` and returns the modules it imported."""
+    environment = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "dynamictrl", *args], capture_output=True,
+                            text=True, cwd=ROOT, env=environment, timeout=120)
+    modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    return result, modules
+
+
+def test_help_and_argument_errors_do_not_import_torch(tmp_path):
+    result, modules = imported_modules("--help")
+    assert result.returncode == 0 and "generate" in result.stdout and "models" in result.stdout
+    assert "torch" not in modules and "diffusers" not in modules and "dynamictrl.cli" in modules
+    result, modules = imported_modules("generate", "--image", "x.png")  # --out and the motion are missing
+    assert result.returncode == 2 and "required" in result.stderr
+    assert "torch" not in modules
+    result, modules = imported_modules("generate", "--help")
+    assert result.returncode == 0 and "--pose-strength" in result.stdout and "torch" not in modules
+    result, modules = imported_modules("models", "--weights-dir", str(tmp_path))
+    assert result.returncode == 0 and "missing" in result.stdout and "torch" not in modules
+
+
+def test_user_errors_are_one_line_and_the_traceback_needs_debug(tmp_path):
+    result = run_cli("download", "dwpose", "--weights-dir", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Cannot download here: offline mode is on")
+    assert "python -m dynamictrl download dwpose --weights-dir weights" in lines[0]
+    debug = run_cli("--debug", "download", "dwpose", "--weights-dir", str(tmp_path))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_models_command_lists_every_model_with_its_state(tiny_weights):
+    result = run_cli("models", "--weights-dir", str(tiny_weights), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["base"]["state"] == "on disk" and rows["sam_vit_h"]["state"] == "missing"
+    assert rows["qwen2vl_7b"]["to download"] == "16.6 GB"
+    assert set(rows) >= {"base", "mask_background", "mask_clothing", "dwpose", "sam_vit_b", "qwen2vl_2b", "qwen2vl_7b",
+                         "musetalk", "sd_vae", "whisper_tiny", "face_parsing"}

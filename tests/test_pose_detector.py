@@ -182,9 +182,9 @@ def test_missing_files_offline_name_the_folder_and_command(tmp_path, monkeypatch
         DWPoseDetector.from_pretrained(weights_dir=tmp_path)
     message = str(error.value)
     assert str(tmp_path / "DWPose") in message
-    assert "hf download yzd-v/DWPose yolox_l.onnx dw-ll_ucoco_384.onnx" in message
+    assert f"python -m dynamictrl download dwpose --weights-dir {tmp_path}" in message
     assert "dw-ll_ucoco_384.onnx" in message.split("missing", 1)[1]
-    with pytest.raises(weights.WeightsNotFoundError, match="hf download yzd-v/DWPose"):
+    with pytest.raises(weights.WeightsNotFoundError, match="python -m dynamictrl download dwpose"):
         DWPoseDetector(tmp_path / "DWPose" / "yolox_l.onnx", tmp_path / "nowhere.onnx")
 
 

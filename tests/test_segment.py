@@ -242,7 +242,8 @@ def test_missing_checkpoint_offline_names_the_download(tmp_path, monkeypatch):
         Segmenter(kind="vit_l", weights_dir=tmp_path)
     message = str(error.value)
     target = tmp_path / "sam" / "sam_vit_l_0b3195.pth"
-    assert f"curl -L --fail -C - -o {target} https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth" in message
+    assert f"python -m dynamictrl download sam_vit_l --weights-dir {tmp_path}" in message
+    assert f"https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth into {target.parent}" in message
     assert "1,249,524,607 bytes" in message
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with pytest.raises(weights.WeightsNotFoundError, match="offline"):
@@ -310,7 +311,7 @@ def test_download_with_a_bad_digest_is_discarded(tmp_path, monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", lambda request, timeout=None: FakeResponse(data, request))
     with pytest.raises(weights.WeightsNotFoundError, match="SHA-256") as error:
         weights.resolve_sam("vit_b", tmp_path)
-    assert "curl" in str(error.value)
+    assert "python -m dynamictrl download sam_vit_b" in str(error.value)
     folder = tmp_path / "sam"
     assert list(folder.iterdir()) == []  # neither the file nor a part of it is kept
 

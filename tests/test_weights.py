@@ -25,7 +25,7 @@ def test_offline_and_missing_names_the_download_command(tmp_path, monkeypatch):
         weights.resolve("gulucaptain/DynamiCtrl", tmp_path)
     assert "python -m dynamictrl download" in str(error.value)
     assert str(tmp_path / "DynamiCtrl") in str(error.value)
-    with pytest.raises(weights.WeightsNotFoundError, match="--variant mask_clothing"):
+    with pytest.raises(weights.WeightsNotFoundError, match="python -m dynamictrl download mask_clothing"):
         weights.resolve(weights.VARIANTS["mask_clothing"], tmp_path)
 
 
@@ -83,3 +83,31 @@ def test_variant_names():
     assert weights.variant_repo("mask_clothing") == "gulucaptain/Dynamictrl-Mask_C01"
     with pytest.raises(ValueError, match="Unknown variant"):
         weights.variant_repo("mask_face")
+
+
+def test_tokenizer_only_fetches_the_tokenizer_files(tmp_path, tiny_weights, monkeypatch):
+    """Captions and prompt checks need T5's tokenizer: a few files, not the 22 GB repo."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    calls = []
+
+    def fake_snapshot_download(repo_id, local_dir, allow_patterns=None):
+        calls.append((repo_id, allow_patterns))
+        shutil.copytree(tiny_weights / "DynamiCtrl" / "tokenizer", f"{local_dir}/tokenizer", dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    folder = weights.resolve_tokenizer(weights.BASE_REPO, tmp_path)
+    assert calls == [(weights.BASE_REPO, ["tokenizer/*"])]
+    assert folder == tmp_path / "DynamiCtrl" and sorted(p.name for p in folder.iterdir()) == ["tokenizer"]
+
+    from dynamictrl.studio import Studio
+
+    tokenizer = Studio(weights_dir=tmp_path, device="cpu").t5_tokenizer()  # loads from the tokenizer-only folder
+    assert len(tokenizer("a person dancing")["input_ids"]) > 1
+    assert len(calls) == 1  # already there: no second download
+    from dynamictrl import catalog
+
+    assert catalog.status("base", tmp_path).state == catalog.PARTIAL  # the models are still to come
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(weights.WeightsNotFoundError, match="python -m dynamictrl download base"):
+        weights.resolve_tokenizer(weights.BASE_REPO, tmp_path / "empty")
