@@ -316,8 +316,12 @@ class Studio:
 
     def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None,
                  sam_kind: str = "vit_b", caption_model: str = "2b", cache_dir: str | Path | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, auto_download: bool = True):
         self.model = model
+        # False: a job whose models are not all on disk stops before it starts with one
+        # `MissingModelsError` listing them (the app offers the downloads); True: they are
+        # downloaded as needed, unless offline (HF_HUB_OFFLINE=1), which also stops first.
+        self.auto_download = auto_download
         # Input limits (dynamictrl/limits.py): `Limits.from_env()` unless given.
         self.limits = limits if limits is not None else Limits.from_env()
         apply_pil_limit(self.limits)
@@ -374,6 +378,7 @@ class Studio:
 
         started = time.perf_counter()
         check_outputs(out_path, preview_path, json_path)
+        self.check_models(driving_video=True)
         check_pose_settings(settings, self.limits)
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         if settings.num_frames < 2:
@@ -451,6 +456,7 @@ class Studio:
         from .video import check_video_limits, check_video_memory, probe_video
 
         started = time.perf_counter()
+        self.check_models(lipsync=True)
         settings = settings or LipSyncSettings()
         out_path = Path(out_path)
         check_outputs(out_path, out_path.with_suffix(".json"), suffix=".mp4")
@@ -574,6 +580,54 @@ class Studio:
             Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
         return result
 
+    # ------------------------------------------------------------ models on disk
+    def models_needed(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
+                      lipsync: bool = False) -> list[str]:
+        """Catalog names (`dynamictrl/catalog.py`) of the models a job needs: a generation
+        with `settings` (from a driving video: poses are extracted first), and/or lip-sync.
+        Models already registered in the manager (tiny mode, tests) are not listed."""
+        from . import catalog
+
+        names = []
+        if settings is not None:
+            if str(self.model) == weights.BASE_REPO:  # a folder or another repo is the caller's own
+                names.append("base")
+            variant = self._variant_for(settings)
+            if variant is not None:
+                names.append(catalog.variant_model(variant))
+            if settings.mask_mode:  # masks start from the DWPose person box
+                names.append("dwpose")
+            if settings.mask_mode and not self.manager.is_registered("sam." + self.sam_kind):
+                names.append(catalog.sam_model(self.sam_kind))
+            if not settings.prompt.strip() and not self.manager.is_registered("captioner"):
+                names.append(catalog.caption_model(self.caption_model))
+        if driving_video and "dwpose" not in names:
+            names.append("dwpose")
+        if lipsync:
+            names.extend(catalog.GROUPS["lipsync"])
+        return names
+
+    def missing_models(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
+                       lipsync: bool = False) -> list:
+        """`catalog.ModelStatus` of every model the job needs that is not on disk (offline: reads the disk only)."""
+        from . import catalog
+
+        needed = self.models_needed(settings, driving_video, lipsync)
+        return [s for s in catalog.statuses(self.weights_dir, needed) if s.state != catalog.ON_DISK]
+
+    def check_models(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
+                     lipsync: bool = False) -> None:
+        """Raises one `catalog.MissingModelsError` listing every missing model of the job when
+        they will not be downloaded on the way (offline, or `auto_download` off)."""
+        from . import catalog
+
+        offline = weights._offline()
+        if self.auto_download and not offline:
+            return
+        missing = self.missing_models(settings, driving_video, lipsync)
+        if missing:
+            raise catalog.MissingModelsError(missing, "offline mode is on" if offline else "")
+
     def system_status(self) -> dict:
         """What a system panel shows: the device, its memory and what each model holds."""
         import torch
@@ -656,6 +710,7 @@ class Studio:
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
+        self.check_models(settings, driving_video=driving_video_path is not None)
         if settings.prompt.strip():
             check_no_placeholder(settings.prompt)
         # T5 reads 226 tokens and would drop the rest silently (auto captions are fitted to it).

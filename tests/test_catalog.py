@@ -231,3 +231,40 @@ def test_groups_and_unknown_names():
                                                                          "face_parsing"]
     with pytest.raises(ValueError, match="Unknown model 'dwpos'"):
         catalog.expand(["dwpos"])
+
+
+def test_studio_lists_every_missing_model_of_a_job_before_it_starts(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dynamictrl.studio import GenerateSettings, Studio
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    studio = Studio(weights_dir=tmp_path / "weights", device="cpu")
+    settings = GenerateSettings(prompt="", mask_mode="background", width=48, height=64, num_frames=9)
+    assert studio.models_needed(settings, driving_video=True) == [
+        "base", "mask_background", "dwpose", "sam_vit_b", "qwen2vl_2b"]
+    assert studio.models_needed(GenerateSettings(prompt="a dancer")) == ["base"]
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (48, 64)).save(image)
+    out = tmp_path / "out" / "clip.mp4"
+    out.parent.mkdir()
+    with pytest.raises(catalog.MissingModelsError) as error:
+        studio.generate(image, out, settings, driving_video_path=tmp_path / "dance.mp4")
+    assert [s.spec.name for s in error.value.missing] == ["base", "mask_background", "dwpose", "sam_vit_b",
+                                                          "qwen2vl_2b"]
+    assert "offline mode is on" in str(error.value)
+    assert str(error.value).endswith("python -m dynamictrl download base mask_background dwpose sam_vit_b qwen2vl_2b")
+    assert list(out.parent.iterdir()) == []
+    # Online with auto_download off (the app): the same list, nothing fetched.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(catalog.MissingModelsError):
+        Studio(weights_dir=tmp_path / "weights", device="cpu", auto_download=False).check_models(settings)
+    Studio(weights_dir=tmp_path / "weights", device="cpu").check_models(settings)  # online: fetched on the way
+
+
+def test_studio_with_every_model_on_disk_misses_none(tiny_weights, lipsync_weights):
+    from dynamictrl.studio import GenerateSettings, Studio
+
+    studio = Studio(weights_dir=lipsync_weights, device="cpu", auto_download=False)
+    assert studio.missing_models(GenerateSettings(prompt="x", variant="mask_clothing"), driving_video=True,
+                                 lipsync=True) == []
