@@ -112,6 +112,9 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("--steps", type=int, default=defaults.steps)
     generate.add_argument("--guidance", type=float, default=defaults.guidance)
     generate.add_argument("--seed", type=int, default=defaults.seed)
+    generate.add_argument("--pose-strength", type=float, default=defaults.pose_strength,
+                          help="scale of the pose injection: 1 = the trained model (default), 0 = ignore the poses, "
+                               "up to 2 = follow them more tightly (an extension, not in the paper)")
     generate.add_argument("--fps", type=float, default=defaults.fps)
     generate.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None)
     generate.add_argument("--dtype", choices=DTYPES, default=defaults.dtype)
@@ -247,6 +250,7 @@ def run_generate(args) -> int:
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
+        pose_strength=args.pose_strength,
         fps=args.fps,
         variant=args.variant,
         dtype=args.dtype,

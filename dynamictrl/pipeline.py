@@ -70,6 +70,16 @@ def latent_layout(num_frames: int, temporal_compression: int, patch_size_t: int 
     return LatentLayout(num_frames, latent_frames, padding)
 
 
+MAX_POSE_STRENGTH = 2.0  # beyond this the pose tokens swamp the video tokens (untested territory)
+
+
+def check_pose_strength(pose_strength: float) -> None:
+    if not (isinstance(pose_strength, (int, float)) and 0.0 <= pose_strength <= MAX_POSE_STRENGTH):
+        raise ValueError(
+            f"pose_strength must be a number from 0 to {MAX_POSE_STRENGTH:g} (1 = the trained model), got {pose_strength!r}."
+        )
+
+
 def pose_in_unit_range(pose: torch.Tensor) -> torch.Tensor:
     """uint8 pose frames -> float x / 127.5 - 1; float frames are already in [-1, 1]."""
     return pose.float() / 127.5 - 1 if pose.dtype == torch.uint8 else pose
@@ -314,6 +324,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         reinit_noise: bool = False,
         window_batch_size: int = 1,
         callback_on_window_end: Callable[[Any, int, int, int], None] | None = None,
+        pose_strength: float = 1.0,
     ) -> CogVideoXPipelineOutput | tuple:
         """Animates `image` with the poses of `pose_video`, guided by `prompt`.
 
@@ -337,6 +348,10 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         is called after each window's transformer call. A clip that fits one window takes
         the plain path: same seed, bitwise the same video as without `window_frames`.
 
+        `pose_strength` (our extension, not the paper's): scales the PadaLN pose injection in
+        every block (`models.transformer.pose_injection`); 1.0 is the trained model bit for
+        bit, 0 ignores the pose video, up to 2 follows it more tightly.
+
         `reinit_noise` (off by default): FreeInit-style initial noise, the official
         `--re_init_noise_latent` (low frequencies of the noised reference latent + high
         frequencies of fresh noise); see `longvideo.reinit_noise` for how it differs.
@@ -346,6 +361,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         width = width or pose.shape[-1]
         num_frames = num_frames or pose.shape[1]
         self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.shape[1], output_type)
+        check_pose_strength(pose_strength)
         if window_frames is not None:
             longvideo.check_window_options(window_frames, overlap_frames, self.vae_scale_factor_temporal)
             if window_batch_size < 1:
@@ -421,6 +437,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 callback_on_window_end=callback_on_window_end,
+                pose_strength=pose_strength,
             )
         image_latents, pose_latents = self.encode_condition_latents(
             image_tensor, pose_in_unit_range(pose.to(device)), layout, generator, dtype
@@ -469,6 +486,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                         image_rotary_emb=rotary_emb,
                         attention_kwargs=attention_kwargs,
                         return_dict=False,
+                        pose_strength=pose_strength,
                     )[0].float()
 
                 if use_dynamic_cfg:
@@ -601,6 +619,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         callback_on_window_end,
+        pose_strength: float = 1.0,
     ) -> CogVideoXPipelineOutput | tuple:
         """The denoising loop of a clip longer than one window (see `longvideo.py`).
 
@@ -707,6 +726,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                             image_rotary_emb=rotary_emb,
                             attention_kwargs=attention_kwargs,
                             return_dict=False,
+                            pose_strength=pose_strength,
                         )[0].float()
                     if do_cfg:
                         pred_uncond, pred_text = pred.chunk(2)

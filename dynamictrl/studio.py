@@ -51,6 +51,9 @@ class GenerateSettings:
     seed: int = 42
     fps: float = 16.0
     variant: str | None = None  # None: base, or from mask_mode
+    # Scales the PadaLN pose injection (our extension, not the paper's): 1.0 = the trained
+    # model bit for bit, 0 = the pose video is ignored, up to 2 = followed more tightly.
+    pose_strength: float = 1.0
     dtype: str = "auto"
     mask_mode: str | None = None  # background | clothing: black out that region (picks the Mask variant)
     mask_fill: str = ""  # with an empty prompt: what the masked region should show (fills the caption's placeholder)
@@ -710,6 +713,9 @@ class Studio:
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
+        from .pipeline import check_pose_strength
+
+        check_pose_strength(settings.pose_strength)
         self.check_models(settings, driving_video=driving_video_path is not None)
         if settings.prompt.strip():
             check_no_placeholder(settings.prompt)
@@ -799,6 +805,7 @@ class Studio:
                     window_frames=settings.window_frames,
                     overlap_frames=settings.overlap,
                     color_match=settings.color_match,
+                    pose_strength=settings.pose_strength,
                 ).frames[0]
 
         # GPU memory follows the window, not the whole clip.

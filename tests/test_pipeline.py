@@ -308,3 +308,23 @@ def test_windowed_run_from_image_list_equals_tensor(tiny_pipe):
     as_tensor = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
     kwargs = dict(frames=13, height=32, width=32, window_frames=9, overlap_frames=1)
     np.testing.assert_array_equal(run(tiny_pipe, pose_video=frames, **kwargs), run(tiny_pipe, pose_video=as_tensor, **kwargs))
+
+
+def test_pose_strength_in_the_pipeline(tiny_pipe):
+    """1.0 is bitwise today's video; 0 ignores the pose video; out of range is refused."""
+    rng = np.random.default_rng(3)
+    image = PIL.Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    poses = [list(rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8)) for _ in range(2)]
+
+    def run(pose, **kwargs):
+        return tiny_pipe(image=image, pose_video=pose, prompt="a dancer", num_inference_steps=2,
+                         generator=torch.Generator().manual_seed(7), output_type="np", **kwargs).frames
+
+    default = run(poses[0])
+    assert np.array_equal(run(poses[0], pose_strength=1.0), default)
+    ignored = run(poses[0], pose_strength=0.0)
+    assert np.array_equal(ignored, run(poses[1], pose_strength=0.0))
+    assert not np.array_equal(ignored, default)
+    for bad in (-0.1, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="pose_strength must be a number from 0 to 2"):
+            run(poses[0], pose_strength=bad)

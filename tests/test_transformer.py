@@ -110,3 +110,40 @@ def test_missing_or_misshaped_pose_is_a_clear_error(official_tiny):
             case["in.pose_latents"][:, :1],
             ofs=case["in.ofs"],
         )
+
+
+def test_pose_strength_one_is_the_trained_model_bit_for_bit(official_tiny, monkeypatch):
+    from dynamictrl.models import transformer as transformer_module
+
+    model, case = official_tiny
+    with torch.no_grad():
+        default = run_case(model, case)
+        one = model(hidden_states=case["in.hidden_states"], encoder_hidden_states=case["in.encoder_hidden_states"],
+                    timestep=case["in.timestep"], pose_latents=case["in.pose_latents"], ofs=case["in.ofs"],
+                    image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]), pose_strength=1.0).sample
+        # The official injection, written out: norm1(video) + n.
+        monkeypatch.setattr(transformer_module, "pose_injection", lambda hidden, pose, strength: hidden + pose)
+        official = run_case(model, case)
+    assert torch.equal(one, default) and torch.equal(one, official)
+    assert rel_l2(one, case["out.sample"]) < 1e-5
+
+
+def run_with_strength(model, case, pose_latents, strength):
+    with torch.no_grad():
+        return model(hidden_states=case["in.hidden_states"], encoder_hidden_states=case["in.encoder_hidden_states"],
+                     timestep=case["in.timestep"], pose_latents=pose_latents, ofs=case["in.ofs"],
+                     image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]), pose_strength=strength).sample
+
+
+def test_pose_strength_zero_removes_the_pose_from_the_video_stream(official_tiny):
+    model, case = official_tiny
+    pose = case["in.pose_latents"]
+    other = torch.randn_like(pose)
+    zero_a = run_with_strength(model, case, pose, 0.0)
+    zero_b = run_with_strength(model, case, other, 0.0)
+    assert torch.equal(zero_a, zero_b)  # the output no longer depends on the pose at all
+    full = run_with_strength(model, case, pose, 1.0)
+    half = run_with_strength(model, case, pose, 0.5)
+    assert rel_l2(zero_a, full) > 1e-3
+    # 0.5 lies between: closer to each end than the ends are to each other.
+    assert rel_l2(half, full) < rel_l2(zero_a, full) and rel_l2(half, zero_a) < rel_l2(zero_a, full)

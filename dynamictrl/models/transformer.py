@@ -19,6 +19,24 @@ from torch import nn
 from .padaln import PoseAdaptiveLayerNorm
 
 
+def pose_injection(norm_hidden_states: torch.Tensor, norm_pose: torch.Tensor, pose_strength: float) -> torch.Tensor:
+    """The one place the pose reaches the video: PadaLN's modulated pose tokens `n` added
+    to the video tokens' norm1 output before self-attention (paper Eq. 3; REFERENCE.md,
+    "The transformer", step 4).
+
+    `pose_strength` is our extension, not in the paper or the official code: it scales `n`.
+    1.0 is the trained model, bit for bit (the addition is the official one, unscaled);
+    0 removes the pose from the video stream in every block, so the output no longer
+    depends on the pose video; values in between (or up to 2) loosen or tighten how
+    closely the motion is followed.
+    """
+    if pose_strength == 1.0:
+        return norm_hidden_states + norm_pose
+    if pose_strength == 0.0:
+        return norm_hidden_states
+    return norm_hidden_states + pose_strength * norm_pose
+
+
 class DynamiCtrlBlock(CogVideoXBlock):
     """A CogVideoX block whose self-attention input also receives the pose tokens."""
 
@@ -55,8 +73,12 @@ class DynamiCtrlBlock(CogVideoXBlock):
         pose_tokens: torch.Tensor,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        pose_strength: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (video tokens, text tokens, pose tokens for the next block)."""
+        """Returns (video tokens, text tokens, pose tokens for the next block).
+
+        `pose_strength` scales the pose injection, the `+ n` on the video tokens' attention
+        input (see `pose_injection`); the pose stream itself is unchanged."""
         text_seq_length = encoder_hidden_states.size(1)
         attention_kwargs = attention_kwargs or {}
 
@@ -64,7 +86,7 @@ class DynamiCtrlBlock(CogVideoXBlock):
             hidden_states, encoder_hidden_states, temb
         )
         norm_pose, pose_gate = self.control_norm1(pose_tokens, temb)
-        norm_hidden_states = norm_hidden_states + norm_pose
+        norm_hidden_states = pose_injection(norm_hidden_states, norm_pose, pose_strength)
 
         attn_hidden_states, attn_encoder_hidden_states = self.attn1(
             hidden_states=norm_hidden_states,
@@ -211,8 +233,12 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
+        pose_strength: float = 1.0,
     ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
-        """Predicts the model output (v-prediction) for `hidden_states` (B, F, 2C, H, W)."""
+        """Predicts the model output (v-prediction) for `hidden_states` (B, F, 2C, H, W).
+
+        `pose_strength` scales the pose injection in every block (`pose_injection`; 1.0 =
+        the trained model)."""
         batch_size, num_frames, channels, height, width = hidden_states.shape
         if pose_latents is None:
             raise ValueError("DynamiCtrl needs `pose_latents` (B, F, C, H, W): the VAE latents of the pose video.")
@@ -233,7 +259,8 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 outputs = self._gradient_checkpointing_func(
-                    block, hidden_states, encoder_hidden_states, emb, pose_tokens, image_rotary_emb, attention_kwargs
+                    block, hidden_states, encoder_hidden_states, emb, pose_tokens, image_rotary_emb, attention_kwargs,
+                    pose_strength,
                 )
             else:
                 outputs = block(
@@ -243,6 +270,7 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
                     pose_tokens=pose_tokens,
                     image_rotary_emb=image_rotary_emb,
                     attention_kwargs=attention_kwargs,
+                    pose_strength=pose_strength,
                 )
             hidden_states, encoder_hidden_states = outputs[0], outputs[1]
             # diffusers' block-skipping caches (First Block Cache) return only the video and
