@@ -4,8 +4,9 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import errors, weights
+from . import errors, presets, weights
 
 DESCRIPTION = "DynamiCtrl Studio: pose-guided human image animation."
 
@@ -107,11 +108,24 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
                           help="latent frames shared by neighbouring windows (each is 4 video frames)")
     generate.add_argument("--no-color-match", action="store_true",
                           help="do not match each window's colours to the first window's")
-    generate.add_argument("--width", type=int, default=defaults.width)
-    generate.add_argument("--height", type=int, default=defaults.height)
-    generate.add_argument("--steps", type=int, default=defaults.steps)
+    generate.add_argument("--width", type=int, default=None, help=f"default {defaults.width} (or from --size)")
+    generate.add_argument("--height", type=int, default=None, help=f"default {defaults.height} (or from --size)")
+    generate.add_argument("--size", choices=[p.name for p in presets.SIZE_PRESETS], default=None,
+                          help="a size preset: " + ", ".join(f"{p.name} {p.width}x{p.height}" for p in presets.SIZE_PRESETS))
+    generate.add_argument("--speed", choices=[p.name for p in presets.SPEED_PRESETS], default=None,
+                          help="quality (25 steps, official) or draft (10 steps + first-block cache); "
+                               "--steps / --first-block-cache override it")
+    generate.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {defaults.steps})")
     generate.add_argument("--guidance", type=float, default=defaults.guidance)
-    generate.add_argument("--seed", type=int, default=defaults.seed)
+    seeds = generate.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=defaults.seed)
+    seeds.add_argument("--seeds", default=None, metavar="N,N,...",
+                       help="variations: one video per seed (1 to 8), written as <out>_seed<N>.mp4")
+    seeds.add_argument("--variations", type=int, default=None, metavar="K",
+                       help="variations: K videos with seeds --seed.. (default 42, 43, ...)")
+    generate.add_argument("--preview-every", type=int, default=0, metavar="N",
+                          help="write a live preview (small frames from the x0 estimate) every N denoising steps "
+                               "into <out>_preview/ (default: off)")
     generate.add_argument("--pose-strength", type=float, default=defaults.pose_strength,
                           help="scale of the pose injection: 1 = the trained model (default), 0 = ignore the poses, "
                                "up to 2 = follow them more tightly (an extension, not in the paper)")
@@ -130,7 +144,7 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
                        help="where weights live during generation (auto: the fastest tier that fits free VRAM)")
     speed.add_argument("--fp8", action="store_true", help="store transformer weights in float8 (about half the VRAM)")
     speed.add_argument("--int8", action="store_true", help="torchao int8 weight-only transformer (about half the VRAM)")
-    speed.add_argument("--first-block-cache", type=float, default=defaults.first_block_cache, metavar="THRESHOLD",
+    speed.add_argument("--first-block-cache", type=float, default=None, metavar="THRESHOLD",
                        help="skip the remaining blocks when the first block's output barely changes (e.g. 0.05)")
     speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first run)")
@@ -235,19 +249,78 @@ def frames_for_duration(seconds: float, fps: float) -> int:
     return 4 * max(1, round((seconds * fps - 1) / 4)) + 1
 
 
+def size_and_speed(args, defaults) -> tuple[int, int, int, float]:
+    """Width, height, steps and first-block-cache threshold from --size/--speed and the
+    explicit flags (an explicit flag wins over its preset's value)."""
+    width, height = defaults.width, defaults.height
+    if args.size is not None:
+        if args.width is not None or args.height is not None:
+            raise ValueError("Give either --size or --width/--height, not both.")
+        preset = presets.size_preset(args.size)
+        width, height = preset.width, preset.height
+    width = args.width if args.width is not None else width
+    height = args.height if args.height is not None else height
+    steps, cache = defaults.steps, defaults.first_block_cache
+    if args.speed is not None:
+        speed = presets.speed_preset(args.speed)
+        steps, cache = speed.steps, speed.first_block_cache
+    steps = args.steps if args.steps is not None else steps
+    cache = args.first_block_cache if args.first_block_cache is not None else cache
+    return width, height, steps, cache
+
+
+def seeds_from(args) -> list[int] | None:
+    """The seeds of a variations run (None: one video with --seed)."""
+    if args.seeds is not None:
+        try:
+            return [int(text) for text in args.seeds.split(",") if text.strip()]
+        except ValueError as error:
+            raise ValueError(f"--seeds takes whole numbers separated by commas, e.g. 1,2,3 (got {args.seeds!r}).") from error
+    if args.variations is not None:
+        return [args.seed + i for i in range(args.variations)]
+    return None
+
+
+class PreviewWriter:
+    """Writes each live preview as `<folder>/step_<NNN>.png` (frames side by side)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.written: list[Path] = []
+
+    def __call__(self, preview) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step_{preview.step:03d}.png"
+        path.write_bytes(preview.png_bytes(max_frames=8))
+        self.written.append(path)
+
+    def remove(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
 def run_generate(args) -> int:
-    from .studio import GenerateSettings, Studio
+    from .studio import GenerateSettings, Studio, check_seeds
 
     if args.duration is not None:
         args.frames = frames_for_duration(args.duration, args.fps)
+    defaults = GenerateSettings(prompt="")
+    width, height, steps, first_block_cache = size_and_speed(args, defaults)
+    seeds = seeds_from(args)
+    if seeds is not None:
+        check_seeds(seeds)
+    if args.preview_every < 0:
+        raise ValueError(f"--preview-every must be 0 (off) or a number of steps, got {args.preview_every}.")
 
     settings = GenerateSettings(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         num_frames=args.frames,
-        width=args.width,
-        height=args.height,
-        steps=args.steps,
+        width=width,
+        height=height,
+        steps=steps,
         guidance=args.guidance,
         seed=args.seed,
         pose_strength=args.pose_strength,
@@ -259,7 +332,7 @@ def run_generate(args) -> int:
         offload=args.offload,
         fp8=args.fp8,
         int8=args.int8,
-        first_block_cache=args.first_block_cache,
+        first_block_cache=first_block_cache,
         pyramid_attention_broadcast=args.pab,
         compile=args.compile,
         fuse_qkv=args.fuse_qkv,
@@ -268,20 +341,35 @@ def run_generate(args) -> int:
         overlap=args.overlap,
         color_match=not args.no_color_match,
     )
+    out = Path(args.out)
+    preview = PreviewWriter(out.with_name(out.stem + "_preview")) if args.preview_every else None
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device)
-    result = studio.generate(
-        args.image,
-        args.out,
-        settings,
+    job = dict(
         pose_video_path=args.pose_video,
         driving_video_path=args.driving_video,
         # Driving frames are sampled at the output fps, so the motion keeps its real speed.
-        pose_settings=pose_settings_from(args, args.frames, args.width, args.height, args.fps),
+        pose_settings=pose_settings_from(args, args.frames, width, height, args.fps),
+        preview=preview,
+        preview_every=args.preview_every or 5,
     )
-    if result.pose is not None:
-        print(f"Pose video: {result.pose.pose_video_path}" + filled_note(result.pose.filled_frames))
-    print(f"Wrote {result.video_path} ({len(result.frames)} frames) and {result.manifest_path} "
-          f"in {result.elapsed_s:.1f} s")
+    try:
+        if seeds is None:
+            results = [studio.generate(args.image, out, settings, **job)]
+        else:
+            results = studio.generate_variations(args.image, out, settings, seeds,
+                                                 on_result=lambda r: print(f"Wrote {r.video_path}", flush=True), **job)
+    except BaseException:
+        if preview is not None:
+            preview.remove()  # previews of a job that produced nothing
+        raise
+    first = results[0]
+    if first.pose is not None:
+        print(f"Pose video: {first.pose.pose_video_path}" + filled_note(first.pose.filled_frames))
+    for result in results:
+        print(f"Wrote {result.video_path} ({len(result.frames)} frames) and {result.manifest_path} "
+              f"in {result.elapsed_s:.1f} s")
+    if preview is not None and preview.written:
+        print(f"Live previews: {len(preview.written)} images in {preview.folder}")
     return 0
 
 

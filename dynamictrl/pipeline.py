@@ -137,7 +137,9 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
     (`CogVideoXDPMScheduler`, trailing timesteps).
     """
 
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    # "pred_original_sample": the scheduler's x0 estimate of this step (live previews, see
+    # preview.py); None for schedulers that do not make one.
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "pred_original_sample"]
     # Set by the model manager's placement (`manager.place_pipeline`): the device a job runs
     # on, and the device of a text encoder kept out of the offload hooks (T5 on the CPU).
     execution_device: str | None = None
@@ -502,7 +504,8 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 )
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "negative_prompt_embeds": negative_prompt_embeds}
+                               "negative_prompt_embeds": negative_prompt_embeds,
+                               "pred_original_sample": old_pred_original_sample}
                     latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
                 progress_bar.update()
         self._current_timestep = None
@@ -746,7 +749,8 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 )
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "negative_prompt_embeds": negative_prompt_embeds}
+                               "negative_prompt_embeds": negative_prompt_embeds,
+                               "pred_original_sample": old_pred_original_sample}
                     latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
         self._current_timestep = None
 

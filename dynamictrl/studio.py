@@ -236,6 +236,27 @@ def check_size_and_frames(num_frames: int, width: int, height: int):
         raise ValueError(f"The frame count must be 4k+1 (…, 33, 37, 41, …); got {num_frames}: use {lower} or {lower + 4}.")
 
 
+MAX_VARIATIONS = 8
+
+
+def check_seeds(seeds) -> list[int]:
+    """1 to 8 distinct integer seeds, in the order given."""
+    seeds = list(seeds)
+    if not 1 <= len(seeds) <= MAX_VARIATIONS:
+        raise ValueError(f"Give 1 to {MAX_VARIATIONS} seeds for variations, got {len(seeds)}.")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"Seeds are whole numbers >= 0, got {seeds}.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"Each seed once, please: {seeds} repeats one.")
+    return seeds
+
+
+def variation_path(out_path: str | Path, seed: int) -> Path:
+    """`dance.mp4` -> `dance_seed7.mp4`: one output per seed of a variations job."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}_seed{seed}{out_path.suffix}")
+
+
 class Cancelled(Exception):
     """Raised by a progress callback to stop a job between steps (the app's Cancel button)."""
 
@@ -675,6 +696,8 @@ class Studio:
         pose_settings: PoseSettings | None = None,
         progress: ProgressCallback | None = None,
         pose_provenance: dict | None = None,
+        preview: Callable | None = None,
+        preview_every: int = 5,
     ) -> GenerateResult:
         """Animates the reference image; writes the mp4 and, beside it, `<name>.json` with
         every setting and input hash.
@@ -684,21 +707,68 @@ class Studio:
         from `driving_video_path` (a raw video: poses are extracted first with
         `pose_settings`, whose size and frame count follow `settings`). A job that fails or
         is cancelled leaves nothing beside `out_path` (no pose video, no masked reference).
+
+        `preview(p)`: live previews (`dynamictrl.preview.Preview`: small frames of the video
+        as it forms, from the scheduler's x0 estimate through a linear latent->RGB
+        projection, never the VAE) every `preview_every` denoising steps and at the last.
+        A callback may raise `Cancelled` to stop the job, like `progress`.
         """
         out_path = Path(out_path)
         side_files = [out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS]
         existing = {path for path in side_files if path.exists()}
         try:
             return self._generate(image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings,
-                                  progress, pose_provenance)
+                                  progress, pose_provenance, preview, preview_every)
         except BaseException:
             for path in side_files:
                 if path not in existing:  # never a file an earlier run left under this name
                     path.unlink(missing_ok=True)
             raise
 
+    def generate_variations(
+        self,
+        image_path: str | Path,
+        out_path: str | Path,
+        settings: GenerateSettings,
+        seeds: list[int],
+        pose_video_path: str | Path | None = None,
+        driving_video_path: str | Path | None = None,
+        pose_settings: PoseSettings | None = None,
+        progress: ProgressCallback | None = None,
+        on_result: Callable[[GenerateResult], None] | None = None,
+        preview: Callable | None = None,
+        preview_every: int = 5,
+    ) -> list[GenerateResult]:
+        """The same job with each of `seeds` (1 to 8), one after another: `<stem>_seed<N>.mp4`
+        (+ manifest) per seed, `on_result` called as each finishes. Poses are extracted and
+        the prompt captioned once, for the first seed, and reused by the others.
+        `progress` covers all of them; `preview` previews are of the seed running."""
+        out_path = Path(out_path)
+        seeds = check_seeds(seeds)
+        results: list[GenerateResult] = []
+        pose_provenance = None
+        for index, seed in enumerate(seeds):
+            path = variation_path(out_path, seed)
+            phase = _phase(progress, index / len(seeds), (index + 1) / len(seeds))
+            if phase is not None:
+                phase(0.0, f"seed {seed} ({index + 1} of {len(seeds)})")
+            result = self.generate(image_path, path, replace(settings, seed=seed), pose_video_path=pose_video_path,
+                                   driving_video_path=driving_video_path, pose_settings=pose_settings, progress=phase,
+                                   pose_provenance=pose_provenance, preview=preview, preview_every=preview_every)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if index == 0:
+                manifest = json.loads(result.manifest_path.read_text())
+                # The later seeds reuse the first one's poses and (auto) prompt.
+                settings = replace(settings, prompt=manifest["prompt_used"])
+                if result.pose is not None:
+                    pose_video_path, driving_video_path = result.pose.pose_video_path, None
+                    pose_provenance = manifest["inputs"]["pose_extraction"]
+        return results
+
     def _generate(self, image_path, out_path: Path, settings: GenerateSettings, pose_video_path, driving_video_path,
-                  pose_settings, progress, pose_provenance) -> GenerateResult:
+                  pose_settings, progress, pose_provenance, preview=None, preview_every: int = 5) -> GenerateResult:
         import torch
 
         from .pose.sequence import cover_crop
@@ -716,6 +786,8 @@ class Studio:
         from .pipeline import check_pose_strength
 
         check_pose_strength(settings.pose_strength)
+        if preview is not None and preview_every < 1:
+            raise ValueError(f"preview_every must be >= 1 (denoising steps between previews), got {preview_every}.")
         self.check_models(settings, driving_video=driving_video_path is not None)
         if settings.prompt.strip():
             check_no_placeholder(settings.prompt)
@@ -779,16 +851,26 @@ class Studio:
             t5_on_cpu=settings.t5_on_cpu,
         )
 
+        previews = None  # made inside the job: the projection is fitted to the pipeline's VAE
+
         def on_step(pipeline, step, timestep, tensors):
             if progress is not None:
                 progress((step + 1) / settings.steps, f"denoising step {step + 1}/{settings.steps}")
+            if previews is not None:
+                previews(pipeline, step, timestep, tensors)
             return {}
 
         used = {}
 
         def generate_in(tier: str):
+            nonlocal previews
             with models.use(variant, options, tier) as pipe:
                 used.update(tier=tier, dtype=str(pipe.transformer.dtype).replace("torch.", ""))
+                if preview is not None:
+                    from .preview import PreviewMaker, projection_for
+
+                    previews = PreviewMaker(projection_for(pipe.vae, self.cache_dir), preview, preview_every,
+                                            settings.steps, (settings.num_frames - 1) // 4 + 1)
                 return pipe(
                     image=reference,
                     pose_video=pose_frames,
@@ -802,6 +884,7 @@ class Studio:
                     generator=torch.Generator().manual_seed(settings.seed),
                     output_type="uint8",
                     callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
                     window_frames=settings.window_frames,
                     overlap_frames=settings.overlap,
                     color_match=settings.color_match,

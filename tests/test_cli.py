@@ -290,3 +290,36 @@ def test_models_command_lists_every_model_with_its_state(tiny_weights):
     assert rows["qwen2vl_7b"]["to download"] == "16.6 GB"
     assert set(rows) >= {"base", "mask_background", "mask_clothing", "dwpose", "sam_vit_b", "qwen2vl_2b", "qwen2vl_7b",
                          "musetalk", "sd_vae", "whisper_tiny", "face_parsing"}
+
+
+def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
+    rng = np.random.default_rng(4)
+    image = tmp_path / "ref.png"
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(image)
+    pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8))
+    out = tmp_path / "dance.mp4"
+    result = run_cli(
+        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing",
+        "--out", str(out), "--frames", "9", "--width", "48", "--height", "64", "--speed", "draft", "--steps", "2",
+        "--seeds", "3,9", "--preview-every", "1", "--pose-strength", "0.5",
+        "--weights-dir", str(tiny_weights), "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    for seed in (3, 9):
+        manifest = json.loads((tmp_path / f"dance_seed{seed}.json").read_text())
+        assert manifest["settings"]["seed"] == seed and manifest["settings"]["steps"] == 2
+        assert manifest["settings"]["first_block_cache"] == 0.05 and manifest["settings"]["pose_strength"] == 0.5
+        assert read_video(tmp_path / f"dance_seed{seed}.mp4").num_frames == 9
+    assert not out.exists()
+    previews = sorted((tmp_path / "dance_preview").glob("step_*.png"))
+    assert [p.name for p in previews] == ["step_001.png", "step_002.png"]  # the second seed's overwrite the first's
+    assert Image.open(previews[0]).size == (6 * 3, 8)  # 3 latent frames of 48/8 x 64/8 side by side
+
+
+def test_bad_seed_and_size_options_are_one_line(tmp_path):
+    result = run_cli("generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4"),
+                     "--seeds", "1,1")
+    assert result.returncode == 2 and "Each seed once" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4"),
+                     "--size", "portrait-draft", "--width", "512")
+    assert result.returncode == 2 and "either --size or --width/--height" in result.stderr
