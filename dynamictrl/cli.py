@@ -111,7 +111,8 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("--width", type=int, default=None, help=f"default {defaults.width} (or from --size)")
     generate.add_argument("--height", type=int, default=None, help=f"default {defaults.height} (or from --size)")
     generate.add_argument("--size", choices=[p.name for p in presets.SIZE_PRESETS], default=None,
-                          help="a size preset: " + ", ".join(f"{p.name} {p.width}x{p.height}" for p in presets.SIZE_PRESETS))
+                          help="a size preset: "
+                          + ", ".join(f"{p.name} {p.width}x{p.height}" for p in presets.SIZE_PRESETS))
     generate.add_argument("--speed", choices=[p.name for p in presets.SPEED_PRESETS], default=None,
                           help="quality (25 steps, official) or draft (10 steps + first-block cache); "
                                "--steps / --first-block-cache override it")
@@ -201,7 +202,8 @@ def add_mask_arguments(mask: argparse.ArgumentParser) -> None:
 
 
 def add_models_arguments(models: argparse.ArgumentParser) -> None:
-    models.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights or $DYNAMICTRL_WEIGHTS)")
+    models.add_argument("--weights-dir", default=None,
+                        help="where weights live (default: ./weights or $DYNAMICTRL_WEIGHTS)")
     models.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
@@ -275,7 +277,9 @@ def seeds_from(args) -> list[int] | None:
         try:
             return [int(text) for text in args.seeds.split(",") if text.strip()]
         except ValueError as error:
-            raise ValueError(f"--seeds takes whole numbers separated by commas, e.g. 1,2,3 (got {args.seeds!r}).") from error
+            raise ValueError(
+                f"--seeds takes whole numbers separated by commas, e.g. 1,2,3 (got {args.seeds!r})."
+            ) from error
     if args.variations is not None:
         return [args.seed + i for i in range(args.variations)]
     return None

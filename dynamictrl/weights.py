@@ -298,7 +298,7 @@ def resolve_sam(
 
 def download_url(url: str, target: str | os.PathLike, size: int | None = None, sha256: str | None = None,
                  chunk_bytes: int = 1 << 20, headers: dict | None = None,
-                 on_bytes: "Callable[[int], None] | None" = None, cancel=None) -> Path:
+                 on_bytes: Callable[[int], None] | None = None, cancel=None) -> Path:
     """Downloads `url` to `target` over plain HTTP(S).
 
     Bytes go to `<target>.part` first; a later call resumes it with an HTTP Range
