@@ -402,6 +402,20 @@ def remote_files(item: ModelSpec, endpoint: str | None = None) -> list[RemoteFil
     return files
 
 
+def hub_download_bytes(name: str, endpoint: str | None = None) -> int | None:
+    """The exact download size from the hub's file list (SAM: the pinned size); None
+    offline or when the hub cannot be reached (the table's estimate stands, the reason
+    goes to the log)."""
+    item = spec(name)
+    if item.sam_kind is None and _offline():
+        return None
+    try:
+        return sum(f.size for f in remote_files(item, endpoint))
+    except Exception as error:  # the hub client raises many kinds of network errors
+        logger.info("Could not read the size of %s from the hub: %r", item.source_url, error)
+        return None
+
+
 def _hub_headers(item: ModelSpec) -> dict:
     if item.sam_kind is not None:
         return {}

@@ -579,6 +579,7 @@ class Studio:
         (x, y, 1 = include / 0 = exclude) they mark the person (background mode) or the
         clothing (clothing mode) for SAM, and the mask follows from them."""
         variant_for(mode)
+        self.check_models(mask=True)
         pose = pose if pose is not None else self.reference_pose(reference)
         with self.manager.use(self._segmenter_name()) as segmenter:
             if points:
@@ -606,10 +607,11 @@ class Studio:
 
     # ------------------------------------------------------------ models on disk
     def models_needed(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
-                      lipsync: bool = False) -> list[str]:
+                      lipsync: bool = False, caption: bool = False, mask: bool = False) -> list[str]:
         """Catalog names (`dynamictrl/catalog.py`) of the models a job needs: a generation
-        with `settings` (from a driving video: poses are extracted first), and/or lip-sync.
-        Models already registered in the manager (tiny mode, tests) are not listed."""
+        with `settings` (from a driving video: poses are extracted first), pose extraction
+        (`driving_video`), lip-sync, an auto caption, a mask. Models already registered in
+        the manager (tiny mode, tests) are not listed."""
         from . import catalog
 
         names = []
@@ -619,28 +621,27 @@ class Studio:
             variant = self._variant_for(settings)
             if variant is not None:
                 names.append(catalog.variant_model(variant))
-            if settings.mask_mode:  # masks start from the DWPose person box
-                names.append("dwpose")
-            if settings.mask_mode and not self.manager.is_registered("sam." + self.sam_kind):
-                names.append(catalog.sam_model(self.sam_kind))
-            if not settings.prompt.strip() and not self.manager.is_registered("captioner"):
-                names.append(catalog.caption_model(self.caption_model))
-        if driving_video and "dwpose" not in names:
+            mask = mask or bool(settings.mask_mode)
+            caption = caption or not settings.prompt.strip()
+        if mask or driving_video:  # masks start from the DWPose person box
             names.append("dwpose")
+        if mask and not self.manager.is_registered("sam." + self.sam_kind):
+            names.append(catalog.sam_model(self.sam_kind))
+        if caption and not self.manager.is_registered("captioner"):
+            names.append(catalog.caption_model(self.caption_model))
         if lipsync:
             names.extend(catalog.GROUPS["lipsync"])
         return names
 
-    def missing_models(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
-                       lipsync: bool = False) -> list:
-        """`catalog.ModelStatus` of every model the job needs that is not on disk (offline: reads the disk only)."""
+    def missing_models(self, settings: "GenerateSettings | None" = None, **job) -> list:
+        """`catalog.ModelStatus` of every model the job needs (arguments as `models_needed`)
+        that is not on disk; reads the disk only, so it works offline."""
         from . import catalog
 
-        needed = self.models_needed(settings, driving_video, lipsync)
+        needed = self.models_needed(settings, **job)
         return [s for s in catalog.statuses(self.weights_dir, needed) if s.state != catalog.ON_DISK]
 
-    def check_models(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
-                     lipsync: bool = False) -> None:
+    def check_models(self, settings: "GenerateSettings | None" = None, **job) -> None:
         """Raises one `catalog.MissingModelsError` listing every missing model of the job when
         they will not be downloaded on the way (offline, or `auto_download` off)."""
         from . import catalog
@@ -648,7 +649,7 @@ class Studio:
         offline = weights._offline()
         if self.auto_download and not offline:
             return
-        missing = self.missing_models(settings, driving_video, lipsync)
+        missing = self.missing_models(settings, **job)
         if missing:
             raise catalog.MissingModelsError(missing, "offline mode is on" if offline else "")
 
@@ -680,6 +681,7 @@ class Studio:
     def caption(self, image, mask_mode: str | None = None):
         """Qwen2-VL caption of a reference (path, PIL or array), fitted to T5's 226 tokens;
         with a mask mode, of the visible part plus a placeholder for the masked region."""
+        self.check_models(caption=True)
         tokenizer = self.t5_tokenizer()
         with self.manager.use(self._captioner_name()) as captioner:
             if mask_mode:

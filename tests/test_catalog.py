@@ -125,6 +125,7 @@ def test_download_reports_progress_and_checks_the_files(tmp_path, online):
     files = variant_repo_files()
     reports = []
     with TinyHub({MASK_B: files}) as hub:
+        assert catalog.hub_download_bytes("mask_background", hub.endpoint) == sum(len(d) for d in files.values())
         path = catalog.download_model("mask_background", tmp_path, progress=reports.append, endpoint=hub.endpoint,
                                       chunk_bytes=16_384, report_every_s=0)
     assert path == tmp_path / "Dynamictrl-Mask_B01"
@@ -204,6 +205,7 @@ def test_unreachable_hub_says_what_to_do_elsewhere_and_logs_the_raw_error(tmp_pa
     assert "copy the folder weights/DWPose to" in message
     assert "Connect" not in message and "127.0.0.1" not in message  # the raw error is in the log only
     assert any("127.0.0.1" in record.getMessage() or "Connect" in record.getMessage() for record in caplog.records)
+    assert catalog.hub_download_bytes("dwpose", endpoint) is None  # the table's estimate stands
 
 
 def test_offline_download_names_every_missing_model_once(tmp_path, tiny_weights, monkeypatch):

@@ -181,7 +181,8 @@ def test_missing_sam_checkpoint_offline_names_how_to_get_it(tiny_weights, tmp_pa
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
     result = run_cli("mask", "--image", str(image), "--mode", "background", "--out", str(tmp_path / "m.png"),
                      "--width", "48", "--height", "64", "--weights-dir", str(tiny_weights), "--device", "cpu")
-    assert result.returncode == 2 and "sam_vit_b_01ec64.pth" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "SAM ViT-B (375.0 MB)" in result.stderr and "python -m dynamictrl download sam_vit_b" in result.stderr
 
 
 def test_duration_rounds_to_4k_plus_1():
