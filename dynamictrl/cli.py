@@ -40,16 +40,16 @@ def command_in(argv: list[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser. Only `command`'s own arguments are declared (all of them when
-    None): a subcommand's defaults may come from modules that import torch, and neither
-    `--help` nor a typo should wait for those."""
+def build_parser(declare: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Every subcommand is listed, but only those in `declare` (all
+    when None) get their own arguments: a subcommand's defaults may come from modules that
+    import torch, and neither `--help` nor a typo should wait for those."""
     parser = argparse.ArgumentParser(prog="python -m dynamictrl", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, spec in COMMANDS.items():
         subparser = commands.add_parser(name, help=spec.help, description=spec.help)
-        if command is None or command == name:
+        if declare is None or name in declare:
             spec.add_arguments(subparser)
     return parser
 
@@ -603,7 +603,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(command_in(argv)).parse_args(argv)
+    command = command_in(argv)
+    args = build_parser([command] if command else []).parse_args(argv)
     errors.configure_cli_logging(debug=args.debug)
     try:
         return COMMANDS[args.command].run(args)
