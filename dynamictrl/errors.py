@@ -61,6 +61,18 @@ def log_job_error(log: logging.Logger, error: BaseException, what: str | None = 
                   exc_info=(type(error), error, error.__traceback__))
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (tests and tools swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 class _LevelPrefixFormatter(logging.Formatter):
     """`error: message`, `warning: message`, as command line tools print them."""
 
@@ -74,7 +86,7 @@ def configure_cli_logging(debug: bool = False) -> None:
     (and so the tracebacks of user-level errors) with `--debug`. Idempotent."""
     handler = next((h for h in logger.handlers if h.get_name() == _CLI_HANDLER_NAME), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.set_name(_CLI_HANDLER_NAME)
         handler.setFormatter(_LevelPrefixFormatter("%(levelprefix)s: %(message)s"))
         logger.addHandler(handler)
