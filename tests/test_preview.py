@@ -7,12 +7,18 @@ import torch
 from PIL import Image
 
 from dynamictrl import preview as preview_module
-from dynamictrl.preview import LatentRGBProjection, Preview, PreviewMaker, fit_projection, projection_for
+from dynamictrl.preview import LatentRGBProjection, Preview, PreviewMaker, projection_for
 
 
 @pytest.fixture(scope="module")
-def projection(tiny_pipe):
-    return fit_projection(tiny_pipe.vae)
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def projection(tiny_pipe, cache_dir):
+    """Fitted once for the module; the studio test below reads it back from `cache_dir`."""
+    return projection_for(tiny_pipe.vae, cache_dir)
 
 
 def pooled_decode(vae, clip):
@@ -60,7 +66,8 @@ def test_preview_maker_schedule_and_frames(projection):
         PreviewMaker(projection, got.append, every=0, steps=5, latent_frames=3)
 
 
-def test_previews_during_a_tiny_generation_leave_the_video_unchanged(tiny_weights, tmp_path):
+def test_previews_during_a_tiny_generation_leave_the_video_unchanged(tiny_weights, tmp_path, cache_dir, projection,
+                                                                      monkeypatch):
     from dynamictrl.studio import GenerateSettings, Studio
     from dynamictrl.video import write_video
 
@@ -68,7 +75,9 @@ def test_previews_during_a_tiny_generation_leave_the_video_unchanged(tiny_weight
     image = tmp_path / "ref.png"
     Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(image)
     pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8))
-    studio = Studio(weights_dir=tiny_weights, device="cpu", cache_dir=tmp_path / "cache")
+    # The studio loads its own pipeline: its VAE (same weights) finds the fitted projection on disk.
+    monkeypatch.setattr(preview_module, "fit_projection", lambda vae: pytest.fail("fitted twice"))
+    studio = Studio(weights_dir=tiny_weights, device="cpu", cache_dir=cache_dir)
     settings = GenerateSettings(prompt="a dancer", num_frames=9, width=48, height=64, steps=3, seed=4)
     previews: list[Preview] = []
     with_previews = studio.generate(image, tmp_path / "a.mp4", settings, pose_video_path=pose,
@@ -78,4 +87,3 @@ def test_previews_during_a_tiny_generation_leave_the_video_unchanged(tiny_weight
     assert [p.step for p in previews] == [1, 2, 3] and all(p.steps == 3 for p in previews)
     assert previews[0].frames.shape == (3, 8, 6, 3)  # 9 frames -> 3 latent frames of 64/8 x 48/8
     assert not np.array_equal(previews[0].frames, previews[-1].frames)  # the estimate sharpens
-    assert list((tmp_path / "cache" / "previews").glob("*.json"))
