@@ -5,6 +5,7 @@ Qwen2-VL, MuseTalk) is resolved here, so there is one place that knows the folde
 layout, the download command and the offline error.
 """
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ LIPSYNC_WEIGHTS = {
 SIZES_GB = {BASE_REPO: 22.0, VARIANTS["mask_background"]: 11.5, VARIANTS["mask_clothing"]: 11.5}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOWNLOAD_FAILED = "the download failed; the log has the details"
+
+logger = logging.getLogger(__name__)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -156,7 +160,9 @@ def download(repo_id: str, weights_dir: str | os.PathLike | None = None, allow_p
     try:
         snapshot_download(repo_id=repo_id, local_dir=str(target), allow_patterns=allow_patterns)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, str(error))) from error
+        # The raw network error is for the log; the message says what to do.
+        logger.warning("Downloading %s failed: %r", repo_id, error)
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, DOWNLOAD_FAILED)) from error
     return target
 
 
@@ -181,7 +187,7 @@ def resolve_files(
     try:
         download(repo_id, weights_dir, allow_patterns=filenames)
     except WeightsNotFoundError as error:
-        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, str(error.__cause__), filenames)) from error
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, DOWNLOAD_FAILED, filenames)) from error
     missing = [name for name in filenames if not (target / name).is_file()]
     if missing:
         reason = f"the download did not contain {', '.join(missing)}"
@@ -293,7 +299,9 @@ def resolve_sam(
     try:
         return download_url(spec.url, target, size=spec.size, sha256=spec.sha256)
     except (OSError, ValueError, HTTPException) as error:  # URLError is an OSError; a cut stream an HTTPException
-        raise _sam_missing(kind, target, weights_dir, str(error)) from error
+        logger.warning("Downloading %s failed: %r", spec.url, error)
+        # A size or digest mismatch (ValueError) is ours and says what happened; network text is for the log.
+        raise _sam_missing(kind, target, weights_dir, str(error) if isinstance(error, ValueError) else DOWNLOAD_FAILED) from error
 
 
 def download_url(url: str, target: str | os.PathLike, size: int | None = None, sha256: str | None = None,
