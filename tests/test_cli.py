@@ -151,18 +151,25 @@ def test_mask_command_writes_the_masked_reference(tiny_weights, tmp_path, monkey
     """In process, with the tiny SAM registered where the real checkpoint would load."""
     from dynamictrl.testing.sam import build_tiny_sam
 
-    from dynamictrl import cli
+    from dynamictrl import cli, weights
     from dynamictrl.segment import Segmenter
 
     def register_tiny(manager, kind, weights_dir=None):
         manager.register(f"sam.{kind}", lambda: Segmenter(build_tiny_sam(), device="cpu"))
 
     monkeypatch.setattr("dynamictrl.studio.register_segmenter", register_tiny)
+    # A weights folder where the checkpoint is on disk (a sparse file of the official size,
+    # so the studio's missing-models check passes); the tiny SAM loads in its place.
+    folder = tmp_path / "weights"
+    (folder / "sam").mkdir(parents=True)
+    (folder / "DWPose").symlink_to(tiny_weights / "DWPose")
+    with open(folder / "sam" / "sam_vit_b_01ec64.pth", "wb") as checkpoint:
+        checkpoint.truncate(weights.SAM_CHECKPOINTS["vit_b"].size)
     image = tmp_path / "ref.png"
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
     out, mask = tmp_path / "masked.png", tmp_path / "mask.png"
     code = cli.main(["mask", "--image", str(image), "--mode", "background", "--out", str(out), "--save-mask", str(mask),
-                     "--width", "48", "--height", "64", "--points", "24,30,+", "--weights-dir", str(tiny_weights),
+                     "--width", "48", "--height", "64", "--points", "24,30,+", "--weights-dir", str(folder),
                      "--device", "cpu"])
     assert code == 0 and "--mask-mode background" in capsys.readouterr().out
     assert np.asarray(Image.open(out)).shape == (64, 48, 3)
