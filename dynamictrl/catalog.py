@@ -416,14 +416,6 @@ def hub_download_bytes(name: str, endpoint: str | None = None) -> int | None:
         return None
 
 
-def _hub_headers(item: ModelSpec) -> dict:
-    if item.sam_kind is not None:
-        return {}
-    from huggingface_hub.utils import build_hf_headers
-
-    return build_hf_headers()
-
-
 def download_model(
     name: str,
     weights_dir: str | os.PathLike | None = None,
@@ -459,7 +451,6 @@ def download_model(
         record = {"repo_id": item.repo_id, "files": {f.name: f.size for f in files}}
         (folder / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=2))
     meter = _Meter(name, sum(f.size for f in files), progress, report_every_s)
-    headers = _hub_headers(item)
     for remote in files:
         destination = folder / remote.name
         meter.file = remote.name
@@ -476,7 +467,9 @@ def download_model(
         part = destination.with_name(destination.name + ".part")
         resumed[0] = part.is_file() and part.stat().st_size > 0
         try:
-            weights.download_url(remote.url, destination, size=remote.size, sha256=remote.sha256, headers=headers,
+            # Every model of the catalog is public: no token is sent (urllib would forward it
+            # to the CDN the hub redirects to).
+            weights.download_url(remote.url, destination, size=remote.size, sha256=remote.sha256,
                                  on_bytes=on_bytes, cancel=cancel, chunk_bytes=chunk_bytes)
         except weights.DownloadCancelled:
             meter.emit()
