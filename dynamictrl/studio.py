@@ -480,10 +480,10 @@ class Studio:
         from .video import check_video_limits, check_video_memory, probe_video
 
         started = time.perf_counter()
-        self.check_models(lipsync=True)
         settings = settings or LipSyncSettings()
         out_path = Path(out_path)
         check_outputs(out_path, out_path.with_suffix(".json"), suffix=".mp4")
+        self.check_models(lipsync=True)
         # Bad or too long audio fails before any model loads; the video's limits are judged
         # from its header before check_video_memory counts its packets.
         audio = load_audio(audio_path, max_seconds=self.limits.max_audio_seconds)
