@@ -56,8 +56,14 @@ class DownloadCancelled(Exception):
 
 
 def default_weights_dir() -> Path:
-    """`$DYNAMICTRL_WEIGHTS` if set, else the project's `weights/` folder."""
-    return Path(os.environ.get("DYNAMICTRL_WEIGHTS", PROJECT_ROOT / "weights"))
+    """`$DYNAMICTRL_WEIGHTS` if set; else the `weights/` folder of the source checkout when
+    the package runs from one (beside pyproject.toml), else `weights/` in the current folder:
+    an installed package never downloads into site-packages."""
+    if "DYNAMICTRL_WEIGHTS" in os.environ:
+        return Path(os.environ["DYNAMICTRL_WEIGHTS"])
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / "weights"
+    return Path.cwd() / "weights"
 
 
 def variant_repo(variant: str | None) -> str | None:

@@ -60,3 +60,87 @@ def test_the_tiny_builders_are_part_of_the_package():
     for module in (eval, face_parser, models, musetalk, onnx, qwen, sam, whisper):
         assert Path(module.__file__).parent == ROOT / "dynamictrl" / "testing"
     assert callable(tiny.save_tiny_weights) and callable(tiny.tiny_studio)
+
+
+def test_weights_default_to_the_checkout_or_else_the_current_folder(tmp_path, monkeypatch):
+    from dynamictrl import weights
+
+    monkeypatch.delenv("DYNAMICTRL_WEIGHTS", raising=False)
+    assert weights.default_weights_dir() == ROOT / "weights"  # this checkout has pyproject.toml
+    installed = tmp_path / "site-packages"  # an installed package: no pyproject.toml beside it
+    installed.mkdir()
+    monkeypatch.setattr(weights, "PROJECT_ROOT", installed)
+    monkeypatch.chdir(tmp_path)
+    assert weights.default_weights_dir() == tmp_path / "weights"
+    monkeypatch.setenv("DYNAMICTRL_WEIGHTS", str(tmp_path / "elsewhere"))
+    assert weights.default_weights_dir() == tmp_path / "elsewhere"
+
+
+# ------------------------------------------------------------------ dependencies
+def read_pins(path: Path) -> dict[str, str]:
+    """`name==version` lines of a requirements file (following `-r`), by normalised name."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-e"):
+            continue
+        if line.startswith("-r"):
+            pins |= read_pins(path.parent / line[2:].strip())
+            continue
+        requirement = Requirement(line)
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", f"{path.name}: {line} is not pinned with =="
+        pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
+
+
+def pyproject_requirements() -> dict[str | None, list]:
+    """The pyproject's dependencies by extra (None = the core), self-references left out."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {None: project["dependencies"], **project["optional-dependencies"]}
+    return {extra: [r for r in map(Requirement, lines) if r.name != project["name"]] for extra, lines in groups.items()}
+
+
+def test_requirements_txt_is_the_app_runtime_only():
+    pins = read_pins(ROOT / "requirements.txt")
+    for tool in ("pytest", "playwright", "ray", "ruff", "peft", "lpips", "scikit-image"):
+        assert tool not in pins, f"requirements.txt (what a Space installs) must not hold {tool}"
+    assert {"torch", "diffusers", "transformers", "gradio", "onnx"} <= set(pins)
+
+
+def test_pins_and_pyproject_agree():
+    """Every pyproject dependency is pinned in requirements.txt (core + app) or
+    requirements-dev.txt (the other extras), at a version its specifier allows, and every
+    pin is a dependency of some group."""
+    from packaging.utils import canonicalize_name
+
+    runtime = read_pins(ROOT / "requirements.txt")
+    everything = read_pins(ROOT / "requirements-dev.txt")
+    declared = set()
+    for extra, requirements in pyproject_requirements().items():
+        pins = runtime if extra in (None, "app") else everything
+        for requirement in requirements:
+            name = canonicalize_name(requirement.name)
+            declared.add(name)
+            assert name in pins, f"{requirement} (extra {extra}) is not pinned"
+            assert requirement.specifier.contains(pins[name]), f"{requirement} does not allow the pin {pins[name]}"
+    assert set(everything) == declared, f"pinned but not in pyproject.toml: {set(everything) - declared}"
+
+
+def test_the_console_script_is_the_cli():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["dynamictrl"].split(":")
+    import importlib
+
+    from dynamictrl import cli
+
+    assert getattr(importlib.import_module(module), function) is cli.main
