@@ -7,14 +7,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+OFFICIAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 
 
-def shared_fixture(*parts: str) -> Path:
-    """A path in ../shared/fixtures (reference data of the official code); skips if absent."""
-    path = SHARED_FIXTURES.joinpath(*parts)
+def official_fixture(*parts: str) -> Path:
+    """A path in tests/fixtures/official: data produced by the official code (see its
+    README), part of the repository, so the fidelity tests run in every clone."""
+    path = OFFICIAL_FIXTURES.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"reference fixture {path} is missing (../shared/ is not beside the repo)")
+        raise FileNotFoundError(f"reference fixture {path} is missing from the checkout")
     return path
 
 

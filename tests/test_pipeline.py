@@ -2,7 +2,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tests.conftest import shared_fixture
+from tests.conftest import official_fixture
 from safetensors.torch import load_file
 
 from dynamictrl import weights
@@ -38,7 +38,7 @@ def run(pipe, frames=9, height=64, width=48, seed=42, **kwargs):
 
 
 def test_reproduces_official_pipeline_frames():
-    root = shared_fixture("official_pipeline_tiny")
+    root = official_fixture("official_pipeline_tiny")
     pipe = DynamiCtrlPipeline.from_pretrained(root / "model")
     pipe.set_progress_bar_config(disable=True)
     pose = load_file(root / "pose_13.safetensors")["pose_u8"].permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -3,7 +3,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from tests.conftest import shared_fixture
+from tests.conftest import official_fixture
 
 from dynamictrl.pose.render import draw_pose, draw_pose_video, overlay_pose, side_by_side
 from dynamictrl.pose.types import NUM_BODY, NUM_FACE, NUM_HAND, FramePose, PersonPose, pose_from_dict
@@ -42,15 +42,15 @@ def person(points: dict[int, tuple[float, float, float]]) -> PersonPose:
     [("pose1_single_frontal", 1360, 768), ("pose3_two_persons", 768, 512)],
 )
 def test_matches_official_renderer(name, height, width):
-    pose = load_json(shared_fixture("pose_render", f"{name}.json"))
-    expected = load_rgb(shared_fixture("pose_render", f"{name}_H{height}_W{width}.png"))
+    pose = load_json(official_fixture("pose_render", f"{name}.json"))
+    expected = load_rgb(official_fixture("pose_render", f"{name}_H{height}_W{width}.png"))
     rendered = draw_pose(pose, height, width)
     assert rendered.dtype == np.uint8 and rendered.shape == expected.shape == (height, width, 3)
     assert np.array_equal(rendered, expected)
 
 
 def test_retargeted_frames_match_official_renderer():
-    folder = shared_fixture("retarget", "s1_portrait_ref_landscape_video")
+    folder = official_fixture("retarget", "s1_portrait_ref_landscape_video")
     height, width = load_json(folder / "input.json")["ref_image_hw"]
     poses = load_json(folder / "output.json")["transformed_poses"]
     video = draw_pose_video(poses, height, width)
@@ -62,7 +62,7 @@ def test_retargeted_frames_match_official_renderer():
 
 
 def test_frame_pose_renders_like_its_dict():
-    pose = load_json(shared_fixture("pose_render", "pose3_two_persons.json"))
+    pose = load_json(official_fixture("pose_render", "pose3_two_persons.json"))
     typed = pose_from_dict(pose, 768, 512)
     assert np.array_equal(draw_pose(typed, 768, 512), draw_pose(pose, 768, 512))
 
@@ -217,15 +217,15 @@ def canvas_is_clean() -> bool:
     [("pose1_single_frontal", 1360, 768), ("pose3_two_persons", 768, 512)],
 )
 def test_reference_renderer_matches_the_official_one(name, height, width):
-    pose = load_json(shared_fixture("pose_render", f"{name}.json"))
-    expected = load_rgb(shared_fixture("pose_render", f"{name}_H{height}_W{width}.png"))
+    pose = load_json(official_fixture("pose_render", f"{name}.json"))
+    expected = load_rgb(official_fixture("pose_render", f"{name}_H{height}_W{width}.png"))
     assert np.array_equal(reference_draw_pose(pose, height, width), expected)
 
 
 @pytest.mark.parametrize("height, width", [(720, 1280), (1280, 720)])
 @pytest.mark.parametrize("name", ["pose1_single_frontal", "pose3_two_persons"])
 def test_720p_matches_the_reference_renderer(name, height, width):
-    pose = load_json(shared_fixture("pose_render", f"{name}.json"))
+    pose = load_json(official_fixture("pose_render", f"{name}.json"))
     expected = reference_draw_pose(pose, height, width)
     assert expected.any()
     assert np.array_equal(draw_pose(pose, height, width), expected)
@@ -278,7 +278,7 @@ def test_resizing_the_drawn_part_equals_resizing_the_canvas():
 def test_draw_body_dims_what_the_canvas_held_like_the_official_code():
     from dynamictrl.pose.render import _leaf, draw_body
 
-    pose = load_json(shared_fixture("pose_render", "pose1_single_frontal.json"))
+    pose = load_json(official_fixture("pose_render", "pose1_single_frontal.json"))
     bodies = [_leaf(pose["bodies"][k]) for k in ("candidate", "subset", "score")]
     canvas = np.random.default_rng(0).integers(0, 256, (400, 300, 3), dtype=np.uint8)
     expected = reference_body(canvas.copy(), *bodies)

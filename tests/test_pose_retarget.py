@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from tests.conftest import shared_fixture
+from tests.conftest import official_fixture
 
 from dynamictrl.pose.retarget import (
     LEFT_FOREARM,
@@ -69,7 +69,7 @@ def limb_vectors(body_px) -> np.ndarray:
 
 
 def load_fixture():
-    folder = shared_fixture(*FIXTURE)
+    folder = official_fixture(*FIXTURE)
     inputs = json.loads((folder / "input.json").read_text())
     outputs = json.loads((folder / "output.json").read_text())
     return inputs, outputs

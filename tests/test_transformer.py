@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from tests.conftest import shared_fixture
+from tests.conftest import official_fixture
 from safetensors.torch import load_file
 
 from dynamictrl.models import DynamiCtrlTransformerModel
@@ -13,7 +13,7 @@ def rel_l2(a, b):
 
 
 def test_state_dict_equals_released_5b_checkpoint_on_meta():
-    reference = json.loads(shared_fixture("dynamictrl_transformer_keys.json").read_text())
+    reference = json.loads(official_fixture("dynamictrl_transformer_keys.json").read_text())
     with torch.device("meta"):
         model = DynamiCtrlTransformerModel.from_config(reference["config"])
     shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
@@ -24,7 +24,7 @@ def test_state_dict_equals_released_5b_checkpoint_on_meta():
 
 
 def test_released_folder_loads_through_from_pretrained():
-    folder = shared_fixture("official_pipeline_tiny", "model", "transformer")
+    folder = official_fixture("official_pipeline_tiny", "model", "transformer")
     assert json.loads((folder / "config.json").read_text())["_class_name"] == "DynamiCtrlTransformerModel"
     model = DynamiCtrlTransformerModel.from_pretrained(folder)
     assert len(model.transformer_blocks) == model.config.num_layers == 2
@@ -33,11 +33,11 @@ def test_released_folder_loads_through_from_pretrained():
 
 @pytest.fixture(scope="module")
 def official_tiny():
-    config = json.loads(shared_fixture("official_tiny", "config.json").read_text())
+    config = json.loads(official_fixture("official_tiny", "config.json").read_text())
     model = DynamiCtrlTransformerModel.from_config(config).eval()
-    missing, unexpected = model.load_state_dict(load_file(shared_fixture("official_tiny", "weights.safetensors")), strict=True)
+    missing, unexpected = model.load_state_dict(load_file(official_fixture("official_tiny", "weights.safetensors")), strict=True)
     assert not missing and not unexpected
-    return model, load_file(shared_fixture("official_tiny", "case_a.safetensors"))
+    return model, load_file(official_fixture("official_tiny", "case_a.safetensors"))
 
 
 def run_case(model, case):
