@@ -3,7 +3,7 @@
 Coordinates are normalised (x / width, y / height) of the frame they were detected in
 and are not clipped (points slightly outside the frame occur). They serialise to JSON,
 so a pose run can be saved, reloaded and edited, and convert to and from the dict
-layout of the official DWPose code (`../shared/fixtures/README.md`), which the renderer
+layout of the official DWPose code (`tests/fixtures/official/README.md`), which the renderer
 and the reference fixtures use.
 """
 
