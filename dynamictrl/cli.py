@@ -9,6 +9,8 @@ from pathlib import Path
 from . import errors, presets, weights
 
 DESCRIPTION = "DynamiCtrl Studio: pose-guided human image animation."
+# Packages of the optional extras (pyproject.toml) -> the extra that installs them.
+OPTIONAL_EXTRAS = {"ray": "serve", "peft": "train", "lpips": "eval", "skimage": "eval"}
 
 
 def add_pose_options(parser: argparse.ArgumentParser, defaults) -> None:
@@ -601,6 +603,13 @@ COMMANDS = {
 }
 
 
+def missing_extra(error: BaseException) -> str | None:
+    """The optional extra (pyproject.toml) whose package `error` says is not installed."""
+    if isinstance(error, ModuleNotFoundError):
+        return OPTIONAL_EXTRAS.get((error.name or "").split(".")[0])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = command_in(argv)
@@ -609,6 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except Exception as error:
+        extra = missing_extra(error)
+        if extra is not None:
+            errors.logger.error(
+                "`%s` needs %s, from the optional extra `%s`: pip install 'dynamictrl-studio[%s]' "
+                "(in a checkout: pip install -r requirements-dev.txt)", args.command, error.name, extra, extra)
+            return 2
         if errors.is_user_error(error):
             # Input, weight and cancel problems are the user's to fix: one clear line; the
             # traceback only with --debug.

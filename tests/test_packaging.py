@@ -8,6 +8,8 @@ or edits `sys.path` to reach it.
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = [*ROOT.glob("dynamictrl/**/*.py"), *ROOT.glob("ui/**/*.py"), *ROOT.glob("benchmarks/**/*.py"), ROOT / "app.py"]
 TEST_SUITE_MODULES = {"tests", "conftest", "app_server", "ray_jobs", "badinputs"}
@@ -144,3 +146,33 @@ def test_the_console_script_is_the_cli():
     from dynamictrl import cli
 
     assert getattr(importlib.import_module(module), function) is cli.main
+
+
+# ------------------------------------------------------------------ the core without the extras
+WITHOUT_EXTRAS = """
+import sys
+for name in ("ray", "peft", "lpips", "skimage", "pytest", "playwright"):
+    sys.modules[name] = None  # importing it fails as if it were not installed
+import app
+import dynamictrl.data, dynamictrl.eval, dynamictrl.lipsync.pipeline, dynamictrl.pipeline, dynamictrl.serve
+import dynamictrl.studio, dynamictrl.tiny, dynamictrl.train
+from dynamictrl.cli import main
+from ui.layout import build_app
+app.parse_args([])
+sys.exit(main(["serve", "--tiny"]))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch, diffusers and gradio
+def test_the_core_and_the_app_import_without_the_extras_and_a_command_names_its_extra():
+    """requirements.txt (a Space) has no Ray, peft, lpips, scikit-image or test tools: the
+    app, the API and the CLI's parser must not need them, and a command that does says
+    which extra installs it."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == ("error: `serve` needs ray, from the optional extra `serve`: pip install 'dynamictrl-studio[serve]' "
+                    "(in a checkout: pip install -r requirements-dev.txt)")
