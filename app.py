@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="address to listen on (0.0.0.0 to reach it from other machines)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
-                        help="default memory tier for generation (README 'Memory tiers')")
+                        help="default memory tier for generation (docs/memory-and-speed.md)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("DYNAMICTRL_TINY", "") not in ("", "0"),
                         help="tiny random models instead of the real ones (outputs are noise); also DYNAMICTRL_TINY=1")

@@ -51,7 +51,7 @@ def estimate_vram_gb(tier: str, num_frames: int, height: int, width: int, weight
     none: every model resident; model: the largest single model at a time; group: one
     transformer block group resident; sequential: one layer resident. Activations and the
     VAE decode come on top; `t5_on_cpu` keeps the text encoder off the GPU. Not measured
-    yet: see README ("Memory tiers").
+    yet: see docs/memory-and-speed.md ("Memory tiers").
     """
     if tier not in TIERS:
         raise ValueError(f"Unknown memory tier {tier!r}; use one of {TIERS}.")

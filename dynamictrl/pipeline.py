@@ -284,7 +284,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             ]
         else:
             image_latents = [retrieve_latents(self.vae.encode(img.unsqueeze(0)), generator) for img in image]
-        # At inference the image latent is not scaled (invert_scale_latents); see REFERENCE.md.
+        # At inference the image latent is not scaled (invert_scale_latents); see docs/reference.md.
         image_latents = torch.cat(image_latents).to(dtype).permute(0, 2, 1, 3, 4)
         if not self.vae.config.invert_scale_latents:
             image_latents = self.vae_scaling_factor_image * image_latents

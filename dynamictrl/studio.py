@@ -59,7 +59,7 @@ class GenerateSettings:
     mask_fill: str = ""  # with an empty prompt: what the masked region should show (fills the caption's placeholder)
     # SAM clicks (x, y, 1 include / 0 exclude) in target-size pixels; None: from the DWPose person box
     mask_points: list | None = None
-    # Memory and speed (see dynamictrl/manager.py and README "Memory tiers").
+    # Memory and speed (see dynamictrl/manager.py and docs/memory-and-speed.md).
     offload: str = "auto"  # auto | none | model | group | sequential
     fp8: bool = False
     int8: bool = False

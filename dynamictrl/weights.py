@@ -38,7 +38,7 @@ LIPSYNC_WEIGHTS = {
     WHISPER_REPO: WHISPER_FILES,
     FACE_PARSING_REPO: FACE_PARSING_FILES,
 }
-# Approximate download sizes, for messages and the README.
+# Approximate download sizes, for messages and the docs.
 SIZES_GB = {BASE_REPO: 22.0, VARIANTS["mask_background"]: 11.5, VARIANTS["mask_clothing"]: 11.5}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

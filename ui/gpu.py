@@ -5,7 +5,7 @@ import math
 
 from dynamictrl.manager import video_tokens
 
-# Published cost on one H20: 768x1360, 37 frames, 25 steps took 3 min 50 s (README "Hardware").
+# Published cost on one H20: 768x1360, 37 frames, 25 steps took 3 min 50 s (docs/memory-and-speed.md).
 REFERENCE_SECONDS = 230.0
 REFERENCE_TOKENS = video_tokens(37, 1360, 768)
 MODEL_LOAD_SECONDS = 60.0  # moving ~22 GB of weights onto the GPU on first use

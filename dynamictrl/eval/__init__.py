@@ -2,7 +2,7 @@
 the pred/gt pairing and table writer, and the TikTok benchmark runner.
 
 The protocol and the networks follow DisCo's evaluation code, which produced the TikTok
-numbers the paper compares with; see README "Evaluation" for the exact definitions."""
+numbers the paper compares with; see docs/evaluation.md for the exact definitions."""
 
 from .core import (
     ALL_METRICS,

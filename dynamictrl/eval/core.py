@@ -49,7 +49,7 @@ class EvalInputError(ValueError):
 
 @dataclass
 class EvalProtocol:
-    """How frames are compared; the defaults are DisCo's TikTok protocol (see README)."""
+    """How frames are compared; the defaults are DisCo's TikTok protocol (see docs/evaluation.md)."""
 
     size: int = 256  # frames are compared at size x size (L1 depends on it)
     crop: str = "center"  # center: the centred square, as DisCo; resize: squash the whole frame

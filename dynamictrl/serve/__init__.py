@@ -1,5 +1,5 @@
 """The Ray service: a Serve deployment of Studio replicas, a client with the Studio's
-methods, and batch jobs. A thin adapter over `dynamictrl.studio` (see ARCHITECTURE.md).
+methods, and batch jobs. A thin adapter over `dynamictrl.studio` (see docs/architecture.md).
 
 - `dynamictrl.serve.jobs`: a job as plain data, run on any Studio (no Ray).
 - `dynamictrl.serve.schema`: the one job schema, derived from the settings dataclasses.

@@ -107,7 +107,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", required=True, help="jobs.jsonl: one JSON job per line (see README, Ray service)")
+    parser.add_argument("--jobs", required=True, help="jobs.jsonl: one JSON job per line (see docs/serving.md)")
     _add_model_arguments(parser)
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel workers (default: one per GPU in the cluster, 1 without GPUs)")
