@@ -3,7 +3,7 @@
     python app.py [--host 127.0.0.1] [--port 7860] [--offload auto] [--share] [--auth USER:PW] [--tiny]
 
 The page is built in `ui/` over `dynamictrl.studio`. `--tiny` (or DYNAMICTRL_TINY=1)
-swaps every model for its tiny random twin from the tests, to try the UI without
+swaps every model for its tiny random twin from `dynamictrl.testing`, to try the UI without
 weights (outputs are noise).
 """
 

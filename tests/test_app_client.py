@@ -12,6 +12,8 @@ from PIL import Image
 
 from dynamictrl.video import write_video
 
+pytestmark = pytest.mark.slow  # drives app.py --tiny in a subprocess through gradio_client
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "assets" / "reference_figure.png"
 CLIP = ROOT / "assets" / "dance_figure.mp4"

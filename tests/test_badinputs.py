@@ -35,6 +35,8 @@ from dynamictrl.pose.sequence import NoPersonError
 from dynamictrl.studio import GenerateSettings, OutputError, PoseSettings, Studio, load_image
 from dynamictrl.video import VideoError, VideoLimitError, VideoTooShortError, read_video
 
+pytestmark = pytest.mark.slow  # 60 bad inputs through the API and the app
+
 HANG_GUARD_S = 60  # a hang guard, not a performance bound: the slowest case takes a few seconds
 SETTINGS = GenerateSettings(prompt="a person dancing", num_frames=9, width=48, height=64, steps=2, seed=7)
 POSE = PoseSettings(num_frames=9, width=48, height=64)

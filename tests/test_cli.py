@@ -5,9 +5,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dynamictrl.video import read_video, write_video
+
+pytestmark = pytest.mark.slow  # every test runs the CLI in a fresh interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 

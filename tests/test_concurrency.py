@@ -18,6 +18,8 @@ import pytest
 from dynamictrl.video import write_video
 from ui.handlers import session_folder_name
 
+pytestmark = pytest.mark.slow  # four app sessions at once
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "assets" / "reference_figure.png"
 TINY = "tiny 64x80"

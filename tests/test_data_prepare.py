@@ -102,6 +102,7 @@ def manifest_of(out):
     return json.loads((out / "manifest.json").read_text())
 
 
+@pytest.mark.slow  # pose, caption and mask over whole videos
 def test_layout_and_manifest(prepared):
     out, report, messages = prepared
     manifest = manifest_of(out)
@@ -208,6 +209,7 @@ def test_resume_refuses_other_settings(prepared, studio, sources):
         prepare_dataset(studio, sources, out, PrepareSettings(width=64, height=64, fps=16, mask="background"))
 
 
+@pytest.mark.slow  # pose, caption and mask over whole videos
 def test_an_interrupted_run_leaves_no_partial_item(studio, tmp_path, monkeypatch):
     sources = tmp_path / "sources"
     source_clip(sources / "a.mp4", 6, fps=16)

@@ -122,6 +122,7 @@ def test_results_equal_the_metrics_computed_directly(folders):
     assert list(result.metrics) == ["l1", "ssim", "psnr", "psnr*", "lpips", "fid-vid", "fvd"]
 
 
+@pytest.mark.slow  # every metric over several videos
 def test_worse_predictions_score_worse_on_every_metric(folders, tmp_path):
     _, gt, videos = folders
     for video_id, frames in videos.items():

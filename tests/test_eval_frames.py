@@ -88,6 +88,7 @@ def test_blur_lowers_ssim_and_raises_lpips(clip):
     assert random_lpips()(blurred, clip).mean() > random_lpips()(clip, clip).mean()
 
 
+@pytest.mark.slow  # LPIPS over frames, twice
 def test_lpips_scalings_feed_the_network_as_documented(clip):
     pred = noisy(clip, 25)
     metric = random_lpips()

@@ -76,6 +76,7 @@ def test_generated_frame_k_is_compared_with_ground_truth_frame_k(tmp_path):
     assert (tmp_path / "run" / "work" / "00335" / "reference.png").is_file()
 
 
+@pytest.mark.slow  # generates the benchmark videos
 def test_table_has_the_paper_rows_and_resume_skips_generation(tmp_path):
     dataset = tiktok_dataset(tmp_path / "data", [335, 336], frames=10)
     template = GenerateSettings(prompt="a dancer", width=48, height=64, steps=1)
@@ -114,6 +115,7 @@ def test_too_short_videos_fail_before_generating(tmp_path):
     assert studio.calls == []
 
 
+@pytest.mark.slow  # generates the benchmark videos
 def test_cli_tiktok_with_the_tiny_models(tiny_weights, tmp_path, capsys):
     """The real pose stage (tiny DWPose) and pipeline (tiny DynamiCtrl) through the command."""
     dataset = tiktok_dataset(tmp_path / "data", [335, 336], frames=12)

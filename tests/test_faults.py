@@ -28,6 +28,8 @@ from dynamictrl.manager import OutOfMemory
 from dynamictrl.studio import GenerateSettings, Studio
 from dynamictrl.video import VideoError, read_video, write_video
 
+pytestmark = pytest.mark.slow  # fault injection: OOM retries, killed ffmpeg, full disk, memory back to idle
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # A leak of the tiny models' activations is a few hundred KB; parameters do not change.
 TENSOR_SLACK_MB = 0.05

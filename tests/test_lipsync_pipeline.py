@@ -40,6 +40,7 @@ def test_pingpong_plays_forward_then_backward():
     assert [pingpong_index(i, 1) for i in range(3)] == [0, 0, 0]
 
 
+@pytest.mark.slow  # tiny MuseTalk end to end
 def test_avatar_holds_latents_masks_and_boxes(avatar):
     assert avatar.frames_without_face == [4]
     assert avatar.latents.shape == (5, 8, 32, 32) and avatar.latents.device.type == "cpu"
@@ -76,6 +77,7 @@ def test_audio_prompts_have_one_window_per_frame_plus_pe(pipe):
         pipe.audio_prompts(audio[:300], 25.0)
 
 
+@pytest.mark.slow  # tiny MuseTalk end to end
 def test_longer_audio_loops_the_video_and_keeps_faceless_frames(pipe, avatar):
     frames, report = pipe(avatar, speech(0.6), LipSyncSettings(batch_size=4))
     frames = list(frames)
@@ -101,6 +103,7 @@ def test_shorter_audio_cuts_the_video(pipe, avatar):
     assert "cut to the audio" in report.summary()
 
 
+@pytest.mark.slow  # tiny MuseTalk end to end
 def test_batch_size_does_not_change_the_result(pipe, avatar):
     audio = speech(0.3)
     one = list(pipe(avatar, audio, LipSyncSettings(batch_size=1))[0])

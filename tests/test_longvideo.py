@@ -300,6 +300,7 @@ def test_a_clip_that_fits_one_window_gives_the_plain_uint8_video(tiny_pipe):
     np.testing.assert_array_equal(plain, windowed)
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_three_windows_in_uint8_are_the_float_clip_converted(tiny_pipe, monkeypatch):
     kwargs = dict(frames=29, height=32, width=32, window_frames=17, overlap_frames=2, seed=4,
                   num_inference_steps=1, guidance_scale=1.0)
@@ -347,6 +348,7 @@ def test_three_windows_end_to_end_give_every_frame_and_a_playable_mp4(tiny_pipe,
     assert np.abs(video.frames.astype(np.float32) / 255 - frames[0]).mean() < 0.1
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_long_video_output_types_and_latents(tiny_pipe):
     kwargs = dict(frames=33, height=32, width=32, window_frames=13, overlap_frames=1, seed=3)
     latents = run(tiny_pipe, output_type="latent", **kwargs)
@@ -359,6 +361,7 @@ def test_long_video_output_types_and_latents(tiny_pipe):
     assert len(pil[0]) == 33 and pil[0][0].size == (32, 32)
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_long_video_is_deterministic_and_seeded(tiny_pipe):
     kwargs = dict(frames=29, height=32, width=32, window_frames=17)
     a = run(tiny_pipe, seed=1, **kwargs)
@@ -368,6 +371,7 @@ def test_long_video_is_deterministic_and_seeded(tiny_pipe):
     assert np.abs(a - c).mean() > 1e-4
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_windows_denoise_together(tiny_pipe):
     # Changing only the poses of the last window's own frames changes the first window's
     # frames too: the windows share slot 0 and the overlaps at every step (not stitched after).
@@ -382,6 +386,7 @@ def test_windows_denoise_together(tiny_pipe):
     assert np.abs(a[:, 1:9] - b[:, 1:9]).mean() > 0  # first window only
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_batched_windows_match_one_window_at_a_time(tiny_pipe):
     kwargs = dict(frames=29, height=32, width=32, window_frames=17, seed=5)
     one = run(tiny_pipe, window_batch_size=1, **kwargs)
@@ -391,6 +396,7 @@ def test_batched_windows_match_one_window_at_a_time(tiny_pipe):
     np.testing.assert_allclose(two, one, atol=1e-5)
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_colour_matching_and_reinit_options_change_the_output(tiny_pipe):
     kwargs = dict(frames=29, height=32, width=32, window_frames=17, seed=5)
     base = run(tiny_pipe, **kwargs)
@@ -420,6 +426,7 @@ def test_bad_long_video_options_are_value_errors(tiny_pipe, kwargs, message):
         run(tiny_pipe, frames=29, height=32, width=32, **kwargs)
 
 
+@pytest.mark.slow  # several multi-window pipeline runs
 def test_an_image_of_another_size_and_a_prompt_batch_work_in_windows(tiny_pipe):
     video = run(
         tiny_pipe,

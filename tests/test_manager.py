@@ -167,6 +167,7 @@ def test_pipeline_use_on_cpu_runs_in_tier_none(models):
     assert frames.shape == (1, 9, 32, 32, 3)
 
 
+@pytest.mark.slow  # pipeline runs in each memory/speed mode
 def test_group_offload_tier_gives_the_same_video(models):
     pipe = models.pipeline(None)
     expected = run(pipe)
@@ -174,6 +175,7 @@ def test_group_offload_tier_gives_the_same_video(models):
     np.testing.assert_array_equal(run(pipe), expected)
 
 
+@pytest.mark.slow  # pipeline runs in each memory/speed mode
 def test_first_block_cache_at_threshold_zero_matches_no_cache(models):
     pipe = models.pipeline(None)
     expected = run(pipe)
@@ -185,6 +187,7 @@ def test_first_block_cache_at_threshold_zero_matches_no_cache(models):
     assert not pipe.transformer.is_cache_enabled
 
 
+@pytest.mark.slow  # pipeline runs in each memory/speed mode
 def test_pyramid_attention_broadcast_hooks_fit_the_model(models):
     from diffusers import PyramidAttentionBroadcastConfig
 
@@ -216,6 +219,7 @@ def test_first_block_cache_changes_results_when_it_skips(models):
         apply_speed_options(pipe, PipelineOptions())
 
 
+@pytest.mark.slow  # pipeline runs in each memory/speed mode
 def test_fp8_storage_runs_and_can_be_switched_off_again(models):
     pipe = models.pipeline(None)
     expected = run(pipe)
@@ -228,6 +232,7 @@ def test_fp8_storage_runs_and_can_be_switched_off_again(models):
     np.testing.assert_array_equal(run(plain), expected)
 
 
+@pytest.mark.slow  # pipeline runs in each memory/speed mode
 def test_fused_qkv_gives_the_same_video(models):
     expected = run(models.pipeline(None))
     fused = models.pipeline(None, PipelineOptions(fuse_qkv=True))
@@ -235,6 +240,7 @@ def test_fused_qkv_gives_the_same_video(models):
     assert fused.transformer._dynamictrl_fused
 
 
+@pytest.mark.slow  # pipeline runs in each memory/speed mode
 def test_int8_weight_only_runs_close_to_full_precision_and_can_be_undone(models):
     expected = run(models.pipeline(None))
     quantised = models.pipeline(None, PipelineOptions(int8=True))

@@ -71,6 +71,7 @@ def test_pipeline_components_and_scheduler_settings(tiny_pipe):
     assert tiny_pipe.vae.use_tiling and tiny_pipe.vae.use_slicing
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_same_seed_same_video_other_seed_other_video(tiny_pipe):
     first = run(tiny_pipe, seed=3)
     again = run(tiny_pipe, seed=3)
@@ -79,6 +80,7 @@ def test_same_seed_same_video_other_seed_other_video(tiny_pipe):
     assert np.abs(first - other).mean() > 1e-4
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_guidance_on_and_off(tiny_pipe):
     guided = run(tiny_pipe, guidance_scale=3.0)
     unguided = run(tiny_pipe, guidance_scale=1.0)
@@ -96,7 +98,7 @@ def test_prompt_embeddings_are_computed_once_per_call(tiny_pipe, monkeypatch):
     assert len(calls) == 2  # positive and negative, not per step
 
 
-@pytest.mark.parametrize("frames", [9, 13, 17, 37])
+@pytest.mark.parametrize("frames", [9, 13, 17, pytest.param(37, marks=pytest.mark.slow)])
 def test_frame_counts_including_odd_latent_counts(tiny_pipe, frames):
     layout = latent_layout(frames, 4, 2)
     video = run(tiny_pipe, frames=frames, height=32, width=32, output_type="pt")
@@ -147,6 +149,7 @@ def test_pose_latents_are_scaled_and_image_latent_is_not(tiny_pipe):
     torch.testing.assert_close(pose_latents, 0.7 * raw_pose.permute(0, 2, 1, 3, 4))
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_the_pose_steers_the_video(tiny_pipe):
     a = run(tiny_pipe, pose_video=make_pose(seed=1))
     b = run(tiny_pipe, pose_video=make_pose(seed=2))
@@ -159,6 +162,7 @@ def test_non_square_sizes(tiny_pipe, height, width):
     assert video.shape == (1, 5, height, width, 3)
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_output_types(tiny_pipe):
     pil = run(tiny_pipe, frames=5, output_type="pil")
     np_frames = run(tiny_pipe, frames=5, output_type="np")
@@ -176,6 +180,7 @@ def to_uint8(frames):
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_uint8_output_is_the_np_output_converted_one_video_at_a_time(tiny_pipe, monkeypatch):
     kwargs = dict(frames=5, height=32, width=32, prompt=["a man in red", "a woman in blue"])
     np_frames = run(tiny_pipe, output_type="np", **kwargs)
@@ -208,6 +213,7 @@ def test_uint8_tensor_conversion_is_the_numpy_one():
     assert converted[0, 0, :4, 0].tolist() == [128, 2, 2, 255]
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_pose_as_list_of_images_equals_tensor(tiny_pipe):
     rng = np.random.default_rng(5)
     frames = [rng.integers(0, 255, (64, 48, 3), dtype=np.uint8) for _ in range(5)]
@@ -217,6 +223,7 @@ def test_pose_as_list_of_images_equals_tensor(tiny_pipe):
     np.testing.assert_array_equal(from_list, from_tensor)
 
 
+@pytest.mark.slow  # several full pipeline runs
 def test_prompt_batch_gives_one_video_per_prompt(tiny_pipe):
     video = run(tiny_pipe, frames=5, prompt=["a man in red", "a woman in blue"])
     assert video.shape[0] == 2

@@ -254,6 +254,7 @@ def wav(path, seconds, amplitude=0.3):
     return path
 
 
+@pytest.mark.slow  # tiny MuseTalk end to end
 def test_lipsync_writes_video_with_audio_and_caches_the_avatar(lip_studio, tmp_path):
     import imageio_ffmpeg
 
@@ -306,6 +307,7 @@ def test_lipsync_bad_inputs_are_clear_errors(lip_studio, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
+@pytest.mark.slow  # tiny MuseTalk end to end
 def test_cancelling_a_lipsync_writes_nothing(lip_studio, tmp_path):
     from dynamictrl.lipsync.settings import LipSyncSettings
     from dynamictrl.studio import Cancelled

@@ -31,6 +31,8 @@ from dynamictrl.train.trainer import (
     train,
 )
 
+pytestmark = pytest.mark.slow  # training steps and checkpoints on the tiny model
+
 FRAMES = 9  # 3 latent frames: odd, so the front padding of patch_size_t = 2 is exercised
 
 
