@@ -103,6 +103,7 @@ def test_identical_inputs_give_ideal_values(folders):
     assert result.counts == {"videos": 2, "frames": 18, "clips": 12}  # 9 frames and 6 four-frame clips each
 
 
+@pytest.mark.slow  # every metric, twice
 def test_results_equal_the_metrics_computed_directly(folders):
     pred, gt, videos = folders
     models = tiny_models()
@@ -195,6 +196,7 @@ def test_cli_frame_metrics_write_table_and_json(folders, tmp_path, capsys):
     assert set(data["metrics"]) == {"l1", "ssim", "psnr", "psnr*"} and data["protocol"]["size"] == 32
 
 
+@pytest.mark.slow  # every metric, twice
 def test_cli_all_metrics_loads_the_networks_once(folders, tmp_path, capsys, monkeypatch):
     pred, gt, _ = folders
     loaded = []

@@ -126,6 +126,7 @@ def test_resnet3d50_has_the_checkpoint_layout_and_runs():
     assert features.shape == (1, 2048)
 
 
+@pytest.mark.slow  # builds both video networks
 def test_loaders_read_dataparallel_checkpoints_strictly(tmp_path):
     torch.manual_seed(0)
     original = fvd.InceptionI3d(400).eval()

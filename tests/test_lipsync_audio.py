@@ -273,6 +273,7 @@ def test_last_state_is_post_layernorm_whatever_the_config(whisper_folder, encode
     torch.testing.assert_close(untied.encode(audio), encoder.encode(audio), atol=0, rtol=0)
 
 
+@pytest.mark.slow  # whisper over long audio
 def test_long_audio_is_encoded_in_independent_30s_segments(encoder):
     audio = noise(31.0, seed=2)
     features = encoder.encode(audio)
@@ -281,6 +282,7 @@ def test_long_audio_is_encoded_in_independent_30s_segments(encoder):
     torch.testing.assert_close(features[1500:], encoder.encode(audio[480000:]), atol=0, rtol=0)
 
 
+@pytest.mark.slow  # whisper over long audio
 def test_encode_in_half_precision(whisper_folder, encoder):
     audio = noise(0.5, seed=3)
     half = WhisperAudioEncoder.from_pretrained(whisper_folder, dtype=torch.bfloat16)

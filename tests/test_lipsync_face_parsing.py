@@ -203,6 +203,7 @@ def test_parse_returns_512_class_maps(batched_labels):
     assert len(np.unique(batched_labels[0])) > 1  # a constant map would hide resizing/ordering mistakes
 
 
+@pytest.mark.slow  # face parsing, batched and one by one
 def test_batched_parse_equals_one_by_one(parser, photos, batched_labels):
     singles = np.stack([parser.parse([image], batch_size=1)[0] for image in photos])
     assert np.array_equal(batched_labels, singles)

@@ -406,6 +406,7 @@ def test_colour_matching_and_reinit_options_change_the_output(tiny_pipe):
     np.testing.assert_array_equal(reinit, run(tiny_pipe, reinit_noise=True, **kwargs))
 
 
+@pytest.mark.slow  # several pipeline runs
 def test_reinit_noise_works_on_the_plain_path_and_is_off_by_default(tiny_pipe):
     plain = run(tiny_pipe, frames=13, height=32, width=32)
     assert np.abs(run(tiny_pipe, frames=13, height=32, width=32, reinit_noise=True) - plain).mean() > 1e-5

@@ -209,6 +209,7 @@ def test_pyramid_attention_broadcast_hooks_fit_the_model(models):
     apply_speed_options(pipe, PipelineOptions())
 
 
+@pytest.mark.slow  # several pipeline runs
 def test_first_block_cache_changes_results_when_it_skips(models):
     pipe = models.pipeline(None)
     expected = run(pipe)

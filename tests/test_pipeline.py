@@ -90,6 +90,7 @@ def test_guidance_on_and_off(tiny_pipe):
     assert np.abs(guided - stronger).mean() > 1e-5
 
 
+@pytest.mark.slow  # full pipeline runs
 def test_prompt_embeddings_are_computed_once_per_call(tiny_pipe, monkeypatch):
     calls = []
     original = tiny_pipe.text_encoder.forward
@@ -98,7 +99,8 @@ def test_prompt_embeddings_are_computed_once_per_call(tiny_pipe, monkeypatch):
     assert len(calls) == 2  # positive and negative, not per step
 
 
-@pytest.mark.parametrize("frames", [9, 13, 17, pytest.param(37, marks=pytest.mark.slow)])
+@pytest.mark.slow  # full pipeline runs
+@pytest.mark.parametrize("frames", [9, 13, pytest.param(17, marks=pytest.mark.slow), pytest.param(37, marks=pytest.mark.slow)])
 def test_frame_counts_including_odd_latent_counts(tiny_pipe, frames):
     layout = latent_layout(frames, 4, 2)
     video = run(tiny_pipe, frames=frames, height=32, width=32, output_type="pt")
@@ -230,6 +232,7 @@ def test_prompt_batch_gives_one_video_per_prompt(tiny_pipe):
     assert np.abs(video[0] - video[1]).mean() > 0
 
 
+@pytest.mark.slow  # full pipeline runs
 def test_callback_sees_every_step_and_can_interrupt(tiny_pipe):
     seen = []
 
@@ -262,6 +265,7 @@ def test_bad_input_is_a_value_error_naming_the_fix(tiny_pipe, kwargs, message):
         run(tiny_pipe, **kwargs)
 
 
+@pytest.mark.slow  # full pipeline runs
 def test_pose_video_of_another_size_is_resized(tiny_pipe):
     video = run(tiny_pipe, frames=5, pose_video=make_pose(5, 32, 24), height=64, width=48)
     assert video.shape == (1, 5, 64, 48, 3)
@@ -287,6 +291,7 @@ def test_variant_swaps_only_the_transformer(tiny_pipe, tiny_weights, variant, fo
     assert np.abs(run(pipe, frames=5) - run(tiny_pipe, frames=5)).mean() > 1e-5
 
 
+@pytest.mark.slow  # full pipeline runs
 def test_bf16_runs(tiny_weights):
     pipe = DynamiCtrlPipeline.from_pretrained(
         "gulucaptain/DynamiCtrl", weights_dir=tiny_weights, torch_dtype=torch.bfloat16
@@ -309,6 +314,7 @@ def test_image_list_poses_stay_uint8_until_used(tiny_pipe):
     assert unit.dtype == torch.float32 and unit[0, 0].min() == 1 and unit[0, 1].max() == -1
 
 
+@pytest.mark.slow  # full pipeline runs
 def test_windowed_run_from_image_list_equals_tensor(tiny_pipe):
     rng = np.random.default_rng(9)
     frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(13)]

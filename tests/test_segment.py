@@ -54,6 +54,7 @@ def noise(seed=0, height=HEIGHT, width=WIDTH) -> np.ndarray:
 # Predictor, cache, prompts
 
 
+@pytest.mark.slow  # several SAM passes
 def test_second_click_reuses_the_embedding(segmenter):
     calls = count_encoder_calls(segmenter)
     image = noise()
@@ -68,6 +69,7 @@ def test_second_click_reuses_the_embedding(segmenter):
     assert segmenter.stats.encoder_runs == 2 and segmenter.stats.cache_hits == 1 and segmenter.stats.decoder_runs == 5
 
 
+@pytest.mark.slow  # several SAM passes
 def test_cached_embedding_gives_the_same_mask_and_the_cache_is_lru():
     seg = Segmenter(build_tiny_sam(), device="cpu", cache_size=2)
     calls = count_encoder_calls(seg)

@@ -48,6 +48,7 @@ def test_generate_writes_video_and_manifest(studio, inputs, tmp_path):
     assert manifest["memory_tier"] == "none"  # on the CPU
 
 
+@pytest.mark.slow  # several studio jobs end to end
 def test_same_seed_same_frames(studio, inputs, tmp_path):
     image, pose = inputs
     a = studio.generate(image, tmp_path / "a.mp4", settings(seed=3), pose_video_path=pose).frames
@@ -115,6 +116,7 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
+@pytest.mark.slow  # several studio jobs end to end
 def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_path):
     image, pose = inputs
     result = studio.generate(
@@ -173,6 +175,7 @@ def test_no_person_no_pose_based_mask(tool_studio, tmp_path):
         tool_studio.mask(path, "background", 48, 64)
 
 
+@pytest.mark.slow  # several studio jobs end to end
 def test_caption_fits_t5_and_masked_caption_has_a_placeholder(tool_studio, red_reference):
     from dynamictrl.caption import has_placeholder
 
@@ -182,6 +185,7 @@ def test_caption_fits_t5_and_masked_caption_has_a_placeholder(tool_studio, red_r
     assert has_placeholder(masked.text)
 
 
+@pytest.mark.slow  # several studio jobs end to end
 def test_generate_with_mask_mode_picks_the_variant_and_auto_captions(tool_studio, red_reference, tmp_path):
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), np.uint8), fps=16)
     result = tool_studio.generate(
@@ -208,6 +212,7 @@ def test_masked_caption_without_fill_stops_with_the_caption(tool_studio, red_ref
                              settings(mask_mode="clothing", variant="mask_background"), pose_video_path=pose)
 
 
+@pytest.mark.slow  # several studio jobs end to end
 def test_pose_video_made_earlier_keeps_its_provenance(studio, inputs, tmp_path):
     image, pose = inputs
     provenance = {"driving_video": "dance.mp4", "settings": {"retarget": "bones"}, "filled_frames": 2}
@@ -217,6 +222,7 @@ def test_pose_video_made_earlier_keeps_its_provenance(studio, inputs, tmp_path):
     assert manifest["inputs"]["pose_video"]["sha256"] == file_sha256(pose)
 
 
+@pytest.mark.slow  # several studio jobs end to end
 def test_cancel_from_the_progress_callback_stops_cleanly(studio, inputs, tmp_path):
     from dynamictrl.studio import Cancelled
 
