@@ -99,7 +99,6 @@ def test_prompt_embeddings_are_computed_once_per_call(tiny_pipe, monkeypatch):
     assert len(calls) == 2  # positive and negative, not per step
 
 
-@pytest.mark.slow  # full pipeline runs
 @pytest.mark.parametrize("frames", [9, 13, pytest.param(17, marks=pytest.mark.slow), pytest.param(37, marks=pytest.mark.slow)])
 def test_frame_counts_including_odd_latent_counts(tiny_pipe, frames):
     layout = latent_layout(frames, 4, 2)
@@ -276,6 +275,7 @@ def test_unknown_variant_is_a_value_error(tiny_weights):
         DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, variant="mask_hair", weights_dir=tiny_weights)
 
 
+@pytest.mark.slow  # full pipeline runs
 @pytest.mark.parametrize("variant,folder", [("mask_background", "Dynamictrl-Mask_B01"), ("mask_clothing", "Dynamictrl-Mask_C01")])
 def test_variant_swaps_only_the_transformer(tiny_pipe, tiny_weights, variant, folder):
     from safetensors.torch import load_file as load
