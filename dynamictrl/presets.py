@@ -3,12 +3,12 @@ GPU time for each.
 
 Every size is a multiple of 16 (VAE /8 x patch 2) and inside the released transformer's
 positional grid (RoPE covers sample_height x sample_width = 300 x 300 latents, i.e. up to
-2400 px a side: REFERENCE.md, transformer config); `fits_positional_grid` checks it.
+2400 px a side: docs/reference.md, transformer config); `fits_positional_grid` checks it.
 """
 
 from dataclasses import dataclass
 
-# Released transformer config (REFERENCE.md): the RoPE grid and the size multiple.
+# Released transformer config (docs/reference.md): the RoPE grid and the size multiple.
 RELEASED_SAMPLE_LATENTS = (300, 300)  # sample_height, sample_width
 VAE_SPATIAL = 8
 PATCH = 2

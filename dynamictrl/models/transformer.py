@@ -21,7 +21,7 @@ from .padaln import PoseAdaptiveLayerNorm
 
 def pose_injection(norm_hidden_states: torch.Tensor, norm_pose: torch.Tensor, pose_strength: float) -> torch.Tensor:
     """The one place the pose reaches the video: PadaLN's modulated pose tokens `n` added
-    to the video tokens' norm1 output before self-attention (paper Eq. 3; REFERENCE.md,
+    to the video tokens' norm1 output before self-attention (paper Eq. 3; docs/reference.md,
     "The transformer", step 4).
 
     `pose_strength` is our extension, not in the paper or the official code: it scales `n`.
