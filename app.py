@@ -67,8 +67,21 @@ def launch_warnings(args: argparse.Namespace) -> list[str]:
     return warnings
 
 
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def admin_actions_allowed(args: argparse.Namespace) -> bool:
+    """Whether the System tab may unload models: behind a login (--auth), or when nobody but
+    this machine can reach the page (a loopback address, no --share link, not a Space)."""
+    if args.auth:
+        return True
+    public = args.share or args.host not in LOOPBACK_HOSTS or bool(os.environ.get("SPACE_ID"))
+    return not public
+
+
 def make_work_dir() -> Path:
-    """The app's own temp folder (crops, masks, pose videos, gradio's upload cache); removed at exit."""
+    """The app's own temp folder (crops, masks, pose videos, gradio's upload cache); removed at exit.
+    It lies in the system temp folder, from which gradio accepts a handler's result files."""
     work_dir = Path(tempfile.mkdtemp(prefix="dynamictrl-app-"))
     atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
     return work_dir
@@ -82,7 +95,9 @@ def build(args: argparse.Namespace, work_dir: Path):
 
     outputs = args.outputs or ROOT / "outputs" / ("tiny" if args.tiny else "")
     config = AppConfig(outputs_dir=Path(outputs).resolve(), work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload,
-                       session_folders=not args.shared_history)
+                       session_folders=not args.shared_history, admin_actions=admin_actions_allowed(args),
+                       private_dirs=(work_dir, work_dir.resolve(), Path(outputs).resolve(),
+                                     Path(os.environ.get("GRADIO_TEMP_DIR", work_dir / "gradio")).resolve()))
     if args.tiny:
         from dynamictrl.tiny import TINY_FRAMES, TINY_SIZE, TINY_STEPS, tiny_studio
 
@@ -115,8 +130,14 @@ def main(argv=None) -> int:
     for warning in launch_warnings(args):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     app, config, weights_dir = build(args, work_dir)
+    if not config.admin_actions:
+        print("NOTE: the System tab's unload buttons are off: this server is reachable by others and has no "
+              "--auth login.", file=sys.stderr, flush=True)
+    from starlette.middleware import Middleware
+
     from dynamictrl.limits import Limits
     from ui.layout import CSS
+    from ui.serving import QueueFullMessage, ServedFiles
 
     remote = bool(args.serve_url or args.ray_address) and not args.tiny
     app.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency if remote else 1)
@@ -127,8 +148,13 @@ def main(argv=None) -> int:
         auth=auth,
         # Larger uploads are refused by the server (DYNAMICTRL_MAX_UPLOAD_MB, default 200).
         max_file_size=f"{Limits.from_env().max_upload_mb:g}mb",
-        allowed_paths=[str(config.outputs_dir), str(work_dir)],
+        # Where a handler's result files may come from (gradio copies them into its cache, the
+        # only folder ServedFiles lets the page fetch from). Never gradio's upload cache: an
+        # allowed folder's files are served inline, whatever their type.
+        allowed_paths=[str(config.outputs_dir)],
         blocked_paths=[str(weights_dir), str(ROOT / ".git")],
+        app_kwargs={"middleware": [Middleware(ServedFiles, upload_dir=os.environ["GRADIO_TEMP_DIR"]),
+                                   Middleware(QueueFullMessage, queue_size=args.queue_size)]},
         show_error=True,
         ssr_mode=False,
         css=CSS,

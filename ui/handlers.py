@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -73,25 +74,47 @@ class AppConfig:
     default_frames: int = 37
     default_steps: int = 25
     default_speed: str = "official (25 steps)"
+    # Unloading models from the System tab: True only for a server behind a login (--auth)
+    # or reachable from this machine alone (app.admin_actions_allowed); else neither the
+    # buttons nor their endpoints exist.
+    admin_actions: bool = True
+    # Folders whose paths never reach a visitor (gradio's upload cache, the app's temp
+    # folder): an error message shows a file inside them by its name only.
+    private_dirs: tuple = ()
+
+
+def without_private_paths(message: str, private_dirs) -> str:
+    """`message` with every path inside `private_dirs` replaced by the file's name: a visitor
+    learns which of their files failed, not where the server keeps it."""
+    for folder in sorted({str(Path(d)) for d in private_dirs}, key=len, reverse=True):
+        pattern = re.escape(folder.rstrip("/")) + r"/(?:[^\s'\"`]*/)?([^\s/'\"`]+)"
+        message = re.sub(pattern, lambda match: match.group(1), message)
+    return message
 
 
 def friendly_errors(handler):
-    """Turns exceptions into `gr.Error` so the page shows a message, never a stack trace."""
+    """Turns exceptions into `gr.Error` so the page shows a message, never a stack trace
+    nor a path of the server's private folders (`AppConfig.private_dirs`)."""
 
     @functools.wraps(handler)
     def wrapper(*args, **kwargs):
+        config = getattr(args[0], "config", None) if args else None
+        private_dirs = getattr(config, "private_dirs", ())
         try:
             return handler(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as error:
+            if private_dirs and isinstance(error.message, str):
+                error.message = without_private_paths(error.message, private_dirs)
             raise
         except Cancelled:
             raise gr.Error("Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled")
         except USER_ERRORS as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            raise gr.Error(str(message)) from None
+            raise gr.Error(without_private_paths(str(message), private_dirs)) from None
         except Exception as error:  # the page gets one line, the log the traceback
             logger.exception("handler %s failed", handler.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details.") from None
+            detail = without_private_paths(f"{type(error).__name__}: {error}", private_dirs)
+            raise gr.Error(f"Unexpected error ({detail}). The server log has the details.") from None
 
     return wrapper
 
@@ -534,8 +557,13 @@ class Handlers:
         names = [m["name"] for m in status["models"] if m["loaded"]]
         return "\n\n".join(lines), rows, gr.update(choices=names, value=names[0] if names else None)
 
+    def _require_admin(self):
+        if not self.config.admin_actions:  # the buttons are not built then; an API call gets this
+            raise gr.Error("Unloading models is an admin action, off on a server without a login (--auth).")
+
     @friendly_errors
     def unload(self, name):
+        self._require_admin()
         _require(name, "Pick a loaded model to unload.")
         self.studio.manager.unload(name)
         gr.Info(f"Unloaded {name}.")
@@ -543,6 +571,7 @@ class Handlers:
 
     @friendly_errors
     def unload_all(self):
+        self._require_admin()
         self.studio.manager.unload_all()
         gr.Info("Unloaded every model.")
         return self.system_status()

@@ -9,6 +9,7 @@ from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
 from dynamictrl.manager import OFFLOAD_CHOICES
 
 from .handlers import CUSTOM_SIZE, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
+from .uploads import AudioUpload, ImageUpload, VideoUpload
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 GPU = "gpu"  # one concurrency group for every model-running event: one GPU job at a time
@@ -17,6 +18,8 @@ TINY_BANNER = (
     "### Tiny mode: every model is a tiny random stand-in; outputs are noise.\n"
     "It exists to try the whole flow without downloading weights. Run `python app.py` without `--tiny` for real results."
 )
+ADMIN_NOTE = ("Unloading models is an admin action: this server is reachable by others without a login, so "
+              "it is off. The person running the app can start it with `--auth USER:PASSWORD` to have it here.")
 CSS = """
 #tiny-banner { background: #fff4d6; border: 1px solid #e0b84c; border-radius: 8px; padding: 4px 12px; }
 """
@@ -41,9 +44,9 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                 gr.Markdown("## 1. Character")
                 with gr.Row():
                     with gr.Column():
-                        reference = gr.Image(label="Reference image", type="filepath", sources=["upload", "clipboard"],
-                                             image_mode=None,  # the file as uploaded: dynamictrl.images converts it
-                                             elem_id="reference-image", height=360)
+                        # The file as uploaded: dynamictrl.images reads and converts it.
+                        reference = ImageUpload(label="Reference image", sources=["upload", "clipboard"],
+                                                elem_id="reference-image", height=360)
                         size_preset = gr.Dropdown(size_choices, value=config.default_size, label="Target size (width x height)",
                                                   elem_id="size-preset")
                         with gr.Row():
@@ -83,8 +86,8 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                 gr.Markdown("## 2. Motion")
                 with gr.Row():
                     with gr.Column():
-                        driving = gr.Video(label="Driving video (a dance) or a ready pose video", sources=["upload"],
-                                           elem_id="driving-video", height=320)
+                        driving = VideoUpload(label="Driving video (a dance) or a ready pose video", sources=["upload"],
+                                              elem_id="driving-video", height=320)
                         is_pose_video = gr.Checkbox(False, label="This is already a pose video (frame 0 = the reference's pose)")
                         if (ASSETS / "dance_figure.mp4").is_file():
                             gr.Examples([[str(ASSETS / "dance_figure.mp4")]], inputs=[driving], label="Example clip")
@@ -142,11 +145,11 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                             "backward (MuseTalk 1.5).")
                 with gr.Row():
                     with gr.Column():
-                        lip_video = gr.Video(label="Video with a face", sources=["upload"], elem_id="lipsync-video",
-                                             height=320)
+                        lip_video = VideoUpload(label="Video with a face", sources=["upload"], elem_id="lipsync-video",
+                                                height=320)
                         use_result = gr.Button("Use the latest result", size="sm", elem_id="lipsync-use-result")
-                        lip_audio = gr.Audio(label="Speech (wav, mp3, flac, ogg, m4a) or record",
-                                             sources=["upload", "microphone"], type="filepath", elem_id="lipsync-audio")
+                        lip_audio = AudioUpload(label="Speech (wav, mp3, flac, ogg, m4a) or record",
+                                                sources=["upload", "microphone"], elem_id="lipsync-audio")
                         with gr.Accordion("Settings", open=False):
                             bbox_shift = gr.Slider(-40, 40, value=lip_defaults.bbox_shift, step=1,
                                                    label="Mouth region shift (px; positive opens the mouth more)")
@@ -191,9 +194,13 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
                                             interactive=False, elem_id="models-table")
                 with gr.Row():
                     loaded_models = gr.Dropdown([], label="Loaded model")
-                    unload_one = gr.Button("Unload")
-                    unload_everything = gr.Button("Unload all", variant="stop")
-                    refresh_system = gr.Button("Refresh")
+                    # Admin actions: only for a logged-in (--auth) or local-only server (AppConfig.admin_actions).
+                    if config.admin_actions:
+                        unload_one = gr.Button("Unload", elem_id="unload-one")
+                        unload_everything = gr.Button("Unload all", variant="stop", elem_id="unload-all")
+                    refresh_system = gr.Button("Refresh", elem_id="refresh-system")
+                if not config.admin_actions:
+                    gr.Markdown(ADMIN_NOTE, elem_id="admin-note")
 
         # ------------------------------------------------------------------ wiring
         size_inputs = [size_preset, custom_width, custom_height]
@@ -257,6 +264,7 @@ def build_app(studio, config: AppConfig) -> gr.Blocks:
         system_outputs = [system_info, models_table, loaded_models]
         refresh_system.click(handlers.system_status, None, system_outputs, api_name="system_status")
         system_tab.select(handlers.system_status, None, system_outputs, api_name=False)
-        unload_one.click(handlers.unload, loaded_models, system_outputs, api_name=False)
-        unload_everything.click(handlers.unload_all, None, system_outputs, api_name="unload_all")
+        if config.admin_actions:
+            unload_one.click(handlers.unload, loaded_models, system_outputs, api_name=False)
+            unload_everything.click(handlers.unload_all, None, system_outputs, api_name="unload_all")
     return app

@@ -1,0 +1,74 @@
+"""Upload widgets that hand the handler the uploaded file as it is.
+
+gradio's own preprocessing opens an upload before the app sees it (PIL for images, ffmpeg
+through pydub when an audio format is set) and reports a failure as "Could not preprocess
+input component ... " with the server's temp path and a Python type name. Here the
+preprocessing only checks that the upload is a file gradio stored, and returns its path:
+`dynamictrl` probes and reads every input itself (limits, formats, playlists refused) and
+its errors name the file and the fix. A payload that cannot be taken as a file (a data URL
+from an API client) gets the app's own one-line message.
+"""
+
+from pathlib import Path
+
+import gradio as gr
+
+
+def _uploaded_path(payload, what: str, formats: str) -> str | None:
+    if payload is None:
+        return None
+    url = getattr(payload, "url", None) or ""
+    path = getattr(payload, "path", None)
+    if url.startswith("data:") or not path:
+        raise gr.Error(f"Send the {what} as a file upload ({formats}), not as inline data.", title="Upload")
+    if not Path(path).is_file():
+        name = Path(getattr(payload, "orig_name", None) or path).name
+        raise gr.Error(f"The upload {name} is gone from the server (expired or removed): upload the {what} again.",
+                       title="Upload")
+    return str(path)
+
+from gradio.events import Dependency
+
+class ImageUpload(gr.Image):
+    """`gr.Image(type="filepath")` whose input is the uploaded file, unopened."""
+
+    def __init__(self, **kwargs):
+        super().__init__(type="filepath", image_mode=None, **kwargs)
+
+    def preprocess(self, payload):
+        return _uploaded_path(payload, "image", "PNG, JPEG, WebP, HEIC, ...")
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class VideoUpload(gr.Video):
+    """`gr.Video` whose input is the uploaded file, never converted."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format=None, **kwargs)
+
+    def preprocess(self, payload):
+        return _uploaded_path(payload, "video", "MP4, MOV, WebM, MKV, ...")
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class AudioUpload(gr.Audio):
+    """`gr.Audio(type="filepath")` whose input is the uploaded or recorded file, never converted."""
+
+    def __init__(self, **kwargs):
+        super().__init__(type="filepath", format=None, **kwargs)
+
+    def preprocess(self, payload):
+        return _uploaded_path(payload, "speech", "WAV, MP3, FLAC, OGG, M4A, ...")
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
