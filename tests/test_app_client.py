@@ -81,6 +81,9 @@ def test_the_flow_through_the_api(client, tiny_app):
     # Whether the poses of the Motion step were reused or extracted again, how they were
     # made is in the manifest.
     assert manifest["inputs"]["pose_extraction"]["settings"]["retarget"] == "global"
+    # The page's copy names files; where the server keeps them stays on the server.
+    shown = json.dumps(manifest)
+    assert "dynamictrl-app-" not in shown and str(tiny_app.outputs) not in shown and '"path"' not in shown
     # Results go to the session's own folder under the outputs root (History lists only that one).
     from ui.handlers import session_folder_name
 
@@ -125,11 +128,13 @@ def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
     assert "out of range" in message
     # frame count that is not 4k+1
     assert "4k+1" in app_error(client, *motion(CLIP, frames=10), api_name="/extract_poses")
-    # not an image: the page only offers image files; through the API gradio's image
-    # component refuses it before our handler runs, still as a one-line message
+    # not an image: the upload widget hands it over unopened and our reader names it, with
+    # neither gradio's "Could not preprocess ..." nor the server's temp path
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    assert "image" in app_error(client, handle_file(str(text)), TINY, 768, 1360, api_name="/crop_preview")
+    message = app_error(client, handle_file(str(text)), TINY, 768, 1360, api_name="/crop_preview")
+    assert "Could not read the image notes.png" in message
+    assert "preprocess" not in message and "/tmp/" not in message and "dynamictrl-app-" not in message
     # a text file as the driving video reaches our video reader, which says how to fix it
     assert "Could not decode" in app_error(client, *motion(text), api_name="/extract_poses")
     # a video with nobody in it (the tiny detector sees people only when the top-left pixel is red)

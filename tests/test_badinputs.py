@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from tests.badinputs.make_corpus import CASES, PROBE_CASES, make_corpus
+from tests.badinputs.make_corpus import CASES, PROBE_CASES, SERVED_CASES, make_corpus
 from PIL import Image
 
 from dynamictrl.images import ImageError
@@ -473,10 +473,10 @@ def app_args(endpoint: str, corpus: Path, file: str | None, prompt: str = "a per
 
 # (case, endpoint, file, options, None for a result or a fragment the one-line message must hold)
 APP_CASES = [
-    # gradio's image component opens every upload with PIL before our handler runs, and PIL
-    # refuses a bomb at twice its threshold (set by Studio to Limits.max_image_pixels) with
-    # gradio's own multi-line message: still refused unread, but not our one-line wording.
-    ("png_bomb_huge", "/crop_preview", "bomb_60000.png", {}, r"(?i)decompression bomb|megapixels"),
+    # The upload widgets hand our handlers the file unopened (ui/uploads.py): the bomb is
+    # refused by dynamictrl.images from its header, in one line that names the file.
+    ("png_bomb_huge", "/crop_preview", "bomb_60000.png", {}, r"bomb_60000\.png.*(?:decompression bomb|megapixels)"),
+    ("text_as_png", "/crop_preview", "text.png", {}, r"Could not read the image text\.png"),
     ("image_1x1", "/crop_preview", "one_pixel.png", {}, r"16 to 8192"),
     ("cmyk_jpeg", "/crop_preview", "cmyk.jpg", {}, None),
     ("png_rgba", "/crop_preview", "rgba.png", {}, None),
@@ -494,7 +494,6 @@ APP_CASES = [
     ("lipsync_video_8k", "/lipsync_video", "8k.mp4", {}, r"at most 4096 px"),
 ]
 
-GRADIO_MULTILINE = {"png_bomb_huge"}  # messages written by gradio's preprocessing, not by our handlers
 # App cases that hit a known app-layer bug are held as strict xfails (reason in the dict).
 KNOWN_APP_ISSUES: dict[str, str] = {}  # none open: add a case here (with the reason) to hold it as a strict xfail
 
@@ -530,8 +529,10 @@ def test_bad_input_through_the_app(name, endpoint, file, options, pattern, clien
                 message = str(raised.value)
                 row["outcome"] = f"message: {message}"
                 assert "Traceback" not in message
-                assert "\n" not in message.strip() or name in GRADIO_MULTILINE, message
+                assert "\n" not in message.strip(), message
                 assert "Unexpected error" not in message  # an error the handlers did not recognise as the user's
+                # gradio's "Could not preprocess ..." and any server temp path stay out of the message.
+                assert "preprocess" not in message and "/tmp/" not in message and "dynamictrl-app-" not in message
                 assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
     finally:
         row["seconds"] = round(time.perf_counter() - started, 2)
@@ -669,6 +670,44 @@ def test_heic_photo_through_the_app(client, corpus):
         row["outcome"] = f"ok: {info}"
         assert pixels.shape == (80, 64, 3) and "64x80" in info
         assert pixels[:, :, 0].max() > 200  # the red block of the photo survives the crop
+# ---------------------------------------------------------------------------- uploads served back (app)
+# The SERVED_CASES block of make_corpus: what `/gradio_api/file=` answers for an upload.
+# The same rule in a browser: tests/test_app_browser.py::test_uploaded_pages_and_scripts_never_run.
+
+def upload_to_app(app_url: str, path: Path) -> str:
+    """Uploads a file the way the page does (gradio's upload route); its path on the server."""
+    import httpx
+
+    response = httpx.post(f"{app_url}gradio_api/upload", files={"files": (path.name, path.read_bytes())}, timeout=30)
+    response.raise_for_status()
+    return response.json()[0]
+
+
+@pytest.mark.parametrize("name", [case.name for case in SERVED_CASES])
+def test_uploads_are_served_back_inert(name, tiny_app, corpus):
+    import httpx
+
+    case = next(case for case in SERVED_CASES if case.name == name)
+    row = {"case": name, "stage": case.stage, "what": case.what, "expected": case.expected,
+           "via": "app /gradio_api/file="}
+    RESULTS.append(row)
+    started = time.perf_counter()
+    try:
+        served_path = upload_to_app(tiny_app.url, corpus / case.file)
+        response = httpx.get(f"{tiny_app.url}gradio_api/file={served_path}", timeout=30)
+        headers = response.headers
+        row["outcome"] = (f"{response.status_code}, {headers.get('content-type')}, "
+                          f"{headers.get('content-disposition', 'no disposition')}, "
+                          f"nosniff: {headers.get('x-content-type-options') == 'nosniff'}")
+        assert headers.get("x-content-type-options") == "nosniff"
+        if case.expected.startswith("refused"):
+            assert response.status_code == 403 and headers["content-type"].startswith("text/plain")
+            assert b"<script" not in response.content
+        else:
+            assert response.status_code == 200 and headers["content-type"] == "image/png"
+            assert headers["content-disposition"].startswith("attachment")
+            assert headers["content-security-policy"].startswith("sandbox")
+            assert response.content == (corpus / case.file).read_bytes()
     finally:
         row["seconds"] = round(time.perf_counter() - started, 2)
         row["rss_mb"] = None

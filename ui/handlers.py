@@ -92,6 +92,21 @@ def without_private_paths(message: str, private_dirs) -> str:
     return message
 
 
+def page_manifest(value, private_dirs):
+    """The manifest as the page shows it: files by name (`"file"`), never by their path on the
+    server. The manifest file in the download keeps the paths. A `"path"` key would also make
+    gradio_client take the entry for a file of the server to download."""
+    if isinstance(value, dict):
+        return {("file" if key == "path" else key): (Path(item).name if key == "path" and isinstance(item, str)
+                                                     else page_manifest(item, private_dirs))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [page_manifest(item, private_dirs) for item in value]
+    if isinstance(value, str) and private_dirs:
+        return without_private_paths(value, private_dirs)
+    return value
+
+
 def friendly_errors(handler):
     """Turns exceptions into `gr.Error` so the page shows a message, never a stack trace
     nor a path of the server's private folders (`AppConfig.private_dirs`)."""
@@ -455,7 +470,7 @@ class Handlers:
             raise
         finally:
             cancel.clear()
-        manifest = json.loads(result.manifest_path.read_text())
+        manifest = page_manifest(json.loads(result.manifest_path.read_text()), self.config.private_dirs)
         return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
 
     def _new_result(self, request, label: str) -> tuple[Path, Path]:
@@ -516,12 +531,11 @@ class Handlers:
         rows = [_history_row(entry) for entry in entries]
         return gallery, rows, [entry["manifest_path"] for entry in entries], None, None
 
-    @staticmethod
-    def history_select(manifest_paths, evt: gr.SelectData):
+    def history_select(self, manifest_paths, evt: gr.SelectData):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not manifest_paths or index is None or index >= len(manifest_paths):
             return None, None
-        return json.loads(Path(manifest_paths[index]).read_text()), index
+        return page_manifest(json.loads(Path(manifest_paths[index]).read_text()), self.config.private_dirs), index
 
     @friendly_errors
     def reuse_settings(self, manifest):

@@ -205,6 +205,41 @@ PROBE_CASES = [
 CASES = CASES + PROBE_CASES
 
 
+# ---------------------------------------------------------------------------- uploads served back (app)
+# Files a visitor uploads to the web app and then opens (or lures someone else into opening)
+# from the app's own origin: `tests/test_badinputs.py` uploads each and fetches it back from
+# `/gradio_api/file=`. Refused: nothing but inert media and manifests is served; served: as an
+# attachment with nosniff (ui/serving.py). Kept apart from CASES: no Python API stage.
+XSS_MARKER = "dynamictrl-xss"  # what a script in these files would write (the browser test looks for it)
+XSS_SCRIPT = f"localStorage.setItem('{XSS_MARKER}', location.href); window.top.document.title = '{XSS_MARKER}';"
+SERVED_CASES = [
+    Case("upload_html", "served upload", "page.html", "an HTML page with a script",
+         "refused: 403, never rendered on the app's origin"),
+    Case("upload_svg", "served upload", "drawing.svg", "an SVG image with a script", "refused: 403"),
+    Case("upload_js", "served upload", "script.js", "a JavaScript file (for a <script src> on another page)",
+         "refused: 403"),
+    Case("upload_xhtml", "served upload", "page.xhtml", "an XHTML page with a script", "refused: 403"),
+    Case("upload_m3u8", "served upload", "served_playlist.m3u8", "an HLS playlist naming a server file", "refused: 403"),
+    Case("upload_html_as_png", "served upload", "polyglot.png", "HTML with a script, named .png",
+         "served as image/png, attachment, nosniff, sandbox CSP: never rendered as a page"),
+    Case("upload_png", "served upload", "reference.png", "a real PNG (the control)",
+         "served as image/png, attachment, nosniff, sandbox CSP"),
+]
+
+
+def write_served_cases(folder: Path) -> None:
+    page = f"<!doctype html><html><head><title>upload</title></head><body><script>{XSS_SCRIPT}</script></body></html>"
+    (folder / "page.html").write_text(page)
+    (folder / "polyglot.png").write_text(page)
+    (folder / "page.xhtml").write_text(f'<html xmlns="http://www.w3.org/1999/xhtml"><body><script>{XSS_SCRIPT}'
+                                       "</script></body></html>")
+    (folder / "drawing.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+                                        f"<script>{XSS_SCRIPT}</script><rect width='10' height='10'/></svg>")
+    (folder / "script.js").write_text(XSS_SCRIPT)
+    (folder / "served_playlist.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n/etc/passwd\n"
+                                          "#EXT-X-ENDLIST\n")
+
+
 # ---------------------------------------------------------------------------- helpers
 
 def ffmpeg(*args: str) -> None:
@@ -426,8 +461,10 @@ def make_corpus(folder: str | Path) -> Path:
     lavfi_video(folder / "dance.mp4", "64x48", 16, 24)
 
     make_probe_corpus(folder)
+    write_served_cases(folder)
 
-    missing = [case.file for case in CASES if case.file and not os.path.lexists(folder / case.file)]
+    files = [case.file for case in [*CASES, *SERVED_CASES] if case.file]
+    missing = [name for name in files if not os.path.lexists(folder / name)]
     if missing:
         raise RuntimeError(f"make_corpus did not write {missing}")
     return folder
@@ -486,7 +523,7 @@ def main(argv: list[str]) -> int:
         print("usage: python tests/badinputs/make_corpus.py OUT_DIR", file=sys.stderr)
         return 2
     folder = make_corpus(argv[0])
-    for case in CASES:
+    for case in [*CASES, *SERVED_CASES]:
         size = f"{(folder / case.file).stat().st_size:>9,} B" if case.file else " " * 11
         print(f"{case.name:28} {case.stage:16} {size}  {case.file or case.value}")
     return 0
