@@ -364,3 +364,59 @@ def test_history_reuse_settings_fills_the_form(page, tiny_app):
         for name in (generated, lipsync):
             (outputs / name).unlink(missing_ok=True)
             (outputs / name).with_suffix(".json").unlink(missing_ok=True)
+
+
+def test_uploaded_pages_and_scripts_never_run(page, tiny_app, tmp_path):
+    """Stored XSS: a visitor uploads an HTML page, an SVG, a script and an HTML page named
+    .png, then sends their `/gradio_api/file=` links to a victim. Opened in the browser, or
+    pulled into the app's own page as <iframe>, <object>, <script> and <img>, none may run
+    on the app's origin. The control first runs the same script on the app's page directly,
+    so a marker that stays unset means "blocked", not "the check cannot see it"."""
+    import httpx
+    from badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
+    from playwright.sync_api import Error as PlaywrightError
+
+    def marker():
+        return page.evaluate(f"() => localStorage.getItem('{XSS_MARKER}')")
+
+    def upload(name: str) -> str:
+        response = httpx.post(f"{tiny_app.url}gradio_api/upload",
+                              files={"files": (name, (tmp_path / name).read_bytes())}, timeout=30)
+        response.raise_for_status()
+        return f"{tiny_app.url}gradio_api/file={response.json()[0]}"
+
+    with shot_on_failure(page, "xss"):
+        fresh_page(page, tiny_app)
+        page.add_script_tag(content=XSS_SCRIPT)  # the control: this one must run
+        assert marker() and page.title() == XSS_MARKER
+        page.evaluate(f"() => localStorage.removeItem('{XSS_MARKER}')")
+
+        write_served_cases(tmp_path)
+        urls = {name: upload(name) for name in ("page.html", "drawing.svg", "script.js", "page.xhtml", "polyglot.png")}
+        for name, url in urls.items():
+            try:  # a refused file shows the 403 text; an attachment starts a download instead of a page
+                page.goto(url, wait_until="load")
+            except PlaywrightError as error:
+                assert "Download is starting" in str(error) or "ERR_ABORTED" in str(error), str(error)
+            page.wait_for_timeout(300)
+            assert page.title() != XSS_MARKER, name
+        fresh_page(page, tiny_app)
+        assert marker() is None, f"a script ran on the app's origin: {marker()}"
+
+        # The same files pulled into the app's page itself.
+        page.evaluate(
+            """urls => {
+                const add = (tag, attrs) => { const e = document.createElement(tag);
+                    Object.assign(e, attrs); document.body.appendChild(e); };
+                add('iframe', {src: urls['page.html']});
+                add('iframe', {src: urls['page.xhtml']});
+                add('iframe', {src: urls['polyglot.png']});
+                add('object', {data: urls['drawing.svg']});
+                add('img', {src: urls['drawing.svg']});
+                add('script', {src: urls['script.js']});
+            }""",
+            urls,
+        )
+        page.wait_for_timeout(1500)
+        assert marker() is None and page.title() != XSS_MARKER, f"a script ran on the app's origin: {marker()}"
+        shot(page, "14_uploads_inert")
