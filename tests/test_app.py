@@ -94,8 +94,10 @@ def test_a_cancelled_first_job_leaves_no_session_folder(tmp_path):
     handlers = Handlers(CancelledStudio(), AppConfig(outputs_dir=outputs, work_dir=tmp_path / "work"))
     handlers.config.size_presets = {"tiny": (64, 80)}
     with pytest.raises(gr.Error, match="Cancelled"):
-        handlers.generate(str(image), str(video), False, "tiny", 0, 0, 0, 9, 16, "global", "background", [],
-                          "a person dancing", "", 2, 3.0, 7, "official (25 steps)", "auto", {}, request=None,
+        handlers.generate(reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0,
+                          height=0, start=0, frames=9, fps=16, retarget="global", mask_mode="background",
+                          mask_points=[], prompt="a person dancing", negative_prompt="", steps=2, guidance=3.0, seed=7,
+                          speed="official (25 steps)", offload="auto", pose_state={}, request=None,
                           progress=lambda *args, **kwargs: None)
     assert list(outputs.iterdir()) == []
 
@@ -120,12 +122,46 @@ def test_cancel_pressed_while_queued_still_counts_and_is_then_cleared(tmp_path):
     handlers = Handlers(ReportingStudio(), AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
     (video := tmp_path / "v.mp4").write_bytes(b"")
     (audio := tmp_path / "a.wav").write_bytes(b"")
-    args = (str(video), str(audio), 0, 10, "jaw", 90, 90)
+    args = dict(lipsync_video=str(video), speech=str(audio), bbox_shift=0, extra_margin=10, parsing_mode="jaw",
+                left_cheek=90, right_cheek=90)
     handlers.arm_cancel(None)
     handlers.cancel(None)  # pressed while the job waits in the queue
     with pytest.raises(gr.Error, match="Cancelled"):
-        handlers.lipsync(*args, request=None, progress=lambda *a, **k: None)
+        handlers.lipsync(**args, request=None, progress=lambda *a, **k: None)
     handlers.arm_cancel(None)  # the next click
     with pytest.raises(gr.Error, match="ran past a cancel"):
-        handlers.lipsync(*args, request=None, progress=lambda *a, **k: None)
+        handlers.lipsync(**args, request=None, progress=lambda *a, **k: None)
     assert ReportingStudio.calls == 2
+
+
+def test_every_event_is_wired_by_name(tmp_path):
+    """Each event passes its inputs as keyword arguments named like the page's widgets (and
+    the API parameters), and the wrapper turns a handler's {name: value} into gradio's
+    {component: value}: an unknown name is a wiring error, a missing one leaves its widget."""
+    import gradio as gr
+    import pytest
+
+    from ui.layout import Page, by_name
+
+    page = Page()
+    with gr.Blocks():
+        page.prompt, page.hint = gr.Textbox(), gr.Markdown()
+    outputs = page.widgets(["prompt", "hint"])
+    assert by_name(lambda: {"hint": "x"}, outputs)() == {page.hint: "x"}
+    with pytest.raises(KeyError, match="seed"):
+        by_name(lambda: {"seed": 1}, outputs)()
+    with pytest.raises(AttributeError):
+        page.widgets(["no_such_widget"])
+
+    from test_security import built_page
+
+    app, _config, _studio = built_page(tmp_path, admin_actions=True)
+    api = app.get_api_info()["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
+        "reference", "driving", "is_pose_video", "size_preset", "width", "height", "start", "frames", "fps", "retarget",
+        "mask_mode", "prompt", "negative_prompt", "steps", "guidance", "seed", "speed", "offload"]
+    assert [p["parameter_name"] for p in api["/lipsync"]["parameters"]] == [
+        "lipsync_video", "speech", "bbox_shift", "extra_margin", "parsing_mode", "left_cheek", "right_cheek"]
+    for fn in app.fns.values():  # every input reaches its handler by name, none by position
+        if fn.name != "load_example":  # gr.Examples' own event, not ours
+            assert len(fn.input_keyword_names) == len(fn.inputs), fn.name

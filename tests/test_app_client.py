@@ -28,30 +28,32 @@ def client(tiny_app):
 
 
 def motion(video, frames=9):
+    """The Motion step's API parameters, by name (the page's widget names)."""
     from gradio_client import handle_file
 
-    # image, video, is_pose_video, preset, width, height, start, frames, fps, retarget
-    return [handle_file(str(REFERENCE)), handle_file(str(video)), False, TINY, 768, 1360, 0, frames, 16, "global"]
+    return dict(reference=handle_file(str(REFERENCE)), driving=handle_file(str(video)), is_pose_video=False,
+                size_preset=TINY, width=768, height=1360, start=0, frames=frames, fps=16, retarget="global")
 
 
 def generate_args(video=CLIP, prompt="a person dancing", mask_mode="none"):
-    # + mask_mode, prompt, negative, steps, guidance, seed, speed, offload
-    return [*motion(video), mask_mode, prompt, "", 2, 3.0, 7, "tiny (2 steps)", "auto"]
+    return dict(motion(video), mask_mode=mask_mode, prompt=prompt, negative_prompt="", steps=2, guidance=3.0, seed=7,
+                speed="tiny (2 steps)", offload="auto")
 
 
 def test_the_flow_through_the_api(client, tiny_app):
     from gradio_client import handle_file
 
-    crop, info = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, api_name="/crop_preview")
+    crop, info = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+                                api_name="/crop_preview")
     assert Image.open(crop).size == (64, 80) and "64x80" in info
     # the 384x640 photo is taller than 64x80: the full width, the middle of the height
     assert "the full width and the middle 75% of the height of the 384x640 photo" in info
 
     # Person: a check of SAM's person, nothing blacked out; Background: the person kept
-    person_view, unmasked, mode, note = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360,
+    person_view, unmasked, mode, note = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
                                                        api_name="/mask_person")
     assert mode == "none" and "Person check" in note and Image.open(unmasked).size == (64, 80)
-    background_view, masked, mode, _note = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360,
+    background_view, masked, mode, _note = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
                                                           api_name="/mask_background")
     assert mode == "background" and Image.open(masked).size == (64, 80)
     # The person view tints exactly what the background view tints and blacks out: the person
@@ -64,17 +66,18 @@ def test_the_flow_through_the_api(client, tiny_app):
     not_black = (crop_pixels != 0).any(axis=2)
     blacked = (np.asarray(Image.open(masked).convert("RGB")) == 0).all(axis=2)
     assert np.array_equal(background_tinted & not_black, blacked & not_black)
-    _view, _masked, mode, _note = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360,
+    _view, _masked, mode, _note = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
                                                  api_name="/mask_clothing")
     assert mode == "clothing"
 
-    pose_video, overlay, pose_info = client.predict(*motion(CLIP), api_name="/extract_poses")
+    pose_video, overlay, pose_info = client.predict(**motion(CLIP), api_name="/extract_poses")
     assert Path(pose_video).stat().st_size > 0 and Path(overlay).stat().st_size > 0 and "9 pose frames" in pose_info
 
-    caption, _hint = client.predict(handle_file(str(REFERENCE)), TINY, 768, 1360, "none", api_name="/auto_caption")
+    caption, _hint = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+                                    mask_mode="none", api_name="/auto_caption")
     assert caption.strip()
 
-    video, manifest, files = client.predict(*generate_args(mask_mode="background"), api_name="/generate")
+    video, manifest, files = client.predict(**generate_args(mask_mode="background"), api_name="/generate")
     assert Path(video).stat().st_size > 0
     assert manifest["settings"]["seed"] == 7 and manifest["settings"]["num_frames"] == 9
     assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
@@ -94,7 +97,7 @@ def test_the_flow_through_the_api(client, tiny_app):
     assert manifest["output"] in [row[1] for row in table["data"]] and len(gallery) >= 1
 
     # Reuse settings gives back the form values the result was made with
-    reused = client.predict(manifest, api_name="/reuse_settings")
+    reused = client.predict(history_manifest=manifest, api_name="/reuse_settings")
     preset, _width, _height, frames, fps, mode, prompt, _negative, steps, guidance, seed, offload = reused
     assert (preset, frames, mode, prompt, steps, seed, offload) == (TINY, 9, "background", "a person dancing", 2, 7,
                                                                     "auto")
@@ -106,11 +109,11 @@ def test_the_flow_through_the_api(client, tiny_app):
     assert all(row[1] == "no" for row in models["data"])
 
 
-def app_error(client, *args, api_name):
+def app_error(client, *args, api_name, **kwargs):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as error:
-        client.predict(*args, api_name=api_name)
+        client.predict(*args, api_name=api_name, **kwargs)
     message = str(error.value)
     assert "Traceback" not in message
     return message
@@ -121,27 +124,29 @@ def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
 
     # generate before uploading anything
     args = generate_args()
-    args[0] = None
-    assert "Upload a reference image" in app_error(client, *args, api_name="/generate")
+    args["reference"] = None
+    assert "Upload a reference image" in app_error(client, **args, api_name="/generate")
     # absurd size
-    message = app_error(client, handle_file(str(REFERENCE)), "custom", 8000, 100, api_name="/crop_preview")
+    message = app_error(client, reference=handle_file(str(REFERENCE)), size_preset="custom", width=8000, height=100,
+                        api_name="/crop_preview")
     assert "out of range" in message
     # frame count that is not 4k+1
-    assert "4k+1" in app_error(client, *motion(CLIP, frames=10), api_name="/extract_poses")
+    assert "4k+1" in app_error(client, **motion(CLIP, frames=10), api_name="/extract_poses")
     # not an image: the upload widget hands it over unopened and our reader names it, with
     # neither gradio's "Could not preprocess ..." nor the server's temp path
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    message = app_error(client, handle_file(str(text)), TINY, 768, 1360, api_name="/crop_preview")
+    message = app_error(client, reference=handle_file(str(text)), size_preset=TINY, width=768, height=1360,
+                        api_name="/crop_preview")
     assert "Could not read the image notes.png" in message
     assert "preprocess" not in message and "/tmp/" not in message and "dynamictrl-app-" not in message
     # a text file as the driving video reaches our video reader, which says how to fix it
-    assert "Could not decode" in app_error(client, *motion(text), api_name="/extract_poses")
+    assert "Could not decode" in app_error(client, **motion(text), api_name="/extract_poses")
     # a video with nobody in it (the tiny detector sees people only when the top-left pixel is red)
     empty = write_video(tmp_path / "empty.mp4", np.full((20, 64, 48, 3), (0, 0, 255), np.uint8), fps=16)
-    assert "person" in app_error(client, *motion(empty), api_name="/extract_poses").lower()
+    assert "person" in app_error(client, **motion(empty), api_name="/extract_poses").lower()
     # a placeholder left in the prompt
-    assert "placeholder" in app_error(client, *generate_args(prompt="A man. [Describe the new background here.]"),
+    assert "placeholder" in app_error(client, **generate_args(prompt="A man. [Describe the new background here.]"),
                                       api_name="/generate")
 
 
@@ -158,7 +163,7 @@ def test_whole_clip_sets_the_longest_frame_count(client):
 
     from dynamictrl.video import longest_pose_clip
 
-    frames, info = client.predict(handle_file(str(CLIP)), 0, 16, api_name="/whole_clip")
+    frames, info = client.predict(driving=handle_file(str(CLIP)), start=0, fps=16, api_name="/whole_clip")
     assert frames == longest_pose_clip(CLIP, fps=16) and (frames - 1) % 4 == 0 and frames > 37
     assert "overlapping windows" in info
 
@@ -172,19 +177,20 @@ def test_lipsync_through_the_api(client, tiny_app, tmp_path):
     talk = write_video(tmp_path / "talk.mp4", frames, fps=25)
     t = np.arange(8000) / 16000
     wavfile.write(tmp_path / "speech.wav", 16000, (8000 * np.sin(2 * np.pi * 150 * t)).astype(np.int16))
-    settings = [0, 10, "jaw", 90, 90]
-    video, report, files = client.predict(handle_file(str(talk)), handle_file(str(tmp_path / "speech.wav")), *settings,
+    settings = dict(bbox_shift=0, extra_margin=10, parsing_mode="jaw", left_cheek=90, right_cheek=90)
+    video, report, files = client.predict(lipsync_video=handle_file(str(talk)),
+                                          speech=handle_file(str(tmp_path / "speech.wav")), **settings,
                                           api_name="/lipsync")
     assert Path(video).stat().st_size > 0 and "12 frames at 25 fps" in report
     assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
     _gallery, table, _manifest = client.predict(api_name="/history")
     assert any(row[5].startswith("lip-sync to") for row in table["data"])
     manifest = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text())
-    assert "lip-sync result" in app_error(client, manifest, api_name="/reuse_settings")
+    assert "lip-sync result" in app_error(client, history_manifest=manifest, api_name="/reuse_settings")
 
     wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
-    message = app_error(client, handle_file(str(talk)), handle_file(str(tmp_path / "silence.wav")), *settings,
-                        api_name="/lipsync")
+    message = app_error(client, lipsync_video=handle_file(str(talk)), speech=handle_file(str(tmp_path / "silence.wav")),
+                        **settings, api_name="/lipsync")
     assert "silent" in message
-    assert "Upload or record the speech" in app_error(client, handle_file(str(talk)), None, *settings,
-                                                      api_name="/lipsync")
+    assert "Upload or record the speech" in app_error(client, lipsync_video=handle_file(str(talk)), speech=None,
+                                                      **settings, api_name="/lipsync")

@@ -457,17 +457,21 @@ def app_args(endpoint: str, corpus: Path, file: str | None, prompt: str = "a per
     def upload(name):
         return handle_file(str(corpus / name))
 
+    size = dict(size_preset=TINY, width=768, height=1360)
     if endpoint == "/crop_preview":
-        return [upload(file), TINY, 768, 1360]
-    motion = [upload("reference.png"), upload(file or "dance.mp4"), False, TINY, 768, 1360, 0, 9, 16, "global"]
+        return dict(reference=upload(file), **size)
+    motion = dict(reference=upload("reference.png"), driving=upload(file or "dance.mp4"), is_pose_video=False, **size,
+                  start=0, frames=9, fps=16, retarget="global")
     if endpoint == "/extract_poses":
         return motion
     if endpoint == "/generate":
-        return [*motion, "none", prompt, "", steps, 3.0, 7, "tiny (2 steps)", "auto"]
+        return dict(motion, mask_mode="none", prompt=prompt, negative_prompt="", steps=steps, guidance=3.0, seed=7,
+                    speed="tiny (2 steps)", offload="auto")
+    lipsync = dict(bbox_shift=0, extra_margin=10, parsing_mode="jaw", left_cheek=90, right_cheek=90)
     if endpoint == "/lipsync_audio":
-        return [upload("talk.mp4"), upload(file), 0, 10, "jaw", 90, 90]
+        return dict(lipsync_video=upload("talk.mp4"), speech=upload(file), **lipsync)
     if endpoint == "/lipsync_video":
-        return [upload(file), upload("speech.wav"), 0, 10, "jaw", 90, 90]
+        return dict(lipsync_video=upload(file), speech=upload("speech.wav"), **lipsync)
     raise AssertionError(endpoint)
 
 
@@ -517,7 +521,7 @@ def test_bad_input_through_the_app(name, endpoint, file, options, pattern, clien
         with hang_guard(HANG_GUARD_S):
             args = app_args(endpoint, corpus, file, **options)
             if pattern is None:
-                result = client.predict(*args, api_name=api_name)
+                result = client.predict(**args, api_name=api_name)
                 try:
                     row["outcome"] = "ok: " + check_app_result(name, result)
                 except AssertionError as wrong:
@@ -525,7 +529,7 @@ def test_bad_input_through_the_app(name, endpoint, file, options, pattern, clien
                     raise
             else:
                 with pytest.raises(AppError) as raised:
-                    client.predict(*args, api_name=api_name)
+                    client.predict(**args, api_name=api_name)
                 message = str(raised.value)
                 row["outcome"] = f"message: {message}"
                 assert "Traceback" not in message

@@ -255,18 +255,20 @@ class Handlers:
 
     # ------------------------------------------------------------------ character
     @friendly_errors
-    def crop_preview(self, image_path, preset, width, height):
+    def crop_preview(self, reference, size_preset, width, height):
         """What the model will see: the reference cover-cropped to the target size."""
-        if not image_path:
-            return None, "Upload a reference image: one person, clearly visible, ideally full body."
-        size = self.target_size(preset, width, height)
-        crop = studio_api.crop_reference(image_path, *size, limits=self._limits)
-        note = _crop_note(studio_api.load_image(image_path).size, size)
-        return crop, f"The model sees this {size[0]}x{size[1]} crop: {note}. Click on it to add mask points."
+        if not reference:
+            return {"crop": None, "crop_info": "Upload a reference image: one person, clearly visible, ideally full body."}
+        size = self.target_size(size_preset, width, height)
+        crop = studio_api.crop_reference(reference, *size, limits=self._limits)
+        note = _crop_note(studio_api.load_image(reference).size, size)
+        return {"crop": crop,
+                "crop_info": f"The model sees this {size[0]}x{size[1]} crop: {note}. Click on it to add mask points."}
 
     @staticmethod
-    def size_fields(preset):
-        return gr.update(visible=preset == CUSTOM_SIZE), gr.update(visible=preset == CUSTOM_SIZE)
+    def size_fields(size_preset):
+        custom = size_preset == CUSTOM_SIZE
+        return {"width": gr.update(visible=custom), "height": gr.update(visible=custom)}
 
     def _mask(self, image_path, mode, size, points):
         return self._mask_on_gpu(image_path, mode, size[0], size[1], points=points or None)
@@ -290,42 +292,46 @@ class Handlers:
         info = (f"**{mode.capitalize()} mode:** {what} is blacked out for the model (tinted on the left). "
                 + ("Clicks on the crop preview mark the person." if mode == "background"
                    else "Clicks on the crop preview mark the clothes."))
-        return overlay, result.masked, mode, [list(p) for p in points], info
+        return {"mask_preview": overlay, "masked_preview": result.masked, "mask_mode": mode,
+                "mask_points": [list(p) for p in points], "mask_info": info}
 
     @friendly_errors
-    def mask_start(self, kind, image_path, preset, width, height):
+    def mask_start(self, kind, reference, size_preset, width, height):
         """One-click starts from the DWPose person box. "person" shows SAM's person
         segmentation for checking and blacks out nothing; "background" blacks out
         everything but the person; "clothing" blacks out the clothes."""
-        _require(image_path, "Upload a reference image first (step 1).")
-        size = self.target_size(preset, width, height)
+        _require(reference, "Upload a reference image first (step 1).")
+        size = self.target_size(size_preset, width, height)
         if kind in ("background", "clothing"):
-            return self._mask_view(image_path, kind, size, [])
+            return self._mask_view(reference, kind, size, [])
         if kind != "person":
             raise gr.Error(f"Unknown mask start {kind!r}.")
         # The background mask's complement is the person as SAM found it: shown, not applied.
-        person = ~self._mask(image_path, "background", size, []).mask
-        crop = np.asarray(studio_api.crop_reference(image_path, *size, limits=self._limits))
+        person = ~self._mask(reference, "background", size, []).mask
+        crop = np.asarray(studio_api.crop_reference(reference, *size, limits=self._limits))
         info = ("**Person check:** the tinted region is the person SAM found; nothing is blacked out (mask mode "
                 "none). If it misses a limb or takes in the background, click on the crop preview (that switches "
                 "to background mode) or press Background to replace the background.")
-        return self._overlay(crop, person, []), crop, "none", [], info
+        return {"mask_preview": self._overlay(crop, person, []), "masked_preview": crop, "mask_mode": "none",
+                "mask_points": [], "mask_info": info}
 
     @friendly_errors
-    def mask_click(self, image_path, preset, width, height, mode, click_label, points, evt: gr.SelectData):
+    def mask_click(self, reference, size_preset, width, height, mask_mode, click_label, mask_points,
+                   evt: gr.SelectData):
         """A click on the crop adds a SAM point: on the person (background mode, also from
         no mask or the person check) or on the clothes (clothing mode); "remove" clicks mark
         what must stay out."""
-        _require(image_path, "Upload a reference image first (step 1).")
-        size = self.target_size(preset, width, height)
-        mode = mode if mode in ("background", "clothing") else "background"
+        _require(reference, "Upload a reference image first (step 1).")
+        size = self.target_size(size_preset, width, height)
+        mode = mask_mode if mask_mode in ("background", "clothing") else "background"
         x, y = (float(v) for v in evt.index[:2])
-        points = [*(points or []), [x, y, 1 if click_label.startswith("add") else 0]]
-        return self._mask_view(image_path, mode, size, points)
+        points = [*(mask_points or []), [x, y, 1 if click_label.startswith("add") else 0]]
+        return self._mask_view(reference, mode, size, points)
 
     @staticmethod
     def clear_mask():
-        return None, None, "none", [], "No mask: the model sees the whole crop."
+        return {"mask_preview": None, "masked_preview": None, "mask_mode": "none", "mask_points": [],
+                "mask_info": "No mask: the model sees the whole crop."}
 
     # ------------------------------------------------------------------ motion
     def _pose_settings(self, preset, width, height, start, frames, fps, retarget, size=None) -> PoseSettings:
@@ -346,21 +352,23 @@ class Handlers:
         return json.dumps([str(image_path), str(video_path), asdict(settings)], sort_keys=True)
 
     @friendly_errors
-    def whole_clip(self, video_path, start, fps):
+    def whole_clip(self, driving, start, fps):
         """The frame count that uses the whole driving clip (long clips run in windows)."""
-        _require(video_path, "Upload a driving video first.")
-        frames = longest_pose_clip(video_path, fps=fps or None, start_s=float(start or 0), limits=self._limits)
+        _require(driving, "Upload a driving video first.")
+        frames = longest_pose_clip(driving, fps=fps or None, start_s=float(start or 0), limits=self._limits)
         windows = "one window" if frames <= GenerateSettings(prompt="").window_frames else "overlapping windows"
-        return frames, f"The whole clip: {frames} frames ({windows})."
+        return {"frames": frames, "pose_info": f"The whole clip: {frames} frames ({windows})."}
 
     @friendly_errors
-    def extract_poses(self, image_path, video_path, is_pose_video, preset, width, height, start, frames, fps,
+    def extract_poses(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps,
                       retarget, progress=gr.Progress()):
-        _require(image_path, "Upload a reference image first (step 1).")
-        _require(video_path, "Upload a driving video (a dance) or a ready pose video first.")
+        _require(reference, "Upload a reference image first (step 1).")
+        _require(driving, "Upload a driving video (a dance) or a ready pose video first.")
+        image_path, video_path = reference, driving
         if is_pose_video:
-            return video_path, None, "Using the uploaded video as the pose video as it is.", {}
-        settings = self._pose_settings(preset, width, height, start, frames, fps, retarget)
+            return {"pose_video": video_path, "pose_overlay": None,
+                    "pose_info": "Using the uploaded video as the pose video as it is.", "pose_state": {}}
+        settings = self._pose_settings(size_preset, width, height, start, frames, fps, retarget)
         reporter = ProgressReporter(progress, threading.Event())
         result = self._extract_on_gpu(
             image_path, video_path, settings, out_path=self._work_path("pose.mp4"),
@@ -378,7 +386,8 @@ class Handlers:
                 "retarget": result.sequence.retarget_info,
             },
         }
-        return str(result.pose_video_path), str(result.preview_path), info, state
+        return {"pose_video": str(result.pose_video_path), "pose_overlay": str(result.preview_path), "pose_info": info,
+                "pose_state": state}
 
     # ------------------------------------------------------------------ prompt
     def _model_view(self, image_path, size, mask_mode, points):
@@ -388,13 +397,17 @@ class Handlers:
         return studio_api.crop_reference(image_path, *size, limits=self._limits)
 
     @friendly_errors
-    def auto_caption(self, image_path, preset, width, height, mask_mode, points, progress=gr.Progress()):
-        _require(image_path, "Upload a reference image first (step 1).")
-        size = self.target_size(preset, width, height)
+    def auto_caption(self, reference, size_preset, width, height, mask_mode, mask_points, progress=gr.Progress()):
+        _require(reference, "Upload a reference image first (step 1).")
+        size = self.target_size(size_preset, width, height)
         progress(0.1, desc="captioning the reference")
-        image = self._model_view(image_path, size, mask_mode, points)
+        image = self._model_view(reference, size, mask_mode, mask_points)
         caption = self._caption_on_gpu(image, mask_mode if mask_mode in ("background", "clothing") else None)
-        return caption.text, caption.text, self.hint(caption.text, caption.text)
+        return {"prompt": caption.text, "auto_caption_text": caption.text, "hint": self.hint(caption.text, caption.text)}
+
+    @classmethod
+    def prompt_hint(cls, auto_caption_text, prompt):
+        return {"hint": cls.hint(auto_caption_text, prompt)}
 
     @staticmethod
     def hint(auto_caption, prompt):
@@ -411,10 +424,10 @@ class Handlers:
     # ------------------------------------------------------------------ generate
     @staticmethod
     def dice():
-        return random.randint(0, MAX_SEED)
+        return {"seed": random.randint(0, MAX_SEED)}
 
     def speed_preset_steps(self, speed):
-        return self.config.speed_presets.get(speed, (25, 0.0))[0]
+        return {"steps": self.config.speed_presets.get(speed, (25, 0.0))[0]}
 
     @staticmethod
     def _generation_seconds(image_path, out_path, settings, *args, **kwargs) -> int:
@@ -427,12 +440,13 @@ class Handlers:
                                     pose_provenance=pose_provenance)
 
     @friendly_errors
-    def generate(self, image_path, video_path, is_pose_video, preset, width, height, start, frames, fps, retarget,
-                 mask_mode, points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state,
+    def generate(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
+                 mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state,
                  request: gr.Request, progress=gr.Progress()):
-        _require(image_path, "Upload a reference image first (step 1: Character).")
-        _require(video_path, "Upload a driving video or a pose video first (step 2: Motion).")
-        size = self.target_size(preset, width, height)
+        _require(reference, "Upload a reference image first (step 1: Character).")
+        _require(driving, "Upload a driving video or a pose video first (step 2: Motion).")
+        image_path, video_path, points = reference, driving, mask_points
+        size = self.target_size(size_preset, width, height)
         num_frames = self._frames(frames)
         steps = int(steps or 0)
         if not 1 <= steps <= 200:
@@ -444,7 +458,7 @@ class Handlers:
         if prompt and has_placeholder(prompt):
             raise gr.Error("The prompt still has a [Describe ...] placeholder: replace it with what the masked "
                            "region should show.")
-        pose_settings = self._pose_settings(preset, width, height, start, frames, fps, retarget, size=size)
+        pose_settings = self._pose_settings(size_preset, width, height, start, frames, fps, retarget, size=size)
         settings = GenerateSettings(
             prompt=prompt, negative_prompt=(negative_prompt or "").strip(), num_frames=num_frames, width=size[0],
             height=size[1], steps=steps, guidance=float(guidance), seed=int(seed) % (MAX_SEED + 1),
@@ -471,7 +485,8 @@ class Handlers:
         finally:
             cancel.clear()
         manifest = page_manifest(json.loads(result.manifest_path.read_text()), self.config.private_dirs)
-        return str(result.video_path), manifest, [str(result.video_path), str(result.manifest_path)]
+        return {"result_video": str(result.video_path), "manifest": manifest,
+                "result_files": [str(result.video_path), str(result.manifest_path)]}
 
     def _new_result(self, request, label: str) -> tuple[Path, Path]:
         """(session folder, fresh result path): a generated name, never a user's file name."""
@@ -497,13 +512,14 @@ class Handlers:
     def latest_result(result_video):
         if not result_video:
             raise gr.Error("No result yet: generate a video on the Create tab first, or upload one here.")
-        return result_video
+        return {"lipsync_video": result_video}
 
     @friendly_errors
-    def lipsync(self, video_path, audio_path, bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek,
+    def lipsync(self, lipsync_video, speech, bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek,
                 request: gr.Request, progress=gr.Progress()):
-        _require(video_path, "Upload a video with a visible face, or click 'Use the latest result'.")
-        _require(audio_path, "Upload or record the speech first.")
+        _require(lipsync_video, "Upload a video with a visible face, or click 'Use the latest result'.")
+        _require(speech, "Upload or record the speech first.")
+        video_path, audio_path = lipsync_video, speech
         settings = LipSyncSettings(bbox_shift=int(bbox_shift), extra_margin=int(extra_margin),
                                    parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
                                    right_cheek_width=int(right_cheek))
@@ -520,7 +536,8 @@ class Handlers:
             cancel.clear()
         reused = ", video analysis reused from the cache" if result.report.avatar_cached else ""
         report = f"{result.report.summary()} ({result.elapsed_s:.1f} s{reused})"
-        return str(result.video_path), report, [str(result.video_path), str(result.manifest_path)]
+        return {"lipsync_result": str(result.video_path), "lipsync_report": report,
+                "lipsync_files": [str(result.video_path), str(result.manifest_path)]}
 
     # ------------------------------------------------------------------ history
     @friendly_errors
@@ -529,17 +546,20 @@ class Handlers:
         entries = studio_api.list_history(self.session_outputs(request))
         gallery = [(entry["video_path"], _history_label(entry)) for entry in entries]
         rows = [_history_row(entry) for entry in entries]
-        return gallery, rows, [entry["manifest_path"] for entry in entries], None, None
+        return {"gallery": gallery, "history_table": rows, "history_paths": [entry["manifest_path"] for entry in entries],
+                "history_manifest": None, "history_index": None}
 
-    def history_select(self, manifest_paths, evt: gr.SelectData):
+    def history_select(self, history_paths, evt: gr.SelectData):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not manifest_paths or index is None or index >= len(manifest_paths):
-            return None, None
-        return page_manifest(json.loads(Path(manifest_paths[index]).read_text()), self.config.private_dirs), index
+        if not history_paths or index is None or index >= len(history_paths):
+            return {"history_manifest": None, "history_index": None}
+        manifest = json.loads(Path(history_paths[index]).read_text())
+        return {"history_manifest": page_manifest(manifest, self.config.private_dirs), "history_index": index}
 
     @friendly_errors
-    def reuse_settings(self, manifest):
+    def reuse_settings(self, history_manifest):
         """The form values a past result was generated with, and the Create tab to see them."""
+        manifest = history_manifest
         if not manifest:
             raise gr.Error("Pick a result in the gallery or the table first.")
         settings = studio_api.settings_from_manifest(manifest)
@@ -548,13 +568,14 @@ class Handlers:
         mask_mode = settings.mask_mode or "none"
         gr.Info(f"Loaded the settings of {manifest.get('output', 'the result')} into the Create tab (the reference "
                 "image and the driving video stay as they are).")
-        return (
+        return {
             # The custom fields' visibility follows the preset (its change event).
-            preset, settings.width, settings.height, settings.num_frames, settings.fps, mask_mode,
-            settings.mask_points or [], settings.prompt or manifest.get("prompt_used", ""), settings.negative_prompt,
-            settings.steps, settings.guidance, settings.seed, settings.offload,
-            gr.Tabs(selected="create"),
-        )
+            "size_preset": preset, "width": settings.width, "height": settings.height, "frames": settings.num_frames,
+            "fps": settings.fps, "mask_mode": mask_mode, "mask_points": settings.mask_points or [],
+            "prompt": settings.prompt or manifest.get("prompt_used", ""), "negative_prompt": settings.negative_prompt,
+            "steps": settings.steps, "guidance": settings.guidance, "seed": settings.seed, "offload": settings.offload,
+            "tabs": gr.Tabs(selected="create"),
+        }
 
     # ------------------------------------------------------------------ system
     @friendly_errors
@@ -569,16 +590,17 @@ class Handlers:
         if status.get("process_ram_gb") is not None:
             lines.append(f"**Process RAM:** {status['process_ram_gb']} GB")
         names = [m["name"] for m in status["models"] if m["loaded"]]
-        return "\n\n".join(lines), rows, gr.update(choices=names, value=names[0] if names else None)
+        return {"system_info": "\n\n".join(lines), "models_table": rows,
+                "loaded_models": gr.update(choices=names, value=names[0] if names else None)}
 
     def _require_admin(self):
         if not self.config.admin_actions:  # the buttons are not built then; an API call gets this
             raise gr.Error("Unloading models is an admin action, off on a server without a login (--auth).")
 
     @friendly_errors
-    def unload(self, name):
+    def unload(self, loaded_models):
         self._require_admin()
-        _require(name, "Pick a loaded model to unload.")
+        name = _require(loaded_models, "Pick a loaded model to unload.")
         self.studio.manager.unload(name)
         gr.Info(f"Unloaded {name}.")
         return self.system_status()

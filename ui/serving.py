@@ -127,13 +127,13 @@ def _attachment(name: str) -> bytes:
     return f'attachment; filename="{safe}"'.encode()
 
 
-async def _refuse(send, status: int, text: str, extra_headers: tuple = ()) -> None:
+async def _refuse(send, status: int, text: str) -> None:
     body = text.encode()
     await send({
         "type": "http.response.start",
         "status": status,
         "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-                    (b"x-content-type-options", b"nosniff"), *extra_headers],
+                    (b"x-content-type-options", b"nosniff")],
     })
     await send({"type": "http.response.body", "body": body})
 
