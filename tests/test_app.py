@@ -105,6 +105,8 @@ def test_a_cancelled_first_job_leaves_no_session_folder(tmp_path):
 def test_cancel_pressed_while_queued_still_counts_and_is_then_cleared(tmp_path):
     """Cancel may be pressed before a queued job starts; the job must stop at its first
     progress report, and the next job (armed by its click) must run."""
+    from unittest import mock
+
     import gradio as gr
     import pytest
 
@@ -126,8 +128,9 @@ def test_cancel_pressed_while_queued_still_counts_and_is_then_cleared(tmp_path):
                 left_cheek=90, right_cheek=90)
     handlers.arm_cancel(None)
     handlers.cancel(None)  # pressed while the job waits in the queue
-    with pytest.raises(gr.Error, match="Cancelled"):
-        handlers.lipsync(**args, request=None, progress=lambda *a, **k: None)
+    with mock.patch("gradio.Warning") as warning:  # a page's job: "Cancelled", the previous result kept
+        assert handlers.lipsync(**args, request=None, progress=lambda *a, **k: None) == {}
+    assert warning.call_args.kwargs["title"] == "Cancelled"
     handlers.arm_cancel(None)  # the next click
     with pytest.raises(gr.Error, match="ran past a cancel"):
         handlers.lipsync(**args, request=None, progress=lambda *a, **k: None)
@@ -165,3 +168,51 @@ def test_every_event_is_wired_by_name(tmp_path):
     for fn in app.fns.values():  # every input reaches its handler by name, none by position
         if fn.name != "load_example":  # gr.Examples' own event, not ours
             assert len(fn.input_keyword_names) == len(fn.inputs), fn.name
+
+
+def test_a_cancel_on_the_page_keeps_the_previous_result(tmp_path):
+    """A job the page started (armed by its click) and then cancelled returns no new outputs,
+    so the page keeps showing the previous result, with a "Cancelled" note rather than an
+    error; the session folder it made is gone. The same cancel through the API stays an
+    error (tests above)."""
+    from unittest import mock
+
+    from dynamictrl.studio import Cancelled
+    from ui.handlers import AppConfig, Handlers
+
+    class CancelledStudio:
+        extract_poses = mask = caption = lipsync = None
+        limits = None
+
+        def generate(self, image_path, out_path, settings, progress=None, **kwargs):
+            raise Cancelled()
+
+    outputs = tmp_path / "outputs"
+    (image := tmp_path / "reference.png").write_bytes(b"")
+    (video := tmp_path / "dance.mp4").write_bytes(b"")
+    handlers = Handlers(CancelledStudio(), AppConfig(outputs_dir=outputs, work_dir=tmp_path / "work"))
+    handlers.config.size_presets = {"tiny": (64, 80)}
+    handlers.arm_cancel(None)  # the Generate click
+    with mock.patch("gradio.Warning") as warning:
+        shown = handlers.generate(
+            reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0, height=0,
+            start=0, frames=9, fps=16, retarget="global", mask_mode="none", mask_points=[], prompt="a person dancing",
+            negative_prompt="", steps=2, guidance=3.0, seed=7, speed="official (25 steps)", offload="auto",
+            pose_state={}, request=None, progress=lambda *args, **kwargs: None)
+    assert shown == {} and warning.call_args.kwargs["title"] == "Cancelled"
+    assert list(outputs.iterdir()) == []
+
+
+def test_the_speed_label_follows_manual_steps(tmp_path):
+    from ui.handlers import CUSTOM_SPEED, AppConfig, Handlers
+
+    from types import SimpleNamespace
+
+    studio = SimpleNamespace(extract_poses=None, mask=None, caption=None, lipsync=None)  # not called
+    handlers = Handlers(studio, AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    assert handlers.speed_label(25, "official (25 steps)") == {}  # still the preset
+    assert handlers.speed_label(30, "official (25 steps)") == {"speed": CUSTOM_SPEED}
+    assert handlers.speed_label(30, CUSTOM_SPEED) == {"speed": CUSTOM_SPEED}
+    assert handlers.speed_preset_steps(CUSTOM_SPEED) == {}  # "custom" leaves Steps alone
+    assert handlers.speed_preset_steps("quality (50 steps)") == {"steps": 50}
+    assert handlers._speed_for(15, 0.05).startswith("fast") and handlers._speed_for(15, 0.0) == CUSTOM_SPEED

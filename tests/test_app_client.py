@@ -35,6 +35,13 @@ def motion(video, frames=9):
                 size_preset=TINY, width=768, height=1360, start=0, frames=frames, fps=16, retarget="global")
 
 
+def character(image=REFERENCE):
+    """The Character step's API parameters: the reference and the target size."""
+    from gradio_client import handle_file
+
+    return dict(reference=handle_file(str(image)), size_preset=TINY, width=768, height=1360)
+
+
 def generate_args(video=CLIP, prompt="a person dancing", mask_mode="none"):
     return dict(motion(video), mask_mode=mask_mode, prompt=prompt, negative_prompt="", steps=2, guidance=3.0, seed=7,
                 speed="tiny (2 steps)", offload="auto")
@@ -43,17 +50,17 @@ def generate_args(video=CLIP, prompt="a person dancing", mask_mode="none"):
 def test_the_flow_through_the_api(client, tiny_app):
     from gradio_client import handle_file
 
-    crop, info = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+    crop, info = client.predict(**character(),
                                 api_name="/crop_preview")
     assert Image.open(crop).size == (64, 80) and "64x80" in info
     # the 384x640 photo is taller than 64x80: the full width, the middle of the height
     assert "the full width and the middle 75% of the height of the 384x640 photo" in info
 
     # Person: a check of SAM's person, nothing blacked out; Background: the person kept
-    person_view, unmasked, mode, note = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+    person_view, unmasked, mode, note = client.predict(**character(),
                                                        api_name="/mask_person")
     assert mode == "none" and "Person check" in note and Image.open(unmasked).size == (64, 80)
-    background_view, masked, mode, _note = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+    background_view, masked, mode, _note = client.predict(**character(),
                                                           api_name="/mask_background")
     assert mode == "background" and Image.open(masked).size == (64, 80)
     # The person view tints exactly what the background view tints and blacks out: the person
@@ -66,14 +73,14 @@ def test_the_flow_through_the_api(client, tiny_app):
     not_black = (crop_pixels != 0).any(axis=2)
     blacked = (np.asarray(Image.open(masked).convert("RGB")) == 0).all(axis=2)
     assert np.array_equal(background_tinted & not_black, blacked & not_black)
-    _view, _masked, mode, _note = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+    _view, _masked, mode, _note = client.predict(**character(),
                                                  api_name="/mask_clothing")
     assert mode == "clothing"
 
     pose_video, overlay, pose_info = client.predict(**motion(CLIP), api_name="/extract_poses")
     assert Path(pose_video).stat().st_size > 0 and Path(overlay).stat().st_size > 0 and "9 pose frames" in pose_info
 
-    caption, _hint = client.predict(reference=handle_file(str(REFERENCE)), size_preset=TINY, width=768, height=1360,
+    caption, _hint = client.predict(**character(),
                                     mask_mode="none", api_name="/auto_caption")
     assert caption.strip()
 
@@ -98,9 +105,10 @@ def test_the_flow_through_the_api(client, tiny_app):
 
     # Reuse settings gives back the form values the result was made with
     reused = client.predict(history_manifest=manifest, api_name="/reuse_settings")
-    preset, _width, _height, frames, fps, mode, prompt, _negative, steps, guidance, seed, offload = reused
+    preset, _width, _height, frames, fps, mode, prompt, _negative, steps, speed, guidance, seed, offload = reused
     assert (preset, frames, mode, prompt, steps, seed, offload) == (TINY, 9, "background", "a person dancing", 2, 7,
                                                                     "auto")
+    assert speed == "tiny (2 steps)"  # the preset with these steps and this cache, else "custom"
     assert "Pick a result" in app_error(client, None, api_name="/reuse_settings")
 
     info, models, _choices = client.predict(api_name="/system_status")
@@ -136,8 +144,7 @@ def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
     # neither gradio's "Could not preprocess ..." nor the server's temp path
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    message = app_error(client, reference=handle_file(str(text)), size_preset=TINY, width=768, height=1360,
-                        api_name="/crop_preview")
+    message = app_error(client, **character(text), api_name="/crop_preview")
     assert "Could not read the image notes.png" in message
     assert "preprocess" not in message and "/tmp/" not in message and "dynamictrl-app-" not in message
     # a text file as the driving video reaches our video reader, which says how to fix it

@@ -283,6 +283,12 @@ def test_upload_widgets_hand_over_the_file_unopened(tmp_path):
     assert VideoUpload().preprocess(FileData(path=str(not_an_image))) == str(not_an_image)
     assert AudioUpload().preprocess(FileData(path=str(not_an_image))) == str(not_an_image)
     assert ImageUpload().preprocess(None) is None
+    # drawn by gradio's own image/video/audio widgets in the page, with every setting sent to it
+    assert [widget().get_block_name() for widget in (ImageUpload, VideoUpload, AudioUpload)] == ["image", "video",
+                                                                                                  "audio"]
+    for widget, plain in ((ImageUpload, gr.Image), (VideoUpload, gr.Video), (AudioUpload, gr.Audio)):
+        settings = widget(label="x", elem_id="y").get_config()
+        assert settings["label"] == "x" and settings["elem_id"] == "y" and set(settings) == set(plain().get_config())
     with pytest.raises(gr.Error, match="as a file upload"):
         ImageUpload().preprocess(ImageData(url="data:image/png;base64,AAAA"))
     with pytest.raises(gr.Error, match="gone from the server") as raised:

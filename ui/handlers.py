@@ -49,6 +49,8 @@ SPEED_PRESETS = {
     "official (25 steps)": (25, 0.0),
     "fast (15 steps + first-block cache)": (15, 0.05),
 }
+# The Quality/speed label once Steps no longer matches the chosen preset (no first-block cache).
+CUSTOM_SPEED = "custom"
 RETARGET_CHOICES = ("global", "bones", "none")
 MASK_MODES = ("none", "background", "clothing")
 MAX_SEED = 2**31 - 1
@@ -227,19 +229,30 @@ class Handlers:
     def _cancel_event(self, request: gr.Request | None) -> threading.Event:
         return self._cancel_events.setdefault(_session_key(request), threading.Event())
 
-    def _job_cancel(self, request: gr.Request | None) -> threading.Event:
-        """The session's cancel flag for a job that starts now. A job clicked on the page was
-        armed (flag cleared at the click), so a Cancel pressed while it waited in the queue
-        still counts; a job sent through the API was not armed, and a Cancel sent when nothing
-        ran must not stop it (API clients drop a queued job with gradio_client's `job.cancel()`)."""
+    def _job_cancel(self, request: gr.Request | None) -> tuple[threading.Event, bool]:
+        """(the session's cancel flag for a job that starts now, whether the page started it).
+        A job clicked on the page was armed (flag cleared at the click), so a Cancel pressed
+        while it waited in the queue still counts; a job sent through the API was not armed,
+        and a Cancel sent when nothing ran must not stop it (API clients drop a queued job with
+        gradio_client's `job.cancel()`)."""
         key = _session_key(request)
         cancel = self._cancel_event(request)
         with self._armed_lock:
-            if self._armed.get(key, 0) > 0:
+            from_page = self._armed.get(key, 0) > 0
+            if from_page:
                 self._armed[key] -= 1
             else:
                 cancel.clear()
-        return cancel
+        return cancel, from_page
+
+    @staticmethod
+    def _cancelled_on_page() -> dict:
+        """A Cancel pressed on the page is not an error: a "Cancelled" note, and every output
+        keeps what it showed (the previous result stays). API clients get the error instead,
+        so a script knows the job did not finish."""
+        gr.Warning("The job stopped before finishing; nothing was written. The previous result is kept.",
+                   title="Cancelled")
+        return {}
 
     def _drop_if_empty(self, folder: Path) -> None:
         """Removes a session folder that a failed first job left empty (never the outputs root)."""
@@ -427,7 +440,21 @@ class Handlers:
         return {"seed": random.randint(0, MAX_SEED)}
 
     def speed_preset_steps(self, speed):
-        return {"steps": self.config.speed_presets.get(speed, (25, 0.0))[0]}
+        if speed not in self.config.speed_presets:  # "custom": Steps stays as the user set it
+            return {}
+        return {"steps": self.config.speed_presets[speed][0]}
+
+    def speed_label(self, steps, speed):
+        """After a manual change of Steps: the preset's label while Steps still matches it, else
+        "custom" (which runs without the preset's first-block cache, as the label then says)."""
+        preset = self.config.speed_presets.get(speed)
+        if preset is not None and steps is not None and int(steps) == preset[0]:
+            return {}
+        return {"speed": CUSTOM_SPEED}
+
+    def _speed_for(self, steps: int, first_block_cache: float) -> str:
+        return next((label for label, preset in self.config.speed_presets.items()
+                     if preset == (steps, first_block_cache)), CUSTOM_SPEED)
 
     @staticmethod
     def _generation_seconds(image_path, out_path, settings, *args, **kwargs) -> int:
@@ -473,14 +500,16 @@ class Handlers:
             pose_video_path, provenance = pose_state["path"], pose_state.get("provenance")
         else:
             driving_video_path = video_path
-        cancel = self._job_cancel(request)
+        cancel, from_page = self._job_cancel(request)
         out_dir, out_path = self._new_result(request, f"seed{settings.seed}")
         progress(0.0, desc="loading models")
         try:
             result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
                                            pose_settings, ProgressReporter(progress, cancel), provenance)
-        except Exception:
+        except Exception as error:
             self._drop_if_empty(out_dir)  # the studio already removed what the job had written
+            if isinstance(error, Cancelled) and from_page:
+                return self._cancelled_on_page()
             raise
         finally:
             cancel.clear()
@@ -523,14 +552,16 @@ class Handlers:
         settings = LipSyncSettings(bbox_shift=int(bbox_shift), extra_margin=int(extra_margin),
                                    parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
                                    right_cheek_width=int(right_cheek))
-        cancel = self._job_cancel(request)
+        cancel, from_page = self._job_cancel(request)
         out_dir, out_path = self._new_result(request, "lipsync")
         progress(0.0, desc="loading models")
         try:
             result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
                                           progress=ProgressReporter(progress, cancel))
-        except Exception:
+        except Exception as error:
             self._drop_if_empty(out_dir)
+            if isinstance(error, Cancelled) and from_page:
+                return self._cancelled_on_page()
             raise
         finally:
             cancel.clear()
@@ -573,7 +604,8 @@ class Handlers:
             "size_preset": preset, "width": settings.width, "height": settings.height, "frames": settings.num_frames,
             "fps": settings.fps, "mask_mode": mask_mode, "mask_points": settings.mask_points or [],
             "prompt": settings.prompt or manifest.get("prompt_used", ""), "negative_prompt": settings.negative_prompt,
-            "steps": settings.steps, "guidance": settings.guidance, "seed": settings.seed, "offload": settings.offload,
+            "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.first_block_cache),
+            "guidance": settings.guidance, "seed": settings.seed, "offload": settings.offload,
             "tabs": gr.Tabs(selected="create"),
         }
 

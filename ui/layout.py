@@ -17,7 +17,7 @@ import gradio as gr
 from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
 from dynamictrl.manager import OFFLOAD_CHOICES
 
-from .handlers import CUSTOM_SIZE, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
+from .handlers import CUSTOM_SIZE, CUSTOM_SPEED, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
 from .uploads import AudioUpload, ImageUpload, VideoUpload
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -110,8 +110,8 @@ def build_character(page: Page, config: AppConfig) -> None:
     with gr.Row():
         with gr.Column():
             # The file as uploaded: dynamictrl.images reads and converts it.
-            page.reference = ImageUpload(label="Reference image", sources=["upload", "clipboard"],
-                                         elem_id="reference-image", height=360)
+            page.reference = ImageUpload(label="Reference image", type="filepath", image_mode=None,
+                                         sources=["upload", "clipboard"], elem_id="reference-image", height=360)
             page.size_preset = gr.Dropdown([*config.size_presets, CUSTOM_SIZE], value=config.default_size,
                                            label="Target size (width x height)", elem_id="size-preset")
             with gr.Row():
@@ -187,7 +187,8 @@ def build_generate(page: Page, config: AppConfig) -> None:
     gr.Markdown("## 4. Generate")
     with gr.Row():
         with gr.Column():
-            page.speed = gr.Dropdown(list(config.speed_presets), value=config.default_speed, label="Quality / speed")
+            page.speed = gr.Dropdown([*config.speed_presets, CUSTOM_SPEED], value=config.default_speed,
+                                     label="Quality / speed", elem_id="speed")
             page.steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps", elem_id="steps")
             page.guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
             with gr.Row():
@@ -214,7 +215,7 @@ def build_lipsync(page: Page) -> None:
             page.lipsync_video = VideoUpload(label="Video with a face", sources=["upload"], elem_id="lipsync-video",
                                              height=320)
             page.use_result = gr.Button("Use the latest result", size="sm", elem_id="lipsync-use-result")
-            page.speech = AudioUpload(label="Speech (wav, mp3, flac, ogg, m4a) or record",
+            page.speech = AudioUpload(label="Speech (wav, mp3, flac, ogg, m4a) or record", type="filepath",
                                       sources=["upload", "microphone"], elem_id="lipsync-audio")
             with gr.Accordion("Settings", open=False):
                 page.bbox_shift = gr.Slider(-40, 40, value=lip_defaults.bbox_shift, step=1,
@@ -301,6 +302,8 @@ def wire_prompt(page: Page, handlers: Handlers) -> None:
 
 def wire_generate(page: Page, handlers: Handlers) -> None:
     wire(page, page.speed.change, handlers.speed_preset_steps, ["speed"], ["steps"], api_name=False, queue=False)
+    # `input`: the user's own changes only (a preset setting Steps must not turn the label to custom).
+    wire(page, page.steps.input, handlers.speed_label, ["steps", "speed"], ["speed"], api_name=False, queue=False)
     wire(page, page.dice.click, handlers.dice, [], ["seed"], api_name=False, queue=False)
     # Armed before queuing, so a Cancel pressed while the job waits in the queue still counts.
     armed = page.generate_button.click(handlers.arm_cancel, None, None, api_name=False, queue=False)
@@ -337,8 +340,8 @@ def wire_history(page: Page, handlers: Handlers) -> None:
         wire(page, table.select, handlers.history_select, ["history_paths"], ["history_manifest", "history_index"],
              api_name=False)
     wire(page, page.reuse.click, handlers.reuse_settings, ["history_manifest"],
-         [*SIZE, "frames", "fps", "mask_mode", "mask_points", "prompt", "negative_prompt", "steps", "guidance", "seed",
-          "offload", "tabs"], api_name="reuse_settings")
+         [*SIZE, "frames", "fps", "mask_mode", "mask_points", "prompt", "negative_prompt", "steps", "speed", "guidance",
+          "seed", "offload", "tabs"], api_name="reuse_settings")
 
 
 def wire_system(page: Page, handlers: Handlers, config: AppConfig) -> None:
