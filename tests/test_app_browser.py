@@ -273,18 +273,26 @@ def test_mask_starts_and_sam_clicks(page, tiny_app):
         shot(page, "09_mask_clicks")
 
 
-def test_cancel_stops_a_generation_and_writes_nothing(page, tiny_app):
+def test_cancel_keeps_the_previous_result_and_says_cancelled(page, tiny_app):
     with shot_on_failure(page, "cancel"):
         fresh_page(page, tiny_app)
         upload_reference(page)
         page.locator("#driving-video input[type=file]").set_input_files(str(ROOT / "assets" / "dance_figure.mp4"))
         page.locator("#driving-video video").wait_for()
+        # A first, quick result (the tiny defaults): what Cancel must leave on the page
+        page.locator("#generate").click()
+        page.wait_for_function(
+            "() => { const v = document.querySelector('#result-video video'); return v && v.duration > 0; }"
+        )
+        first_result = page.locator("#result-video video").get_attribute("src")
         # 45 frames (the poses of 44 driving frames, two windows) at 100 steps: about 5 s on
         # 2 idle cores, the margin between the job's start and its end
         page.locator("#frames input").fill("45")
         steps = page.locator("#steps input[type=number]")
         steps.fill("100")
         steps.blur()
+        # Steps changed by hand: the Quality/speed label no longer names a preset
+        page.wait_for_function("() => document.querySelector('#speed input')?.value === 'custom'")
         before = output_files(tiny_app)
 
         page.locator("#generate").click()
@@ -295,11 +303,16 @@ def test_cancel_stops_a_generation_and_writes_nothing(page, tiny_app):
             "() => /loading models|pose|denoising/.test(document.querySelector('#result-video')?.innerText || '')"
         )
         page.locator("#cancel").click()
-        page.get_by_text("the job stopped before finishing").first.wait_for()
+        page.get_by_text("The previous result is kept").first.wait_for()
+        page.get_by_text("Cancelled", exact=True).first.wait_for()  # the note's title, not "Error"
+        # The job is over (no progress left on the Result) and the first result is still shown
+        page.wait_for_function(
+            "() => !/loading models|pose|denoising/.test(document.querySelector('#result-video')?.innerText || '')"
+        )
         shot(page, "10_cancelled")
-
         assert output_files(tiny_app) == before
-        assert page.locator("#result-video video").count() == 0
+        assert page.locator("#result-video video").get_attribute("src") == first_result
+        assert page.locator("#result-video").get_by_text("Error").count() == 0
 
 
 def forge_results(outputs: Path) -> tuple[str, str]:
