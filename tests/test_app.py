@@ -150,7 +150,9 @@ def test_every_event_is_wired_by_name(tmp_path):
     with gr.Blocks():
         page.prompt, page.hint = gr.Textbox(), gr.Markdown()
     outputs = page.widgets(["prompt", "hint"])
-    assert by_name(lambda: {"hint": "x"}, outputs)() == {page.hint: "x"}
+    assert by_name(lambda: {"hint": "x"}, outputs)() == {page.hint: "x", page.prompt: gr.skip()}
+    assert by_name(lambda: {}, page.widgets(["hint"]))() == {page.hint: gr.skip()}  # not "the value is {}"
+    assert by_name(lambda: None, {})() is None
     with pytest.raises(KeyError, match="seed"):
         by_name(lambda: {"seed": 1}, outputs)()
     with pytest.raises(AttributeError):

@@ -53,14 +53,16 @@ def by_name(handler, outputs: dict):
 
     @functools.wraps(handler)  # gradio reads the handler's signature (names, gr.Request, gr.Progress)
     def call(*args, **kwargs):
-        values = handler(*args, **kwargs)
-        if values is None:
-            return {}
+        values = handler(*args, **kwargs) or {}
         unknown = set(values) - set(outputs)
         if unknown:  # a wiring mistake, found the first time the event runs (tests run every event)
             raise KeyError(f"{getattr(handler, '__name__', handler)} returned {sorted(unknown)}, not among its "
                            f"outputs {sorted(outputs)}")
-        return {outputs[name]: value for name, value in values.items()}
+        if not outputs:
+            return None
+        # Every output in the dict, the ones left out as gr.skip(): gradio would take an empty
+        # dict for the value of a lone output.
+        return {widget: values.get(name, gr.skip()) for name, widget in outputs.items()}
 
     return call
 
