@@ -128,9 +128,9 @@ def test_cancel_pressed_while_queued_still_counts_and_is_then_cleared(tmp_path):
                 left_cheek=90, right_cheek=90)
     handlers.arm_cancel(None)
     handlers.cancel(None)  # pressed while the job waits in the queue
-    with mock.patch("gradio.Warning") as warning:  # a page's job: "Cancelled", the previous result kept
+    with mock.patch("gradio.Info") as note:  # a page's job: "Cancelled", the previous result kept
         assert handlers.lipsync(**args, request=None, progress=lambda *a, **k: None) == {}
-    assert warning.call_args.kwargs["title"] == "Cancelled"
+    assert note.call_args.kwargs["title"] == "Cancelled"
     handlers.arm_cancel(None)  # the next click
     with pytest.raises(gr.Error, match="ran past a cancel"):
         handlers.lipsync(**args, request=None, progress=lambda *a, **k: None)
@@ -195,13 +195,13 @@ def test_a_cancel_on_the_page_keeps_the_previous_result(tmp_path):
     handlers = Handlers(CancelledStudio(), AppConfig(outputs_dir=outputs, work_dir=tmp_path / "work"))
     handlers.config.size_presets = {"tiny": (64, 80)}
     handlers.arm_cancel(None)  # the Generate click
-    with mock.patch("gradio.Warning") as warning:
+    with mock.patch("gradio.Info") as note:
         shown = handlers.generate(
             reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0, height=0,
             start=0, frames=9, fps=16, retarget="global", mask_mode="none", mask_points=[], prompt="a person dancing",
             negative_prompt="", steps=2, guidance=3.0, seed=7, speed="official (25 steps)", offload="auto",
             pose_state={}, request=None, progress=lambda *args, **kwargs: None)
-    assert shown == {} and warning.call_args.kwargs["title"] == "Cancelled"
+    assert shown == {} and note.call_args.kwargs["title"] == "Cancelled"
     assert list(outputs.iterdir()) == []
 
 

@@ -487,6 +487,9 @@ APP_CASES = [
     ("png_16_bit", "/crop_preview", "gray16.png", {}, None),
     ("exif_rotated_jpeg", "/crop_preview", "exif_rotated.jpg", {}, None),
     ("video_8k", "/extract_poses", "8k.mp4", {}, r"at most 4096 px"),
+    # The API's message names the CLI's --frames/--loop; the page's names its own fields.
+    ("one_frame_video", "/extract_poses", "one_frame.mp4", {}, r"lower the fps or start earlier\. With this video use "
+                                                              r"a longer video"),
     ("zero_frame_video", "/extract_poses", "zero_frames.mp4", {}, r"no frames|no video"),
     ("audio_renamed_mp4", "/extract_poses", "audio_only.mp4", {}, r"no video track"),
     ("video_vfr", "/extract_poses", "vfr.mp4", {}, None),
@@ -537,6 +540,7 @@ def test_bad_input_through_the_app(name, endpoint, file, options, pattern, clien
                 assert "Unexpected error" not in message  # an error the handlers did not recognise as the user's
                 # gradio's "Could not preprocess ..." and any server temp path stay out of the message.
                 assert "preprocess" not in message and "/tmp/" not in message and "dynamictrl-app-" not in message
+                assert not re.search(r"--(frames|loop|fps|start)\b", message), message  # the page's terms
                 assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
     finally:
         row["seconds"] = round(time.perf_counter() - started, 2)

@@ -294,3 +294,16 @@ def test_upload_widgets_hand_over_the_file_unopened(tmp_path):
     with pytest.raises(gr.Error, match="gone from the server") as raised:
         VideoUpload().preprocess(FileData(path=str(tmp_path / "cache" / "dance.mp4"), orig_name="dance.mp4"))
     assert str(tmp_path) not in raised.value.message
+
+
+def test_messages_speak_of_the_page_not_of_cli_flags():
+    from ui.handlers import in_app_terms
+
+    api = ("dance.mp4 is 0.5 s long (8 frames at 16 fps); from 0 s at 16 fps it gives 8 frames but 12 are needed. "
+           "Lower the frame count, lower the fps, start earlier, or loop the video. With this video use --frames 9 "
+           "or --loop.")
+    assert in_app_terms(api) == ("dance.mp4 is 0.5 s long (8 frames at 16 fps); from 0 s at 16 fps it gives 8 frames "
+                                 "but 12 are needed. Lower the frame count, lower the fps or start earlier. With this "
+                                 "video set Frames to 9.")
+    assert in_app_terms("The pose video has 1 frames, fewer than the 9 asked for: use --frames 1 or a longer pose "
+                        "video.").endswith("set Frames to 1 or use a longer pose video.")

@@ -85,6 +85,23 @@ class AppConfig:
     private_dirs: tuple = ()
 
 
+# dynamictrl's messages name the CLI's flags; the page has widgets (Frames, fps, Start) and no
+# loop option. Each rule rewrites one of those phrases in the page's terms.
+APP_TERMS = [
+    (re.compile(r"use --frames (\d+) or --loop"), r"set Frames to \1"),
+    (re.compile(r"use --loop or a longer video"), "use a longer video"),
+    (re.compile(r"use --frames (\d+) or a longer pose video"), r"set Frames to \1 or use a longer pose video"),
+    (re.compile(r"lower the fps, start earlier, or loop the video"), "lower the fps or start earlier"),
+    (re.compile(r"--frames (\d+)"), r"Frames \1"),
+]
+
+
+def in_app_terms(message: str) -> str:
+    for pattern, replacement in APP_TERMS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 def without_private_paths(message: str, private_dirs) -> str:
     """`message` with every path inside `private_dirs` replaced by the file's name: a visitor
     learns which of their files failed, not where the server keeps it."""
@@ -127,7 +144,7 @@ def friendly_errors(handler):
             raise gr.Error("Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled")
         except USER_ERRORS as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            raise gr.Error(without_private_paths(str(message), private_dirs)) from None
+            raise gr.Error(in_app_terms(without_private_paths(str(message), private_dirs))) from None
         except Exception as error:  # the page gets one line, the log the traceback
             logger.exception("handler %s failed", handler.__name__)
             detail = without_private_paths(f"{type(error).__name__}: {error}", private_dirs)
@@ -247,11 +264,12 @@ class Handlers:
 
     @staticmethod
     def _cancelled_on_page() -> dict:
-        """A Cancel pressed on the page is not an error: a "Cancelled" note, and every output
+        """A Cancel pressed on the page is not an error: a "Cancelled" info note, and every output
         keeps what it showed (the previous result stays). API clients get the error instead,
         so a script knows the job did not finish."""
-        gr.Warning("The job stopped before finishing; nothing was written. The previous result is kept.",
-                   title="Cancelled")
+        # An info note: the page's toast shows its kind ("Info") as the heading, so the message says it.
+        gr.Info("Cancelled: the job stopped before finishing; nothing was written. The previous result is kept.",
+                title="Cancelled")
         return {}
 
     def _drop_if_empty(self, folder: Path) -> None:
