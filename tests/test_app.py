@@ -158,7 +158,7 @@ def test_every_event_is_wired_by_name(tmp_path):
     with pytest.raises(AttributeError):
         page.widgets(["no_such_widget"])
 
-    from test_security import built_page
+    from tests.test_security import built_page
 
     app, _config, _studio = built_page(tmp_path, admin_actions=True)
     api = app.get_api_info()["named_endpoints"]

@@ -388,7 +388,7 @@ def test_uploaded_pages_and_scripts_never_run(page, tiny_app, tmp_path):
     on the app's origin. The control first runs the same script on the app's page directly,
     so a marker that stays unset means "blocked", not "the check cannot see it"."""
     import httpx
-    from badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
+    from tests.badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
     from playwright.sync_api import Error as PlaywrightError
 
     def marker():
