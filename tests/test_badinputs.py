@@ -664,8 +664,8 @@ def test_outputs_are_checked_before_any_model_loads(corpus, tmp_path):
 
 
 def test_heic_photo_through_the_app(client, corpus):
-    """The app reads an iPhone photo: gradio's image component opens uploads with PIL, which
-    reads HEIC once dynamictrl.images has registered pillow-heif (the app imports it)."""
+    """The app reads an iPhone photo: the upload widget hands the file over unopened
+    (ui/uploads.py) and dynamictrl.images reads HEIC through pillow-heif."""
     case = CASES_BY_NAME["heic_photo"]
     row = {"case": case.name, "stage": case.stage, "what": case.what, "expected": case.expected,
            "via": "app /crop_preview"}
@@ -673,11 +673,17 @@ def test_heic_photo_through_the_app(client, corpus):
     started = time.perf_counter()
     try:
         with hang_guard(HANG_GUARD_S):
-            crop, info = client.predict(*app_args("/crop_preview", corpus, case.file), api_name="/crop_preview")
+            crop, info = client.predict(**app_args("/crop_preview", corpus, case.file), api_name="/crop_preview")
         pixels = np.asarray(Image.open(crop).convert("RGB")).astype(int)
         row["outcome"] = f"ok: {info}"
         assert pixels.shape == (80, 64, 3) and "64x80" in info
         assert pixels[:, :, 0].max() > 200  # the red block of the photo survives the crop
+    finally:
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        row["rss_mb"] = None
+    row["passed"] = True
+
+
 # ---------------------------------------------------------------------------- uploads served back (app)
 # The SERVED_CASES block of make_corpus: what `/gradio_api/file=` answers for an upload.
 # The same rule in a browser: tests/test_app_browser.py::test_uploaded_pages_and_scripts_never_run.
