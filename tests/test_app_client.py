@@ -147,8 +147,9 @@ def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
     message = app_error(client, **character(text), api_name="/crop_preview")
     assert "Could not read the image notes.png" in message
     assert "preprocess" not in message and "/tmp/" not in message and "dynamictrl-app-" not in message
-    # a text file as the driving video reaches our video reader, which says how to fix it
-    assert "Could not decode" in app_error(client, **motion(text), api_name="/extract_poses")
+    # a text file as the driving video reaches our video probe, which names it and says how to fix it
+    message = app_error(client, **motion(text), api_name="/extract_poses")
+    assert "notes.png is not a video file" in message and "/tmp/" not in message
     # a video with nobody in it (the tiny detector sees people only when the top-left pixel is red)
     empty = write_video(tmp_path / "empty.mp4", np.full((20, 64, 48, 3), (0, 0, 255), np.uint8), fps=16)
     assert "person" in app_error(client, **motion(empty), api_name="/extract_poses").lower()
