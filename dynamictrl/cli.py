@@ -152,6 +152,12 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first run)")
     speed.add_argument("--fuse-qkv", action="store_true", help="fuse the attention Q/K/V projections")
+    speed.add_argument("--attention", default=defaults.attention, metavar="KERNEL",
+                       help="attention kernel: native (default), flash, flash3, sage, xformers, flex, cudnn, "
+                            "efficient, math")
+    speed.add_argument("--parallel", default=None, metavar="LAYOUT",
+                       help="one clip on several GPUs, e.g. ulysses=2,ring=1,cfg=2; start with torchrun "
+                            "--nproc-per-node N (N = the product); see docs/parallel.md")
     speed.add_argument("--t5-on-cpu", action="store_true",
                        help="encode the prompt on the CPU: T5 (9.5 GB) never takes GPU memory; slower start")
 
@@ -346,10 +352,13 @@ def run_generate(args) -> int:
         window_frames=args.window_frames,
         overlap=args.overlap,
         color_match=not args.no_color_match,
+        attention=args.attention,
     )
     out = Path(args.out)
-    preview = PreviewWriter(out.with_name(out.stem + "_preview")) if args.preview_every else None
-    studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device)
+    studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device, parallel=args.parallel)
+    # With --parallel only rank 0 writes files, previews included.
+    preview = (PreviewWriter(out.with_name(out.stem + "_preview"))
+               if args.preview_every and studio.writes_outputs else None)
     job = dict(
         pose_video_path=args.pose_video,
         driving_video_path=args.driving_video,
@@ -362,12 +371,14 @@ def run_generate(args) -> int:
         if seeds is None:
             results = [studio.generate(args.image, out, settings, **job)]
         else:
-            results = studio.generate_variations(args.image, out, settings, seeds,
-                                                 on_result=lambda r: print(f"Wrote {r.video_path}", flush=True), **job)
+            report = (lambda r: print(f"Wrote {r.video_path}", flush=True)) if studio.writes_outputs else None
+            results = studio.generate_variations(args.image, out, settings, seeds, on_result=report, **job)
     except BaseException:
         if preview is not None:
             preview.remove()  # previews of a job that produced nothing
         raise
+    if not studio.writes_outputs:  # another rank of a --parallel job: rank 0 reports
+        return 0
     first = results[0]
     if first.pose is not None:
         print(f"Pose video: {first.pose.pose_video_path}" + filled_note(first.pose.filled_frames))
@@ -638,6 +649,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)
         return 130
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Leaves the process group a --parallel job joined (no-op otherwise)."""
+    torch_distributed = sys.modules.get("torch.distributed")
+    if torch_distributed is not None and torch_distributed.is_available() and torch_distributed.is_initialized():
+        torch_distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ class GenerateSettings:
     window_frames: int = 37  # the trained length
     overlap: int = 2  # latent frames shared by neighbouring windows (x4 pixel frames)
     color_match: bool = True
+    # Attention kernel (dynamictrl/models/attention.py): native | flash | flash3 | sage | ...
+    attention: str = "native"
 
 
 @dataclass
@@ -106,6 +108,8 @@ class GenerateResult:
     frames: np.ndarray = field(repr=False)  # (T, H, W, 3) uint8
     elapsed_s: float
     pose: PoseResult | None = None
+    # False on the other ranks of a --parallel job (rank 0 writes; `frames` is then empty).
+    written: bool = True
 
 
 @dataclass
@@ -340,7 +344,10 @@ class Studio:
 
     def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None,
                  sam_kind: str = "vit_b", caption_model: str = "2b", cache_dir: str | Path | None = None,
-                 limits: Limits | None = None, auto_download: bool = True):
+                 limits: Limits | None = None, auto_download: bool = True, parallel=None):
+        """`parallel`: a layout such as "ulysses=2,cfg=2" (or `parallel.ParallelLayout`) to run
+        each job across that many processes started by torchrun (docs/parallel.md); every
+        process makes the same Studio and calls the same methods, rank 0 writes the outputs."""
         self.model = model
         # False: a job whose models are not all on disk stops before it starts with one
         # `MissingModelsError` listing them (the app offers the downloads); True: they are
@@ -352,7 +359,10 @@ class Studio:
         self.sam_kind = sam_kind
         self.caption_model = caption_model
         self.weights_dir = weights_dir
-        self.device = device or default_device()
+        from . import parallel as parallel_module
+
+        self.parallel = parallel_module.setup(parallel, device)  # None: this process alone
+        self.device = self.parallel.device if self.parallel is not None else device or default_device()
         self.manager = ModelManager(device=self.device)
         self._dynamictrl = {}  # torch dtype -> DynamiCtrlModels
         self._t5_tokenizer = None
@@ -374,6 +384,11 @@ class Studio:
         # fp16 on a GPU as MuseTalk's realtime mode; fp32 on the CPU as its offline default.
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         return MuseTalkModels.from_pretrained(self.weights_dir, dtype=dtype)
+
+    @property
+    def writes_outputs(self) -> bool:
+        """Whether this process writes files: always, except on ranks > 0 of a --parallel job."""
+        return self.parallel is None or self.parallel.is_main
 
     def dynamictrl(self, dtype: str) -> DynamiCtrlModels:
         """The DynamiCtrl parts in the manager for a dtype (one dtype is held at a time)."""
@@ -773,6 +788,8 @@ class Studio:
                   pose_settings, progress, pose_provenance, preview=None, preview_every: int = 5) -> GenerateResult:
         import torch
 
+        from .models.attention import resolve_attention_kernel
+        from .parallel import ParallelLayout
         from .pose.sequence import cover_crop
 
         started = time.perf_counter()
@@ -785,6 +802,7 @@ class Studio:
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
+        resolve_attention_kernel(settings.attention, self.device)
         from .pipeline import check_pose_strength
 
         check_pose_strength(settings.pose_strength)
@@ -809,7 +827,8 @@ class Studio:
             )
             pose_path = out_path.with_name(out_path.stem + SIDE_OUTPUTS[0])
             pose_result = self.extract_poses(
-                image_path, driving_video_path, pose_settings, out_path=pose_path, progress=progress
+                image_path, driving_video_path, pose_settings, out_path=pose_path if self.writes_outputs else None,
+                progress=progress,
             )
             reference = pose_result.sequence.reference_pil()
             pose_frames = list(pose_result.sequence.pose_frames)
@@ -833,11 +852,17 @@ class Studio:
                 np.asarray(reference), settings.mask_mode, pose=reference_pose, points=settings.mask_points
             )
             reference = Image.fromarray(masked.masked)
-            Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + SIDE_OUTPUTS[1]))
+            if self.writes_outputs:
+                Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + SIDE_OUTPUTS[1]))
         prompt, caption = settings.prompt.strip(), None
         if not prompt:
-            caption = self.caption(np.asarray(reference), settings.mask_mode)
-            prompt = fill_placeholder(caption.text, settings.mask_fill, settings.mask_mode)
+            if self.writes_outputs:  # with --parallel rank 0 captions, the others take its text
+                caption = self.caption(np.asarray(reference), settings.mask_mode)
+                prompt = fill_placeholder(caption.text, settings.mask_fill, settings.mask_mode)
+            if self.parallel is not None:
+                from .parallel import broadcast_text
+
+                prompt = broadcast_text(prompt, self.parallel)
             if progress is not None:
                 progress(0.0, f"auto caption: {prompt}")
 
@@ -866,8 +891,12 @@ class Studio:
 
         def generate_in(tier: str):
             nonlocal previews
+            from .parallel import apply_parallel
+
             with models.use(variant, options, tier) as pipe:
                 used.update(tier=tier, dtype=str(pipe.transformer.dtype).replace("torch.", ""))
+                pipe.transformer.set_attention_kernel(settings.attention)
+                apply_parallel(pipe.transformer, self.parallel)
                 if preview is not None:
                     from .preview import PreviewMaker, projection_for
 
@@ -884,7 +913,8 @@ class Studio:
                     num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance,
                     generator=torch.Generator().manual_seed(settings.seed),
-                    output_type="uint8",
+                    # With --parallel every rank holds the same latents; only rank 0 decodes.
+                    output_type="uint8" if self.writes_outputs else "latent",
                     callback_on_step_end=on_step,
                     callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
                     window_frames=settings.window_frames,
@@ -896,9 +926,15 @@ class Studio:
         # GPU memory follows the window, not the whole clip.
         window = min(settings.num_frames, settings.window_frames)
         first_tier = models.tier_for(options, window, settings.height, settings.width)
-        frames = self.manager.run_with_oom_retry(
-            generate_in, first_tier, describe=f"generation at {settings.width}x{settings.height}, {settings.num_frames} frames"
-        )
+        describe = f"generation at {settings.width}x{settings.height}, {settings.num_frames} frames"
+        if self.parallel is None:
+            frames = self.manager.run_with_oom_retry(generate_in, first_tier, describe=describe)
+        else:  # a retry on one rank alone would leave the others waiting in a collective
+            frames = generate_in(first_tier)
+        if not self.writes_outputs:  # another rank of a --parallel job: rank 0 writes
+            empty = np.zeros((0, settings.height, settings.width, 3), dtype=np.uint8)
+            return GenerateResult(out_path, out_path.with_suffix(".json"), empty, time.perf_counter() - started,
+                                  pose_result, written=False)
         write_video(out_path, frames, fps=settings.fps)
         elapsed = time.perf_counter() - started
 
@@ -933,6 +969,7 @@ class Studio:
             "device": self.device,
             "torch_dtype": used["dtype"],
             "memory_tier": used["tier"],
+            "parallel": (self.parallel.layout if self.parallel is not None else ParallelLayout()).as_dict(),
             "versions": package_versions(),
             "elapsed_s": round(elapsed, 3),
         }

@@ -16,6 +16,7 @@ from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBloc
 from diffusers.utils import apply_lora_scale
 from torch import nn
 
+from .attention import DynamiCtrlAttnProcessor, resolve_attention_kernel
 from .padaln import PoseAdaptiveLayerNorm
 
 
@@ -64,6 +65,8 @@ class DynamiCtrlBlock(CogVideoXBlock):
             norm_eps=norm_eps,
         )
         self.control_norm1 = PoseAdaptiveLayerNorm(time_embed_dim, dim, norm_elementwise_affine, norm_eps)
+        # The same attention as the parent's processor, through diffusers' dispatcher.
+        self.attn1.set_processor(DynamiCtrlAttnProcessor())
 
     def forward(
         self,
@@ -120,6 +123,9 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
     """
 
     _no_split_modules = ["DynamiCtrlBlock", "CogVideoXPatchEmbed"]
+    # Set by `dynamictrl.parallel.apply_parallel`: splits the batch (CFG) and the video
+    # sequence (context parallelism) across processes; None runs everything here.
+    _dynamictrl_parallel = None
 
     # The signature mirrors the parent's so that the released `config.json` loads as is.
     @register_to_config
@@ -206,6 +212,23 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
             ]
         )
 
+    def set_attention_kernel(self, name: str) -> None:
+        """Selects the attention kernel of every block ("native", "flash", "flash3", "sage",
+        ...; see `models/attention.py`); a clear error if it is not usable here."""
+        backend = resolve_attention_kernel(name, self.device)
+        for block in self.transformer_blocks:
+            block.attn1.processor._attention_backend = backend
+
+    def fuse_qkv_projections(self) -> None:
+        """Fuses Q/K/V into one projection and keeps our processor (the parent would swap in
+        its own SDPA processor, losing the kernel choice and context parallelism)."""
+        for block in self.transformer_blocks:
+            block.attn1.fuse_projections(fuse=True)
+
+    def unfuse_qkv_projections(self) -> None:
+        for block in self.transformer_blocks:
+            block.attn1.fused_projections = False
+
     def embed_timestep(self, timestep: torch.Tensor, ofs: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """`time_embedding(t) + ofs_embedding(ofs)`, as CogVideoX-1.5 I2V."""
         emb = self.time_embedding(self.time_proj(timestep).to(dtype=dtype))
@@ -248,6 +271,12 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
                 f"{tuple(hidden_states.shape)}."
             )
 
+        parallel = self._dynamictrl_parallel
+        if parallel is not None:  # CFG parallelism: this process's part of the batch
+            hidden_states, encoder_hidden_states, timestep, pose_latents = parallel.split_batch(
+                hidden_states, encoder_hidden_states, timestep, pose_latents
+            )
+            batch_size = hidden_states.shape[0]
         emb = self.embed_timestep(timestep, ofs, hidden_states.dtype)
 
         tokens = self.embedding_dropout(self.patch_embed(encoder_hidden_states, hidden_states))
@@ -255,6 +284,10 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
         text_seq_length = encoder_hidden_states.shape[1]
         encoder_hidden_states = tokens[:, :text_seq_length]
         hidden_states = tokens[:, text_seq_length:]
+        if parallel is not None:  # context parallelism: this process's slice of the video tokens
+            hidden_states, pose_tokens, image_rotary_emb = parallel.shard_tokens(
+                hidden_states, pose_tokens, image_rotary_emb
+            )
 
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -281,7 +314,11 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
         hidden_states = self.norm_final(hidden_states)
         hidden_states = self.norm_out(hidden_states, temb=emb)
         hidden_states = self.proj_out(hidden_states)
+        if parallel is not None:
+            hidden_states = parallel.gather_tokens(hidden_states)
         output = self._unpatchify(hidden_states, batch_size, num_frames, height, width)
+        if parallel is not None:
+            output = parallel.gather_batch(output)
 
         if not return_dict:
             return (output,)

@@ -1,0 +1,82 @@
+"""Started under torchrun by tests/test_parallel.py (one launch per world size).
+
+Generates the tiny clips of `CLIPS` under every layout given, on the gloo backend, and has
+rank 0 save the frames as .npy for the test to compare with one process. The other ranks
+stop at the latents (as the Studio does: every rank holds the same latents, rank 0 decodes).
+`--fail-rank k` makes rank k raise in its first denoising step (the failure test).
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.distributed as dist
+
+from dynamictrl import parallel, weights
+from dynamictrl.pipeline import DynamiCtrlPipeline
+
+# 48x48 px -> 9 video tokens per pair of latent frames: 18 per window of 9 frames (split
+# 5/5/4/4 on 4 processes: uneven on purpose).
+COMMON = dict(prompt="a person dancing", negative_prompt="blurry", height=48, width=48, num_inference_steps=2,
+              guidance_scale=3.0, use_dynamic_cfg=True, output_type="np")
+CLIPS = {
+    "one_window": dict(num_frames=9),
+    # Colour matching is off here: it matches LAB statistics of the random tiny VAE's
+    # nearly flat frames, which amplifies float noise ~80x (the latents agree to 3e-7).
+    "three_windows": dict(num_frames=17, window_frames=9, overlap_frames=1, color_match=False),
+}
+
+
+def clip_inputs(num_frames: int):
+    generator = torch.Generator().manual_seed(5)
+    image = (torch.rand(48, 48, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    pose = torch.rand(num_frames, 3, 48, 48, generator=generator) * 2 - 1
+    return PIL.Image.fromarray(image), pose
+
+
+def generate(pipe, clip: str, callback=None, output_type: str = "np") -> np.ndarray:
+    options = {**COMMON, **CLIPS[clip], "output_type": output_type}
+    image, pose = clip_inputs(options["num_frames"])
+    frames = pipe(image=image, pose_video=pose, generator=torch.Generator().manual_seed(0),
+                  callback_on_step_end=callback, **options).frames
+    return frames.numpy() if isinstance(frames, torch.Tensor) else frames
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--layouts", required=True, help="';'-separated layouts of the same world size")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-stamp", default=None, help="where the failing rank writes the time it raised")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # several processes share the test machine's cores
+
+    layouts = [parallel.ParallelLayout.parse(text) for text in args.layouts.split(";")]
+    device = parallel.init_process_group(layouts[0], "cpu")
+    pipe = DynamiCtrlPipeline.from_pretrained(weights.BASE_REPO, weights_dir=args.weights)
+    pipe.set_progress_bar_config(disable=True)
+    rank = dist.get_rank()
+
+    def fail(pipe, step, timestep, tensors):
+        Path(args.fail_stamp).write_text(str(time.time()))
+        raise RuntimeError(f"injected failure on rank {rank}")
+
+    for layout in layouts:
+        mesh = parallel.build_mesh(layout, device)
+        parallel.apply_parallel(pipe.transformer, mesh)
+        for clip in CLIPS:
+            frames = generate(pipe, clip, callback=fail if rank == args.fail_rank else None,
+                              output_type="np" if mesh.is_main else "latent")
+            if mesh.is_main:
+                np.save(Path(args.out) / f"{layout}-{clip}.npy", frames)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Context parallelism (Ulysses, ring) and CFG parallelism on the CPU with gloo: N processes
+started by torchrun give the single-process video, and a failing rank ends the job."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+from PIL import Image
+
+import parallel_worker
+from dynamictrl import parallel
+from dynamictrl.models.attention import DynamiCtrlAttnProcessor, resolve_attention_kernel
+from dynamictrl.video import read_video, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+# ------------------------------------------------------------------ layouts
+def test_layout_syntax_any_subset_and_clear_errors():
+    assert parallel.ParallelLayout.parse("ulysses=2,ring=1,cfg=2") == parallel.ParallelLayout(2, 1, 2)
+    assert parallel.ParallelLayout.parse("cfg=2").as_dict() == {"ulysses": 1, "ring": 1, "cfg": 2}
+    assert parallel.ParallelLayout.parse(" ring=4 ").world_size == 4
+    assert parallel.ParallelLayout.parse("").world_size == 1
+    for bad, message in [("ulysses2", "name=N"), ("tp=2", "name=N"), ("cfg=3", "cfg is 1 or 2"),
+                         ("ring=0", ">= 1"), ("ring=x", "whole number"), ("cfg=2,cfg=2", "twice")]:
+        with pytest.raises(ValueError, match=message):
+            parallel.ParallelLayout.parse(bad)
+
+
+def test_a_layout_without_torchrun_names_the_command(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node 4"):
+        parallel.setup("ulysses=2,cfg=2", "cpu")
+    assert parallel.setup(None, "cpu") is None and parallel.setup("cfg=1", "cpu") is None
+
+
+def test_chunk_sizes_are_those_of_tensor_split():
+    for total, parts in [(18, 4), (12, 4), (7, 2), (20400, 8), (5, 5)]:
+        sizes = parallel.chunk_sizes(total, parts)
+        assert sizes == [len(c) for c in torch.arange(total).tensor_split(parts)]
+
+
+# ------------------------------------------------------------------ attention through the dispatcher
+def test_processor_is_bitwise_the_cogvideox_processor(tiny_pipe):
+    attn = tiny_pipe.transformer.transformer_blocks[0].attn1
+    assert isinstance(attn.processor, DynamiCtrlAttnProcessor)
+    generator = torch.Generator().manual_seed(0)
+    video = torch.randn(2, 24, attn.inner_dim, generator=generator)
+    text = torch.randn(2, 7, attn.inner_dim, generator=generator)
+    rope = (torch.randn(24, attn.inner_dim // attn.heads, generator=generator),) * 2
+    ours = DynamiCtrlAttnProcessor()(attn, video, text, image_rotary_emb=rope)
+    theirs = CogVideoXAttnProcessor2_0()(attn, video, text, image_rotary_emb=rope)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    # The reference math kernel computes the same attention (within float noise).
+    math_kernel = DynamiCtrlAttnProcessor(resolve_attention_kernel("math", "cpu"))(attn, video, text, image_rotary_emb=rope)
+    torch.testing.assert_close(math_kernel[0], ours[0], rtol=1e-5, atol=1e-5)
+
+
+def test_unusable_kernels_are_clear_errors():
+    with pytest.raises(ValueError, match="Unknown attention kernel 'fa2'"):
+        resolve_attention_kernel("fa2", "cpu")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_attention_kernel("flash", "cpu")
+    # Asked for on a GPU where the package is missing (none of them is installed here).
+    with pytest.raises(ValueError, match="install sageattention"):
+        resolve_attention_kernel("sage", "cuda")
+    with pytest.raises(ValueError, match="install flash-attn"):
+        resolve_attention_kernel("flash", "cuda")
+
+
+def test_fused_qkv_keeps_our_processor(tiny_weights):
+    from dynamictrl.models import DynamiCtrlTransformerModel
+
+    model = DynamiCtrlTransformerModel.from_pretrained(tiny_weights / "DynamiCtrl", subfolder="transformer")
+    generator = torch.Generator().manual_seed(1)
+    inputs = dict(
+        hidden_states=torch.randn(1, 2, 8, 6, 4, generator=generator),
+        encoder_hidden_states=torch.randn(1, 5, 32, generator=generator),
+        timestep=torch.tensor([500]),
+        pose_latents=torch.randn(1, 2, 4, 6, 4, generator=generator),
+        ofs=torch.tensor([2.0]),
+    )
+    before = model(**inputs).sample
+    model.fuse_qkv_projections()
+    assert all(isinstance(b.attn1.processor, DynamiCtrlAttnProcessor) and b.attn1.fused_projections
+               for b in model.transformer_blocks)
+    torch.testing.assert_close(model(**inputs).sample, before, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ several processes
+@pytest.fixture(scope="module")
+def single_process_frames(tiny_pipe):
+    return {clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.CLIPS}
+
+
+@pytest.mark.parametrize(
+    "world_size,layouts",
+    [
+        (2, ["ulysses=2", "ring=2", "cfg=2"]),
+        (4, ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2"]),
+    ],
+)
+def test_processes_reproduce_the_single_process_video(tiny_weights, single_process_frames, tmp_path, world_size,
+                                                      layouts):
+    result = torchrun(world_size, "tests/parallel_worker.py", "--weights", str(tiny_weights), "--layouts",
+                      ";".join(layouts), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in layouts:
+        layout = parallel.ParallelLayout.parse(text)
+        for clip, expected in single_process_frames.items():
+            frames = np.load(tmp_path / f"{layout}-{clip}.npy")
+            assert frames.shape == expected.shape
+            assert rel_l2(frames, expected) < 1e-5, (text, clip)
+
+
+def test_a_failing_rank_ends_every_rank_with_one_clear_error(tiny_weights, tmp_path):
+    marker = tmp_path / "failing-job"
+    marker.mkdir()
+    stamp = tmp_path / "failed_at"
+    result = torchrun(2, "tests/parallel_worker.py", "--weights", str(tiny_weights), "--layouts", "ulysses=2",
+                      "--out", str(marker), "--fail-rank", "1", "--fail-stamp", str(stamp), timeout=180)
+    ended = time.time()
+    assert result.returncode != 0
+    # Rank 0 was waiting for rank 1 in an all-to-all: torchrun ended it when rank 1 exited.
+    assert ended - float(stamp.read_text()) < 60
+    assert "RuntimeError: injected failure on rank 1" in result.stderr
+    assert not list(marker.iterdir())  # nothing written
+    # No process of the job is left (its command lines name the marker folder).
+    time.sleep(0.5)
+    stray = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(marker) in (proc / "cmdline").read_bytes().decode(errors="ignore"):
+                stray.append(proc.name)
+        except OSError:
+            continue
+    assert not stray
+
+
+# ------------------------------------------------------------------ the command line
+def cli_inputs(tmp_path: Path) -> list[str]:
+    rng = np.random.default_rng(3)
+    image = tmp_path / "ref.png"
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(image)
+    pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 48, 48, 3), dtype=np.uint8))
+    return ["--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing", "--frames", "9",
+            "--width", "48", "--height", "48", "--steps", "2", "--seed", "5", "--dtype", "fp32", "--device", "cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["ulysses=2", "cfg=2"])
+def test_torchrun_generate_writes_the_single_process_video_once(tiny_weights, tmp_path, layout):
+    common = cli_inputs(tmp_path) + ["--weights-dir", str(tiny_weights)]
+    single = subprocess.run(
+        [sys.executable, "-m", "dynamictrl", "generate", *common, "--out", str(tmp_path / "one" / "clip.mp4")],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    result = torchrun(2, "-m", "dynamictrl", "generate", *common, "--out", str(tmp_path / "many" / "clip.mp4"),
+                      "--parallel", layout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Wrote") == 1  # rank 0 reports, once
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["clip.json", "clip.mp4"]
+    manifest = json.loads((tmp_path / "many" / "clip.json").read_text())
+    assert manifest["parallel"] == parallel.ParallelLayout.parse(layout).as_dict()
+    assert json.loads((tmp_path / "one" / "clip.json").read_text())["parallel"] == {"ulysses": 1, "ring": 1, "cfg": 1}
+    ours = read_video(tmp_path / "many" / "clip.mp4").frames.astype(int)
+    reference = read_video(tmp_path / "one" / "clip.mp4").frames.astype(int)
+    assert np.abs(ours - reference).max() <= 1  # float noise can move a value across a rounding edge
