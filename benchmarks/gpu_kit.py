@@ -29,8 +29,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+
+try:  # the kit measures the installed package
+    import dynamictrl  # noqa: F401
+except ModuleNotFoundError:
+    raise SystemExit(
+        "gpu_kit.py needs the dynamictrl package: run `pip install -e .` in the repository root "
+        "(or prefix the command with PYTHONPATH=.)"
+    ) from None
 
 # The released DynamiCtrl transformer config (gulucaptain/DynamiCtrl transformer/config.json).
 TRANSFORMER_CONFIG = dict(

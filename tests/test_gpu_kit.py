@@ -2,6 +2,7 @@
 a machine without a GPU (the measurements themselves need a GPU)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dynamictrl.models import DynamiCtrlTransformerModel
-from tiny_models import TRANSFORMER_CONFIG
+from dynamictrl.testing.models import TRANSFORMER_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("gpu_kit", ROOT / "benchmarks" / "gpu_kit.py")
@@ -58,6 +59,6 @@ def test_real_size_step_flops_and_the_attention_share():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_refuses_clearly_without_a_gpu():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_kit.py")], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+                            text=True, cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 2
     assert "no CUDA device is visible" in result.stderr and "Traceback" not in result.stderr

@@ -14,10 +14,10 @@ import torch
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from PIL import Image
 
-import parallel_worker
 from dynamictrl import parallel
 from dynamictrl.models.attention import DynamiCtrlAttnProcessor, resolve_attention_kernel
 from dynamictrl.video import read_video, write_video
+from tests import parallel_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
