@@ -69,6 +69,10 @@ def main() -> int:
     for layout in layouts:
         mesh = parallel.build_mesh(layout, device)
         parallel.apply_parallel(pipe.transformer, mesh)
+        # Rank 0's auto caption reaches every rank (UTF-8 included).
+        caption = parallel.broadcast_text("une personne qui danse, été" if mesh.is_main else "", mesh)
+        if caption != "une personne qui danse, été":
+            raise AssertionError(f"rank {rank} received the caption {caption!r}")
         for clip in CLIPS:
             frames = generate(pipe, clip, callback=fail if rank == args.fail_rank else None,
                               output_type="np" if mesh.is_main else "latent")

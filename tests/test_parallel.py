@@ -86,6 +86,16 @@ def test_unusable_kernels_are_clear_errors():
         resolve_attention_kernel("flash", "cuda")
 
 
+def test_studio_refuses_an_unusable_kernel_before_any_work(tiny_weights, tmp_path):
+    from dynamictrl.studio import GenerateSettings, Studio
+
+    studio = Studio(weights_dir=tiny_weights, device="cpu")
+    settings = GenerateSettings(prompt="a person", num_frames=9, width=48, height=48, attention="flash")
+    with pytest.raises(ValueError, match="'flash' attention kernel needs a CUDA GPU"):
+        studio.generate(tmp_path / "ref.png", tmp_path / "out.mp4", settings, pose_video_path=tmp_path / "pose.mp4")
+    assert not list(tmp_path.iterdir())
+
+
 def test_fused_qkv_keeps_our_processor(tiny_weights):
     from dynamictrl.models import DynamiCtrlTransformerModel
 
