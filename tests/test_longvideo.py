@@ -388,7 +388,9 @@ def test_windows_denoise_together(tiny_pipe):
 
 @pytest.mark.slow  # several multi-window pipeline runs
 def test_batched_windows_match_one_window_at_a_time(tiny_pipe):
-    kwargs = dict(frames=29, height=32, width=32, window_frames=17, seed=5)
+    # Colour matching is off: on the random tiny VAE it amplifies the float noise of batch-1
+    # vs batch-3 matmuls (~3e-7 in the latents) about 80x; what is compared is the sampling.
+    kwargs = dict(frames=29, height=32, width=32, window_frames=17, seed=5, color_match=False)
     one = run(tiny_pipe, window_batch_size=1, **kwargs)
     batched = run(tiny_pipe, window_batch_size=3, **kwargs)
     two = run(tiny_pipe, window_batch_size=2, **kwargs)
