@@ -788,8 +788,6 @@ class Studio:
                   pose_settings, progress, pose_provenance, preview=None, preview_every: int = 5) -> GenerateResult:
         import torch
 
-        from .models.attention import resolve_attention_kernel
-        from .parallel import ParallelLayout
         from .pose.sequence import cover_crop
 
         started = time.perf_counter()
@@ -802,6 +800,11 @@ class Studio:
         check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
+        # Imported after the output and settings checks: the attention module brings in
+        # diffusers (and torchao's import-time warnings), a refused job prints its one line.
+        from .models.attention import resolve_attention_kernel
+        from .parallel import ParallelLayout
+
         resolve_attention_kernel(settings.attention, self.device)
         from .pipeline import check_pose_strength
 
