@@ -110,19 +110,26 @@ def resolve(
     Offline (or `local_files_only`) and missing raises `WeightsNotFoundError` naming the
     exact command that fetches the files.
     """
+    folder, repo_id, target = _folder_or_repo(path_or_repo_id, weights_dir)
+    if folder is not None:
+        return folder
+    if _is_complete(target):
+        return target
+    if local_files_only or _offline():
+        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, "offline mode is on"))
+    return download(repo_id, weights_dir)
+
+
+def _folder_or_repo(path_or_repo_id, weights_dir) -> tuple[Path | None, str, Path | None]:
+    """(the folder itself, when an existing folder was given) or (None, hub id, its
+    `weights/<repo-name>` folder); anything else is refused."""
     candidate = Path(path_or_repo_id).expanduser()
     if candidate.is_dir():
-        return candidate
+        return candidate, str(candidate), None
     repo_id = str(path_or_repo_id)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
         raise WeightsNotFoundError(f"{repo_id!r} is neither an existing folder nor a hub id like 'owner/name'.")
-    target = local_dir_for(repo_id, weights_dir)
-    if _is_complete(target):
-        return target
-    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if offline:
-        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, "offline mode is on"))
-    return download(repo_id, weights_dir)
+    return None, repo_id, local_dir_for(repo_id, weights_dir)
 
 
 TOKENIZER_PATTERNS = ("tokenizer/*",)  # the T5 tokenizer of the base repo: a few MB of its 22 GB
@@ -140,13 +147,9 @@ def resolve_tokenizer(
     The folder counts as partial afterwards, so `resolve` still fetches the rest when a
     generation needs it.
     """
-    candidate = Path(path_or_repo_id).expanduser()
-    if candidate.is_dir():
-        return candidate
-    repo_id = str(path_or_repo_id)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
-        raise WeightsNotFoundError(f"{repo_id!r} is neither an existing folder nor a hub id like 'owner/name'.")
-    target = local_dir_for(repo_id, weights_dir)
+    folder, repo_id, target = _folder_or_repo(path_or_repo_id, weights_dir)
+    if folder is not None:
+        return folder
     if (target / "tokenizer").is_dir() and any((target / "tokenizer").iterdir()):
         return target
     if local_files_only or _offline():
