@@ -219,7 +219,7 @@ def run_generate(args) -> int:
     )
     if result.pose is not None:
         print(f"Pose video: {result.pose.pose_video_path}" + filled_note(result.pose.filled_frames))
-    print(f"Wrote {result.video_path} ({len(result.frames)} frames) and {result.manifest_path} "
+    print(f"Wrote {result.video_path} ({result.num_frames} frames) and {result.manifest_path} "
           f"in {result.elapsed_s:.1f} s")
     return 0
 

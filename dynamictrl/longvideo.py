@@ -31,6 +31,7 @@ the clip is longer than one window.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -214,7 +215,11 @@ class FrameStitcher:
     the memory for a long clip. Windows must be added in order. A frame is written to
     `frames` as soon as no later window covers it; only the frames the next window still
     blends into (its overlap with the windows added so far) wait in `pending`, float32,
-    so float memory is bounded by one window whatever the clip's length."""
+    so float memory is bounded by one window whatever the clip's length.
+
+    With `sink`, `frames` is None and each run of finished frames is handed to
+    `sink(start, frames)` instead ((B, n, H, W, 3) in `dtype`, clip frames [start,
+    start + n), in order): the clip itself is never held."""
 
     def __init__(
         self,
@@ -224,6 +229,7 @@ class FrameStitcher:
         width: int,
         color_match: bool = True,
         dtype: np.dtype | type = np.float32,
+        sink: Callable[[int, np.ndarray], None] | None = None,
     ):
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.uint8):
@@ -231,7 +237,10 @@ class FrameStitcher:
         self.plan = plan
         self.color_match = color_match
         self.weights = pixel_fusion_weights(plan)
-        self.frames = np.zeros((batch, plan.num_frames, height, width, 3), dtype=dtype)
+        self.dtype = dtype
+        self.sink = sink
+        # With a sink the clip is never held: finished frames go to it instead.
+        self.frames = None if sink is not None else np.zeros((batch, plan.num_frames, height, width, 3), dtype=dtype)
         self.reference_stats: list[tuple[np.ndarray, np.ndarray]] | None = None
         # Weighted sums of the frames [pending_start, pending_start + len(pending)) so far.
         self.pending: np.ndarray | None = None
@@ -245,7 +254,9 @@ class FrameStitcher:
     def _store(self, start: int, frames: np.ndarray) -> None:
         """Writes finished frames; `frames` is scratch of `add` and may be overwritten."""
         stop = start + frames.shape[1]
-        if self.frames.dtype == np.uint8:
+        if self.sink is not None:
+            self.sink(start, frames_to_uint8(frames, overwrite_input=True) if self.dtype == np.uint8 else frames.copy())
+        elif self.dtype == np.uint8:
             frames_to_uint8(frames, out=self.frames[:, start:stop], overwrite_input=True)
         else:
             self.frames[:, start:stop] = frames

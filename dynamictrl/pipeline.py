@@ -82,6 +82,71 @@ def frames_to_uint8_tensor(frames: torch.Tensor) -> torch.Tensor:
     return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+class PoseVideo:
+    """The pose video as the sampler reads it: a few frames at a time (one window's),
+    so a long clip's poses are never converted, resized or moved to the device whole.
+
+    `source`: a tensor (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1]; or a sequence of T RGB
+    frames (PIL images or uint8 (H, W, 3) arrays): a list, or any object with `len` and
+    indexing that draws or decodes frames on demand (`pose.sequence.PoseFrames`,
+    `video.VideoFrames`), read only for the frames a window needs. Sequences are kept
+    as uint8 until read (4x smaller than float, see `pose_in_unit_range`)."""
+
+    def __init__(self, source):
+        self.source = source
+        if isinstance(source, torch.Tensor):
+            video = source.unsqueeze(0) if source.ndim == 4 else source
+            if video.ndim != 5 or video.shape[2] != 3:
+                raise ValueError(
+                    f"pose_video tensor must be (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1], got {tuple(video.shape)}."
+                )
+            if video.min() < -1.001 or video.max() > 1.001:
+                raise ValueError("pose_video tensor values must be in [-1, 1] (use frames / 127.5 - 1).")
+            self.tensor = video.float()
+            self.batch, self.num_frames, _, self.height, self.width = self.tensor.shape
+            return
+        if isinstance(source, (str, bytes, dict)) or not hasattr(source, "__len__") or not hasattr(source, "__getitem__") \
+                or len(source) == 0:
+            raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
+        self.tensor = None
+        self.batch, self.num_frames = 1, len(source)
+        self.height, self.width = self._frame(0).shape[:2]
+        if isinstance(source, (list, tuple)):  # frames already in memory: checked now, all of them
+            for index in range(1, self.num_frames):
+                self._frame(index)
+
+    def _frame(self, index: int) -> np.ndarray:
+        frame = self.source[index]
+        array = np.asarray(frame.convert("RGB") if isinstance(frame, PIL.Image.Image) else frame)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError("pose_video frames must be RGB images (PIL or uint8 arrays of shape (H, W, 3)).")
+        if index and array.shape[:2] != (self.height, self.width):
+            raise ValueError("All pose_video frames must have the same size.")
+        return array
+
+    def read(self, indices) -> torch.Tensor:
+        """Frames `indices` as they were given: (B, n, 3, H, W), float for a tensor source,
+        uint8 for a sequence."""
+        indices = [int(i) for i in indices]
+        if self.tensor is not None:
+            return self.tensor.index_select(1, torch.as_tensor(indices, device=self.tensor.device))
+        frames = np.stack([self._frame(i) for i in indices])
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).unsqueeze(0)
+
+    def window(self, indices, height: int, width: int, batch_size: int, device) -> torch.Tensor:
+        """Frames `indices` ready for the VAE: (batch_size, n, 3, height, width) in [-1, 1] on
+        `device`. A pose video of another size is resized on the host first (bilinear,
+        antialiased, clamped), frame by frame as for the whole video."""
+        pose = self.read(indices)
+        if (self.height, self.width) != (height, width):
+            pose = pose_in_unit_range(pose)
+            pose = F.interpolate(pose.flatten(0, 1), size=(height, width), mode="bilinear", antialias=True)
+            pose = pose.unflatten(0, (self.batch, -1)).clamp(-1, 1)
+        if pose.shape[0] == 1 and batch_size > 1:
+            pose = pose.expand(batch_size, -1, -1, -1, -1)
+        return pose_in_unit_range(pose.to(device))
+
+
 def pad_front(latents: torch.Tensor, padding: int) -> torch.Tensor:
     """Repeat the first `padding` latent frames at the front (dim 1)."""
     if padding == 0:
@@ -220,36 +285,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
 
     @staticmethod
     def pose_video_to_tensor(pose_video) -> torch.Tensor:
-        """A pose video as (B, T, 3, H, W): float in [-1, 1] for tensor input, uint8 for a
-        list of images (see `pose_in_unit_range`).
-
-        Accepts a tensor (T, 3, H, W) or (B, T, 3, H, W) already in [-1, 1], or a list of
-        T images (PIL, or uint8 arrays (H, W, 3)) that are mapped by x / 127.5 - 1.
-        """
-        if isinstance(pose_video, torch.Tensor):
-            video = pose_video
-            if video.ndim == 4:
-                video = video.unsqueeze(0)
-            if video.ndim != 5 or video.shape[2] != 3:
-                raise ValueError(
-                    f"pose_video tensor must be (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1], got {tuple(video.shape)}."
-                )
-            if video.min() < -1.001 or video.max() > 1.001:
-                raise ValueError("pose_video tensor values must be in [-1, 1] (use frames / 127.5 - 1).")
-            return video.float()
-        if isinstance(pose_video, (list, tuple)) and len(pose_video) > 0:
-            frames = []
-            for frame in pose_video:
-                array = np.asarray(frame.convert("RGB") if isinstance(frame, PIL.Image.Image) else frame)
-                if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-                    raise ValueError("pose_video frames must be RGB images (PIL or uint8 arrays of shape (H, W, 3)).")
-                frames.append(array)
-            if len({f.shape for f in frames}) != 1:
-                raise ValueError("All pose_video frames must have the same size.")
-            # Kept as uint8 (4x smaller than float): a long clip's poses are converted to
-            # [-1, 1] one window at a time by `pose_in_unit_range`.
-            return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).unsqueeze(0)
-        raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
+        """A whole pose video as (B, T, 3, H, W): float in [-1, 1] for tensor input, uint8 for
+        a list of images (see `pose_in_unit_range`). The sampler itself reads `PoseVideo`
+        window by window instead."""
+        video = PoseVideo(pose_video)
+        return video.read(range(video.num_frames))
 
     # ------------------------------------------------------------------ latents
     def encode_condition_latents(
@@ -314,11 +354,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         reinit_noise: bool = False,
         window_batch_size: int = 1,
         callback_on_window_end: Callable[[Any, int, int, int], None] | None = None,
+        frame_sink: Callable[[np.ndarray], None] | None = None,
     ) -> CogVideoXPipelineOutput | tuple:
         """Animates `image` with the poses of `pose_video`, guided by `prompt`.
 
-        `pose_video`: (T, 3, H, W) in [-1, 1], or a list of T RGB images; frame 0 is the pose
-        of the reference image itself. `height`/`width` default to the pose video's size,
+        `pose_video`: (T, 3, H, W) in [-1, 1], or a sequence of T RGB images (a list, or a
+        lazy sequence with `len` and indexing that draws or decodes frames when read, see
+        `PoseVideo`: only one window's frames are read at a time); frame 0 is the pose of
+        the reference image itself. `height`/`width` default to the pose video's size,
         `num_frames` to its length (must be 4k+1). Returns frames as `output_type`:
         "pil" (lists of PIL images), "np" (B, T, H, W, 3) float32 in [0, 1], "pt"
         (B, T, 3, H, W) in [0, 1], "uint8" (B, T, H, W, 3) uint8, or "latent" (B, F, C, h, w),
@@ -326,6 +369,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         of the "np" frames, at a quarter of the host memory (the way to ask for a long clip):
         the plain path converts each video on the device before it leaves it, the windowed
         path keeps only the overlap waiting for the next window in float.
+
+        `frame_sink` (with `output_type="uint8"`): finished frames are handed to
+        `frame_sink(frames)`, (B, n, H, W, 3) uint8 runs in clip order, as soon as they are
+        final (window by window for a long clip), and not kept: the output's `frames` is
+        None. This is how a video writer receives a long clip while the host holds about
+        one window plus its overlap; the frames are the bits the "uint8" output holds.
 
         Long videos (see `dynamictrl/longvideo.py`): with `window_frames` set (4k+1, 37 is the
         trained length) a clip longer than one window is sampled as overlapping windows, each
@@ -341,11 +390,13 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         `--re_init_noise_latent` (low frequencies of the noised reference latent + high
         frequencies of fresh noise); see `longvideo.reinit_noise` for how it differs.
         """
-        pose = self.pose_video_to_tensor(pose_video)
-        height = height or pose.shape[-2]
-        width = width or pose.shape[-1]
-        num_frames = num_frames or pose.shape[1]
-        self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.shape[1], output_type)
+        pose = PoseVideo(pose_video)
+        height = height or pose.height
+        width = width or pose.width
+        num_frames = num_frames or pose.num_frames
+        self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.num_frames, output_type)
+        if frame_sink is not None and output_type != "uint8":
+            raise ValueError(f"frame_sink receives uint8 frames: use output_type='uint8', not {output_type!r}.")
         if window_frames is not None:
             longvideo.check_window_options(window_frames, overlap_frames, self.vae_scale_factor_temporal)
             if window_batch_size < 1:
@@ -386,19 +437,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             image_tensor = image_tensor.expand(batch_size, -1, -1, -1)
         if image_tensor.shape[0] != batch_size:
             raise ValueError(f"Got {image_tensor.shape[0]} images for {batch_size} prompts: give one, or one per prompt.")
-        if pose.shape[-2:] != (height, width):
-            logger.warning(f"Resizing the pose video from {tuple(pose.shape[-2:])} to {(height, width)}.")
-            pose = pose_in_unit_range(pose)
-            pose = F.interpolate(pose.flatten(0, 1), size=(height, width), mode="bilinear", antialias=True)
-            pose = pose.unflatten(0, (-1, num_frames)).clamp(-1, 1)
-        if pose.shape[0] == 1 and batch_size > 1:
-            pose = pose.expand(batch_size, -1, -1, -1, -1)
-        if pose.shape[0] != batch_size:
-            raise ValueError(f"Got {pose.shape[0]} pose videos for {batch_size} prompts: give one, or one per prompt.")
+        if (pose.height, pose.width) != (height, width):
+            logger.warning(f"Resizing the pose video from {(pose.height, pose.width)} to {(height, width)}.")
+        if pose.batch not in (1, batch_size):
+            raise ValueError(f"Got {pose.batch} pose videos for {batch_size} prompts: give one, or one per prompt.")
         if window_frames is not None and num_frames > window_frames:
             return self._sample_windows(
                 image_tensor=image_tensor,
-                pose=pose,  # stays on the host; moved one window at a time
+                pose=pose,  # read, resized and moved one window at a time
                 text=text,
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_prompt_embeds,
@@ -421,9 +467,10 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 callback_on_window_end=callback_on_window_end,
+                frame_sink=frame_sink,
             )
         image_latents, pose_latents = self.encode_condition_latents(
-            image_tensor, pose_in_unit_range(pose.to(device)), layout, generator, dtype
+            image_tensor, pose.window(range(num_frames), height, width, batch_size, device), layout, generator, dtype
         )
 
         latent_channels = self.transformer.config.in_channels // 2
@@ -497,6 +544,9 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             frames = self.decode_latents(latents.to(self.vae.dtype))[:, :, :num_frames]
             if output_type == "uint8":
                 video = self._decoded_to_uint8(frames)
+                if frame_sink is not None:
+                    frame_sink(video)
+                    video = None
             else:
                 video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
             del frames
@@ -578,7 +628,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         self,
         *,
         image_tensor: torch.Tensor,
-        pose: torch.Tensor,
+        pose: PoseVideo,
         text: torch.Tensor,
         prompt_embeds: torch.Tensor,
         negative_prompt_embeds: torch.Tensor | None,
@@ -601,6 +651,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         callback_on_window_end,
+        frame_sink,
     ) -> CogVideoXPipelineOutput | tuple:
         """The denoising loop of a clip longer than one window (see `longvideo.py`).
 
@@ -627,8 +678,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         # 1. Conditions, one window at a time (the VAE sees one window's frames at most):
         # the reference latent is the same in every window's slot 0.
         def window_pose(window):
-            index = torch.as_tensor(plan.pixel_frames(window), device=pose.device)
-            return pose_in_unit_range(pose.index_select(1, index).to(device))
+            return pose.window(plan.pixel_frames(window), height, width, batch_size, device)
 
         image_latents, first_pose = self.encode_condition_latents(
             image_tensor, window_pose(windows[0]), layout, generator, dtype
@@ -742,6 +792,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 width,
                 color_match=color_match,
                 dtype=np.uint8 if output_type == "uint8" else np.float32,
+                sink=(lambda start, frames: frame_sink(frames)) if frame_sink is not None else None,
             )
             for window in windows:
                 window_latents = window_slice(latents, window)[:, layout.padding :]
@@ -750,7 +801,9 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 stitcher.add(window, frames)
                 del frames
             clip = stitcher.frames
-            if output_type in ("np", "uint8"):
+            if frame_sink is not None:
+                video = None
+            elif output_type in ("np", "uint8"):
                 video = clip
             elif output_type == "pt":
                 video = torch.from_numpy(clip).permute(0, 1, 4, 2, 3)

@@ -6,11 +6,16 @@
 
 Everything that depends only on the video (boxes, latents, blend masks) is an `Avatar`,
 computed once by `prepare_avatar` and cached (`cache.py`), so each new audio clip costs
-only whisper, the UNet and the VAE decoder. MuseTalk is not a diffusion sampler: no
+only whisper, the UNet and the VAE decoder.
+
+The video's frames are streamed: an avatar's `frames` may be a `video.VideoFrames`, which
+decodes frames when they are read and keeps only a bounded number of them, so
+preparation reads them once in order and blending reads them in playback order
+(forward, and backward for ping-pong); no stage holds the whole video. MuseTalk is not a diffusion sampler: no
 scheduler, noise or guidance.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +41,9 @@ class NoFaceError(ValueError):
 class Avatar:
     """Everything lip-sync needs from the video, independent of the audio."""
 
-    frames: np.ndarray  # (N, H, W, 3) uint8 RGB source frames
+    # (N, H, W, 3) uint8 RGB source frames: an array, or a sequence with `len` and
+    # indexing that decodes on demand (`video.VideoFrames`)
+    frames: "np.ndarray | Sequence[np.ndarray]"
     fps: float
     boxes: list[FaceBox | None]  # None: no face in that frame, which is left as it is
     latents: torch.Tensor  # (F, 8, 32, 32) on the CPU: [masked, reference] of each face frame
@@ -132,15 +139,20 @@ class LipSyncPipeline:
         count = len(crops)
         return torch.cat([latents[:count], latents[count:]], dim=1).float().cpu()
 
-    def prepare_avatar(self, frames: np.ndarray, fps: float, poses: list[FramePose], settings: LipSyncSettings,
+    def prepare_avatar(self, frames, fps: float, poses: list[FramePose], settings: LipSyncSettings,
                        progress: ProgressCallback | None = None) -> Avatar:
-        """Boxes, latents and blend masks of every frame (`poses` from our DWPose detector)."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or len(frames) == 0:
+        """Boxes, latents and blend masks of every frame (`poses` from our DWPose detector).
+
+        `frames`: an (N, H, W, 3) array or a sequence with `len` and indexing
+        (`video.VideoFrames`); the frames with a face are read once each, in order, one
+        batch at a time."""
+        if isinstance(frames, np.ndarray) and frames.ndim != 4:
+            raise ValueError("The video has no frames to lip-sync.")
+        if len(frames) == 0:
             raise ValueError("The video has no frames to lip-sync.")
         if len(poses) != len(frames):
             raise ValueError(f"Got {len(poses)} pose records for {len(frames)} frames.")
-        height, width = frames.shape[1:3]
+        height, width = np.asarray(frames[0]).shape[:2]
         boxes = face_boxes(poses, height, width, settings.bbox_shift, settings.extra_margin)
         faced = [i for i, box in enumerate(boxes) if box is not None]
         if not faced:
@@ -151,8 +163,10 @@ class LipSyncPipeline:
             )
         latents, masks, crop_boxes = [], [None] * len(frames), [None] * len(frames)
         for done, batch in enumerate(_batches(faced, settings.batch_size)):
-            latents.append(self.encode_faces(np.stack([crop_face(frames[i], boxes[i]) for i in batch])))
-            large = [face_large(frames[i], boxes[i].as_tuple()) for i in batch]
+            images = [np.asarray(frames[i]) for i in batch]  # each frame read once
+            latents.append(self.encode_faces(np.stack([crop_face(image, boxes[i]) for image, i in zip(images, batch)])))
+            large = [face_large(image, boxes[i].as_tuple()) for image, i in zip(images, batch)]
+            del images
             labels = self.models.parser.parse([image for image, _ in large], batch_size=settings.batch_size)
             for i, (_, crop_box), label in zip(batch, large, labels):
                 masks[i] = blend_mask(label, boxes[i].as_tuple(), crop_box, settings.parsing_mode,
