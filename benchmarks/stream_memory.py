@@ -122,7 +122,8 @@ def run_lipsync(studio, folder: Path, length: int, width: int, height: int):
 RUNNERS = {"pose": run_pose, "generate": run_generate, "lipsync": run_lipsync}
 
 
-def worker(stage: str, lengths: list[int], weights: Path, width: int, height: int, warm: int) -> list[dict]:
+def worker(stage: str, lengths: list[int], weights: Path, width: int, height: int, warm: int,
+           frame_budget_mb: float | None = None) -> list[dict]:
     """In this process: warm up on `warm`, then measure each length (see the module doc)."""
     from PIL import Image
 
@@ -133,6 +134,8 @@ def worker(stage: str, lengths: list[int], weights: Path, width: int, height: in
     reference[:16, :16] = (255, 0, 0)
     Image.fromarray(reference).save(folder / "ref.png")
     studio = Studio(weights_dir=weights, device="cpu", cache_dir=folder / "cache")
+    if frame_budget_mb is not None:
+        studio.lipsync_frame_budget_bytes = int(frame_budget_mb * MIB)
     RUNNERS[stage](studio, folder, warm, width, height)()  # loads the models, fills the caches
     rows = []
     for length in lengths:
@@ -150,13 +153,16 @@ def worker(stage: str, lengths: list[int], weights: Path, width: int, height: in
     return rows
 
 
-def measure(stage: str, lengths: list[int], weights: Path, width: int, height: int, warm: int | None = None) -> list[dict]:
+def measure(stage: str, lengths: list[int], weights: Path, width: int, height: int, warm: int | None = None,
+            frame_budget_mb: float | None = None) -> list[dict]:
     """Runs `worker` in a fresh process; returns its rows."""
     warm = warm if warm is not None else {"pose": 5, "generate": 1, "lipsync": 4}[stage]
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", stage, "--weights", str(weights),
                "--width", str(width), "--height", str(height), "--warm", str(warm),
                "--lengths", *map(str, lengths)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1",
+    if frame_budget_mb is not None:
+        command += ["--frame-budget-mb", str(frame_budget_mb)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
@@ -179,17 +185,16 @@ def main():
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--warm", type=int)
+    parser.add_argument("--frame-budget-mb", type=float, help="lip-sync: decoded frames kept (Studio default: 256)")
     parser.add_argument("--worker", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.worker:
-        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        print(json.dumps(worker(args.worker, args.lengths, args.weights, args.width, args.height, args.warm)))
+        print(json.dumps(worker(args.worker, args.lengths, args.weights, args.width, args.height, args.warm,
+                                args.frame_budget_mb)))
         return
 
-    sys.path[:0] = [str(ROOT / "benchmarks")]
-    from _common import append_results, environment  # noqa: E402
+    from _common import append_results, environment  # this script's folder is on the path
 
     from dynamictrl.tiny import save_tiny_weights
 
@@ -198,7 +203,8 @@ def main():
     lines = ["| stage | length | peak RSS above warm (MiB) | tracemalloc peak (MiB) | s |", "|---|---|---|---|---|"]
     for stage in args.stage or STAGES:
         width, height = args.width or sizes[stage][0], args.height or sizes[stage][1]
-        rows = measure(stage, args.lengths or DEFAULT_LENGTHS[stage], weights, width, height, args.warm)
+        rows = measure(stage, args.lengths or DEFAULT_LENGTHS[stage], weights, width, height, args.warm,
+                       args.frame_budget_mb)
         unit = "windows" if stage == "generate" else "frames"
         for row in rows:
             line = (f"| {stage} ({width}x{height}) | {row['length']} {unit} | "

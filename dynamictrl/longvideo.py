@@ -26,8 +26,8 @@ first window's, which is output frame 0), its colours are matched to the first w
 (mean/std per channel in LAB) and overlapping frames are cross-faded with the same ramp.
 
 This module holds the plain math (layout, weights, colour, cross-fade, noise
-re-initialisation); `DynamiCtrlPipeline.__call__` runs it when `window_frames` is set and
-the clip is longer than one window.
+re-initialisation); `DynamiCtrlPipeline._sample` is the one denoising loop, for a clip
+of many windows and, as its one-window case, for a clip that fits one.
 """
 
 import math
@@ -112,6 +112,15 @@ def plan_windows(num_frames: int, window_frames: int, overlap: int, temporal_com
     starts = [i * stride for i in range(count - 1)] + [driving - per_window]
     windows = tuple(Window(i, s, s + per_window) for i, s in enumerate(starts))
     return WindowPlan(num_frames, window_frames, overlap, driving, per_window, windows)
+
+
+def single_window_plan(num_frames: int, temporal_compression: int = 4) -> WindowPlan:
+    """The plan of a clip sampled as one window of its own length (any 4k+1, even 1)."""
+    k = temporal_compression
+    if num_frames < 1 or (num_frames - 1) % k:
+        raise ValueError(f"num_frames must be {k}k+1; got {num_frames}.")
+    driving = (num_frames - 1) // k
+    return WindowPlan(num_frames, num_frames, 0, driving, driving, (Window(0, 0, driving),))
 
 
 def ramp_weights(ranges: list[tuple[int, int]], length: int) -> list[np.ndarray]:

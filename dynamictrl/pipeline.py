@@ -430,8 +430,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
-        # 3. Conditions and noise, in the official generator order: image, pose, noise.
-        layout = latent_layout(num_frames, self.vae_scale_factor_temporal, self.transformer.config.patch_size_t)
+        # 3. The reference image; conditions and noise follow in `_sample`.
         image_tensor = self.video_processor.preprocess(image, height=height, width=width).to(device)
         if image_tensor.shape[0] == 1 and batch_size > 1:
             image_tensor = image_tensor.expand(batch_size, -1, -1, -1)
@@ -441,120 +440,35 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             logger.warning(f"Resizing the pose video from {(pose.height, pose.width)} to {(height, width)}.")
         if pose.batch not in (1, batch_size):
             raise ValueError(f"Got {pose.batch} pose videos for {batch_size} prompts: give one, or one per prompt.")
-        if window_frames is not None and num_frames > window_frames:
-            return self._sample_windows(
-                image_tensor=image_tensor,
-                pose=pose,  # read, resized and moved one window at a time
-                text=text,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                timesteps=timesteps,
-                height=height,
-                width=width,
-                num_frames=num_frames,
-                window_frames=window_frames,
-                overlap_frames=overlap_frames,
-                color_match=color_match,
-                reinit_noise=reinit_noise,
-                window_batch_size=window_batch_size,
-                guidance_scale=guidance_scale,
-                use_dynamic_cfg=use_dynamic_cfg,
-                generator=generator,
-                latents=latents,
-                output_type=output_type,
-                return_dict=return_dict,
-                attention_kwargs=attention_kwargs,
-                callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                callback_on_window_end=callback_on_window_end,
-                frame_sink=frame_sink,
-            )
-        image_latents, pose_latents = self.encode_condition_latents(
-            image_tensor, pose.window(range(num_frames), height, width, batch_size, device), layout, generator, dtype
+        # One denoising loop for every clip: a clip that fits one window (or asks for no
+        # windows) is its one-window case, with the plain clip's layout and decoding.
+        return self._sample(
+            image_tensor=image_tensor,
+            pose=pose,  # read, resized and moved one window at a time
+            text=text,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            timesteps=timesteps,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            window_frames=window_frames,
+            overlap_frames=overlap_frames,
+            color_match=color_match,
+            reinit_noise=reinit_noise,
+            window_batch_size=window_batch_size,
+            guidance_scale=guidance_scale,
+            use_dynamic_cfg=use_dynamic_cfg,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            return_dict=return_dict,
+            attention_kwargs=attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_window_end=callback_on_window_end,
+            frame_sink=frame_sink,
         )
-
-        latent_channels = self.transformer.config.in_channels // 2
-        noise_shape = (
-            batch_size,
-            layout.padded_latent_frames,
-            latent_channels,
-            height // self.vae_scale_factor_spatial,
-            width // self.vae_scale_factor_spatial,
-        )
-        if latents is None:
-            latents = randn_tensor(noise_shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != noise_shape:
-            raise ValueError(f"`latents` must have shape {noise_shape}, got {tuple(latents.shape)}.")
-        if reinit_noise:  # off by default; draws after the initial noise
-            latents = longvideo.reinit_noise(latents.to(device, dtype), image_latents, self.scheduler, generator)
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
-
-        # Everything that does not change across steps is prepared here, once.
-        image_input = torch.cat([image_latents] * 2) if do_cfg else image_latents
-        pose_input = torch.cat([pose_latents] * 2) if do_cfg else pose_latents
-        rotary_emb, ofs, step_kwargs = self._step_constants(height, width, layout, latents, generator)
-
-        # 4. Denoising loop.
-        old_pred_original_sample = None
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    break
-                self._current_timestep = t
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                model_input = torch.cat([model_input, image_input], dim=2)
-
-                # One cache context for the CFG batch, as diffusers' CogVideoX pipelines do.
-                with self.transformer.cache_context("cond_uncond"):
-                    noise_pred = self.transformer(
-                        hidden_states=model_input,
-                        encoder_hidden_states=text,
-                        timestep=t.expand(model_input.shape[0]),
-                        pose_latents=pose_input,
-                        ofs=ofs,
-                        image_rotary_emb=rotary_emb,
-                        attention_kwargs=attention_kwargs,
-                        return_dict=False,
-                    )[0].float()
-
-                if use_dynamic_cfg:
-                    self._guidance_scale = 1 + guidance_scale * (
-                        (1 - math.cos(math.pi * ((num_inference_steps - t.item()) / num_inference_steps) ** 5.0)) / 2
-                    )
-                if do_cfg:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
-
-                latents, old_pred_original_sample = self._scheduler_step(
-                    noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype
-                )
-                if callback_on_step_end is not None:
-                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "negative_prompt_embeds": negative_prompt_embeds}
-                    latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
-                progress_bar.update()
-        self._current_timestep = None
-
-        # 5. Drop the front padding, decode (latents / scaling_factor), keep the first T frames.
-        latents = latents[:, layout.padding :]
-        if output_type == "latent":
-            video = latents
-        else:
-            frames = self.decode_latents(latents.to(self.vae.dtype))[:, :, :num_frames]
-            if output_type == "uint8":
-                video = self._decoded_to_uint8(frames)
-                if frame_sink is not None:
-                    frame_sink(video)
-                    video = None
-            else:
-                video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
-            del frames
-        self.maybe_free_model_hooks()
-
-        if not return_dict:
-            return (video,)
-        return CogVideoXPipelineOutput(frames=video)
 
     def _decoded_to_uint8(self, frames: torch.Tensor) -> np.ndarray:
         """Decoded videos (B, C, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8 on the host.
@@ -624,7 +538,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         pose_latents = self.vae.config.scaling_factor * pose_latents.permute(0, 2, 1, 3, 4).to(dtype)
         return pad_front(pose_latents, layout.padding)
 
-    def _sample_windows(
+    def _sample(
         self,
         *,
         image_tensor: torch.Tensor,
@@ -636,7 +550,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         height: int,
         width: int,
         num_frames: int,
-        window_frames: int,
+        window_frames: int | None,
         overlap_frames: int,
         color_match: bool,
         reinit_noise: bool,
@@ -653,7 +567,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         callback_on_window_end,
         frame_sink,
     ) -> CogVideoXPipelineOutput | tuple:
-        """The denoising loop of a clip longer than one window (see `longvideo.py`).
+        """The denoising loop, for a clip of one window or of many (see `longvideo.py`).
+
+        A clip that fits one window (or `window_frames=None`) is one window of its own
+        length: its latent layout, conditions, noise and steps are exactly the plain
+        clip's (fusing one window's prediction with weight 1 is the identity, bit for
+        bit), and it is decoded whole. A longer clip is sampled in windows:
 
         Clip latents: [front padding] [slot 0] [N driving latents]; the padding and slot 0
         (the "head") are shared by every window. Each step runs every window (the head +
@@ -669,7 +588,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         do_cfg = guidance_scale > 1.0
         num_inference_steps = len(timesteps)
         k = self.vae_scale_factor_temporal
-        plan = longvideo.plan_windows(num_frames, window_frames, overlap_frames, k)
+        if window_frames is None or num_frames <= window_frames:
+            plan = longvideo.single_window_plan(num_frames, k)
+        else:
+            plan = longvideo.plan_windows(num_frames, window_frames, overlap_frames, k)
+        window_frames = plan.window_frames
         layout = latent_layout(window_frames, k, self.transformer.config.patch_size_t)
         head = layout.padding + 1
         windows = plan.windows
@@ -709,6 +632,8 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
         def window_slice(x: torch.Tensor, window) -> torch.Tensor:
+            if num_windows == 1:
+                return x  # the window is the clip
             return torch.cat([x[:, :head], x[:, head + window.start : head + window.stop]], dim=1)
 
         fusion = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in longvideo.latent_fusion_weights(plan)]
@@ -724,6 +649,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
 
         texts = {len(chunk): (text if len(chunk) == 1 else text_for(len(chunk))) for chunk in chunks}
         rotary_emb, ofs, step_kwargs = self._step_constants(height, width, layout, latents, generator)
+        # What every step gives the transformer besides the latents, per chunk of windows, once.
+        cfg_copies = 2 if do_cfg else 1
+        image_inputs = {len(chunk): repeat(image_latents, len(chunk) * cfg_copies) for chunk in chunks}
+        pose_inputs = [repeat(torch.cat([pose_latents[w.index] for w in chunk]), cfg_copies) for chunk in chunks]
+        del pose_latents
 
         # 3. Denoising loop: every window at every step, fused on the clip.
         old_pred_original_sample = None
@@ -738,16 +668,15 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                     )
                 scaled = self.scheduler.scale_model_input(latents, t)
                 noise_pred = torch.zeros(latents.shape, dtype=torch.float32, device=device)
-                for chunk in chunks:
+                for chunk, pose_input in zip(chunks, pose_inputs):
                     n = len(chunk)
-                    window_latents = torch.cat([window_slice(scaled, w) for w in chunk])
-                    window_poses = torch.cat([pose_latents[w.index] for w in chunk])
+                    window_latents = torch.cat([window_slice(scaled, w) for w in chunk]) if n > 1 else window_slice(scaled, chunk[0])
                     model_input = torch.cat([window_latents] * 2) if do_cfg else window_latents
-                    image_input = repeat(image_latents, n * (2 if do_cfg else 1))
-                    model_input = torch.cat([model_input, image_input], dim=2)
-                    pose_input = torch.cat([window_poses] * 2) if do_cfg else window_poses
-                    # One cache context per window: block caches compare a window with itself.
-                    with self.transformer.cache_context(f"cond_uncond_window{chunk[0].index}"):
+                    model_input = torch.cat([model_input, image_inputs[n]], dim=2)
+                    # One cache context per window (block caches compare a window with itself);
+                    # one for the CFG batch of a one-window clip, as diffusers' pipelines do.
+                    context = "cond_uncond" if num_windows == 1 else f"cond_uncond_window{chunk[0].index}"
+                    with self.transformer.cache_context(context):
                         pred = self.transformer(
                             hidden_states=model_input,
                             encoder_hidden_states=texts[n],
@@ -780,10 +709,21 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                     latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
         self._current_timestep = None
 
-        # 4. Decode window by window ([slot 0] + its latents, the layout the causal VAE
-        # expects), colour-match to the first window, cross-fade the overlaps.
+        # 4. Decode: a one-window clip whole (drop the front padding, decode, keep the first
+        # T frames); a longer one window by window ([slot 0] + its latents, the layout the
+        # causal VAE expects), colour-matched to the first window, overlaps cross-faded.
         if output_type == "latent":
             video = latents[:, layout.padding :]
+        elif num_windows == 1:
+            frames = self.decode_latents(latents[:, layout.padding :].to(self.vae.dtype))[:, :, :num_frames]
+            if output_type == "uint8":
+                video = self._decoded_to_uint8(frames)
+                if frame_sink is not None:
+                    frame_sink(video)
+                    video = None
+            else:
+                video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+            del frames
         else:
             stitcher = longvideo.FrameStitcher(
                 plan,

@@ -28,7 +28,7 @@ from .images import to_rgb_image
 from .limits import Limits, apply_pil_limit, check_generate_settings, check_pose_settings, check_prompt_tokens
 from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
 from .segment import apply_mask, clean_mask, register_segmenter, variant_for
-from .video import VideoFrames, VideoWriter, read_video, write_video
+from .video import VideoFrames, VideoWriter, write_video
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 SIDE_OUTPUTS = ("_pose.mp4", "_reference.png")  # written beside a generated video: <stem>_pose.mp4, ...
@@ -342,6 +342,7 @@ class Studio:
         self.manager.register("lipsync", self._load_lipsync)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._avatars = None  # lipsync.cache.AvatarCache, made on first lip-sync
+        self.lipsync_frame_budget_bytes = LIPSYNC_FRAME_BUDGET_BYTES  # decoded frames lip-sync keeps at most
 
     def _load_detector(self):
         from .pose.detector import DWPoseDetector
@@ -484,7 +485,7 @@ class Studio:
         audio = load_audio(audio_path, max_seconds=self.limits.max_audio_seconds)
         video = VideoFrames(video_path, limits=self.limits)
         height, width = video.size
-        video.keep = max(settings.batch_size + 1, LIPSYNC_FRAME_BUDGET_BYTES // max(1, height * width * 3))
+        video.keep = max(settings.batch_size + 1, self.lipsync_frame_budget_bytes // max(1, height * width * 3))
         video_hash = file_sha256(video_path)
         if self._avatars is None:
             self._avatars = AvatarCache(self.cache_dir / "avatars")
