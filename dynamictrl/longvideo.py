@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-DEFAULT_WINDOW_FRAMES = 37  # the length the released model was trained on
 DEFAULT_OVERLAP_LATENTS = 2  # latent frames shared by neighbouring windows (= 8 pixel frames)
 
 

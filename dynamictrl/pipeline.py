@@ -39,10 +39,6 @@ logger = logging.get_logger(__name__)
 # Defaults of the official inference command.
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.0
-DEFAULT_WIDTH = 768
-DEFAULT_HEIGHT = 1360
-DEFAULT_FRAMES = 37
-DEFAULT_FPS = 16
 OFS = 2.0
 
 OUTPUT_TYPES = ("pil", "np", "pt", "uint8", "latent")

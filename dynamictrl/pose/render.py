@@ -239,12 +239,6 @@ def _draw_hands(canvas: np.ndarray, hands, hands_score, extent: _Extent | None) 
         extent.add(xs, ys, 4 + _SLACK)  # joints' radius; the bones reach 2 px past their ends
 
 
-def draw_hands(canvas: np.ndarray, hands: np.ndarray, hands_score: np.ndarray) -> np.ndarray:
-    """Rainbow bones (thickness 2) then red joints, both weighted by score; no threshold."""
-    _draw_hands(canvas, hands, hands_score, None)
-    return canvas
-
-
 def _draw_face(canvas: np.ndarray, faces, faces_score, extent: _Extent | None) -> None:
     height, width = canvas.shape[:2]
     count = min(len(faces), len(faces_score))
@@ -261,12 +255,6 @@ def _draw_face(canvas: np.ndarray, faces, faces_score, extent: _Extent | None) -
                 ys.append(y)
     if extent is not None:
         extent.add(xs, ys, 3 + _SLACK)
-
-
-def draw_face(canvas: np.ndarray, faces: np.ndarray, faces_score: np.ndarray) -> np.ndarray:
-    """68 grey dots per face, brightness = score; no threshold."""
-    _draw_face(canvas, faces, faces_score, None)
-    return canvas
 
 
 _canvases = threading.local()
