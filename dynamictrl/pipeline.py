@@ -8,7 +8,8 @@ inherited unchanged) with the DynamiCtrl specifics from the official release:
 - one generator is consumed in the official order: image latent sample, pose latent
   sample, initial noise, then one draw per DPM step - so a seed gives the official video.
 
-Read `__call__` top to bottom: it is the whole sampling loop.
+Read `__call__` (inputs, text, timesteps) then `_sample` (conditions, noise, the one
+denoising loop for one window or many, decoding) top to bottom.
 """
 
 import math

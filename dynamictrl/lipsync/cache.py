@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .face import FaceBox
-from .pipeline import Avatar
+from .pipeline import Avatar, PackedMasks
 from .settings import LipSyncSettings
 
 FORMAT_VERSION = 1
@@ -131,7 +131,7 @@ class AvatarCache:
         # present exactly where a face box is.
         crop_boxes = [None if box is None else tuple(int(v) for v in row)
                       for box, row in zip(boxes, tensors["crop_boxes"])]
-        masks = [masks.get(i) for i in range(len(boxes))]
+        masks = PackedMasks(masks.pop(i, None) for i in range(len(boxes)))
         faced = [i for i, box in enumerate(boxes) if box is not None]
         rows = {frame: row for row, frame in enumerate(faced)}
         return Avatar(frames, float(meta["fps"]), boxes, tensors["latents"],

@@ -15,7 +15,8 @@ preparation reads them once in order and blending reads them in playback order
 scheduler, noise or guidance.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,34 @@ LATENT_SCALE = 0.18215  # MuseTalk hard-codes SD-1.x's factor (sd-vae-ft-mse's c
 ProgressCallback = Callable[[float, str], None]
 
 
+class PackedMasks(Sequence):
+    """Blend masks (uint8, crop-box sized, or None) kept zlib-compressed: a feathered mask
+    is mostly 0 and 255 and packs to a few KiB, so a long video's masks stay small in
+    memory. Reading one unpacks it, bit for bit."""
+
+    def __init__(self, masks: Iterable[np.ndarray | None] = ()):
+        self._packed: list[tuple[bytes, tuple[int, ...]] | None] = []
+        for mask in masks:
+            self.append(mask)
+
+    def append(self, mask: np.ndarray | None) -> None:
+        if mask is None:
+            self._packed.append(None)
+            return
+        mask = np.ascontiguousarray(mask, dtype=np.uint8)
+        self._packed.append((zlib.compress(mask.tobytes(), 1), mask.shape))
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, index: int) -> np.ndarray | None:
+        packed = self._packed[index]
+        if packed is None:
+            return None
+        data, shape = packed
+        return np.frombuffer(zlib.decompress(data), dtype=np.uint8).reshape(shape)
+
+
 class NoFaceError(ValueError):
     """No frame of the video shows a face that lip-sync could repaint."""
 
@@ -48,7 +77,7 @@ class Avatar:
     boxes: list[FaceBox | None]  # None: no face in that frame, which is left as it is
     latents: torch.Tensor  # (F, 8, 32, 32) on the CPU: [masked, reference] of each face frame
     latent_rows: list[int | None]  # frame -> row of `latents`
-    masks: list[np.ndarray | None]  # feathered blend mask per frame (crop-box sized, uint8)
+    masks: "PackedMasks | list[np.ndarray | None]"  # feathered blend mask per frame (crop-box sized, uint8)
     crop_boxes: list[tuple[int, int, int, int] | None]
 
     @property
@@ -161,7 +190,7 @@ class LipSyncPipeline:
                 "character's face visible and turned towards the camera; check the video, or the pose preview of "
                 "the Motion step for missing face points."
             )
-        latents, masks, crop_boxes = [], [None] * len(frames), [None] * len(frames)
+        latents, masks, crop_boxes = [], PackedMasks(), [None] * len(frames)
         for done, batch in enumerate(_batches(faced, settings.batch_size)):
             images = [np.asarray(frames[i]) for i in batch]  # each frame read once
             latents.append(self.encode_faces(np.stack([crop_face(image, boxes[i]) for image, i in zip(images, batch)])))
@@ -169,12 +198,16 @@ class LipSyncPipeline:
             del images
             labels = self.models.parser.parse([image for image, _ in large], batch_size=settings.batch_size)
             for i, (_, crop_box), label in zip(batch, large, labels):
-                masks[i] = blend_mask(label, boxes[i].as_tuple(), crop_box, settings.parsing_mode,
-                                      settings.left_cheek_width, settings.right_cheek_width)
+                while len(masks) < i:  # frames without a face before this one
+                    masks.append(None)
+                masks.append(blend_mask(label, boxes[i].as_tuple(), crop_box, settings.parsing_mode,
+                                        settings.left_cheek_width, settings.right_cheek_width))
                 crop_boxes[i] = crop_box
             _report(progress, min(1.0, (done + 1) * settings.batch_size / len(faced)),
                     f"Lip-sync: preparing faces {min(len(faced), (done + 1) * settings.batch_size)}/{len(faced)}")
         rows = {frame: row for row, frame in enumerate(faced)}
+        while len(masks) < len(frames):
+            masks.append(None)
         return Avatar(frames, float(fps), boxes, torch.cat(latents), [rows.get(i) for i in range(len(frames))],
                       masks, crop_boxes)
 
