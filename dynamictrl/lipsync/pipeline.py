@@ -54,7 +54,9 @@ class PackedMasks(Sequence):
     def __len__(self) -> int:
         return len(self._packed)
 
-    def __getitem__(self, index: int) -> np.ndarray | None:
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
         packed = self._packed[index]
         if packed is None:
             return None
