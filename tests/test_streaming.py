@@ -26,7 +26,7 @@ def dancer_video(path, count=24, fps=16):
     frames = np.zeros((count, 120, 160, 3), dtype=np.uint8)
     frames[..., 2] = np.linspace(30, 220, 160, dtype=np.uint8)[None, None, :]
     for k in range(count):
-        frames[k, :16, :16] = (255, 8 * k, 0)
+        frames[k, :16, :16] = (255, (8 * k) % 256, 0)
     frames[5, :16, :16] = 0  # a frame without a person: filled from the previous one
     return write_video(path, frames, fps=fps)
 
