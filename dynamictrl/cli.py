@@ -383,7 +383,7 @@ def run_generate(args) -> int:
     if first.pose is not None:
         print(f"Pose video: {first.pose.pose_video_path}" + filled_note(first.pose.filled_frames))
     for result in results:
-        print(f"Wrote {result.video_path} ({len(result.frames)} frames) and {result.manifest_path} "
+        print(f"Wrote {result.video_path} ({result.num_frames} frames) and {result.manifest_path} "
               f"in {result.elapsed_s:.1f} s")
     if preview is not None and preview.written:
         print(f"Live previews: {len(preview.written)} images in {preview.folder}")

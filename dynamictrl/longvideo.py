@@ -26,11 +26,12 @@ first window's, which is output frame 0), its colours are matched to the first w
 (mean/std per channel in LAB) and overlapping frames are cross-faded with the same ramp.
 
 This module holds the plain math (layout, weights, colour, cross-fade, noise
-re-initialisation); `DynamiCtrlPipeline.__call__` runs it when `window_frames` is set and
-the clip is longer than one window.
+re-initialisation); `DynamiCtrlPipeline._sample` is the one denoising loop, for a clip
+of many windows and, as its one-window case, for a clip that fits one.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -38,7 +39,6 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-DEFAULT_WINDOW_FRAMES = 37  # the length the released model was trained on
 DEFAULT_OVERLAP_LATENTS = 2  # latent frames shared by neighbouring windows (= 8 pixel frames)
 
 
@@ -111,6 +111,15 @@ def plan_windows(num_frames: int, window_frames: int, overlap: int, temporal_com
     starts = [i * stride for i in range(count - 1)] + [driving - per_window]
     windows = tuple(Window(i, s, s + per_window) for i, s in enumerate(starts))
     return WindowPlan(num_frames, window_frames, overlap, driving, per_window, windows)
+
+
+def single_window_plan(num_frames: int, temporal_compression: int = 4) -> WindowPlan:
+    """The plan of a clip sampled as one window of its own length (any 4k+1, even 1)."""
+    k = temporal_compression
+    if num_frames < 1 or (num_frames - 1) % k:
+        raise ValueError(f"num_frames must be {k}k+1; got {num_frames}.")
+    driving = (num_frames - 1) // k
+    return WindowPlan(num_frames, num_frames, 0, driving, driving, (Window(0, 0, driving),))
 
 
 def ramp_weights(ranges: list[tuple[int, int]], length: int) -> list[np.ndarray]:
@@ -214,7 +223,11 @@ class FrameStitcher:
     the memory for a long clip. Windows must be added in order. A frame is written to
     `frames` as soon as no later window covers it; only the frames the next window still
     blends into (its overlap with the windows added so far) wait in `pending`, float32,
-    so float memory is bounded by one window whatever the clip's length."""
+    so float memory is bounded by one window whatever the clip's length.
+
+    With `sink`, `frames` is None and each run of finished frames is handed to
+    `sink(start, frames)` instead ((B, n, H, W, 3) in `dtype`, clip frames [start,
+    start + n), in order): the clip itself is never held."""
 
     def __init__(
         self,
@@ -224,6 +237,7 @@ class FrameStitcher:
         width: int,
         color_match: bool = True,
         dtype: np.dtype | type = np.float32,
+        sink: Callable[[int, np.ndarray], None] | None = None,
     ):
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.uint8):
@@ -231,7 +245,10 @@ class FrameStitcher:
         self.plan = plan
         self.color_match = color_match
         self.weights = pixel_fusion_weights(plan)
-        self.frames = np.zeros((batch, plan.num_frames, height, width, 3), dtype=dtype)
+        self.dtype = dtype
+        self.sink = sink
+        # With a sink the clip is never held: finished frames go to it instead.
+        self.frames = None if sink is not None else np.zeros((batch, plan.num_frames, height, width, 3), dtype=dtype)
         self.reference_stats: list[tuple[np.ndarray, np.ndarray]] | None = None
         # Weighted sums of the frames [pending_start, pending_start + len(pending)) so far.
         self.pending: np.ndarray | None = None
@@ -245,7 +262,9 @@ class FrameStitcher:
     def _store(self, start: int, frames: np.ndarray) -> None:
         """Writes finished frames; `frames` is scratch of `add` and may be overwritten."""
         stop = start + frames.shape[1]
-        if self.frames.dtype == np.uint8:
+        if self.sink is not None:
+            self.sink(start, frames_to_uint8(frames, overwrite_input=True) if self.dtype == np.uint8 else frames.copy())
+        elif self.dtype == np.uint8:
             frames_to_uint8(frames, out=self.frames[:, start:stop], overwrite_input=True)
         else:
             self.frames[:, start:stop] = frames

@@ -8,7 +8,8 @@ inherited unchanged) with the DynamiCtrl specifics from the official release:
 - one generator is consumed in the official order: image latent sample, pose latent
   sample, initial noise, then one draw per DPM step - so a seed gives the official video.
 
-Read `__call__` top to bottom: it is the whole sampling loop.
+Read `__call__` (inputs, text, timesteps) then `_sample` (conditions, noise, the one
+denoising loop for one window or many, decoding) top to bottom.
 """
 
 import math
@@ -39,10 +40,6 @@ logger = logging.get_logger(__name__)
 # Defaults of the official inference command.
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.0
-DEFAULT_WIDTH = 768
-DEFAULT_HEIGHT = 1360
-DEFAULT_FRAMES = 37
-DEFAULT_FPS = 16
 OFS = 2.0
 
 OUTPUT_TYPES = ("pil", "np", "pt", "uint8", "latent")
@@ -90,6 +87,71 @@ def frames_to_uint8_tensor(frames: torch.Tensor) -> torch.Tensor:
     float32: the same operations as `longvideo.frames_to_uint8`, so both give the bits of
     converting the "np" output afterwards."""
     return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class PoseVideo:
+    """The pose video as the sampler reads it: a few frames at a time (one window's),
+    so a long clip's poses are never converted, resized or moved to the device whole.
+
+    `source`: a tensor (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1]; or a sequence of T RGB
+    frames (PIL images or uint8 (H, W, 3) arrays): a list, or any object with `len` and
+    indexing that draws or decodes frames on demand (`pose.sequence.PoseFrames`,
+    `video.VideoFrames`), read only for the frames a window needs. Sequences are kept
+    as uint8 until read (4x smaller than float, see `pose_in_unit_range`)."""
+
+    def __init__(self, source):
+        self.source = source
+        if isinstance(source, torch.Tensor):
+            video = source.unsqueeze(0) if source.ndim == 4 else source
+            if video.ndim != 5 or video.shape[2] != 3:
+                raise ValueError(
+                    f"pose_video tensor must be (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1], got {tuple(video.shape)}."
+                )
+            if video.min() < -1.001 or video.max() > 1.001:
+                raise ValueError("pose_video tensor values must be in [-1, 1] (use frames / 127.5 - 1).")
+            self.tensor = video.float()
+            self.batch, self.num_frames, _, self.height, self.width = self.tensor.shape
+            return
+        if isinstance(source, (str, bytes, dict)) or not hasattr(source, "__len__") or not hasattr(source, "__getitem__") \
+                or len(source) == 0:
+            raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
+        self.tensor = None
+        self.batch, self.num_frames = 1, len(source)
+        self.height, self.width = self._frame(0).shape[:2]
+        if isinstance(source, (list, tuple)):  # frames already in memory: checked now, all of them
+            for index in range(1, self.num_frames):
+                self._frame(index)
+
+    def _frame(self, index: int) -> np.ndarray:
+        frame = self.source[index]
+        array = np.asarray(frame.convert("RGB") if isinstance(frame, PIL.Image.Image) else frame)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError("pose_video frames must be RGB images (PIL or uint8 arrays of shape (H, W, 3)).")
+        if index and array.shape[:2] != (self.height, self.width):
+            raise ValueError("All pose_video frames must have the same size.")
+        return array
+
+    def read(self, indices) -> torch.Tensor:
+        """Frames `indices` as they were given: (B, n, 3, H, W), float for a tensor source,
+        uint8 for a sequence."""
+        indices = [int(i) for i in indices]
+        if self.tensor is not None:
+            return self.tensor.index_select(1, torch.as_tensor(indices, device=self.tensor.device))
+        frames = np.stack([self._frame(i) for i in indices])
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).unsqueeze(0)
+
+    def window(self, indices, height: int, width: int, batch_size: int, device) -> torch.Tensor:
+        """Frames `indices` ready for the VAE: (batch_size, n, 3, height, width) in [-1, 1] on
+        `device`. A pose video of another size is resized on the host first (bilinear,
+        antialiased, clamped), frame by frame as for the whole video."""
+        pose = self.read(indices)
+        if (self.height, self.width) != (height, width):
+            pose = pose_in_unit_range(pose)
+            pose = F.interpolate(pose.flatten(0, 1), size=(height, width), mode="bilinear", antialias=True)
+            pose = pose.unflatten(0, (self.batch, -1)).clamp(-1, 1)
+        if pose.shape[0] == 1 and batch_size > 1:
+            pose = pose.expand(batch_size, -1, -1, -1, -1)
+        return pose_in_unit_range(pose.to(device))
 
 
 def pad_front(latents: torch.Tensor, padding: int) -> torch.Tensor:
@@ -232,36 +294,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
 
     @staticmethod
     def pose_video_to_tensor(pose_video) -> torch.Tensor:
-        """A pose video as (B, T, 3, H, W): float in [-1, 1] for tensor input, uint8 for a
-        list of images (see `pose_in_unit_range`).
-
-        Accepts a tensor (T, 3, H, W) or (B, T, 3, H, W) already in [-1, 1], or a list of
-        T images (PIL, or uint8 arrays (H, W, 3)) that are mapped by x / 127.5 - 1.
-        """
-        if isinstance(pose_video, torch.Tensor):
-            video = pose_video
-            if video.ndim == 4:
-                video = video.unsqueeze(0)
-            if video.ndim != 5 or video.shape[2] != 3:
-                raise ValueError(
-                    f"pose_video tensor must be (T, 3, H, W) or (B, T, 3, H, W) in [-1, 1], got {tuple(video.shape)}."
-                )
-            if video.min() < -1.001 or video.max() > 1.001:
-                raise ValueError("pose_video tensor values must be in [-1, 1] (use frames / 127.5 - 1).")
-            return video.float()
-        if isinstance(pose_video, (list, tuple)) and len(pose_video) > 0:
-            frames = []
-            for frame in pose_video:
-                array = np.asarray(frame.convert("RGB") if isinstance(frame, PIL.Image.Image) else frame)
-                if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-                    raise ValueError("pose_video frames must be RGB images (PIL or uint8 arrays of shape (H, W, 3)).")
-                frames.append(array)
-            if len({f.shape for f in frames}) != 1:
-                raise ValueError("All pose_video frames must have the same size.")
-            # Kept as uint8 (4x smaller than float): a long clip's poses are converted to
-            # [-1, 1] one window at a time by `pose_in_unit_range`.
-            return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).unsqueeze(0)
-        raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
+        """A whole pose video as (B, T, 3, H, W): float in [-1, 1] for tensor input, uint8 for
+        a list of images (see `pose_in_unit_range`). The sampler itself reads `PoseVideo`
+        window by window instead."""
+        video = PoseVideo(pose_video)
+        return video.read(range(video.num_frames))
 
     # ------------------------------------------------------------------ latents
     def encode_condition_latents(
@@ -327,11 +364,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         window_batch_size: int = 1,
         callback_on_window_end: Callable[[Any, int, int, int], None] | None = None,
         pose_strength: float = 1.0,
+        frame_sink: Callable[[np.ndarray], None] | None = None,
     ) -> CogVideoXPipelineOutput | tuple:
         """Animates `image` with the poses of `pose_video`, guided by `prompt`.
 
-        `pose_video`: (T, 3, H, W) in [-1, 1], or a list of T RGB images; frame 0 is the pose
-        of the reference image itself. `height`/`width` default to the pose video's size,
+        `pose_video`: (T, 3, H, W) in [-1, 1], or a sequence of T RGB images (a list, or a
+        lazy sequence with `len` and indexing that draws or decodes frames when read, see
+        `PoseVideo`: only one window's frames are read at a time); frame 0 is the pose of
+        the reference image itself. `height`/`width` default to the pose video's size,
         `num_frames` to its length (must be 4k+1). Returns frames as `output_type`:
         "pil" (lists of PIL images), "np" (B, T, H, W, 3) float32 in [0, 1], "pt"
         (B, T, 3, H, W) in [0, 1], "uint8" (B, T, H, W, 3) uint8, or "latent" (B, F, C, h, w),
@@ -339,6 +379,12 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         of the "np" frames, at a quarter of the host memory (the way to ask for a long clip):
         the plain path converts each video on the device before it leaves it, the windowed
         path keeps only the overlap waiting for the next window in float.
+
+        `frame_sink` (with `output_type="uint8"`): finished frames are handed to
+        `frame_sink(frames)`, (B, n, H, W, 3) uint8 runs in clip order, as soon as they are
+        final (window by window for a long clip), and not kept: the output's `frames` is
+        None. This is how a video writer receives a long clip while the host holds about
+        one window plus its overlap; the frames are the bits the "uint8" output holds.
 
         Long videos (see `dynamictrl/longvideo.py`): with `window_frames` set (4k+1, 37 is the
         trained length) a clip longer than one window is sampled as overlapping windows, each
@@ -358,12 +404,14 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         `--re_init_noise_latent` (low frequencies of the noised reference latent + high
         frequencies of fresh noise); see `longvideo.reinit_noise` for how it differs.
         """
-        pose = self.pose_video_to_tensor(pose_video)
-        height = height or pose.shape[-2]
-        width = width or pose.shape[-1]
-        num_frames = num_frames or pose.shape[1]
-        self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.shape[1], output_type)
+        pose = PoseVideo(pose_video)
+        height = height or pose.height
+        width = width or pose.width
+        num_frames = num_frames or pose.num_frames
+        self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.num_frames, output_type)
         check_pose_strength(pose_strength)
+        if frame_sink is not None and output_type != "uint8":
+            raise ValueError(f"frame_sink receives uint8 frames: use output_type='uint8', not {output_type!r}.")
         if window_frames is not None:
             longvideo.check_window_options(window_frames, overlap_frames, self.vae_scale_factor_temporal)
             if window_batch_size < 1:
@@ -397,135 +445,46 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
-        # 3. Conditions and noise, in the official generator order: image, pose, noise.
-        layout = latent_layout(num_frames, self.vae_scale_factor_temporal, self.transformer.config.patch_size_t)
+        # 3. The reference image; conditions and noise follow in `_sample`.
         image_tensor = self.video_processor.preprocess(image, height=height, width=width).to(device)
         if image_tensor.shape[0] == 1 and batch_size > 1:
             image_tensor = image_tensor.expand(batch_size, -1, -1, -1)
         if image_tensor.shape[0] != batch_size:
             raise ValueError(f"Got {image_tensor.shape[0]} images for {batch_size} prompts: give one, or one per prompt.")
-        if pose.shape[-2:] != (height, width):
-            logger.warning(f"Resizing the pose video from {tuple(pose.shape[-2:])} to {(height, width)}.")
-            pose = pose_in_unit_range(pose)
-            pose = F.interpolate(pose.flatten(0, 1), size=(height, width), mode="bilinear", antialias=True)
-            pose = pose.unflatten(0, (-1, num_frames)).clamp(-1, 1)
-        if pose.shape[0] == 1 and batch_size > 1:
-            pose = pose.expand(batch_size, -1, -1, -1, -1)
-        if pose.shape[0] != batch_size:
-            raise ValueError(f"Got {pose.shape[0]} pose videos for {batch_size} prompts: give one, or one per prompt.")
-        if window_frames is not None and num_frames > window_frames:
-            return self._sample_windows(
-                image_tensor=image_tensor,
-                pose=pose,  # stays on the host; moved one window at a time
-                text=text,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                timesteps=timesteps,
-                height=height,
-                width=width,
-                num_frames=num_frames,
-                window_frames=window_frames,
-                overlap_frames=overlap_frames,
-                color_match=color_match,
-                reinit_noise=reinit_noise,
-                window_batch_size=window_batch_size,
-                guidance_scale=guidance_scale,
-                use_dynamic_cfg=use_dynamic_cfg,
-                generator=generator,
-                latents=latents,
-                output_type=output_type,
-                return_dict=return_dict,
-                attention_kwargs=attention_kwargs,
-                callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                callback_on_window_end=callback_on_window_end,
-                pose_strength=pose_strength,
-            )
-        image_latents, pose_latents = self.encode_condition_latents(
-            image_tensor, pose_in_unit_range(pose.to(device)), layout, generator, dtype
+        if (pose.height, pose.width) != (height, width):
+            logger.warning(f"Resizing the pose video from {(pose.height, pose.width)} to {(height, width)}.")
+        if pose.batch not in (1, batch_size):
+            raise ValueError(f"Got {pose.batch} pose videos for {batch_size} prompts: give one, or one per prompt.")
+        # One denoising loop for every clip: a clip that fits one window (or asks for no
+        # windows) is its one-window case, with the plain clip's layout and decoding.
+        return self._sample(
+            image_tensor=image_tensor,
+            pose=pose,  # read, resized and moved one window at a time
+            text=text,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            timesteps=timesteps,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            window_frames=window_frames,
+            overlap_frames=overlap_frames,
+            color_match=color_match,
+            reinit_noise=reinit_noise,
+            window_batch_size=window_batch_size,
+            guidance_scale=guidance_scale,
+            use_dynamic_cfg=use_dynamic_cfg,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            return_dict=return_dict,
+            attention_kwargs=attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_window_end=callback_on_window_end,
+            pose_strength=pose_strength,
+            frame_sink=frame_sink,
         )
-
-        latent_channels = self.transformer.config.in_channels // 2
-        noise_shape = (
-            batch_size,
-            layout.padded_latent_frames,
-            latent_channels,
-            height // self.vae_scale_factor_spatial,
-            width // self.vae_scale_factor_spatial,
-        )
-        if latents is None:
-            latents = randn_tensor(noise_shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != noise_shape:
-            raise ValueError(f"`latents` must have shape {noise_shape}, got {tuple(latents.shape)}.")
-        if reinit_noise:  # off by default; draws after the initial noise
-            latents = longvideo.reinit_noise(latents.to(device, dtype), image_latents, self.scheduler, generator)
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
-
-        # Everything that does not change across steps is prepared here, once.
-        image_input = torch.cat([image_latents] * 2) if do_cfg else image_latents
-        pose_input = torch.cat([pose_latents] * 2) if do_cfg else pose_latents
-        rotary_emb, ofs, step_kwargs = self._step_constants(height, width, layout, latents, generator)
-
-        # 4. Denoising loop.
-        old_pred_original_sample = None
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    break
-                self._current_timestep = t
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                model_input = torch.cat([model_input, image_input], dim=2)
-
-                # One cache context for the CFG batch, as diffusers' CogVideoX pipelines do.
-                with self.transformer.cache_context("cond_uncond"):
-                    noise_pred = self.transformer(
-                        hidden_states=model_input,
-                        encoder_hidden_states=text,
-                        timestep=t.expand(model_input.shape[0]),
-                        pose_latents=pose_input,
-                        ofs=ofs,
-                        image_rotary_emb=rotary_emb,
-                        attention_kwargs=attention_kwargs,
-                        return_dict=False,
-                        pose_strength=pose_strength,
-                    )[0].float()
-
-                if use_dynamic_cfg:
-                    self._guidance_scale = 1 + guidance_scale * (
-                        (1 - math.cos(math.pi * ((num_inference_steps - t.item()) / num_inference_steps) ** 5.0)) / 2
-                    )
-                if do_cfg:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
-
-                latents, old_pred_original_sample = self._scheduler_step(
-                    noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype
-                )
-                if callback_on_step_end is not None:
-                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "negative_prompt_embeds": negative_prompt_embeds,
-                               "pred_original_sample": old_pred_original_sample}
-                    latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
-                progress_bar.update()
-        self._current_timestep = None
-
-        # 5. Drop the front padding, decode (latents / scaling_factor), keep the first T frames.
-        latents = latents[:, layout.padding :]
-        if output_type == "latent":
-            video = latents
-        else:
-            frames = self.decode_latents(latents.to(self.vae.dtype))[:, :, :num_frames]
-            if output_type == "uint8":
-                video = self._decoded_to_uint8(frames)
-            else:
-                video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
-            del frames
-        self.maybe_free_model_hooks()
-
-        if not return_dict:
-            return (video,)
-        return CogVideoXPipelineOutput(frames=video)
 
     def _decoded_to_uint8(self, frames: torch.Tensor) -> np.ndarray:
         """Decoded videos (B, C, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8 on the host.
@@ -595,11 +554,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         pose_latents = self.vae.config.scaling_factor * pose_latents.permute(0, 2, 1, 3, 4).to(dtype)
         return pad_front(pose_latents, layout.padding)
 
-    def _sample_windows(
+    def _sample(
         self,
         *,
         image_tensor: torch.Tensor,
-        pose: torch.Tensor,
+        pose: PoseVideo,
         text: torch.Tensor,
         prompt_embeds: torch.Tensor,
         negative_prompt_embeds: torch.Tensor | None,
@@ -607,7 +566,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         height: int,
         width: int,
         num_frames: int,
-        window_frames: int,
+        window_frames: int | None,
         overlap_frames: int,
         color_match: bool,
         reinit_noise: bool,
@@ -622,9 +581,15 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         callback_on_window_end,
-        pose_strength: float = 1.0,
+        pose_strength,
+        frame_sink,
     ) -> CogVideoXPipelineOutput | tuple:
-        """The denoising loop of a clip longer than one window (see `longvideo.py`).
+        """The denoising loop, for a clip of one window or of many (see `longvideo.py`).
+
+        A clip that fits one window (or `window_frames=None`) is one window of its own
+        length: its latent layout, conditions, noise and steps are exactly the plain
+        clip's (fusing one window's prediction with weight 1 is the identity, bit for
+        bit), and it is decoded whole. A longer clip is sampled in windows:
 
         Clip latents: [front padding] [slot 0] [N driving latents]; the padding and slot 0
         (the "head") are shared by every window. Each step runs every window (the head +
@@ -640,7 +605,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         do_cfg = guidance_scale > 1.0
         num_inference_steps = len(timesteps)
         k = self.vae_scale_factor_temporal
-        plan = longvideo.plan_windows(num_frames, window_frames, overlap_frames, k)
+        if window_frames is None or num_frames <= window_frames:
+            plan = longvideo.single_window_plan(num_frames, k)
+        else:
+            plan = longvideo.plan_windows(num_frames, window_frames, overlap_frames, k)
+        window_frames = plan.window_frames
         layout = latent_layout(window_frames, k, self.transformer.config.patch_size_t)
         head = layout.padding + 1
         windows = plan.windows
@@ -649,8 +618,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         # 1. Conditions, one window at a time (the VAE sees one window's frames at most):
         # the reference latent is the same in every window's slot 0.
         def window_pose(window):
-            index = torch.as_tensor(plan.pixel_frames(window), device=pose.device)
-            return pose_in_unit_range(pose.index_select(1, index).to(device))
+            return pose.window(plan.pixel_frames(window), height, width, batch_size, device)
 
         image_latents, first_pose = self.encode_condition_latents(
             image_tensor, window_pose(windows[0]), layout, generator, dtype
@@ -681,6 +649,8 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
         def window_slice(x: torch.Tensor, window) -> torch.Tensor:
+            if num_windows == 1:
+                return x  # the window is the clip
             return torch.cat([x[:, :head], x[:, head + window.start : head + window.stop]], dim=1)
 
         fusion = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in longvideo.latent_fusion_weights(plan)]
@@ -696,6 +666,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
 
         texts = {len(chunk): (text if len(chunk) == 1 else text_for(len(chunk))) for chunk in chunks}
         rotary_emb, ofs, step_kwargs = self._step_constants(height, width, layout, latents, generator)
+        # What every step gives the transformer besides the latents, per chunk of windows, once.
+        cfg_copies = 2 if do_cfg else 1
+        image_inputs = {len(chunk): repeat(image_latents, len(chunk) * cfg_copies) for chunk in chunks}
+        pose_inputs = [repeat(torch.cat([pose_latents[w.index] for w in chunk]), cfg_copies) for chunk in chunks]
+        del pose_latents
 
         # 3. Denoising loop: every window at every step, fused on the clip.
         old_pred_original_sample = None
@@ -710,16 +685,15 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                     )
                 scaled = self.scheduler.scale_model_input(latents, t)
                 noise_pred = torch.zeros(latents.shape, dtype=torch.float32, device=device)
-                for chunk in chunks:
+                for chunk, pose_input in zip(chunks, pose_inputs):
                     n = len(chunk)
-                    window_latents = torch.cat([window_slice(scaled, w) for w in chunk])
-                    window_poses = torch.cat([pose_latents[w.index] for w in chunk])
+                    window_latents = torch.cat([window_slice(scaled, w) for w in chunk]) if n > 1 else window_slice(scaled, chunk[0])
                     model_input = torch.cat([window_latents] * 2) if do_cfg else window_latents
-                    image_input = repeat(image_latents, n * (2 if do_cfg else 1))
-                    model_input = torch.cat([model_input, image_input], dim=2)
-                    pose_input = torch.cat([window_poses] * 2) if do_cfg else window_poses
-                    # One cache context per window: block caches compare a window with itself.
-                    with self.transformer.cache_context(f"cond_uncond_window{chunk[0].index}"):
+                    model_input = torch.cat([model_input, image_inputs[n]], dim=2)
+                    # One cache context per window (block caches compare a window with itself);
+                    # one for the CFG batch of a one-window clip, as diffusers' pipelines do.
+                    context = "cond_uncond" if num_windows == 1 else f"cond_uncond_window{chunk[0].index}"
+                    with self.transformer.cache_context(context):
                         pred = self.transformer(
                             hidden_states=model_input,
                             encoder_hidden_states=texts[n],
@@ -754,10 +728,21 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                     latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
         self._current_timestep = None
 
-        # 4. Decode window by window ([slot 0] + its latents, the layout the causal VAE
-        # expects), colour-match to the first window, cross-fade the overlaps.
+        # 4. Decode: a one-window clip whole (drop the front padding, decode, keep the first
+        # T frames); a longer one window by window ([slot 0] + its latents, the layout the
+        # causal VAE expects), colour-matched to the first window, overlaps cross-faded.
         if output_type == "latent":
             video = latents[:, layout.padding :]
+        elif num_windows == 1:
+            frames = self.decode_latents(latents[:, layout.padding :].to(self.vae.dtype))[:, :, :num_frames]
+            if output_type == "uint8":
+                video = self._decoded_to_uint8(frames)
+                if frame_sink is not None:
+                    frame_sink(video)
+                    video = None
+            else:
+                video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+            del frames
         else:
             stitcher = longvideo.FrameStitcher(
                 plan,
@@ -766,6 +751,7 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 width,
                 color_match=color_match,
                 dtype=np.uint8 if output_type == "uint8" else np.float32,
+                sink=(lambda start, frames: frame_sink(frames)) if frame_sink is not None else None,
             )
             for window in windows:
                 window_latents = window_slice(latents, window)[:, layout.padding :]
@@ -774,7 +760,9 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 stitcher.add(window, frames)
                 del frames
             clip = stitcher.frames
-            if output_type in ("np", "uint8"):
+            if frame_sink is not None:
+                video = None
+            elif output_type in ("np", "uint8"):
                 video = clip
             elif output_type == "pt":
                 video = torch.from_numpy(clip).permute(0, 1, 4, 2, 3)

@@ -7,6 +7,7 @@ writes outputs with a manifest. The CLI and the app are thin adapters over it.
 """
 
 import hashlib
+import contextlib
 import json
 import os
 import platform
@@ -28,11 +29,14 @@ from .images import to_rgb_image
 from .limits import Limits, apply_pil_limit, check_generate_settings, check_pose_settings, check_prompt_tokens
 from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
 from .segment import apply_mask, clean_mask, register_segmenter, variant_for
-from .video import read_video, write_video
+from .video import VideoFrames, VideoWriter, write_video
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 SIDE_OUTPUTS = ("_pose.mp4", "_reference.png")  # written beside a generated video: <stem>_pose.mp4, ...
-MAX_LIPSYNC_VIDEO_GB = 6.0  # decoded frames held for lip-sync (about 35 s of 1080p at 25 fps)
+# Decoded video frames lip-sync keeps at most (it streams the video; this bounds what
+# playing it backwards for ping-pong re-reads without decoding again): 256 MiB = ~42
+# frames of 1080p, whatever the video's length.
+LIPSYNC_FRAME_BUDGET_BYTES = 256 * 1024**2
 MAX_SIDE = 2048  # the paper's largest is 1360x1360; beyond this the 5B model runs out of any GPU
 
 # progress(fraction in [0, 1], message); return value ignored.
@@ -105,11 +109,18 @@ class PoseResult:
 class GenerateResult:
     video_path: Path
     manifest_path: Path
-    frames: np.ndarray = field(repr=False)  # (T, H, W, 3) uint8
+    # (T, H, W, 3) uint8 with `generate(..., return_frames=True)`; None by default: the
+    # frames went straight to the mp4 and were not kept (a long clip never sits in memory).
+    frames: np.ndarray | None = field(repr=False)
     elapsed_s: float
     pose: PoseResult | None = None
     # False on the other ranks of a --parallel job (rank 0 writes; `frames` is then empty).
     written: bool = True
+    num_frames: int | None = None  # frames written
+
+    def __post_init__(self):
+        if self.num_frames is None and self.frames is not None:
+            self.num_frames = len(self.frames)
 
 
 @dataclass
@@ -370,6 +381,7 @@ class Studio:
         self.manager.register("lipsync", self._load_lipsync)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._avatars = None  # lipsync.cache.AvatarCache, made on first lip-sync
+        self.lipsync_frame_budget_bytes = LIPSYNC_FRAME_BUDGET_BYTES  # decoded frames lip-sync keeps at most
 
     def _load_detector(self):
         from .pose.detector import DWPoseDetector
@@ -410,10 +422,15 @@ class Studio:
         progress: ProgressCallback | None = None,
     ) -> PoseResult:
         """Pose video for the reference image from a raw driving video: detect, track,
-        retarget, render. Writes the pose mp4, an overlay preview and the pose JSON if asked."""
+        retarget, render. Writes the pose mp4, an overlay preview and the pose JSON if asked.
+
+        Streamed in two passes (see `dynamictrl.pose.sequence`): the driving video is
+        decoded frame by frame and only keypoints are kept; the pose video and the preview
+        are drawn frame by frame into their writers (the preview decodes the driving
+        video a second time). Memory does not grow with the clip's pixels."""
         from .pose.sequence import build_pose_sequence
         from .pose.types import save_poses
-        from .video import VideoTooShortError, pick_frames
+        from .video import PickedFrames, VideoTooShortError, VideoWriter
 
         started = time.perf_counter()
         check_outputs(out_path, preview_path, json_path)
@@ -425,33 +442,38 @@ class Studio:
         if settings.detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {settings.detect_every}.")
         image = load_image(image_path, self.limits)
+        driving = PickedFrames(
+            driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop,
+            limits=self.limits,
+        )
         try:
-            driving = pick_frames(
-                driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop,
-                limits=self.limits,
-            )
+            with self.manager.use("dwpose") as detector:
+                sequence = build_pose_sequence(
+                    image,
+                    driving,
+                    detector,
+                    width=settings.width,
+                    height=settings.height,
+                    retarget=settings.retarget,
+                    detect_every=settings.detect_every,
+                    progress=progress,
+                )
         except VideoTooShortError as error:
             # Frame 0 is the reference pose, so k driving frames allow T = 4*(k//4) + 1.
             usable = error.available_frames // 4 * 4 + 1
             # A pose video needs T >= 5, i.e. at least 4 driving frames.
             fix = f"use --frames {usable} or --loop" if usable >= 5 else "use --loop or a longer video"
             raise VideoTooShortError(f"{error} With this video {fix}.", error.available_frames) from error
-        with self.manager.use("dwpose") as detector:
-            sequence = build_pose_sequence(
-                image,
-                driving.frames,
-                detector,
-            width=settings.width,
-            height=settings.height,
-            retarget=settings.retarget,
-            detect_every=settings.detect_every,
-            progress=progress,
-        )
+        finally:
+            driving.close()
         fps = settings.fps or driving.fps
         if out_path is not None:
-            out_path = write_video(out_path, sequence.pose_frames, fps=fps)
+            out_path = write_video(out_path, iter(sequence.pose_frames), fps=fps)
         if preview_path is not None:
-            preview_path = write_video(preview_path, sequence.preview_frames(driving.frames), fps=fps)
+            with VideoWriter(preview_path, fps=fps) as writer:
+                for frame in sequence.iter_preview(driving):
+                    writer.write(frame)
+            preview_path = writer.path
         if json_path is not None:
             json_path = save_poses(
                 json_path,
@@ -487,12 +509,17 @@ class Studio:
         The output lasts as long as the audio (the video ping-pongs or is cut, see the
         report). What depends only on the video is cached per video (`cache_dir`), so a
         second audio clip for the same video skips face detection and encoding.
+
+        The video is streamed through detection, preparation and blending (decoded
+        again for each pass, never held whole): memory stays within a fixed bound
+        (`LIPSYNC_FRAME_BUDGET_BYTES` of decoded frames plus one batch) whatever the
+        video's length; the limits on its size and length are the configured ones.
         """
         from .lipsync.audio import load_audio
         from .lipsync.cache import AvatarCache, avatar_key
         from .lipsync.pipeline import LipSyncPipeline
         from .lipsync.settings import LipSyncSettings
-        from .video import check_video_limits, check_video_memory, probe_video
+        from .video import VideoFrames
 
         started = time.perf_counter()
         settings = settings or LipSyncSettings()
@@ -500,33 +527,36 @@ class Studio:
         check_outputs(out_path, out_path.with_suffix(".json"), suffix=".mp4")
         self.check_models(lipsync=True)
         # Bad or too long audio fails before any model loads; the video's limits are judged
-        # from its header before check_video_memory counts its packets.
+        # from its header (by VideoFrames) before anything is decoded.
         audio = load_audio(audio_path, max_seconds=self.limits.max_audio_seconds)
-        check_video_limits(probe_video(video_path), self.limits, Path(video_path).name)
-        check_video_memory(video_path, MAX_LIPSYNC_VIDEO_GB, fix="trim it or lower its resolution for lip-sync")
+        video = VideoFrames(video_path, limits=self.limits)
+        height, width = video.size
+        video.keep = max(settings.batch_size + 1, self.lipsync_frame_budget_bytes // max(1, height * width * 3))
         video_hash = file_sha256(video_path)
         if self._avatars is None:
             self._avatars = AvatarCache(self.cache_dir / "avatars")
         key = avatar_key(video_hash, settings, self.manager.get("lipsync").fingerprint)
 
-        def read_frames():
-            video = read_video(video_path, limits=self.limits)
-            return video.frames, video.fps
-
-        avatar = self._avatars.get(key, read_frames)
+        avatar = self._avatars.get(key, lambda: (video, video.fps))
         cached = avatar is not None
         if avatar is None:
-            frames, fps = read_frames()
             with self.manager.use("dwpose") as detector:
-                poses = detector.detect_video(frames, progress=_phase(progress, 0.0, 0.2))
+                # A stream without `len`: one decoding pass, no counting pass first.
+                poses = detector.detect_video(iter(video), progress=_phase(progress, 0.0, 0.2),
+                                              total=video.info.estimated_frames)
             with self.manager.use("lipsync") as models:
-                avatar = LipSyncPipeline(models).prepare_avatar(frames, fps, poses, settings,
+                avatar = LipSyncPipeline(models).prepare_avatar(video, video.fps, poses, settings,
                                                                 progress=_phase(progress, 0.2, 0.4))
             self._avatars.put(key, avatar)
-        with self.manager.use("lipsync") as models:
-            frames, report = LipSyncPipeline(models)(avatar, audio, settings, progress=_phase(progress, 0.4, 1.0))
-            report.avatar_cached = cached
-            write_video(out_path, frames, fps=avatar.fps, audio_path=audio_path)
+        # The same bytes (same key) may have come from another path: read this one.
+        avatar = replace(avatar, frames=video)
+        try:
+            with self.manager.use("lipsync") as models:
+                frames, report = LipSyncPipeline(models)(avatar, audio, settings, progress=_phase(progress, 0.4, 1.0))
+                report.avatar_cached = cached
+                write_video(out_path, frames, fps=avatar.fps, audio_path=audio_path)
+        finally:
+            video.close()
         elapsed = time.perf_counter() - started
         manifest_path = out_path.with_suffix(".json")
         manifest = {
@@ -715,6 +745,7 @@ class Studio:
         pose_provenance: dict | None = None,
         preview: Callable | None = None,
         preview_every: int = 5,
+        return_frames: bool = False,
     ) -> GenerateResult:
         """Animates the reference image; writes the mp4 and, beside it, `<name>.json` with
         every setting and input hash.
@@ -729,13 +760,18 @@ class Studio:
         as it forms, from the scheduler's x0 estimate through a linear latent->RGB
         projection, never the VAE) every `preview_every` denoising steps and at the last.
         A callback may raise `Cancelled` to stop the job, like `progress`.
+
+        Streamed end to end: poses are drawn (or decoded from the pose video) one window at
+        a time and finished frames go to the mp4 writer as each window is decoded, so the
+        host holds about one window plus its overlap whatever the clip's length. The
+        frames are not kept unless `return_frames=True` (then `result.frames` holds them).
         """
         out_path = Path(out_path)
         side_files = [out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS]
         existing = {path for path in side_files if path.exists()}
         try:
             return self._generate(image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings,
-                                  progress, pose_provenance, preview, preview_every)
+                                  progress, pose_provenance, preview, preview_every, return_frames)
         except BaseException:
             for path in side_files:
                 if path not in existing:  # never a file an earlier run left under this name
@@ -785,7 +821,8 @@ class Studio:
         return results
 
     def _generate(self, image_path, out_path: Path, settings: GenerateSettings, pose_video_path, driving_video_path,
-                  pose_settings, progress, pose_provenance, preview=None, preview_every: int = 5) -> GenerateResult:
+                  pose_settings, progress, pose_provenance, preview=None, preview_every: int = 5,
+                  return_frames: bool = False) -> GenerateResult:
         import torch
 
         from .pose.sequence import cover_crop
@@ -834,19 +871,20 @@ class Studio:
                 progress=progress,
             )
             reference = pose_result.sequence.reference_pil()
-            pose_frames = list(pose_result.sequence.pose_frames)
+            pose_frames = pose_result.sequence.pose_frames  # drawn window by window by the sampler
         else:
             image = load_image(image_path, self.limits)
-            pose = read_video(pose_video_path, max_frames=settings.num_frames, limits=self.limits)
-            if pose.num_frames < settings.num_frames:
-                usable = (pose.num_frames - 1) // 4 * 4 + 1
+            # Decoded window by window by the sampler (a window's frames kept, no more).
+            pose_frames = VideoFrames(pose_video_path, keep=settings.window_frames, max_frames=settings.num_frames,
+                                      limits=self.limits)
+            if len(pose_frames) < settings.num_frames:
+                usable = (len(pose_frames) - 1) // 4 * 4 + 1
                 raise ValueError(
-                    f"The pose video has {pose.num_frames} frames, fewer than the {settings.num_frames} asked for: "
+                    f"The pose video has {len(pose_frames)} frames, fewer than the {settings.num_frames} asked for: "
                     f"use --frames {usable} or a longer pose video."
                 )
             # The same cover-resize + centre-crop the pose stage applies, so image and poses agree.
             reference = Image.fromarray(cover_crop(image, settings.width, settings.height))
-            pose_frames = list(pose.frames[: settings.num_frames])
 
         masked = None
         if settings.mask_mode:
@@ -896,7 +934,21 @@ class Studio:
             nonlocal previews
             from .parallel import apply_parallel
 
-            with models.use(variant, options, tier) as pipe:
+            # The writer is opened per attempt: a failed attempt (out of memory) leaves no
+            # file. Only the writing rank of a --parallel job opens one.
+            kept = [] if return_frames else None
+            count = [0]
+
+            def take(frames: np.ndarray) -> None:  # (1, n, H, W, 3) uint8, in clip order
+                count[0] += len(frames[0])
+                if writer is not None:
+                    writer.write(frames[0])
+                if kept is not None:
+                    kept.append(frames[0].copy())
+
+            with contextlib.ExitStack() as stack:
+                writer = stack.enter_context(VideoWriter(out_path, fps=settings.fps)) if self.writes_outputs else None
+                pipe = stack.enter_context(models.use(variant, options, tier))
                 used.update(tier=tier, dtype=str(pipe.transformer.dtype).replace("torch.", ""))
                 pipe.transformer.set_attention_kernel(settings.attention)
                 apply_parallel(pipe.transformer, self.parallel)
@@ -905,7 +957,7 @@ class Studio:
 
                     previews = PreviewMaker(projection_for(pipe.vae, self.cache_dir), preview, preview_every,
                                             settings.steps, (settings.num_frames - 1) // 4 + 1)
-                return pipe(
+                pipe(
                     image=reference,
                     pose_video=pose_frames,
                     prompt=prompt,
@@ -924,21 +976,21 @@ class Studio:
                     overlap_frames=settings.overlap,
                     color_match=settings.color_match,
                     pose_strength=settings.pose_strength,
-                ).frames[0]
+                    frame_sink=take if self.writes_outputs else None,
+                )
+            return count[0], (np.concatenate(kept) if kept else None)
 
         # GPU memory follows the window, not the whole clip.
         window = min(settings.num_frames, settings.window_frames)
         first_tier = models.tier_for(options, window, settings.height, settings.width)
         describe = f"generation at {settings.width}x{settings.height}, {settings.num_frames} frames"
         if self.parallel is None:
-            frames = self.manager.run_with_oom_retry(generate_in, first_tier, describe=describe)
+            frames_written, frames = self.manager.run_with_oom_retry(generate_in, first_tier, describe=describe)
         else:  # a retry on one rank alone would leave the others waiting in a collective
-            frames = generate_in(first_tier)
+            frames_written, frames = generate_in(first_tier)
         if not self.writes_outputs:  # another rank of a --parallel job: rank 0 writes
-            empty = np.zeros((0, settings.height, settings.width, 3), dtype=np.uint8)
-            return GenerateResult(out_path, out_path.with_suffix(".json"), empty, time.perf_counter() - started,
-                                  pose_result, written=False)
-        write_video(out_path, frames, fps=settings.fps)
+            return GenerateResult(out_path, out_path.with_suffix(".json"), frames, time.perf_counter() - started,
+                                  pose_result, written=False, num_frames=frames_written)
         elapsed = time.perf_counter() - started
 
         inputs = {"image": {"path": str(image_path), "sha256": file_sha256(image_path), "size_wh": list(reference.size)}}
@@ -977,4 +1029,4 @@ class Studio:
             "elapsed_s": round(elapsed, 3),
         }
         write_manifest(out_path, manifest_path, manifest)
-        return GenerateResult(out_path, manifest_path, frames, elapsed, pose_result)
+        return GenerateResult(out_path, manifest_path, frames, elapsed, pose_result, num_frames=frames_written)

@@ -10,6 +10,7 @@ from the stream data), and ffmpeg decodes it with the same allow-lists.
 import math
 import os
 import subprocess
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -319,6 +320,204 @@ def read_video(path: str | Path, max_frames: int | None = None, threads: int | N
     return Video(frames=buffer.result(count), fps=fps if fps > 0 else 16.0)
 
 
+class VideoFrames:
+    """A video file's frames, decoded when read: `len`, `frames[i]`, `frames[indices]`
+    (stacked), iteration. Nothing but the last `keep` decoded frames (and frame 0, which
+    every window of a pose video starts with) is held, so memory is bounded whatever
+    the video's length.
+
+    Reading forward continues the running decoder; asking for a frame older than the
+    kept ones restarts decoding from the start (exact: the same frames every pass).
+    Windows that advance with a small overlap, and a video played backwards `keep`
+    frames at a time, therefore cost a few decoding passes and no memory beyond `keep`.
+    `max_frames` reads only the first frames (e.g. the clip's length of a pose video).
+    The frame count is found by decoding once (one frame at a time) when first asked.
+    """
+
+    def __init__(self, path: str | Path, keep: int = 64, max_frames: int | None = None, threads: int | None = None,
+                 limits: Limits | None = None):
+        self.path, self.keep, self.max_frames, self.threads, self.limits = Path(path), max(1, keep), max_frames, threads, limits
+        self.info = _probe(self.path, limits)
+        meta, opened = iter_frames(self.path, threads, self.info)
+        opened.close()
+        width, height = meta["size"]
+        self.size = (height, width)
+        fps = float(meta.get("fps") or 0.0)
+        self.fps = fps if fps > 0 else 16.0
+        self._count: int | None = None
+        self._decoder = None
+        self._position = 0  # index of the frame the running decoder yields next
+        # The last `keep` frames decoded (oldest first), and frame 0 beside them.
+        self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.passes = 0  # decoding passes started (for tests and benchmarks)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), *self.size, 3)
+
+    def _stop(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+    def close(self) -> None:
+        self._stop()
+        self._kept.clear()
+
+    def _restart(self) -> None:
+        self._stop()
+        self._decoder = iter_frames(self.path, self.threads, self.info)[1]
+        self._position = 0
+        self.passes += 1
+
+    def _cap(self) -> int | None:
+        if self.max_frames is not None:
+            return self.max_frames
+        return self.limits.max_video_frames if self.limits is not None else None
+
+    def _next(self) -> np.ndarray | None:
+        """The running decoder's next frame (kept), or None at the end of the video."""
+        cap = self._cap()
+        frame = None if self._decoder is None else next(self._decoder, None)
+        if frame is not None and cap is not None and self._position >= cap:
+            if self.max_frames is None:
+                self._stop()
+                raise VideoLimitError(
+                    f"{self.path.name} has more than {cap:,} frames (its header did not say how many). Trim it or "
+                    f"lower its frame rate; {how_to_raise('max_video_frames')}."
+                )
+            frame = None
+        if frame is None:
+            self._stop()
+            self._count = self._position if self._count is None else self._count
+            return None
+        index = self._position
+        self._position += 1
+        self._kept[index] = frame
+        self._kept.move_to_end(index)
+        while len(self._kept) > self.keep + (0 in self._kept):
+            oldest = next(i for i in self._kept if i != 0)
+            del self._kept[oldest]
+        return frame
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._restart()
+            while self._next() is not None:
+                pass
+            if self._count == 0:
+                raise VideoError(f"{self.path.name} contains no frames: pick another video or re-export it.")
+        return self._count
+
+    def frame(self, index: int) -> np.ndarray:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if index in self._kept:
+            return self._kept[index]
+        if self._decoder is None or index < self._position:
+            self._restart()
+        while self._position <= index:
+            if self._next() is None:
+                raise IndexError(f"frame {index} is past the end of {self.path.name} ({self._count} frames).")
+        return self._kept[index]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self.frame(index)
+        indices = range(len(self))[index] if isinstance(index, slice) else np.asarray(index).reshape(-1)
+        frames = np.empty((len(indices), *self.size, 3), dtype=np.uint8)
+        for row, i in enumerate(indices):
+            frames[row] = self.frame(i)
+        return frames
+
+    def __iter__(self):
+        index = 0
+        while self._count is None or index < self._count:
+            try:
+                yield self.frame(index)
+            except IndexError:
+                return
+            index += 1
+
+
+class VideoWriter:
+    """`write_video` as frames arrive: `with VideoWriter(path, fps) as writer:
+    writer.write(frames)`, called as often as needed with (H, W, 3) or (n, H, W, 3)
+    frames. The mp4 is encoded under a temporary name and renamed into place when the
+    block ends without an error; an error (or cancellation) removes it, so nothing
+    half-written is left where a finished video is expected."""
+
+    def __init__(self, path: str | Path, fps: float = 16.0, audio_path: str | Path | None = None, quality: int = 8):
+        self.path, self.fps, self.quality = Path(path), fps, quality
+        # The audio file is probed like every input (`dynamictrl.probe`) before a frame is
+        # encoded, and muxed in when the frames are done (`_add_audio`).
+        self.audio = media.probe(audio_path, media.AUDIO, VideoError) if audio_path else None
+        if self.audio is not None and not self.audio.has_audio:
+            raise VideoError(f"{Path(audio_path).name} has no audio track to add to {self.path.name}.")
+        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.frames_written = 0
+        self._writer = None
+        self._process = None
+        self._size = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def _open(self, height: int, width: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._size = (height, width)
+        self._writer = imageio_ffmpeg.write_frames(
+            str(self.partial),
+            (width, height),
+            fps=self.fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            quality=self.quality,
+            macro_block_size=1,
+        )
+        self._writer.send(None)
+        # imageio-ffmpeg never looks at ffmpeg's exit status: an ffmpeg that was killed or
+        # could not write (a full disk) would leave a truncated file to be renamed into
+        # place. The process is the generator's local `p` (imageio-ffmpeg 0.8, pinned;
+        # tests/test_faults.py fails if that changes).
+        self._process = self._writer.gi_frame.f_locals["p"]
+
+    def write(self, frames) -> None:
+        """Appends one frame (H, W, 3) or a run of frames (n, H, W, 3) (uint8, or float in [0, 1])."""
+        frames = np.asarray(frames)
+        batch = _even(to_uint8_frames(frames[None] if frames.ndim == 3 else frames))
+        for frame in batch:
+            if self._writer is None:
+                self._open(*frame.shape[:2])
+            elif frame.shape[:2] != self._size:
+                raise VideoError(f"Frame size changed from {self._size[1]}x{self._size[0]} to "
+                                 f"{frame.shape[1]}x{frame.shape[0]}.")
+            self._writer.send(np.ascontiguousarray(frame))
+            self.frames_written += 1
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self._writer is None:
+            if kind is None:
+                raise VideoError(f"No frames to write to {self.path.name}.")
+            return
+        try:
+            self._writer.close()
+            if kind is None:
+                status = self._process.wait()
+                if status != 0:
+                    raise VideoError(f"ffmpeg stopped with exit status {status} while writing {self.path.name} "
+                                     "(killed, or the disk is full?); nothing was written.")
+                if self.audio is not None:
+                    _add_audio(self.partial, self.audio, self.path.name)
+                os.replace(self.partial, self.path)  # inside: if `path` cannot be replaced, no partial file stays
+        except BaseException:
+            self.partial.unlink(missing_ok=True)
+            raise
+        if kind is not None:
+            self.partial.unlink(missing_ok=True)
+
+
 def sample_indices(source_fps: float, target_fps: float | None, start_s: float, count: int) -> list[int]:
     """Source frame indices for `count` frames at `target_fps` from `start_s`.
 
@@ -332,6 +531,104 @@ def sample_indices(source_fps: float, target_fps: float | None, start_s: float, 
     return [first + int(math.floor(k * step + 1e-6)) for k in range(count)]
 
 
+class PickedFrames:
+    """`count` frames of a video at `fps` (None: native) from `start_s`, decoded while they
+    are iterated: one frame in memory at a time, whatever the video's length.
+
+    Each iteration decodes the video again (the frames are the same every time), so a
+    second pass (e.g. a preview beside the driving video) costs decoding, not memory.
+    The header is read and the limits are checked when the object is made; a video too
+    short for `count` frames raises `VideoTooShortError` when the iteration reaches its
+    end (with the fixes in the message), unless `loop=True`, which wraps around to the
+    start (one more decoding pass per wrap).
+    """
+
+    def __init__(self, path: str | Path, count: int, fps: float | None = None, start_s: float = 0.0,
+                 loop: bool = False, threads: int | None = None, limits: Limits | None = None):
+        path = Path(path)
+        if count < 1:
+            raise VideoError(f"Asked for {count} frames from {path.name}: ask for at least one.")
+        if not math.isfinite(start_s) or start_s < 0:
+            raise VideoError(f"The start time must be >= 0 s, got {start_s}.")
+        if fps is not None and not math.isfinite(fps):
+            raise VideoError(f"The fps must be a finite number (or None for every frame), got {fps}.")
+        if limits is not None and count > limits.max_frames:
+            raise VideoLimitError(
+                f"Asked for {count:,} frames from {path.name}; at most {limits.max_frames:,} are allowed per job; "
+                f"{how_to_raise('max_frames')}."
+            )
+        self.path, self.count, self.start_s, self.loop, self.threads = path, count, start_s, loop, threads
+        self.info = _probe(path, limits)
+        self.meta, self._opened = iter_frames(path, threads, self.info)
+        self.source_fps = float(self.meta.get("fps") or 0.0) or 16.0
+        self.fps = float(fps) if fps else self.source_fps
+        self.target_fps = fps
+        self.wanted = sample_indices(self.source_fps, fps, start_s, count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the frames."""
+        width, height = self.meta["size"]
+        return height, width
+
+    def _decoder(self):
+        if self._opened is not None:
+            frames, self._opened = self._opened, None
+            return frames
+        return iter_frames(self.path, self.threads, self.info)[1]
+
+    def close(self) -> None:
+        """Stops the decoder opened for the header, if no iteration has taken it."""
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+
+    def __iter__(self):
+        wanted = self.wanted
+        frames_iter = self._decoder()
+        position, total = 0, 0
+        try:
+            for index, frame in enumerate(frames_iter):
+                total = index + 1
+                while position < self.count and wanted[position] == index:
+                    yield frame
+                    position += 1
+                if position == self.count:
+                    break
+        finally:
+            frames_iter.close()
+        if total == 0:
+            raise VideoError(f"{self.path.name} contains no frames: pick another video or re-export it.")
+        if position == self.count:
+            return
+        if not self.loop:
+            duration = total / self.source_fps
+            raise VideoTooShortError(
+                f"{self.path.name} is {duration:.2f} s long ({total} frames at {self.source_fps:g} fps); from "
+                f"{self.start_s:g} s at {self.target_fps or self.source_fps:g} fps it gives {position} frames but "
+                f"{self.count} are needed. Lower the frame count, lower the fps, start earlier, or loop the video.",
+                available_frames=position,
+            )
+        # Wrap the missing source indices around the video's real length: one more
+        # decoding pass for every run of rising indices.
+        while position < self.count:
+            frames_iter, before = self._decoder(), position
+            try:
+                for index, frame in enumerate(frames_iter):
+                    while position < self.count and wanted[position] % total == index:
+                        yield frame
+                        position += 1
+                    if position == self.count or (wanted[position] % total) < index:
+                        break
+            finally:
+                frames_iter.close()
+            if position == before:
+                raise VideoError(f"{self.path.name} decoded differently on a second pass: re-export it.")
+
+
 def pick_frames(
     path: str | Path,
     count: int,
@@ -341,63 +638,19 @@ def pick_frames(
     threads: int | None = None,
     limits: Limits | None = None,
 ) -> Video:
-    """`count` frames of a video at `fps` (None: native) from `start_s`, streamed so
-    only the chosen frames are kept in memory.
+    """`count` frames of a video at `fps` (None: native) from `start_s`, as one array:
+    `PickedFrames` collected (only the chosen frames are kept in memory).
 
     A video too short for `count` frames is an error that offers the fixes, unless
     `loop=True`, which wraps around to the start. `threads`: decoder threads (None:
     ffmpeg's default); the frames do not depend on it. `limits`: as for `read_video`, and
     `count` may be at most `limits.max_frames`.
     """
-    path = Path(path)
-    if count < 1:
-        raise VideoError(f"Asked for {count} frames from {path.name}: ask for at least one.")
-    if not math.isfinite(start_s) or start_s < 0:
-        raise VideoError(f"The start time must be >= 0 s, got {start_s}.")
-    if fps is not None and not math.isfinite(fps):
-        raise VideoError(f"The fps must be a finite number (or None for every frame), got {fps}.")
-    if limits is not None and count > limits.max_frames:
-        raise VideoLimitError(
-            f"Asked for {count:,} frames from {path.name}; at most {limits.max_frames:,} are allowed per job; "
-            f"{how_to_raise('max_frames')}."
-        )
-    info = _probe(path, limits)
-    meta, frames_iter = iter_frames(path, threads, info)
-    source_fps = float(meta.get("fps") or 0.0) or 16.0
-    wanted = sample_indices(source_fps, fps, start_s, count)
-    positions = {}
-    for position, index in enumerate(wanted):
-        positions.setdefault(index, []).append(position)
-    picked = _FrameBuffer(meta, count)
-    filled = [False] * count
-    total = 0
-    for index, frame in enumerate(frames_iter):
-        total = index + 1
-        for position in positions.get(index, ()):
-            picked.put(position, frame)
-            filled[position] = True
-        if index >= wanted[-1]:
-            frames_iter.close()
-            break
-    if total == 0:
-        raise VideoError(f"{path.name} contains no frames: pick another video or re-export it.")
-    missing = [k for k in range(count) if not filled[k]]
-    if missing:
-        if not loop:
-            available = missing[0]
-            duration = total / source_fps
-            raise VideoTooShortError(
-                f"{path.name} is {duration:.2f} s long ({total} frames at {source_fps:g} fps); from {start_s:g} s at "
-                f"{fps or source_fps:g} fps it gives {available} frames but {count} are needed. Lower the frame count, "
-                "lower the fps, start earlier, or loop the video.",
-                available_frames=available,
-            )
-        # Second pass: wrap the missing source indices around the video's real length.
-        wrapped = {k: wanted[k] % total for k in missing}
-        video = read_video(path, max_frames=max(wrapped.values()) + 1, threads=threads, limits=limits)
-        for k, index in wrapped.items():
-            picked.put(k, video.frames[index])
-    return Video(frames=picked.result(count), fps=float(fps) if fps else source_fps)
+    picked = PickedFrames(path, count, fps, start_s, loop, threads, limits)
+    buffer = _FrameBuffer(picked.meta, count)
+    for position, frame in enumerate(picked):
+        buffer.put(position, frame)
+    return Video(frames=buffer.result(count), fps=picked.fps)
 
 
 def _even(frames: np.ndarray) -> np.ndarray:
@@ -423,58 +676,16 @@ def write_video(path: str | Path, frames, fps: float = 16.0, audio_path: str | P
     """Writes H.264 mp4 (yuv420p, even sizes), optionally muxing an audio file (AAC).
 
     `frames` is an array/list, or any iterable of (H, W, 3) frames, which is streamed to
-    the encoder one frame at a time (long outputs never sit in memory whole). The audio
-    file is probed like every input (`dynamictrl.probe`) before a frame is encoded.
+    the encoder one frame at a time (long outputs never sit in memory whole); see
+    `VideoWriter` for frames that arrive in runs. The audio file is probed like every
+    input (`dynamictrl.probe`) before a frame is encoded.
     """
     path = Path(path)
-    audio = media.probe(audio_path, media.AUDIO, VideoError) if audio_path else None
-    if audio is not None and not audio.has_audio:
-        raise VideoError(f"{Path(audio_path).name} has no audio track to add to {path.name}.")
-    if isinstance(frames, (list, np.ndarray)) or hasattr(frames, "shape"):
-        stream = iter(_even(to_uint8_frames(frames)))
-    else:
-        stream = (_even(to_uint8_frames([frame]))[0] for frame in frames)
-    first = next(stream, None)
-    if first is None:
-        raise VideoError(f"No frames to write to {path.name}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = first.shape[:2]
-    # Encoded under a temporary name: a failure or cancellation mid-stream leaves no
-    # truncated video where a finished one is expected.
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    writer = imageio_ffmpeg.write_frames(
-        str(partial),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        quality=quality,
-        macro_block_size=1,
-    )
-    writer.send(None)
-    # imageio-ffmpeg never looks at ffmpeg's exit status: an ffmpeg that was killed or could
-    # not write (a full disk) would leave a truncated file to be renamed into place. The
-    # process is the generator's local `p` (imageio-ffmpeg 0.8, pinned; tests/test_faults.py
-    # fails if that changes).
-    process = writer.gi_frame.f_locals["p"]
-    try:
-        writer.send(np.ascontiguousarray(first))
-        for frame in stream:
-            if frame.shape[:2] != (height, width):
-                raise VideoError(f"Frame size changed from {width}x{height} to {frame.shape[1]}x{frame.shape[0]}.")
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-        status = process.wait()
-        if status != 0:
-            raise VideoError(f"ffmpeg stopped with exit status {status} while writing {path.name} (killed, or the "
-                             "disk is full?); nothing was written.")
-        if audio is not None:
-            _add_audio(partial, audio, path.name)
-        os.replace(partial, path)  # inside: if `path` cannot be replaced, no partial file stays
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
+    if isinstance(frames, (list, np.ndarray)):
+        frames = to_uint8_frames(frames)
+    with VideoWriter(path, fps, audio_path, quality) as writer:
+        for frame in frames:
+            writer.write(frame)
     return path
 
 
@@ -525,21 +736,3 @@ def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float
     if limits is not None:
         driving = min(driving, limits.max_frames - 1)
     return driving // 4 * 4 + 1
-
-
-def check_video_memory(path: str | Path, limit_gb: float, fix: str = "trim it or lower its resolution") -> int:
-    """Raises VideoError if all decoded frames of `path` would take more than `limit_gb`;
-    returns the frame count. Counts packets (no decoding)."""
-    path = Path(path)
-    info = probe_video(path)
-    meta, frames_iter = iter_frames(path, info=info)
-    frames_iter.close()
-    total = count_frames(info)
-    width, height = meta["size"]
-    needed_gb = total * width * height * 3 / 1024**3
-    if needed_gb > limit_gb:
-        raise VideoError(
-            f"{path.name} has {total} frames of {width}x{height}: {needed_gb:.1f} GB decoded, more than the "
-            f"{limit_gb:g} GB allowed; {fix}."
-        )
-    return total

@@ -186,7 +186,7 @@ def pose_frames(count: int):
 
 def generated(check_image=None):
     def check(result, case, corpus):
-        assert result.frames.shape == (9, 64, 48, 3) and result.video_path.is_file() and result.manifest_path.is_file()
+        assert result.num_frames == 9 and result.video_path.is_file() and result.manifest_path.is_file()
         note = check_image(load_image(corpus / case.file)) if check_image else ""
         return "generated 9 frames" + (f"; {note}" if note else "")
 

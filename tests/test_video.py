@@ -152,15 +152,6 @@ def test_a_failing_stream_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_check_video_memory(tmp_path):
-    from dynamictrl.video import check_video_memory
-
-    path = write_video(tmp_path / "m.mp4", gradient_frames(10))
-    assert check_video_memory(path, 1.0) == 10
-    with pytest.raises(VideoError, match="trim it"):
-        check_video_memory(path, 1e-6)
-
-
 def test_longest_pose_clip_counts_driving_frames_at_the_fps(tmp_path):
     from dynamictrl.video import longest_pose_clip
 

@@ -193,6 +193,7 @@ def run_tiktok(
             video_settings,
             driving_video_path=driving_path,
             pose_settings=PoseSettings(retarget="none", fps=settings.fps),
+            return_frames=True,  # the metrics compare the frames themselves, not the mp4
         )
         gt = np.stack([cover_crop(frame, video_settings.width, video_settings.height) for frame in frames[:num_frames]])
         pred = result.frames

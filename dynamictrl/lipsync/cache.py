@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .face import FaceBox
-from .pipeline import Avatar
+from .pipeline import Avatar, PackedMasks
 from .settings import LipSyncSettings
 
 FORMAT_VERSION = 1
@@ -98,8 +98,13 @@ class AvatarCache:
             },
             str(partial / "avatar.safetensors"),
         )
-        np.savez_compressed(partial / "masks.npz",
-                            **{str(i): mask for i, mask in enumerate(avatar.masks) if mask is not None})
+        # An .npz written one mask at a time (what np.savez_compressed writes, without
+        # unpacking every mask at once).
+        with zipfile.ZipFile(partial / "masks.npz", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for i, mask in enumerate(avatar.masks):
+                if mask is not None:
+                    with archive.open(f"{i}.npy", "w", force_zip64=True) as entry:
+                        np.lib.format.write_array(entry, np.asarray(mask), allow_pickle=False)
         height, width = avatar.frames.shape[1:3]
         meta = {"version": FORMAT_VERSION, "fps": avatar.fps, "num_frames": avatar.num_frames,
                 "height": height, "width": width}
@@ -117,8 +122,10 @@ class AvatarCache:
             if meta.get("version") != FORMAT_VERSION:
                 return None
             tensors = load_file(str(folder / "avatar.safetensors"))
-            with np.load(folder / "masks.npz") as stored:
-                masks = {int(name): stored[name] for name in stored.files}
+            boxes_array = tensors["boxes"]
+            with np.load(folder / "masks.npz") as stored:  # packed as they are read
+                names = set(stored.files)
+                masks = PackedMasks(stored[str(i)] if str(i) in names else None for i in range(len(boxes_array)))
         except (OSError, ValueError, KeyError, AttributeError, SafetensorError, zipfile.BadZipFile) as error:
             # A damaged entry (disk full, killed mid-copy) costs a recomputation, never a crash.
             logger.warning("ignoring unreadable lip-sync avatar cache entry %s: %s", folder, error)
@@ -131,7 +138,6 @@ class AvatarCache:
         # present exactly where a face box is.
         crop_boxes = [None if box is None else tuple(int(v) for v in row)
                       for box, row in zip(boxes, tensors["crop_boxes"])]
-        masks = [masks.get(i) for i in range(len(boxes))]
         faced = [i for i, box in enumerate(boxes) if box is not None]
         rows = {frame: row for row, frame in enumerate(faced)}
         return Avatar(frames, float(meta["fps"]), boxes, tensors["latents"],

@@ -6,11 +6,17 @@
 
 Everything that depends only on the video (boxes, latents, blend masks) is an `Avatar`,
 computed once by `prepare_avatar` and cached (`cache.py`), so each new audio clip costs
-only whisper, the UNet and the VAE decoder. MuseTalk is not a diffusion sampler: no
+only whisper, the UNet and the VAE decoder.
+
+The video's frames are streamed: an avatar's `frames` may be a `video.VideoFrames`, which
+decodes frames when they are read and keeps only a bounded number of them, so
+preparation reads them once in order and blending reads them in playback order
+(forward, and backward for ping-pong); no stage holds the whole video. MuseTalk is not a diffusion sampler: no
 scheduler, noise or guidance.
 """
 
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +34,36 @@ LATENT_SCALE = 0.18215  # MuseTalk hard-codes SD-1.x's factor (sd-vae-ft-mse's c
 ProgressCallback = Callable[[float, str], None]
 
 
+class PackedMasks(Sequence):
+    """Blend masks (uint8, crop-box sized, or None) kept zlib-compressed: a feathered mask
+    is mostly 0 and 255 and packs to a few KiB, so a long video's masks stay small in
+    memory. Reading one unpacks it, bit for bit."""
+
+    def __init__(self, masks: Iterable[np.ndarray | None] = ()):
+        self._packed: list[tuple[bytes, tuple[int, ...]] | None] = []
+        for mask in masks:
+            self.append(mask)
+
+    def append(self, mask: np.ndarray | None) -> None:
+        if mask is None:
+            self._packed.append(None)
+            return
+        mask = np.ascontiguousarray(mask, dtype=np.uint8)
+        self._packed.append((zlib.compress(mask.tobytes(), 1), mask.shape))
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        packed = self._packed[index]
+        if packed is None:
+            return None
+        data, shape = packed
+        return np.frombuffer(zlib.decompress(data), dtype=np.uint8).reshape(shape)
+
+
 class NoFaceError(ValueError):
     """No frame of the video shows a face that lip-sync could repaint."""
 
@@ -36,12 +72,14 @@ class NoFaceError(ValueError):
 class Avatar:
     """Everything lip-sync needs from the video, independent of the audio."""
 
-    frames: np.ndarray  # (N, H, W, 3) uint8 RGB source frames
+    # (N, H, W, 3) uint8 RGB source frames: an array, or a sequence with `len` and
+    # indexing that decodes on demand (`video.VideoFrames`)
+    frames: "np.ndarray | Sequence[np.ndarray]"
     fps: float
     boxes: list[FaceBox | None]  # None: no face in that frame, which is left as it is
     latents: torch.Tensor  # (F, 8, 32, 32) on the CPU: [masked, reference] of each face frame
     latent_rows: list[int | None]  # frame -> row of `latents`
-    masks: list[np.ndarray | None]  # feathered blend mask per frame (crop-box sized, uint8)
+    masks: "PackedMasks | list[np.ndarray | None]"  # feathered blend mask per frame (crop-box sized, uint8)
     crop_boxes: list[tuple[int, int, int, int] | None]
 
     @property
@@ -132,15 +170,20 @@ class LipSyncPipeline:
         count = len(crops)
         return torch.cat([latents[:count], latents[count:]], dim=1).float().cpu()
 
-    def prepare_avatar(self, frames: np.ndarray, fps: float, poses: list[FramePose], settings: LipSyncSettings,
+    def prepare_avatar(self, frames, fps: float, poses: list[FramePose], settings: LipSyncSettings,
                        progress: ProgressCallback | None = None) -> Avatar:
-        """Boxes, latents and blend masks of every frame (`poses` from our DWPose detector)."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or len(frames) == 0:
+        """Boxes, latents and blend masks of every frame (`poses` from our DWPose detector).
+
+        `frames`: an (N, H, W, 3) array or a sequence with `len` and indexing
+        (`video.VideoFrames`); the frames with a face are read once each, in order, one
+        batch at a time."""
+        if isinstance(frames, np.ndarray) and frames.ndim != 4:
+            raise ValueError("The video has no frames to lip-sync.")
+        if len(frames) == 0:
             raise ValueError("The video has no frames to lip-sync.")
         if len(poses) != len(frames):
             raise ValueError(f"Got {len(poses)} pose records for {len(frames)} frames.")
-        height, width = frames.shape[1:3]
+        height, width = np.asarray(frames[0]).shape[:2]
         boxes = face_boxes(poses, height, width, settings.bbox_shift, settings.extra_margin)
         faced = [i for i, box in enumerate(boxes) if box is not None]
         if not faced:
@@ -149,18 +192,24 @@ class LipSyncPipeline:
                 "character's face visible and turned towards the camera; check the video, or the pose preview of "
                 "the Motion step for missing face points."
             )
-        latents, masks, crop_boxes = [], [None] * len(frames), [None] * len(frames)
+        latents, masks, crop_boxes = [], PackedMasks(), [None] * len(frames)
         for done, batch in enumerate(_batches(faced, settings.batch_size)):
-            latents.append(self.encode_faces(np.stack([crop_face(frames[i], boxes[i]) for i in batch])))
-            large = [face_large(frames[i], boxes[i].as_tuple()) for i in batch]
+            images = [np.asarray(frames[i]) for i in batch]  # each frame read once
+            latents.append(self.encode_faces(np.stack([crop_face(image, boxes[i]) for image, i in zip(images, batch)])))
+            large = [face_large(image, boxes[i].as_tuple()) for image, i in zip(images, batch)]
+            del images
             labels = self.models.parser.parse([image for image, _ in large], batch_size=settings.batch_size)
             for i, (_, crop_box), label in zip(batch, large, labels):
-                masks[i] = blend_mask(label, boxes[i].as_tuple(), crop_box, settings.parsing_mode,
-                                      settings.left_cheek_width, settings.right_cheek_width)
+                while len(masks) < i:  # frames without a face before this one
+                    masks.append(None)
+                masks.append(blend_mask(label, boxes[i].as_tuple(), crop_box, settings.parsing_mode,
+                                        settings.left_cheek_width, settings.right_cheek_width))
                 crop_boxes[i] = crop_box
             _report(progress, min(1.0, (done + 1) * settings.batch_size / len(faced)),
                     f"Lip-sync: preparing faces {min(len(faced), (done + 1) * settings.batch_size)}/{len(faced)}")
         rows = {frame: row for row, frame in enumerate(faced)}
+        while len(masks) < len(frames):
+            masks.append(None)
         return Avatar(frames, float(fps), boxes, torch.cat(latents), [rows.get(i) for i in range(len(frames))],
                       masks, crop_boxes)
 

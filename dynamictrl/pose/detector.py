@@ -28,7 +28,7 @@ person crops of several frames into one pose-model call where the ONNX file allo
 import functools
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -519,12 +519,18 @@ class DWPoseDetector:
 
     def detect_video(
         self,
-        frames: Sequence[np.ndarray] | np.ndarray,
+        frames: Iterable[np.ndarray],
         detect_every: int = 1,
         batch_size: int = 8,
         progress: ProgressCallback | None = None,
+        total: int | None = None,
     ) -> list[FramePose]:
         """Poses of every frame (RGB uint8 (H, W, 3) each).
+
+        `frames` may be any iterable (a decoder's frame stream): each frame is read once,
+        in order, and only its person crops are kept until its batch is run, so a long
+        video is never held whole. `total`: the frame count for progress messages when
+        `frames` has no `len` (an estimate is fine).
 
         The detector runs on frames 0, N, 2N, ... (`detect_every=N`); the frames between
         reuse the last boxes found (scaled if a frame has another size). Person crops of
@@ -537,14 +543,30 @@ class DWPoseDetector:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        total = len(frames)
-        results: list[FramePose | None] = [None] * total
+        # Batches are cut exactly where they were for a list (the last one at its last
+        # frame); a stream without `len` flushes its last batch when it ends.
+        length = len(frames) if hasattr(frames, "__len__") else None
+        total = length if total is None else total
+        results: list[FramePose | None] = []
         pending: list[_Pending] = []
         crops: list[np.ndarray] = []
         boxes, boxes_hw = None, None
         done = 0
-        for index in range(total):
-            image = check_image(frames[index], "image" if total == 1 else f"frame {index}")
+
+        def finish():
+            nonlocal done, pending, crops
+            start = time.perf_counter()
+            self._finish(pending, crops, batch_size, results)
+            self.stats.pose_seconds += time.perf_counter() - start
+            done += len(pending)
+            pending, crops = [], []
+            if progress is not None:
+                shown = max(total or 0, done)
+                progress(done / shown, f"DWPose: {done}/{shown} frames")
+
+        for index, frame in enumerate(frames):
+            image = check_image(frame, "image" if length == 1 else f"frame {index}")
+            results.append(None)
             height, width = image.shape[:2]
             if index % detect_every == 0 or boxes is None:
                 boxes, boxes_hw = self._detect_boxes(image), (height, width)
@@ -552,21 +574,17 @@ class DWPoseDetector:
                 factor = np.array([width / boxes_hw[1], height / boxes_hw[0]] * 2)
                 boxes, boxes_hw = boxes * factor, (height, width)
             start = time.perf_counter()
-            frame = _Pending(index, height, width, boxes, [], [], len(crops))
+            pending_frame = _Pending(index, height, width, boxes, [], [], len(crops))
             for box in boxes:
                 crop, center, scale = crop_person(image, box, self.pose_input_size)
                 crops.append(crop)
-                frame.centers.append(center)
-                frame.scales.append(scale)
-            pending.append(frame)
+                pending_frame.centers.append(center)
+                pending_frame.scales.append(scale)
+            pending.append(pending_frame)
             self.stats.crops += len(boxes)
             self.stats.pose_seconds += time.perf_counter() - start
-            if len(crops) >= batch_size or index == total - 1:
-                start = time.perf_counter()
-                self._finish(pending, crops, batch_size, results)
-                self.stats.pose_seconds += time.perf_counter() - start
-                done += len(pending)
-                pending, crops = [], []
-                if progress is not None:
-                    progress(done / total, f"DWPose: {done}/{total} frames")
+            if len(crops) >= batch_size or index == (length or 0) - 1:
+                finish()
+        if pending:
+            finish()
         return results
