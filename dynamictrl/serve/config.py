@@ -72,6 +72,8 @@ class ServeConfig:
         if not isinstance(self.processes_per_replica, int) or self.processes_per_replica < 1:
             raise ValueError(f"processes_per_replica (--gpus-per-replica) must be a whole number >= 1, "
                              f"got {self.processes_per_replica!r}.")
+        if self.processes_per_replica == 1 and not self.parallel:
+            return  # one process: nothing to lay out (and torch stays unimported in the gateway)
         layout = self.layout
         if layout.world_size != self.processes_per_replica:
             raise ValueError(f"--parallel {layout} needs {layout.world_size} processes, but each replica has "
