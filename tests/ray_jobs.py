@@ -47,8 +47,7 @@ def fail_on_rank(job, context):
     def progress(fraction, message):
         if context.rank == job["rank"] and message.startswith("denoising step"):
             raise RuntimeError(f"injected failure on rank {context.rank}")
-        if context.progress is not None:
-            context.progress(fraction, message)
+        context.progress(fraction, message)
 
     inner = {key: value for key, value in job.items() if key not in ("rank", "pids")} | {"kind": "generate"}
     return replace(context, progress=progress).run(inner)

@@ -581,6 +581,18 @@ class TestProcessGroupReplica:
         status = group_client.system_status()
         assert "2 processes (ulysses=2,ring=1,cfg=1) on cpu" in status["device"]
 
+    def test_a_cancel_ends_the_running_job_and_its_processes(self, group_client):
+        before = group_client.system_status()["replicas"][0]["group_pids"]  # reported after the job above
+        assert len(before) == 2
+        job_id = group_client.submit({"kind": "sleep", "seconds": 30})  # custom kinds run on every rank
+        wait_for(lambda: group_client.status(job_id)["fraction"] > 0, 30, "the sleep job reporting from rank 0")
+        started = time.monotonic()
+        group_client.cancel(job_id)
+        wait_for(lambda: group_client.status(job_id)["state"] == "cancelled", 20, "the job cancelled")
+        assert time.monotonic() - started < 20
+        assert not [pid for pid in before if Path(f"/proc/{pid}").exists()]  # the group was ended, and reaped
+
+    # Runs after the cancel above: the replica starts a new group for it.
     def test_a_failing_rank_ends_the_job_and_its_processes(self, group_client, serve_root, tmp_path):
         pids = tmp_path / "pids"
         job = {"kind": "fail_on_rank", "rank": 1, "pids": str(pids), "image": str(serve_root / "ref.png"),

@@ -544,7 +544,8 @@ def build_app(config: ServeConfig, replicas: int | None = None, min_replicas: in
     process per GPU), or, with `config.device` "cpu", for N x `cpus_per_replica` CPUs."""
     processes = config.processes_per_replica
     if processes > 1:
-        gpus_per_replica = replica_gpus(config, gpus_per_replica, cluster_gpus())
+        on_cpu = (config.device or "").startswith("cpu")
+        gpus_per_replica = replica_gpus(config, gpus_per_replica, 0.0 if on_cpu else cluster_gpus())
         cpus_per_replica = cpus_per_replica * (processes if gpus_per_replica == 0 else 1)
     elif gpus_per_replica is None:
         gpus_per_replica = 1.0 if cluster_gpus() > 0 else 0.0

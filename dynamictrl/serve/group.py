@@ -284,7 +284,8 @@ def _rank_main(fd: int) -> int:
             return 0
         job = message[1]
         main = rank == 0
-        context = JobContext(studio, progress=progress if main else None, outputs_dir=Path(config.outputs_dir),
+        # The other ranks report nothing, but get a callable: job kinds call progress unguarded.
+        context = JobContext(studio, progress=progress if main else (lambda fraction, message: None), outputs_dir=Path(config.outputs_dir),
                              allowed_roots=config.allowed_roots, extra_kinds=extra_kinds,
                              preview=preview if main else None, rank=rank)
         try:
