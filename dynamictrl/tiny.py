@@ -34,14 +34,15 @@ def save_tiny_weights(folder: str | Path) -> Path:
     return folder
 
 
-def tiny_studio(folder: str | Path):
+def tiny_studio(folder: str | Path, parallel=None):
     """A CPU `Studio` over tiny weights in `folder`, with the tiny SAM registered under the
-    name the studio uses (real SAM checkpoints are checked against the official file size)."""
+    name the studio uses (real SAM checkpoints are checked against the official file size).
+    `parallel`: as `Studio(parallel=...)` (one rank of a process group on gloo)."""
     from .segment import Segmenter
     from .studio import Studio
     from .testing.sam import build_tiny_sam
 
     save_tiny_weights(folder)
-    studio = Studio(weights_dir=folder, device="cpu", cache_dir=Path(folder) / "cache")
+    studio = Studio(weights_dir=folder, device="cpu", cache_dir=Path(folder) / "cache", parallel=parallel)
     studio.manager.register("sam.vit_b", lambda: Segmenter(build_tiny_sam(), device="cpu"))
     return studio

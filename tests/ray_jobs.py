@@ -34,4 +34,24 @@ def sleep(job, context):
             "elapsed_s": round(time.perf_counter() - started, 3)}
 
 
-KINDS = {"crash_once": "ray_jobs:crash_once", "crash_always": "ray_jobs:crash_always", "sleep": "ray_jobs:sleep"}
+def fail_on_rank(job, context):
+    """A generate job whose rank `job["rank"]` of a multi-process replica raises at its
+    first denoising step, when the other ranks go on into the next step's collectives and
+    wait for it there. Every rank first leaves its pid in `job["pids"]` (a folder)."""
+    from dataclasses import replace
+
+    pids = Path(job["pids"])
+    pids.mkdir(exist_ok=True)
+    (pids / str(context.rank)).write_text(str(os.getpid()))
+
+    def progress(fraction, message):
+        if context.rank == job["rank"] and message.startswith("denoising step"):
+            raise RuntimeError(f"injected failure on rank {context.rank}")
+        context.progress(fraction, message)
+
+    inner = {key: value for key, value in job.items() if key not in ("rank", "pids")} | {"kind": "generate"}
+    return replace(context, progress=progress).run(inner)
+
+
+KINDS = {"crash_once": "ray_jobs:crash_once", "crash_always": "ray_jobs:crash_always", "sleep": "ray_jobs:sleep",
+         "fail_on_rank": "ray_jobs:fail_on_rank"}

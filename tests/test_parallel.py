@@ -118,14 +118,24 @@ def test_fused_qkv_keeps_our_processor(tiny_weights):
 # ------------------------------------------------------------------ several processes
 @pytest.fixture(scope="module")
 def single_process_frames(tiny_pipe):
-    return {clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.CLIPS}
+    """One process's frames per clip, for the tiny transformer (None) and for the 4-head
+    one (`heads4`); offload variants must reproduce the plain frames."""
+    frames = {None: {clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.CLIPS}}
+    undo = parallel_worker.apply_variant(tiny_pipe, "heads4")
+    try:
+        frames["heads4"] = {clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.clips_for("heads4")}
+    finally:
+        undo()
+    return frames
 
 
 @pytest.mark.parametrize(
     "world_size,layouts",
     [
-        (2, ["ulysses=2", "ring=2", "cfg=2"]),
-        (4, ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2"]),
+        # Memory tiers x parallelism: the model and group tiers' offload hooks around Ulysses.
+        (2, ["ulysses=2", "ring=2", "cfg=2", "ulysses=2+offload=model", "ulysses=2+offload=group"]),
+        # ulysses=4 splits 4 heads: the 4-head transformer (the tiny one has 2).
+        (4, ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2", "ulysses=4+heads4"]),
     ],
 )
 def test_processes_reproduce_the_single_process_video(tiny_weights, single_process_frames, tmp_path, world_size,
@@ -134,9 +144,11 @@ def test_processes_reproduce_the_single_process_video(tiny_weights, single_proce
                       ";".join(layouts), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     for text in layouts:
-        layout = parallel.ParallelLayout.parse(text)
-        for clip, expected in single_process_frames.items():
-            frames = np.load(tmp_path / f"{layout}-{clip}.npy")
+        _layout, variant, name = parallel_worker.parse_entry(text)
+        reference = single_process_frames["heads4" if variant == "heads4" else None]
+        for clip in parallel_worker.clips_for(variant):
+            expected = reference[clip]
+            frames = np.load(tmp_path / f"{name}-{clip}.npy")
             assert frames.shape == expected.shape
             assert rel_l2(frames, expected) < 1e-5, (text, clip)
 

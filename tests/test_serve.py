@@ -104,8 +104,9 @@ def serve_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_frames(serve_root) -> np.ndarray:
-    """A local run of the same job, decoded from its mp4 as the remote results are."""
+def reference_run(serve_root) -> tuple[np.ndarray, list]:
+    """A local run of the same job, decoded from its mp4 as the remote results are, and its
+    live previews (every step; previews only read the latents)."""
     import torch
 
     from dynamictrl.tiny import tiny_studio
@@ -113,12 +114,25 @@ def reference_frames(serve_root) -> np.ndarray:
     studio = tiny_studio(serve_root / "weights")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a replica with num_cpus=1 (Ray sets OMP_NUM_THREADS=1)
+    previews = []
     try:
         studio.generate(serve_root / "ref.png", serve_root / "local" / "ref_run.mp4", tiny_settings(),
-                        pose_video_path=serve_root / "pose.mp4")
+                        pose_video_path=serve_root / "pose.mp4", preview=previews.append, preview_every=1)
     finally:
         torch.set_num_threads(threads)
-    return read_video(serve_root / "local" / "ref_run.mp4").frames
+    return read_video(serve_root / "local" / "ref_run.mp4").frames, previews
+
+
+@pytest.fixture(scope="session")
+def reference_frames(reference_run) -> np.ndarray:
+    return reference_run[0]
+
+
+def close_to(frames: np.ndarray, reference: np.ndarray) -> bool:
+    """The H.264 tolerance of tests/test_parallel.py: several processes add float noise
+    that flips a few uint8 values, which the encoder may spread to neighbouring levels."""
+    difference = np.abs(frames.astype(int) - reference.astype(int))
+    return frames.shape == reference.shape and difference.mean() < 0.05 and difference.max() <= 4
 
 
 @pytest.mark.ray
@@ -412,6 +426,46 @@ class TestService:
         assert answer["outputs"]["video"] == str(out)
         np.testing.assert_array_equal(read_video(out).frames, reference_frames)
 
+    def test_live_previews_reach_the_caller(self, service, client, serve_root, reference_run, tmp_path):
+        """The job's status carries the latest preview; RemoteStudio hands it out as a local
+        Studio does: the last one (step 2 of 2) has the local run's pixels."""
+        local = reference_run[1][-1]
+        over_http = RemoteStudio(url=service["url"], poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, token=TOKEN)
+        for name, studio in (("handle", client), ("http", over_http)):
+            seen = []
+            studio.generate(serve_root / "ref.png", tmp_path / f"{name}.mp4", tiny_settings(),
+                            pose_video_path=serve_root / "pose.mp4", preview=seen.append, preview_every=1)
+            assert seen and [p.step for p in seen] == sorted({p.step for p in seen}), name  # each picture once
+            last = seen[-1]
+            assert (last.step, last.steps) == (2, 2) and last.frames.shape == local.frames.shape == (3, 8, 6, 3)
+            np.testing.assert_array_equal(last.frames, local.frames)
+        # Without preview_after the status stays small: the step only.
+        job_id = client.submit({"kind": "sleep", "seconds": 0})
+        client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+        status = client.status(job_id)
+        assert status["preview_step"] is None and "preview" not in status
+
+    def test_a_playlist_is_refused_by_name(self, client, serve_root, tmp_path):
+        """Issue 15 through the gateway: an HLS playlist naming a local video, as the pose or
+        the driving video, by value and through the shared folder, is refused by what it is."""
+        from tests import test_badinputs
+        from tests.badinputs.make_corpus import PROBE_CASES, write_playlist
+
+        playlist = write_playlist(serve_root / "playlist.m3u8", serve_root / "pose.mp4")
+        shared = RemoteStudio(app_name=APP, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, transfer="shared")
+        cases = {case.name: case for case in PROBE_CASES}
+        for name, role in (("hls_playlist_pose", "pose_video_path"), ("hls_playlist_driving", "driving_video_path")):
+            for transfer, studio in (("by value", client), ("shared folder", shared)):
+                out = (serve_root / "outputs" if transfer == "shared folder" else tmp_path) / f"{name}.mp4"
+                started = time.monotonic()
+                with pytest.raises(ValueError, match=r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not a video file") as error:
+                    studio.generate(serve_root / "ref.png", out, tiny_settings(), **{role: playlist})
+                assert not out.exists() and not out.with_suffix(".json").exists()
+                test_badinputs.RESULTS.append({
+                    "case": name, "stage": cases[name].stage, "what": cases[name].what, "expected": cases[name].expected,
+                    "via": f"Ray {transfer}", "outcome": f"{type(error.value).__name__}: {error.value}",
+                    "seconds": round(time.monotonic() - started, 2), "passed": True})
+
     def test_replica_dying_every_time_is_a_clear_error_not_a_hang(self, client):
         started = time.monotonic()
         with pytest.raises(RemoteJobError, match="died 1 time"):
@@ -491,6 +545,118 @@ class TestBatch:
         report = capsys.readouterr().out
         assert "6 job(s): 0 done, 5 skipped (already done), 1 failed" in report
         assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # starts two processes inside a replica (~60 s with its deploy on 2 cores)
+class TestProcessGroupReplica:
+    """`serve --gpus-per-replica 2 --device cpu`: one replica whose two processes (gloo,
+    ulysses=2) run each job together. Deployed after TestService is gone (Ray has 2 CPUs)."""
+
+    @pytest.fixture(scope="class")
+    def group_client(self, ray_session, serve_root):
+        from ray import serve
+
+        from dynamictrl.serve.deployment import deploy
+        from tests.ray_jobs import KINDS
+
+        config = ServeConfig(weights_dir=str(serve_root / "weights"), tiny=True, device="cpu",
+                             outputs_dir=str(serve_root / "outputs"), shared_dirs=[str(serve_root)], extra_kinds=KINDS,
+                             job_timeout_s=JOB_TIMEOUT_S, processes_per_replica=2)
+        deploy(config, name=APP + "-group", port=free_port(), replicas=1, gpus_per_replica=None, timeout_s=240)
+        try:
+            yield RemoteStudio(app_name=APP + "-group", poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
+        finally:
+            serve.delete(APP + "-group")  # frees the two CPUs for the batch tests
+
+    def test_one_job_on_two_processes_gives_the_single_process_video(self, group_client, serve_root, reference_run,
+                                                                     tmp_path):
+        seen = []
+        result = group_client.generate(serve_root / "ref.png", tmp_path / "group.mp4", tiny_settings(),
+                                       pose_video_path=serve_root / "pose.mp4", preview=seen.append, preview_every=1)
+        assert close_to(read_video(result.video_path).frames, reference_run[0])
+        manifest = json.loads(result.manifest_path.read_text())
+        assert manifest["parallel"] == {"ulysses": 2, "ring": 1, "cfg": 1}
+        assert seen[-1].step == 2 and seen[-1].frames.shape == reference_run[1][-1].frames.shape  # rank 0's previews
+        status = group_client.system_status()
+        assert "2 processes (ulysses=2,ring=1,cfg=1) on cpu" in status["device"]
+
+    def test_a_cancel_ends_the_running_job_and_its_processes(self, group_client):
+        before = group_client.system_status()["replicas"][0]["group_pids"]  # reported after the job above
+        assert len(before) == 2
+        job_id = group_client.submit({"kind": "sleep", "seconds": 30})  # custom kinds run on every rank
+        wait_for(lambda: group_client.status(job_id)["fraction"] > 0, 30, "the sleep job reporting from rank 0")
+        started = time.monotonic()
+        group_client.cancel(job_id)
+        wait_for(lambda: group_client.status(job_id)["state"] == "cancelled", 20, "the job cancelled")
+        assert time.monotonic() - started < 20
+        assert not [pid for pid in before if Path(f"/proc/{pid}").exists()]  # the group was ended, and reaped
+
+    # Runs after the cancel above: the replica starts a new group for it.
+    def test_a_failing_rank_ends_the_job_and_its_processes(self, group_client, serve_root, tmp_path):
+        pids = tmp_path / "pids"
+        job = {"kind": "fail_on_rank", "rank": 1, "pids": str(pids), "image": str(serve_root / "ref.png"),
+               "pose_video": str(serve_root / "pose.mp4"), "out": "fail_on_rank.mp4",
+               "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2}}
+        started = time.monotonic()
+        with pytest.raises(RemoteJobError, match="Process 1 of the replica's 2 failed: RuntimeError: injected failure on rank 1"):
+            group_client.wait(group_client.submit(job), timeout_s=JOB_TIMEOUT_S)
+        assert time.monotonic() - started < 60
+        ranks = {int(path.name): int(path.read_text()) for path in pids.iterdir()}
+        assert sorted(ranks) == [0, 1]
+        # Rank 0 waited for rank 1 in a collective: the replica ended both (and reaped them).
+        assert not [pid for pid in ranks.values() if Path(f"/proc/{pid}").exists()]
+        assert not (serve_root / "outputs" / "fail_on_rank.mp4").exists()
+
+
+def test_gpus_per_replica_becomes_a_process_group():
+    """`--gpus-per-replica N` (N > 1): N processes per replica, N GPUs asked of Ray, or N
+    CPUs with --device cpu; clear refusals otherwise (no Ray needed)."""
+    from dynamictrl.serve.deployment import build_app, replica_gpus
+
+    assert serve_cli.processes_per_replica(None, None) == 1 and serve_cli.processes_per_replica(0.5, None) == 1
+    assert serve_cli.processes_per_replica(4.0, "cfg=2,ulysses=2") == 4
+    with pytest.raises(ValueError, match="whole number"):
+        serve_cli.processes_per_replica(2.5, None)
+    with pytest.raises(ValueError, match="--gpus-per-replica N"):
+        serve_cli.processes_per_replica(1, "ulysses=2")
+    with pytest.raises(ValueError, match="needs 4 processes, but each replica has 2"):
+        ServeConfig(processes_per_replica=2, parallel="cfg=2,ulysses=2")
+    assert str(ServeConfig(processes_per_replica=4).layout) == "ulysses=4,ring=1,cfg=1"
+    gpu = ServeConfig(processes_per_replica=2)
+    assert replica_gpus(gpu, None, 8) == 2.0 and replica_gpus(gpu, 2.0, 8) == 2.0
+    with pytest.raises(ValueError, match="no GPUs. Add --device cpu"):
+        replica_gpus(gpu, None, 0)
+    with pytest.raises(ValueError, match="only 1 GPU"):
+        replica_gpus(gpu, None, 1)
+    cpu = ServeConfig(processes_per_replica=2, device="cpu")
+    worker = build_app(cpu, replicas=1, runtime_env={})._bound_deployment.init_args[0]._bound_deployment
+    assert worker.ray_actor_options == {"num_gpus": 0.0, "num_cpus": 2.0}
+
+
+def test_remote_outputs_are_checked_before_anything_is_sent(tmp_path):
+    """RemoteStudio writes results by value here: a path that is a folder, or a folder that
+    cannot be written, is refused before the job is sent (the URL below answers nothing:
+    a request would fail differently)."""
+    from dynamictrl.lipsync.settings import LipSyncSettings
+    from dynamictrl.studio import OutputError, PoseSettings
+
+    remote = RemoteStudio(url="http://127.0.0.1:9/dynamictrl", token=TOKEN)
+    (tmp_path / "taken.mp4").mkdir()
+    image, video = tmp_path / "ref.png", tmp_path / "in.mp4"
+    calls = {
+        "generate": lambda out: remote.generate(image, out, tiny_settings(), pose_video_path=video),
+        "lipsync": lambda out: remote.lipsync(video, tmp_path / "a.wav", out, LipSyncSettings()),
+        "pose": lambda out: remote.extract_poses(image, video, PoseSettings(), out_path=out),
+    }
+    for call_with in calls.values():
+        with pytest.raises(OutputError, match="is a folder"):
+            call_with(tmp_path / "taken.mp4")
+        with pytest.raises(OutputError, match="not writable"):
+            call_with(Path("/proc/dynamictrl-out.mp4"))
+    with pytest.raises(OutputError, match="must be an .mp4"):
+        calls["generate"](tmp_path / "out.avi")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mp4"]
 
 
 def test_jobs_file_errors_name_the_line(tmp_path):

@@ -81,7 +81,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--min-replicas", type=int, default=None, help="autoscaling: at least this many")
     scale.add_argument("--max-replicas", type=int, default=None, help="autoscaling: at most this many")
     scale.add_argument("--gpus-per-replica", type=float, default=None,
-                       help="default: 1 when the cluster has GPUs, else 0 (CPU replicas)")
+                       help="default: 1 when the cluster has GPUs, else 0 (CPU replicas). A whole number N > 1: "
+                            "each replica runs one job at a time across its N GPUs (N processes, --parallel)")
+    scale.add_argument("--parallel", default=None,
+                       help="with --gpus-per-replica N > 1: the layout of a replica's N processes, e.g. "
+                            "cfg=2,ulysses=2 (default ulysses=N); with --device cpu the N processes run on CPUs (gloo)")
     scale.add_argument("--cpus-per-replica", type=float, default=1.0)
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1",
@@ -127,6 +131,19 @@ def _config(args, **extra) -> ServeConfig:
                        cache_dir=args.cache_dir, max_retries=args.max_retries, job_timeout_s=args.job_timeout, **extra)
 
 
+def processes_per_replica(gpus_per_replica: float | None, parallel: str | None) -> int:
+    """`--gpus-per-replica` as processes per replica: a whole N > 1 is a process group of N
+    (one job across N GPUs); a fraction or 1 keeps one process (several replicas may share a GPU)."""
+    if gpus_per_replica is None or gpus_per_replica <= 1:
+        if parallel:
+            raise ValueError("--parallel lays out one replica's processes: give --gpus-per-replica N (N > 1) too.")
+        return 1
+    if gpus_per_replica != int(gpus_per_replica):
+        raise ValueError(f"--gpus-per-replica above 1 must be a whole number of GPUs (one process each), "
+                         f"got {gpus_per_replica:g}.")
+    return int(gpus_per_replica)
+
+
 def run_serve(args) -> int:
     from ray import serve
 
@@ -137,9 +154,11 @@ def run_serve(args) -> int:
     if args.replicas is not None and (args.min_replicas is not None or args.max_replicas is not None):
         raise ValueError("Give --replicas (a fixed count) or --min-replicas/--max-replicas (autoscaling), not both.")
     token = args.token or os.environ.get(TOKEN_ENV)
+    processes = processes_per_replica(args.gpus_per_replica, args.parallel)
     config = _config(args, outputs_dir=args.outputs, shared_dirs=args.shared_dir, max_queued_jobs=args.max_queued,
                      token_sha256=token_digest(token) if token else None, insecure=args.insecure,
-                     max_request_bytes=int(args.max_request_mb * MB))
+                     max_request_bytes=int(args.max_request_mb * MB), processes_per_replica=processes,
+                     parallel=args.parallel)
     check_exposure(args.host, config)  # before Ray starts: a refusal costs nothing
     started_ray = init_ray(args.address, ship_code=not args.no_ship_code)
     deploy(config, name=args.name, route_prefix=args.route_prefix, host=args.host, port=args.port,

@@ -12,6 +12,10 @@ the service shows, returns and cancels a job only for that key. A service starte
 token needs it here too (`token=` or DYNAMICTRL_SERVE_TOKEN). `progress(fraction, message)` hears the queue position while the
 job waits and the replica's progress while it runs; if it raises `Cancelled` (the app's
 Cancel button does), the remote job is cancelled and `Cancelled` is raised here.
+`generate(..., preview=cb, preview_every=N)` hears live previews as a local Studio's
+(`dynamictrl.preview.Preview`; the latest one each poll, so a fast job may skip some, never
+the last). With transfer="bytes" the outputs are written here: their paths are checked
+(`dynamictrl.studio.check_outputs`) before anything is sent.
 """
 
 import io
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..studio import Cancelled, GenerateResult, LipSyncResult, MaskedReference, PoseResult
+from ..studio import SIDE_OUTPUTS, Cancelled, GenerateResult, LipSyncResult, MaskedReference, PoseResult, check_outputs
 from .config import APP_NAME, TOKEN_ENV
 from .jobs import encode_files, pack_inputs, safe_name, write_returned_files
 
@@ -88,8 +92,8 @@ class _HandleTransport:
     def submit(self, job):
         return self.call("submit", job, self.owner_key)["job_id"]
 
-    def status(self, job_id):
-        return self.call("status", job_id, self.owner_key)
+    def status(self, job_id, preview_after=None):
+        return self.call("status", job_id, self.owner_key, preview_after)
 
     def result(self, job_id):
         return self.call("result", job_id, self.owner_key, timeout_s=300.0)  # may carry a large video
@@ -132,8 +136,9 @@ class _HttpTransport:
         job = {**job, "files": encode_files(job.get("files") or {})}
         return self._request("POST", "/jobs", job)["job_id"]
 
-    def status(self, job_id):
-        return self._request("GET", f"/jobs/{job_id}")
+    def status(self, job_id, preview_after=None):
+        query = f"?preview_after={int(preview_after)}" if preview_after is not None else ""
+        return self._request("GET", f"/jobs/{job_id}{query}")
 
     def jobs(self):
         return self._request("GET", "/jobs")
@@ -231,15 +236,17 @@ class RemoteStudio:
         """This client's jobs (those submitted with its owner key) as the gateway sees them."""
         return self.transport.jobs()
 
-    def wait(self, job_id: str, progress=None, timeout_s: float | None = None) -> dict:
+    def wait(self, job_id: str, progress=None, timeout_s: float | None = None, preview=None) -> dict:
         """Polls until the job ends; returns its answer or raises its error (`Cancelled`
-        when cancelled, `TimeoutError` past `timeout_s`)."""
+        when cancelled, `TimeoutError` past `timeout_s`). `preview(Preview)` hears each
+        newer live preview the status carries."""
         deadline = time.monotonic() + (timeout_s or self.job_timeout_s)
         failing_since = None
         status = {}
+        shown = -1  # the step of the last preview handed to `preview`
         while True:
             try:
-                status = self.transport.status(job_id)
+                status = self.transport.status(job_id, shown if preview is not None else None)
                 failing_since = None
             except (KeyError, ValueError, PermissionError):  # unknown job, bad request, wrong token: no retry
                 raise
@@ -251,6 +258,13 @@ class RemoteStudio:
                 time.sleep(self.poll_s)
                 continue
             state = status["state"]
+            if preview is not None and status.get("preview"):
+                shown = status["preview"]["step"]
+                try:
+                    preview(preview_of(status["preview"]))
+                except Cancelled:
+                    self._cancel_and_wait(job_id)
+                    raise
             if state == "done":
                 if progress is not None:
                     progress(1.0, status.get("message") or "done")
@@ -288,13 +302,23 @@ class RemoteStudio:
                 return
             time.sleep(self.poll_s)
 
-    def run(self, job: dict, progress=None) -> dict:
+    def run(self, job: dict, progress=None, preview=None) -> dict:
         """Submit + wait; inputs packed by value when transfer="bytes"."""
         if self.transfer == "bytes":
             job = {**pack_inputs(job), "return_files": job["kind"] in ("generate", "pose", "lipsync")}
         else:
             job = {key: (str(Path(value).resolve()) if key in _PATH_KEYS and value else value) for key, value in job.items()}
-        return self.wait(self.submit(job), progress)
+        return self.wait(self.submit(job), progress, preview=preview)
+
+    def _check_local_outputs(self, *paths, suffix: str | None = None) -> None:
+        """Outputs written here (transfer="bytes") are checked before the job is sent: a
+        folder that cannot be written, or a path that is a folder, would otherwise be found
+        only when the result comes back. With transfer="shared" the replica writes them and
+        checks them itself."""
+        if self.transfer == "bytes":
+            check_outputs(*paths, suffix=suffix)
+        elif suffix is not None and paths and Path(paths[0]).suffix.lower() != suffix:
+            raise ValueError(f"The output must be an {suffix} file, got {Path(paths[0]).name}.")
 
     def _write_back(self, answer: dict, destinations: dict[str, Path], default_dir: Path) -> None:
         if self.transfer == "bytes":
@@ -302,19 +326,24 @@ class RemoteStudio:
 
     # ------------------------------------------------------------ the Studio methods the app calls
     def generate(self, image_path, out_path, settings, pose_video_path=None, driving_video_path=None,
-                 pose_settings=None, progress=None, pose_provenance=None) -> GenerateResult:
+                 pose_settings=None, progress=None, pose_provenance=None, preview=None,
+                 preview_every: int = 5) -> GenerateResult:
         from dataclasses import asdict
 
         from ..video import read_video
 
         out_path = Path(out_path)
-        if out_path.suffix.lower() != ".mp4":
-            raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
+        self._check_local_outputs(out_path, out_path.with_suffix(".json"),
+                                  *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS), suffix=".mp4")
+        if preview is not None and preview_every < 1:
+            raise ValueError(f"preview_every must be >= 1 (denoising steps between previews), got {preview_every}.")
         job = {"kind": "generate", "image": str(image_path), "out": str(out_path), "settings": asdict(settings),
                "pose_video": str(pose_video_path) if pose_video_path else None,
                "driving_video": str(driving_video_path) if driving_video_path else None,
                "pose_settings": asdict(pose_settings) if pose_settings else None, "pose_provenance": pose_provenance}
-        answer = self.run(job, progress)
+        if preview is not None:
+            job["preview_every"] = int(preview_every)
+        answer = self.run(job, progress, preview=preview)
         manifest_path = out_path.with_suffix(".json")
         self._write_back(answer, {"video": out_path, "manifest": manifest_path}, out_path.parent)
         if self.transfer == "shared":
@@ -337,6 +366,7 @@ class RemoteStudio:
             raise ValueError("A remote pose extraction needs out_path (the pose video is how the poses come back).")
         paths = {"out": Path(out_path), "preview": Path(preview_path) if preview_path else None,
                  "json": Path(json_path) if json_path else None}
+        self._check_local_outputs(*paths.values())
         given = [path for path in paths.values() if path]
         if self.transfer == "bytes" and len({path.name for path in given}) < len(given):
             raise ValueError("The pose video, preview and JSON need different file names.")
@@ -359,8 +389,7 @@ class RemoteStudio:
         from ..lipsync.settings import LipSyncSettings
 
         out_path = Path(out_path)
-        if out_path.suffix.lower() != ".mp4":
-            raise ValueError(f"The output must be an .mp4 file, got {out_path.name}.")
+        self._check_local_outputs(out_path, out_path.with_suffix(".json"), suffix=".mp4")
         job = {"kind": "lipsync", "video": str(video_path), "audio": str(audio_path), "out": str(out_path),
                "settings": asdict(settings or LipSyncSettings())}
         answer = self.run(job, progress)
@@ -419,6 +448,18 @@ class RemoteStudio:
 
 
 _PATH_KEYS = ("image", "pose_video", "driving_video", "video", "audio", "out", "preview", "json")
+
+
+def preview_of(shown: dict):
+    """A job status's `preview` ({"step", "steps", "frames", "png"}: the frames side by side)
+    as the `Preview` a local Studio hands out (PNG is lossless: the same pixels)."""
+    import base64
+
+    from ..preview import Preview
+
+    strip = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown["png"]))).convert("RGB"))
+    frames = np.stack(np.split(strip, int(shown["frames"]), axis=1))
+    return Preview(int(shown["step"]), int(shown["steps"]), frames)
 
 
 def _pose_sequence(summary: dict) -> RemotePoseSequence:

@@ -40,6 +40,12 @@ class ServeConfig:
     # kind -> "module:function" handler(job, JobContext) -> result; for custom job kinds
     # (the test suite adds crashing and sleeping kinds this way).
     extra_kinds: dict[str, str] = field(default_factory=dict)
+    # One job across several processes (`serve --gpus-per-replica N`, dynamictrl/serve/group.py):
+    # each replica starts this many processes in one torch.distributed group (one GPU each,
+    # or CPU processes on gloo when `device` is "cpu"), laid out as `parallel` (default
+    # ulysses=N). 1: the replica runs jobs itself, as before.
+    processes_per_replica: int = 1
+    parallel: str | None = None
 
     def __post_init__(self):
         if self.tiny and not self.weights_dir:
@@ -48,6 +54,7 @@ class ServeConfig:
             raise ValueError("max_retries >= 0, max_queued_jobs >= 1 and job_timeout_s > 0 are required.")
         if self.max_request_bytes < 1024:
             raise ValueError(f"max_request_bytes must be at least 1024, got {self.max_request_bytes}.")
+        self.check_layout()
         self.outputs_dir = str(Path(os.path.expanduser(self.outputs_dir)).resolve())
         self.shared_dirs = [str(Path(os.path.expanduser(d)).resolve()) for d in self.shared_dirs]
         if self.weights_dir:
@@ -60,6 +67,28 @@ class ServeConfig:
     def from_dict(cls, values: dict) -> "ServeConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+    def check_layout(self) -> None:
+        if not isinstance(self.processes_per_replica, int) or self.processes_per_replica < 1:
+            raise ValueError(f"processes_per_replica (--gpus-per-replica) must be a whole number >= 1, "
+                             f"got {self.processes_per_replica!r}.")
+        if self.processes_per_replica == 1 and not self.parallel:
+            return  # one process: nothing to lay out (and torch stays unimported in the gateway)
+        layout = self.layout
+        if layout.world_size != self.processes_per_replica:
+            raise ValueError(f"--parallel {layout} needs {layout.world_size} processes, but each replica has "
+                             f"{self.processes_per_replica} (--gpus-per-replica): make them equal.")
+
+    @property
+    def layout(self):
+        """The parallel layout of a replica's process group (ulysses=N unless `parallel` says)."""
+        from ..parallel import ParallelLayout
+
+        if self.parallel:
+            return ParallelLayout.parse(self.parallel)
+        # Ulysses splits the sequence, so it works for every job (cfg=2 needs guidance > 1);
+        # N must divide the attention heads (48 in the 5B model: 2, 3, 4, 6, 8 do).
+        return ParallelLayout(ulysses=self.processes_per_replica)
 
     @property
     def allowed_roots(self) -> list[Path]:
@@ -99,15 +128,18 @@ def check_exposure(host: str, config: ServeConfig) -> None:
                      "--token; clients send it too) or pass --insecure to serve without one.")
 
 
-def build_studio(config: ServeConfig):
-    """The Studio a replica or batch worker holds for its whole life."""
+def build_studio(config: ServeConfig, parallel=None):
+    """The Studio a replica or batch worker holds for its whole life. `parallel`: the
+    layout of the process group this process belongs to (one rank of a multi-process
+    replica, `dynamictrl.serve.group`)."""
     if config.tiny:
         from ..tiny import tiny_studio
 
-        return tiny_studio(config.weights_dir)
+        return tiny_studio(config.weights_dir, parallel=parallel)
     from ..studio import Studio
 
-    return Studio(model=config.model, weights_dir=config.weights_dir, device=config.device, cache_dir=config.cache_dir)
+    return Studio(model=config.model, weights_dir=config.weights_dir, device=config.device, cache_dir=config.cache_dir,
+                  parallel=parallel)
 
 
 def load_extra_kinds(config: ServeConfig) -> dict:

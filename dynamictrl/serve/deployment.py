@@ -7,16 +7,19 @@ progress, queue position, results), answers those at once, retries a job whose r
 died, and is the HTTP ingress. Workers send their progress to it and learn from the
 answer whether the caller cancelled, so a cancel takes effect at the next step.
 
-    submit(job, owner_key) -> {job_id, owner_key}    status(job id, owner_key) -> state, progress, queue position
+    submit(job, owner_key) -> {job_id, owner_key}    status(job id, owner_key, preview_after) -> state, progress, queue position, preview
     result(job id, owner_key) -> outputs             cancel(job id, owner_key)     jobs_list(owner_key)
     system_status(full=False)
 A job belongs to the owner key it was submitted with (the caller's, or one made here and
 returned); the other calls answer "unknown job" to any other key.
+A replica with `processes_per_replica` > 1 (`serve --gpus-per-replica N`) runs each job
+on a process group of its own children (`dynamictrl.serve.group`).
 HTTP (prefix /dynamictrl; `dynamictrl.serve.http_api`): POST /jobs, GET /jobs, GET /jobs/{id},
 GET /jobs/{id}/result, POST /jobs/{id}/cancel, GET /status, GET /healthz, /docs.
 """
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import logging
@@ -105,6 +108,10 @@ class JobRecord:
     user_error: bool = False
     result: dict | None = field(default=None, repr=False)
     result_fetched: bool = False
+    # The latest live preview (generate jobs with preview_every): {"step", "steps", "frames", "png"},
+    # the frames side by side in one PNG; kept after the job ends (a caller polling
+    # slower than the steps still gets the last one).
+    preview: dict | None = field(default=None, repr=False)
     started: float | None = None
     finished: float | None = None
     cancel: bool = False
@@ -144,7 +151,15 @@ class StudioWorker:
         keep_replica_server_on_loopback()
         self.config = ServeConfig.from_dict(config)
         self.extra_kinds = load_extra_kinds(self.config)
-        self.studio = build_studio(self.config)
+        self.group = None
+        if self.config.processes_per_replica > 1:
+            from .group import ProcessGroupReplica
+
+            self.studio = None  # the models live in the group's processes
+            self.group = ProcessGroupReplica(self.config)
+            self.group.start()  # here, so a group that cannot start fails the deployment with its error
+        else:
+            self.studio = build_studio(self.config)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.app_name = context.app_name
@@ -168,8 +183,13 @@ class StudioWorker:
         return self._gateway
 
     def _status(self) -> dict:
-        return {**self.studio.system_status(), "replica": self.replica, "node": self.node, "busy_job": self.busy_job,
-                "pid": os.getpid()}
+        if self.group is None:
+            status = self.studio.system_status()
+        else:  # the ranks cannot be asked while they run a job: what the replica knows itself
+            device = "cpu" if (self.config.device or "").startswith("cpu") else "cuda"
+            status = {"device": f"{self.group.size} processes ({self.group.layout}) on {device}", "models": [],
+                      "process_ram_gb": None, "group_pids": self.group.pids}
+        return {**status, "replica": self.replica, "node": self.node, "busy_job": self.busy_job, "pid": os.getpid()}
 
     def _heartbeat(self):
         while True:
@@ -192,8 +212,11 @@ class StudioWorker:
     def _run(self, job: dict, reporter: "Reporter") -> dict:
         self.busy_job = job["id"]
         try:
+            if self.group is not None:
+                return self.group.run(job, progress=reporter, preview=reporter.preview)
             context = JobContext(self.studio, progress=reporter, outputs_dir=Path(self.config.outputs_dir),
-                                 allowed_roots=self.config.allowed_roots, extra_kinds=self.extra_kinds)
+                                 allowed_roots=self.config.allowed_roots, extra_kinds=self.extra_kinds,
+                                 preview=reporter.preview)
             return run_job(job, context)
         finally:
             self.busy_job = None
@@ -233,6 +256,23 @@ class Reporter:
             self.cancelled = self._ask("report", float(fraction), str(message))
         if self.cancelled:
             raise Cancelled("Cancelled by the caller.")
+
+    def preview(self, step: int, steps: int, frames) -> None:
+        """A live preview to the gateway, as one PNG of the frames side by side (a few KB at
+        1/8 of the video size); only the last is waited for, a lost one is only a missed picture."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(np.concatenate(list(frames), axis=1)).save(buffer, format="PNG")
+        try:
+            sent = self.gateway.preview.remote(self.job_id, int(step), int(steps), len(frames), buffer.getvalue())
+            if step >= steps:  # the last one is waited for: it reaches the gateway before the answer does
+                sent.result(timeout_s=REPORT_TIMEOUT_S)
+        except (TimeoutError, ray.exceptions.RayError, RuntimeError) as error:
+            logger.warning("job %s: preview report failed (%s)", self.job_id, error)
 
 
 class QueueFull(RuntimeError):
@@ -370,8 +410,14 @@ class Gateway:
         task.add_done_callback(self.tasks.discard)
         return {"job_id": record.id, "owner_key": owner_key}
 
-    async def status(self, job_id: str, owner_key: str | None = None) -> dict:
-        return self._status(self._record(job_id, owner_key))
+    async def status(self, job_id: str, owner_key: str | None = None, preview_after: int | None = None) -> dict:
+        """The job's state; `preview_after` (a step count, -1 for any) adds the latest live
+        preview when it is newer than that step (so a poller fetches each picture once)."""
+        record = self._record(job_id, owner_key)
+        status = self._status(record)
+        if preview_after is not None and record.preview is not None and record.preview["step"] > preview_after:
+            status["preview"] = {**record.preview, "png": base64.b64encode(record.preview["png"]).decode("ascii")}
+        return status
 
     def _status(self, record: JobRecord) -> dict:
         now = time.time()
@@ -383,6 +429,7 @@ class Gateway:
             "waited_s": round((record.started or now) - record.submitted, 3),
             "elapsed_s": round((record.finished or now) - (record.started or now), 3) if record.started else 0.0,
             "has_result": record.result is not None,
+            "preview_step": record.preview["step"] if record.preview is not None else None,
         }
 
     async def result(self, job_id: str, owner_key: str | None = None) -> dict:
@@ -429,6 +476,14 @@ class Gateway:
         record.fraction, record.message = min(max(fraction, 0.0), 1.0), message
         return record.cancel
 
+    async def preview(self, job_id: str, step: int, steps: int, frames: int, png: bytes) -> None:
+        record = self.jobs.get(job_id)
+        if record is None:
+            return
+        # Accepted after the job ended too: sent without waiting, the last step's preview
+        # may arrive after the answer.
+        record.preview = {"step": int(step), "steps": int(steps), "frames": int(frames), "png": bytes(png)}
+
     async def replica_status(self, replica: str, status: dict) -> None:
         self.replicas[replica] = {**status, "seen": time.time()}
 
@@ -463,14 +518,36 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def replica_gpus(config: ServeConfig, asked: float | None, available: float) -> float:
+    """The GPUs a multi-process replica asks Ray for: one per process, none on CPUs."""
+    processes = config.processes_per_replica
+    if (config.device or "").startswith("cpu"):
+        return 0.0  # CPU processes on gloo: the documented stand-in for GPUs (tests, trying it out)
+    if asked is not None and asked != processes:
+        raise ValueError(f"A replica of {processes} processes takes {processes} GPUs, not {asked:g}.")
+    if available == 0:
+        raise ValueError(f"--gpus-per-replica {processes}: the Ray cluster has no GPUs. Add --device cpu to run the "
+                         f"{processes} processes of each replica on CPUs (gloo), or connect to a cluster with GPUs.")
+    if available < processes:
+        raise ValueError(f"--gpus-per-replica {processes}: the Ray cluster has only {available:g} GPU(s).")
+    return float(processes)
+
+
 def build_app(config: ServeConfig, replicas: int | None = None, min_replicas: int | None = None,
               max_replicas: int | None = None, gpus_per_replica: float | None = None, cpus_per_replica: float = 1.0,
               runtime_env: dict | None = None):
     """The application (not yet running). Fixed `replicas`, or autoscaling between
     `min_replicas` and `max_replicas` (one job per replica: Serve adds a replica while
     jobs wait). `gpus_per_replica` None: 1 when the cluster has GPUs, else 0.
-    `runtime_env` (default: this driver's) is how the replicas find the dynamictrl code."""
-    if gpus_per_replica is None:
+    `runtime_env` (default: this driver's) is how the replicas find the dynamictrl code.
+    With `config.processes_per_replica` N > 1 a replica asks Ray for N GPUs (and runs a
+    process per GPU), or, with `config.device` "cpu", for N x `cpus_per_replica` CPUs."""
+    processes = config.processes_per_replica
+    if processes > 1:
+        on_cpu = (config.device or "").startswith("cpu")
+        gpus_per_replica = replica_gpus(config, gpus_per_replica, 0.0 if on_cpu else cluster_gpus())
+        cpus_per_replica = cpus_per_replica * (processes if gpus_per_replica == 0 else 1)
+    elif gpus_per_replica is None:
         gpus_per_replica = 1.0 if cluster_gpus() > 0 else 0.0
     if runtime_env is None:
         runtime_env = dict(ray.get_runtime_context().runtime_env or {})

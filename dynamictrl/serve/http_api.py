@@ -21,7 +21,7 @@ import hmac
 import json
 from typing import Annotated
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -133,9 +133,12 @@ def build_http_app(gateway) -> FastAPI:
         return await gateway.jobs_list(owner_key)
 
     @app.get("/jobs/{job_id}", dependencies=protected, summary="A job's state and progress")
-    async def status(job_id: str, owner_key: OwnerKey = None) -> dict:
+    async def status(job_id: str, owner_key: OwnerKey = None,
+                     preview_after: int | None = Query(None, ge=-1, description=(
+                         "add the latest live preview (base64 PNG, frames side by side) if it is newer than this "
+                         "step; -1: any"))) -> dict:
         try:
-            return await gateway.status(job_id, owner_key)
+            return await gateway.status(job_id, owner_key, preview_after)
         except Exception as error:
             raise http_error(error) from None
 

@@ -46,6 +46,10 @@ class JobContext:
     outputs_dir: Path | None = None
     allowed_roots: list[Path] | None = None
     extra_kinds: dict = field(default_factory=dict)  # kind -> handler(job, context) -> result
+    # preview(step, steps, frames): live previews of a generate job that asks for them
+    # (`preview_every`); frames (F, h, w, 3) uint8 as in `dynamictrl.preview.Preview`.
+    preview: object = None
+    rank: int = 0  # this process's rank in a multi-process replica (dynamictrl/serve/group.py)
 
     def run(self, job: dict) -> dict:
         """Runs another job in this context (custom kinds build on the built-in ones)."""
@@ -157,7 +161,10 @@ def _inputs(job: dict, context: JobContext, folder: Path) -> tuple[dict[str, Pat
     files = decode_files(job.get("files"))
     for role in INPUT_ROLES[job["kind"]]:
         if role in files:
-            target = folder / f"{role}_{safe_name(files[role]['name'], role)}"
+            # Under the caller's own file name (one folder per role): an input refused by
+            # the probe is named as the caller knows it ("playlist.m3u8 is an HLS playlist").
+            (folder / role).mkdir()
+            target = folder / role / safe_name(files[role]["name"], role)
             target.write_bytes(files[role]["data"])
             paths[role], names[role] = target, files[role]["name"]
         elif job.get(role):
@@ -227,9 +234,17 @@ def run_job(job: dict, context: JobContext) -> dict:
             settings = settings_from(GenerateSettings, job["settings"], "settings")
             pose_settings = settings_from(PoseSettings, job["pose_settings"], "pose_settings") if job.get("pose_settings") else None
             out = _output(job, "out", context, out_dir)
+            previews = {}
+            if job.get("preview_every") and context.preview is not None:
+                def forward(shown):  # a Preview -> plain data (it crosses processes and Ray)
+                    context.preview(shown.step, shown.steps, shown.frames)
+
+                previews = {"preview": forward, "preview_every": int(job["preview_every"])}
             result = studio.generate(inputs["image"], out, settings, pose_video_path=inputs.get("pose_video"),
                                      driving_video_path=inputs.get("driving_video"), pose_settings=pose_settings,
-                                     progress=progress, pose_provenance=job.get("pose_provenance"))
+                                     progress=progress, pose_provenance=job.get("pose_provenance"), **previews)
+            if not result.written:  # another rank of a multi-process replica: rank 0 answers
+                return {"kind": kind, "outputs": {}, "manifest": None, "details": {}, "elapsed_s": result.elapsed_s}
             manifest = _rewrite_input_names(result.manifest_path, names)
             outputs = {"video": result.video_path, "manifest": result.manifest_path}
             if result.pose is not None:

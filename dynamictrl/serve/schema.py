@@ -198,7 +198,10 @@ def _builtin_job_models() -> tuple[type[BaseModel], ...]:
     generate = create_model(
         "GenerateJob", __base__=_Job, kind=(Literal["generate"], ...), **_input_fields("generate"), out=out,
         settings=(settings_model(GenerateSettings), ...), pose_settings=(settings_model(PoseSettings) | None, None),
-        pose_provenance=(dict[str, Any] | None, None))
+        pose_provenance=(dict[str, Any] | None, None),
+        preview_every=(int | None, Field(None, ge=1, le=1000, description=(
+            "live previews every N denoising steps (and at the last): the job's status carries the latest "
+            "(`preview`, asked for with preview_after)"))))
     pose = create_model(
         "PoseJob", __base__=_Job, kind=(Literal["pose"], ...), **_input_fields("pose"), out=out,
         preview=(str | None, None), json_path=(str | None, Field(None, alias="json")),

@@ -487,14 +487,20 @@ def png_with_chunk(path: Path, kind: bytes, payload_prefix: bytes, inflated_byte
     return path
 
 
+def write_playlist(path: Path, target: Path) -> Path:
+    """An HLS playlist naming `target` (a local media file) by its absolute path: what plain
+    ffmpeg would follow and decode (the server-file-read attack of issue 15)."""
+    target = Path(target).resolve()
+    path.write_text(f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.5,\n{target}\n#EXT-X-ENDLIST\n")
+    return path
+
+
 def make_probe_corpus(folder: Path) -> None:
     """The files of `PROBE_CASES` (the good inputs they name are written by `make_corpus`)."""
     import pillow_heif
 
-    dance = (folder / "dance.mp4").resolve()
-    playlist = f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.5,\n{dance}\n#EXT-X-ENDLIST\n"
-    (folder / "playlist.m3u8").write_text(playlist)
-    (folder / "playlist_renamed.mp4").write_text(playlist)
+    playlist = write_playlist(folder / "playlist.m3u8", folder / "dance.mp4")
+    (folder / "playlist_renamed.mp4").write_text(playlist.read_text())
     # The concat demuxer refuses absolute names by default, so the list names its neighbour.
     (folder / "list.ffconcat").write_text("ffconcat version 1.0\nfile dance.mp4\n")
     for index in range(1, 4):
