@@ -168,7 +168,7 @@ class TestService:
             studio = shared if i == 3 else client  # three by value, one through the shared folder
             out = (serve_root / "outputs" / "shared.mp4") if i == 3 else (serve_root / "client" / f"c{i}.mp4")
             return studio.generate(serve_root / "ref.png", out, tiny_settings(), pose_video_path=serve_root / "pose.mp4",
-                                   progress=lambda f, m: messages[i].append((f, m)))
+                                   progress=lambda f, m: messages[i].append((f, m)), return_frames=True)
 
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(job, range(4), timeout=2 * JOB_TIMEOUT_S))

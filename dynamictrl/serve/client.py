@@ -327,7 +327,7 @@ class RemoteStudio:
     # ------------------------------------------------------------ the Studio methods the app calls
     def generate(self, image_path, out_path, settings, pose_video_path=None, driving_video_path=None,
                  pose_settings=None, progress=None, pose_provenance=None, preview=None,
-                 preview_every: int = 5) -> GenerateResult:
+                 preview_every: int = 5, return_frames: bool = False) -> GenerateResult:
         from dataclasses import asdict
 
         from ..video import read_video
@@ -354,9 +354,11 @@ class RemoteStudio:
             pose_path = out_path.with_name(summary["pose_video"]) if summary.get("pose_video") else None
             pose = PoseResult(sequence=_pose_sequence(summary), pose_video_path=pose_path, preview_path=None,
                               json_path=None, filled_frames=summary["filled_frames"], elapsed_s=summary["elapsed_s"])
-        # The exact frames stay on the replica; these are decoded from the mp4 it wrote.
-        frames = read_video(out_path).frames
-        return GenerateResult(out_path, manifest_path, frames, answer["elapsed_s"], pose)
+        # As `Studio.generate`: frames only when asked for (then decoded from the mp4 the
+        # replica wrote; the exact frames stay on the replica).
+        frames = read_video(out_path).frames if return_frames else None
+        num_frames = len(frames) if frames is not None else json.loads(manifest_path.read_text())["settings"]["num_frames"]
+        return GenerateResult(out_path, manifest_path, frames, answer["elapsed_s"], pose, num_frames=num_frames)
 
     def extract_poses(self, image_path, driving_video_path, settings, out_path=None, preview_path=None,
                       json_path=None, progress=None) -> PoseResult:
