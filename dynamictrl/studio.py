@@ -28,6 +28,7 @@ from .caption import PLACEHOLDER_PATTERN, check_no_placeholder, has_placeholder
 from .images import to_rgb_image
 from .limits import Limits, apply_pil_limit, check_generate_settings, check_pose_settings, check_prompt_tokens
 from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
+from .outputs import NewFiles, save_image_atomic, write_atomic
 from .segment import apply_mask, clean_mask, register_segmenter, variant_for
 from .video import VideoFrames, VideoWriter, write_video
 
@@ -173,17 +174,9 @@ def check_outputs(*paths: str | Path | None, suffix: str | None = None) -> None:
 
 
 def write_json_atomic(path: str | Path, payload) -> Path:
-    """Writes JSON under a temporary name and renames it into place: a crash or a full disk
-    never leaves a truncated manifest (the manifest is written last, after the video)."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(json.dumps(payload, indent=2))
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    """JSON written atomically (`outputs.write_atomic`): a crash or a full disk never leaves
+    a truncated manifest (the manifest is written last, after the video)."""
+    return write_atomic(path, lambda partial: partial.write_text(json.dumps(payload, indent=2)))
 
 
 def write_manifest(video_path: Path, manifest_path: Path, manifest: dict) -> None:
@@ -467,24 +460,25 @@ class Studio:
         finally:
             driving.close()
         fps = settings.fps or driving.fps
-        if out_path is not None:
-            out_path = write_video(out_path, iter(sequence.pose_frames), fps=fps)
-        if preview_path is not None:
-            with VideoWriter(preview_path, fps=fps) as writer:
-                for frame in sequence.iter_preview(driving):
-                    writer.write(frame)
-            preview_path = writer.path
-        if json_path is not None:
-            json_path = save_poses(
-                json_path,
-                sequence.poses,
-                settings=asdict(settings),
-                reference_image=str(image_path),
-                driving_video=str(driving_video_path),
-                retarget=sequence.retarget_info,
-                filled_frames=sequence.filled_frames,
-                driving_detections=[pose.to_json() for pose in sequence.driving_poses],
-            )
+        with NewFiles(out_path, preview_path, json_path):  # the pose outputs come together or not at all
+            if out_path is not None:
+                out_path = write_video(out_path, iter(sequence.pose_frames), fps=fps)
+            if preview_path is not None:
+                with VideoWriter(preview_path, fps=fps) as writer:
+                    for frame in sequence.iter_preview(driving):
+                        writer.write(frame)
+                preview_path = writer.path
+            if json_path is not None:
+                json_path = save_poses(
+                    json_path,
+                    sequence.poses,
+                    settings=asdict(settings),
+                    reference_image=str(image_path),
+                    driving_video=str(driving_video_path),
+                    retarget=sequence.retarget_info,
+                    filled_frames=sequence.filled_frames,
+                    driving_detections=[pose.to_json() for pose in sequence.driving_poses],
+                )
         return PoseResult(
             sequence=sequence,
             pose_video_path=Path(out_path) if out_path else None,
@@ -644,10 +638,11 @@ class Studio:
         check_outputs(out_path, mask_path)
         reference = cover_crop(load_image(image_path, self.limits), width, height)
         result = self.mask_reference(reference, mode, points=points, dilate_px=dilate_px)
-        if out_path is not None:
-            Image.fromarray(result.masked).save(out_path)
-        if mask_path is not None:
-            Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
+        with NewFiles(out_path, mask_path):  # both images or neither
+            if out_path is not None:
+                save_image_atomic(out_path, result.masked)
+            if mask_path is not None:
+                save_image_atomic(mask_path, result.mask.astype(np.uint8) * 255)
         return result
 
     # ------------------------------------------------------------ models on disk
@@ -767,16 +762,9 @@ class Studio:
         frames are not kept unless `return_frames=True` (then `result.frames` holds them).
         """
         out_path = Path(out_path)
-        side_files = [out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS]
-        existing = {path for path in side_files if path.exists()}
-        try:
+        with NewFiles(*(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS)):
             return self._generate(image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings,
                                   progress, pose_provenance, preview, preview_every, return_frames)
-        except BaseException:
-            for path in side_files:
-                if path not in existing:  # never a file an earlier run left under this name
-                    path.unlink(missing_ok=True)
-            raise
 
     def generate_variations(
         self,
@@ -894,7 +882,7 @@ class Studio:
             )
             reference = Image.fromarray(masked.masked)
             if self.writes_outputs:
-                Image.fromarray(masked.masked).save(out_path.with_name(out_path.stem + SIDE_OUTPUTS[1]))
+                save_image_atomic(out_path.with_name(out_path.stem + SIDE_OUTPUTS[1]), masked.masked)
         prompt, caption = settings.prompt.strip(), None
         if not prompt:
             if self.writes_outputs:  # with --parallel rank 0 captions, the others take its text

@@ -239,3 +239,26 @@ def test_lipsync_streams_the_bits_of_the_decoded_video(lipsync_weights, tmp_path
     np.testing.assert_array_equal(got, expected)
     assert stream.passes > 2  # playing backwards re-decoded, 3 frames at a time
 
+
+
+def test_extract_poses_leaves_no_pose_video_when_a_later_output_fails(lipsync_weights, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dynamictrl.studio import PoseSettings, Studio
+
+    studio = Studio(weights_dir=lipsync_weights, device="cpu")
+    path = dancer_video(tmp_path / "d.mp4", count=8)
+    reference = np.zeros((90, 70, 3), dtype=np.uint8)
+    reference[:8, :8] = (255, 0, 0)  # the tiny detector's person
+    Image.fromarray(reference).save(tmp_path / "ref.png")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dynamictrl.pose.types.write_atomic", disk_full)  # the JSON comes last
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OSError, match="No space"):
+        studio.extract_poses(tmp_path / "ref.png", path, PoseSettings(num_frames=5, width=WIDTH, height=HEIGHT, fps=12),
+                             out_path=out / "pose.mp4", preview_path=out / "preview.mp4", json_path=out / "pose.json")
+    assert list(out.iterdir()) == []

@@ -376,3 +376,20 @@ def test_a_cancelled_generation_leaves_nothing_beside_its_output(studio, tmp_pat
         studio.generate(image, out, settings(), driving_video_path=driving, pose_settings=PoseSettings(),
                         progress=cancel_at_denoising)
     assert sorted(p.name for p in out.parent.iterdir()) == ["clip_reference.png"]  # ...and removed; the old file kept
+
+
+def test_mask_writes_both_images_or_neither(tool_studio, red_reference, tmp_path, monkeypatch):
+    from dynamictrl import outputs
+
+    real_save = outputs.save_image_atomic
+
+    def mask_save_fails(path, image):
+        if path.name == "k.png":
+            raise OSError(28, "No space left on device")
+        return real_save(path, image)
+
+    monkeypatch.setattr("dynamictrl.studio.save_image_atomic", mask_save_fails)
+    with pytest.raises(OSError, match="No space"):
+        tool_studio.mask(red_reference, "clothing", 48, 64, out_path=tmp_path / "m.png", mask_path=tmp_path / "k.png")
+    assert not (tmp_path / "m.png").exists() and not (tmp_path / "k.png").exists()
+    assert not list(tmp_path.glob(".*partial"))

@@ -8,11 +8,12 @@ and the reference fixtures use.
 """
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..outputs import write_atomic
 
 NUM_BODY = 18  # OpenPose-18 order: 0 nose, 1 neck, 2-4 right arm, 5-7 left arm, 8-10 right leg, 11-13 left leg, 14-17 eyes/ears
 NUM_FACE = 68
@@ -156,14 +157,7 @@ def save_poses(path: str | Path, frames: list[FramePose], **metadata) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": 1, "metadata": metadata, "frames": [f.to_json() for f in frames]}
-    partial = path.with_name(f".{path.name}.partial")  # renamed into place: never a truncated file
-    try:
-        partial.write_text(json.dumps(payload))
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda partial: partial.write_text(json.dumps(payload)))  # never a truncated file
 
 
 def load_poses(path: str | Path) -> tuple[list[FramePose], dict]:
