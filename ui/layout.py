@@ -45,7 +45,7 @@ ADMIN_NOTE = ("Unloading models is an admin action: this server is reachable by 
               "it is off. The person running the app can start it with `--auth USER:PASSWORD` to have it here.")
 # Two columns from a laptop's width up: the Generate column stays in view (sticky) while the
 # inputs scroll; below that one column, nothing wider than the screen.
-WIDE = 1024  # px
+WIDE = 1000  # px: laptops and up; tablets in portrait and phones get one column
 CSS = f"""
 #tiny-banner {{ background: #fff4d6; border: 1px solid #e0b84c; border-radius: 8px; padding: 4px 12px; }}
 /* gradio clips its container with overflow: hidden, which makes it the scroll box a sticky
