@@ -352,3 +352,25 @@ def test_history_rows_are_in_the_page_time_zone():
                           "mask_mode": "background"}}
     assert _history_row(entry, "Europe/Paris") == ["2025-06-01 14:00", "a dancer", "64x80", 33, "2.1 s", 5, 2,
                                                    "DynamiCtrl Mask_B01", "x.mp4"]
+
+
+def test_one_cancel_stops_the_rest_of_a_variations_batch(tmp_path):
+    """Variations are one queue job per seed: after a Cancel the seeds not yet started return
+    at once without running, and a new batch runs again."""
+    from ui.handlers import AppConfig, Handlers
+
+    studio = fake_studio(tmp_path)
+    studio.generate = lambda *args, **kwargs: pytest.fail("a cancelled batch ran a seed")
+    handlers = Handlers(studio, AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    handlers.arm_variations(3, 40, request=None)
+    assert handlers._batches["default"]["seeds"] == [40, 41, 42]
+    handlers.cancel(request=None)
+    assert handlers.variation(1, **{name: None for name in ("reference", "driving")}, is_pose_video=False,
+                              size_preset="tiny", width=0, height=0, start=0, frames=9, fps=16, retarget="global",
+                              mask_mode="none", mask_points=[], prompt="p", negative_prompt="", steps=2, guidance=3.0,
+                              seed=40, speed="custom", offload="auto", pose_state={}, request=None,
+                              progress=lambda *a, **k: None) == {}
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="1 to 8"):
+        handlers.arm_variations(9, 40, request=None)
