@@ -396,8 +396,9 @@ def test_uploaded_pages_and_scripts_never_run(page, tiny_app, tmp_path):
     on the app's origin. The control first runs the same script on the app's page directly,
     so a marker that stays unset means "blocked", not "the check cannot see it"."""
     import httpx
-    from tests.badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
     from playwright.sync_api import Error as PlaywrightError
+
+    from tests.badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
 
     def marker():
         return page.evaluate(f"() => localStorage.getItem('{XSS_MARKER}')")

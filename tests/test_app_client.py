@@ -48,7 +48,6 @@ def generate_args(video=CLIP, prompt="a person dancing", mask_mode="none"):
 
 
 def test_the_flow_through_the_api(client, tiny_app):
-    from gradio_client import handle_file
 
     crop, info = client.predict(**character(),
                                 api_name="/crop_preview")

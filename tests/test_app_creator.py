@@ -17,8 +17,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.test_app_browser import (CHROMIUM, CHROMIUM_ARGS, ROOT, STEP_TIMEOUT_MS, shot, shot_on_failure,
-                                    upload_reference, wait_for_text)
+from tests.test_app_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    STEP_TIMEOUT_MS,
+    shot,
+    shot_on_failure,
+    upload_reference,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.browser
 
