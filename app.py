@@ -10,6 +10,7 @@ weights (outputs are noise).
 import argparse
 import atexit
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -87,26 +88,40 @@ def make_work_dir() -> Path:
     return work_dir
 
 
+def browser_secret(outputs: Path) -> str:
+    """The key that encrypts each browser's id in its local storage, kept beside the results
+    (readable by this user only) so History still finds a browser's folder after a restart."""
+    path = outputs / ".browser-secret"
+    if not path.is_file():
+        outputs.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def build(args: argparse.Namespace, work_dir: Path):
     """(Blocks, AppConfig, studio) for the arguments."""
     from dynamictrl import weights
-    from ui.handlers import TINY_SIZE_PRESET, AppConfig
+    from ui.handlers import TINY_SIZE_PRESET, TINY_SPEED_PRESET, AppConfig
     from ui.layout import build_app
 
-    outputs = args.outputs or ROOT / "outputs" / ("tiny" if args.tiny else "")
-    config = AppConfig(outputs_dir=Path(outputs).resolve(), work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload,
+    outputs = Path(args.outputs or ROOT / "outputs" / ("tiny" if args.tiny else "")).resolve()
+    config = AppConfig(outputs_dir=outputs, work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload,
                        session_folders=not args.shared_history, admin_actions=admin_actions_allowed(args),
-                       private_dirs=(work_dir, work_dir.resolve(), Path(outputs).resolve(),
-                                     Path(os.environ.get("GRADIO_TEMP_DIR", work_dir / "gradio")).resolve()))
+                       private_dirs=(work_dir, work_dir.resolve(), outputs,
+                                     Path(os.environ.get("GRADIO_TEMP_DIR", work_dir / "gradio")).resolve()),
+                       browser_secret=browser_secret(outputs))
     if args.tiny:
         from dynamictrl.tiny import TINY_FRAMES, TINY_SIZE, TINY_STEPS, tiny_studio
 
-        studio = tiny_studio(work_dir / "tiny-weights")
+        # --weights-dir: where the tiny weights are built (tests take models away from it).
+        weights_dir = args.weights_dir or work_dir / "tiny-weights"
+        studio = tiny_studio(weights_dir)
         config.size_presets = {TINY_SIZE_PRESET: TINY_SIZE, **config.size_presets}
         config.default_size, config.default_frames, config.default_steps = TINY_SIZE_PRESET, TINY_FRAMES, TINY_STEPS
-        config.speed_presets = {"tiny (2 steps)": (TINY_STEPS, 0.0), **config.speed_presets}
-        config.default_speed = "tiny (2 steps)"
-        weights_dir = work_dir / "tiny-weights"
+        config.speed_presets = {TINY_SPEED_PRESET: (TINY_STEPS, 0.0), **config.speed_presets}
+        config.default_speed = TINY_SPEED_PRESET
     elif args.serve_url or args.ray_address:
         from dynamictrl.serve.client import RemoteStudio
 
@@ -117,6 +132,10 @@ def build(args: argparse.Namespace, work_dir: Path):
 
         studio = Studio(weights_dir=args.weights_dir)
         weights_dir = args.weights_dir or weights.default_weights_dir()
+    if hasattr(studio, "auto_download"):
+        # Nothing is downloaded on the way: a job whose models are missing gets one message
+        # listing them (with a button on the page) before it starts.
+        studio.auto_download = False
     return build_app(studio, config), config, Path(weights_dir)
 
 

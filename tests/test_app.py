@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -164,7 +166,7 @@ def test_every_event_is_wired_by_name(tmp_path):
     api = app.get_api_info()["named_endpoints"]
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
         "reference", "driving", "is_pose_video", "size_preset", "width", "height", "start", "frames", "fps", "retarget",
-        "mask_mode", "prompt", "negative_prompt", "steps", "guidance", "seed", "speed", "offload"]
+        "mask_mode", "prompt", "negative_prompt", "steps", "guidance", "seed", "speed", "offload", "preview_every"]
     assert [p["parameter_name"] for p in api["/lipsync"]["parameters"]] == [
         "lipsync_video", "speech", "bbox_shift", "extra_margin", "parsing_mode", "left_cheek", "right_cheek"]
     for fn in app.fns.values():  # every input reaches its handler by name, none by position
@@ -206,15 +208,169 @@ def test_a_cancel_on_the_page_keeps_the_previous_result(tmp_path):
 
 
 def test_the_speed_label_follows_manual_steps(tmp_path):
-    from ui.handlers import CUSTOM_SPEED, AppConfig, Handlers
-
     from types import SimpleNamespace
+
+    from dynamictrl import presets
+    from ui.handlers import CUSTOM_SPEED, DEFAULT_SPEED, AppConfig, Handlers
 
     studio = SimpleNamespace(extract_poses=None, mask=None, caption=None, lipsync=None)  # not called
     handlers = Handlers(studio, AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
-    assert handlers.speed_label(25, "official (25 steps)") == {}  # still the preset
-    assert handlers.speed_label(30, "official (25 steps)") == {"speed": CUSTOM_SPEED}
+    quality, draft = presets.speed_preset("quality"), presets.speed_preset("draft")
+    assert handlers.speed_label(quality.steps, DEFAULT_SPEED) == {}  # still the preset
+    assert handlers.speed_label(quality.steps + 5, DEFAULT_SPEED) == {"speed": CUSTOM_SPEED}
     assert handlers.speed_label(30, CUSTOM_SPEED) == {"speed": CUSTOM_SPEED}
     assert handlers.speed_preset_steps(CUSTOM_SPEED) == {}  # "custom" leaves Steps alone
-    assert handlers.speed_preset_steps("quality (50 steps)") == {"steps": 50}
-    assert handlers._speed_for(15, 0.05).startswith("fast") and handlers._speed_for(15, 0.0) == CUSTOM_SPEED
+    assert handlers.speed_preset_steps(draft.label) == {"steps": draft.steps}
+    assert handlers._speed_for(draft.steps, draft.first_block_cache) == draft.label
+    assert handlers._speed_for(draft.steps, 0.0) == CUSTOM_SPEED
+
+
+def test_presets_and_defaults_come_from_dynamictrl():
+    """The page's sizes, speeds and defaults are dynamictrl's (presets, GenerateSettings),
+    never numbers written again in ui/; sizes read width x height."""
+    import re
+
+    from dynamictrl import presets
+    from dynamictrl.studio import GenerateSettings
+    from ui.handlers import DEFAULT_SIZE, DEFAULT_SPEED, SIZE_PRESETS, SPEED_PRESETS, AppConfig
+
+    assert SIZE_PRESETS["Portrait draft 576x1024"] == (576, 1024)
+    for label, (width, height) in SIZE_PRESETS.items():
+        assert f"{width}x{height}" in label
+    assert SIZE_PRESETS[DEFAULT_SIZE] == (GenerateSettings.width, GenerateSettings.height)
+    assert SPEED_PRESETS[DEFAULT_SPEED] == (GenerateSettings.steps, GenerateSettings.first_block_cache)
+    assert [label for label in SPEED_PRESETS] == [preset.label for preset in presets.SPEED_PRESETS]
+    config = AppConfig(outputs_dir=ROOT, work_dir=ROOT)
+    assert (config.default_frames, config.default_steps) == (GenerateSettings.num_frames, GenerateSettings.steps)
+    for path in (ROOT / "ui").glob("*.py"):
+        sizes = re.findall(r"\b(?:576|768|1024|1360)\b", path.read_text())
+        assert not sizes, f"{path.name} writes preset sizes again: {sizes}"
+
+
+def fake_studio(tmp_path, missing=()):
+    """A studio with what the handlers call before any model runs."""
+    from types import SimpleNamespace
+
+    from dynamictrl import catalog
+
+    return SimpleNamespace(extract_poses=None, mask=None, caption=None, lipsync=None, limits=None,
+                           weights_dir=tmp_path / "weights",
+                           missing_models=lambda settings, **job: catalog.statuses(tmp_path / "weights", missing))
+
+
+def test_mask_buttons_only_preview_and_generate_shows_the_transformer():
+    from ui.handlers import Handlers, mask_status_text
+
+    assert "DynamiCtrl (base)" in mask_status_text("none", []) and "Mask:** none" in mask_status_text("none", [])
+    assert "Mask_B01" in mask_status_text("background", []) and "person box" in mask_status_text("background", [])
+    assert "Mask_C01" in mask_status_text("clothing", [[1, 2, 1]]) and "1 click" in mask_status_text("clothing", [[1, 2, 1]])
+    used = Handlers.use_mask("clothing", [[3, 4, 1]])
+    assert used["mask_mode"] == "clothing" and used["mask_points"] == [[3, 4, 1]] and "Mask_C01" in used["mask_status"]
+    assert Handlers.no_mask()["mask_mode"] == "none"
+    import gradio as gr
+    import pytest
+
+    with pytest.raises(gr.Error, match="Preview a Background or Clothing"):
+        Handlers.use_mask("none", [])  # the person check blacks out nothing
+    # The mask starts and clicks return the preview only: Generate's mask is not among them
+    from ui.layout import MASK_VIEW
+
+    assert "mask_mode" not in MASK_VIEW and "mask_points" not in MASK_VIEW
+
+
+def test_a_job_with_missing_models_gets_one_message_and_does_not_start(tmp_path):
+    from ui.handlers import AppConfig, Handlers
+
+    studio = fake_studio(tmp_path, missing=("mask_background", "dwpose"))
+    studio.generate = lambda *args, **kwargs: pytest.fail("the job started")
+    (image := tmp_path / "reference.png").write_bytes(b"")
+    (video := tmp_path / "dance.mp4").write_bytes(b"")
+    handlers = Handlers(studio, AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    handlers.config.size_presets = {"tiny": (64, 80)}
+    shown = handlers.generate(
+        reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0, height=0,
+        start=0, frames=9, fps=16, retarget="global", mask_mode="background", mask_points=[], prompt="a dancer",
+        negative_prompt="", steps=2, guidance=3.0, seed=7, speed="custom", offload="auto", pose_state={},
+        request=None, progress=lambda *args, **kwargs: None)
+    message = shown["missing_models"]["value"]
+    assert "DynamiCtrl Mask_B01 (11.5 GB)" in message and "DWPose (351.0 MB)" in message
+    assert "python -m dynamictrl download mask_background dwpose" in message
+    assert shown["missing_names"] == ["mask_background", "dwpose"]
+    assert shown["download_missing"]["visible"] and "11.9 GB" in shown["download_missing"]["value"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_offline_download_says_what_to_run_and_logs_one_line(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import gradio as gr
+
+    from ui.handlers import AppConfig, Handlers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    handlers = Handlers(fake_studio(tmp_path), AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    with caplog.at_level(logging.DEBUG, logger="ui.handlers"), pytest.raises(gr.Error) as error:
+        handlers.download_model("whisper_tiny", request=None, progress=lambda *args, **kwargs: None)
+    assert "python -m dynamictrl download whisper_tiny" in error.value.message
+    assert "Traceback" not in error.value.message
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and errors[0].exc_info is None  # one line; the traceback only at DEBUG
+    # Downloads are an admin action
+    handlers.config.admin_actions = False
+    with pytest.raises(gr.Error, match="admin action"):
+        handlers.download_model("whisper_tiny", request=None, progress=lambda *args, **kwargs: None)
+
+
+def test_reuse_refuses_a_malformed_manifest_with_one_message():
+    import gradio as gr
+
+    from ui.handlers import manifest_settings
+
+    good = {"output": "a_seed1.mp4", "settings": {"prompt": "p", "num_frames": 9, "width": 64, "height": 80,
+                                                  "steps": 2, "seed": 1, "guidance": 3.0, "fps": 16.0}}
+    assert manifest_settings(good).width == 64
+    for broken, reason in (
+        ({**good, "settings": {**good["settings"], "width": "wide"}}, "bad width"),
+        ({**good, "settings": "nope"}, "no settings"),
+        ({**good, "output": "../../etc/passwd.mp4"}, "no output video name"),
+        ({**good, "settings": {**good["settings"], "mask_points": [[1, 2]]}}, "bad mask_points"),
+        ({**good, "settings": {**good["settings"], "num_frames": 10}}, "4k+1"),
+    ):
+        with pytest.raises(gr.Error) as error:
+            manifest_settings(broken)
+        assert "is malformed" in error.value.message and reason in error.value.message, error.value.message
+
+
+def test_history_rows_are_in_the_page_time_zone():
+    from ui.handlers import _history_row, _local_time
+
+    assert _local_time("2025-06-01T12:00:00+00:00", "Asia/Tokyo") == "2025-06-01 21:00"
+    assert _local_time("2025-06-01T12:00:00+00:00", None) == "2025-06-01 12:00"
+    assert _local_time("garbage", "Asia/Tokyo") == ""
+    entry = {"output": "x.mp4", "created": "2025-06-01T12:00:00+00:00", "prompt_used": "a dancer",
+             "settings": {"width": 64, "height": 80, "num_frames": 33, "fps": 16.0, "seed": 5, "steps": 2,
+                          "mask_mode": "background"}}
+    assert _history_row(entry, "Europe/Paris") == ["2025-06-01 14:00", "a dancer", "64x80", 33, "2.1 s", 5, 2,
+                                                   "DynamiCtrl Mask_B01", "x.mp4"]
+
+
+def test_one_cancel_stops_the_rest_of_a_variations_batch(tmp_path):
+    """Variations are one queue job per seed: after a Cancel the seeds not yet started return
+    at once without running, and a new batch runs again."""
+    from ui.handlers import AppConfig, Handlers
+
+    studio = fake_studio(tmp_path)
+    studio.generate = lambda *args, **kwargs: pytest.fail("a cancelled batch ran a seed")
+    handlers = Handlers(studio, AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    handlers.arm_variations(3, 40, request=None)
+    assert handlers._batches["default"]["seeds"] == [40, 41, 42]
+    handlers.cancel(request=None)
+    assert handlers.variation(1, **{name: None for name in ("reference", "driving")}, is_pose_video=False,
+                              size_preset="tiny", width=0, height=0, start=0, frames=9, fps=16, retarget="global",
+                              mask_mode="none", mask_points=[], prompt="p", negative_prompt="", steps=2, guidance=3.0,
+                              seed=40, speed="custom", offload="auto", pose_state={}, request=None,
+                              progress=lambda *a, **k: None) == {}
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="1 to 8"):
+        handlers.arm_variations(9, 40, request=None)

@@ -91,19 +91,17 @@ def shot_on_failure(page, name: str):
 
 
 def fresh_page(page, tiny_app) -> None:
-    """A reload: every widget back to its default, a new session (so an empty History)."""
+    """A reload: every widget back to its default, a new gradio session (History stays: it
+    belongs to the browser)."""
     page.goto(tiny_app.url, wait_until="domcontentloaded")
     page.get_by_text("Tiny mode").first.wait_for()
 
 
 def session_outputs(page, tiny_app) -> Path:
-    """The page's results folder: the app keeps one per session (gradio's session id,
-    random per page load), and History lists only it."""
-    from ui.handlers import session_folder_name
-
-    session_hash = page.evaluate("() => window.__gradio_session_hash__")
-    assert session_hash, "the page has no gradio session id"
-    return tiny_app.outputs / session_folder_name(session_hash)
+    """The page's results folder: one per browser (an id in its local storage, encrypted, so
+    not readable here); History lists only it. Found as the folder of the newest result."""
+    newest = max(tiny_app.outputs.rglob("*.json"), key=lambda path: path.stat().st_mtime)
+    return newest.parent
 
 
 def output_files(tiny_app) -> list[str]:
@@ -185,7 +183,10 @@ def walk_through(page, tiny_app):
     shot(page, "02_character_person_check")
     page.locator("#mask-background").click()
     wait_for_new_image(page, "#mask-preview", person_view)
+    expect_mask_mode(page, "none")  # a preview: Generate's mask changes only with "Use this mask"
+    page.locator("#use-mask").click()
     expect_mask_mode(page, "background")
+    wait_for_text(page, "#mask-status", "DynamiCtrl Mask_B01")
     shot(page, "02_character_masked")
 
     # 2. Motion: the example clip, extract poses, previews appear
@@ -231,7 +232,8 @@ def walk_through(page, tiny_app):
 
     # History lists both results
     page.get_by_role("tab", name="History").click()
-    newest = max(session_outputs(page, tiny_app).glob("*_lipsync.json")).with_suffix(".mp4").name
+    newest = max(tiny_app.outputs.rglob("*_lipsync.json"), key=lambda path: path.stat().st_mtime)
+    newest = newest.with_suffix(".mp4").name
     wait_for_text(page, "#history-table", newest)
     wait_for_text(page, "#history-table", "lip-sync to")
     shot(page, "07_history")
@@ -246,20 +248,19 @@ def test_mask_starts_and_sam_clicks(page, tiny_app):
         fresh_page(page, tiny_app)
         upload_reference(page)
 
-        # Clothing: the clothes blacked out
+        # Clothing: the clothes blacked out in the preview; Generate's mask stays none
         page.locator("#mask-clothing").click()
         clothing_view = wait_for_new_image(page, "#mask-preview", None)
-        expect_mask_mode(page, "clothing")
+        expect_mask_mode(page, "none")
         page.locator("#masked-preview img").wait_for()
 
-        # Clear, then a click on the crop: SAM segments from the point, background mode,
+        # Clear, then a click on the crop: SAM segments from the point (a background preview),
         # a green marker where the click landed
         page.locator("#clear-mask").click()
         expect_mask_mode(page, "none")
         page.locator("#mask-preview img").wait_for(state="detached")
         click_image_at(page, "#crop-preview", 0.5, 0.4)
         first = wait_for_new_image(page, "#mask-preview", clothing_view)
-        expect_mask_mode(page, "background")
         pixels = marker_pixels(page, "#mask-preview")
         assert pixels["green"] > 0 and pixels["red"] == 0, pixels
 
@@ -269,8 +270,15 @@ def test_mask_starts_and_sam_clicks(page, tiny_app):
         wait_for_new_image(page, "#mask-preview", first)
         pixels = marker_pixels(page, "#mask-preview")
         assert pixels["green"] > 0 and pixels["red"] > 0, pixels
+        expect_mask_mode(page, "none")
+        # Used: Generate's mask is the background one with both clicks; "No mask" drops it
+        page.locator("#use-mask").click()
         expect_mask_mode(page, "background")
+        wait_for_text(page, "#mask-status", "2 clicks on the crop")
         shot(page, "09_mask_clicks")
+        page.locator("#no-mask").click()
+        expect_mask_mode(page, "none")
+        wait_for_text(page, "#mask-status", "DynamiCtrl (base)")
 
 
 def test_cancel_keeps_the_previous_result_and_says_cancelled(page, tiny_app):
@@ -388,8 +396,9 @@ def test_uploaded_pages_and_scripts_never_run(page, tiny_app, tmp_path):
     on the app's origin. The control first runs the same script on the app's page directly,
     so a marker that stays unset means "blocked", not "the check cannot see it"."""
     import httpx
-    from tests.badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
     from playwright.sync_api import Error as PlaywrightError
+
+    from tests.badinputs.make_corpus import XSS_MARKER, XSS_SCRIPT, write_served_cases
 
     def marker():
         return page.evaluate(f"() => localStorage.getItem('{XSS_MARKER}')")

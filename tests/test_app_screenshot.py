@@ -1,5 +1,6 @@
 """The README's picture of the app: `app.py --tiny` in Chromium with the example photo and
-clip loaded and the poses extracted, saved to tests/artifacts/app.png. With
+clip loaded, the poses extracted and a result generated (with its last live preview beside
+it), saved to tests/artifacts/app.png. With
 DYNAMICTRL_UPDATE_SCREENSHOT=1 it also replaces assets/app.png (the committed copy):
 
     DYNAMICTRL_UPDATE_SCREENSHOT=1 python -m pytest tests/test_app_screenshot.py
@@ -28,6 +29,10 @@ def test_screenshot_of_the_app_for_the_readme(page, tiny_app):  # noqa: F811 (th
     page.locator("#driving-video video").wait_for()
     page.locator("#extract-poses").click()
     page.locator("#pose-overlay video").wait_for()
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#result-video video'); return v && v.duration > 0; }")
+    page.locator("#live-preview img").wait_for()
     page.evaluate("() => window.scrollTo(0, 0)")
 
     image = Image.open(io.BytesIO(page.screenshot(full_page=False))).convert("RGB")

@@ -3,11 +3,15 @@ package is importable (ZeroGPU hardware), a no-op decorator everywhere else."""
 
 import math
 
+from dynamictrl import presets
 from dynamictrl.manager import video_tokens
+from dynamictrl.studio import GenerateSettings
 
-# Published cost on one H20: 768x1360, 37 frames, 25 steps took 3 min 50 s (docs/memory-and-speed.md).
+# Published cost on one H20: the official size and length (768x1360, 37 frames) at 25 steps
+# took 3 min 50 s (docs/memory-and-speed.md).
 REFERENCE_SECONDS = 230.0
-REFERENCE_TOKENS = video_tokens(37, 1360, 768)
+_OFFICIAL = presets.size_preset("portrait")
+REFERENCE_TOKENS = video_tokens(GenerateSettings.num_frames, _OFFICIAL.height, _OFFICIAL.width)
 MODEL_LOAD_SECONDS = 60.0  # moving ~22 GB of weights onto the GPU on first use
 
 

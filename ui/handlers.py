@@ -6,53 +6,69 @@ no person, missing weights, out of memory) reach the page as `gr.Error` messages
 what to do; anything unexpected is logged with its traceback and shown as one line.
 """
 
+import base64
 import functools
 import hashlib
+import html
+import inspect
+import io
 import json
 import logging
 import math
 import random
 import re
+import secrets
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import gradio as gr
 import numpy as np
 
+from dynamictrl import catalog, errors, presets
 from dynamictrl import studio as studio_api
 from dynamictrl.caption import consistency_hint, has_placeholder
 from dynamictrl.lipsync.settings import LipSyncSettings
 from dynamictrl.manager import OFFLOAD_CHOICES, OutOfMemory
+from dynamictrl.preview import DEFAULT_EVERY
+from dynamictrl.segment import variant_for
 from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
-from dynamictrl.video import longest_pose_clip
-from dynamictrl.weights import WeightsNotFoundError
+from dynamictrl.tiny import TINY_SIZE, TINY_STEPS
+from dynamictrl.video import longest_pose_clip, read_video, write_video
+from dynamictrl.weights import DownloadCancelled, WeightsNotFoundError
 
 from .gpu import estimate_generation_seconds, gpu_job
 
 logger = logging.getLogger(__name__)
 
-CUSTOM_SIZE = "custom"
-# Label -> (width, height); the paper's sizes first.
-SIZE_PRESETS = {
-    "portrait 768x1360": (768, 1360),
-    "landscape 1360x768": (1360, 768),
-    "1024x576": (1024, 576),
-    "square 1024x1024": (1024, 1024),
-}
-TINY_SIZE_PRESET = "tiny 64x80"
-# Label -> (steps, first-block-cache threshold). "official" is the authors' setting.
-SPEED_PRESETS = {
-    "quality (50 steps)": (50, 0.0),
-    "official (25 steps)": (25, 0.0),
-    "fast (15 steps + first-block cache)": (15, 0.05),
-}
+CUSTOM_SIZE = presets.CUSTOM
+# The API's defaults (`GenerateSettings`): the page starts from them, never from copies.
+DEFAULTS = GenerateSettings(prompt="")
+# Label -> (width, height), from dynamictrl.presets (labels say width x height).
+SIZE_PRESETS = {preset.label: (preset.width, preset.height) for preset in presets.SIZE_PRESETS}
+# Label -> (steps, first-block-cache threshold), from dynamictrl.presets.
+SPEED_PRESETS = {preset.label: (preset.steps, preset.first_block_cache) for preset in presets.SPEED_PRESETS}
+DEFAULT_SIZE = presets.size_preset(presets.size_name(DEFAULTS.width, DEFAULTS.height)).label
+DEFAULT_SPEED = presets.speed_preset(presets.speed_name(DEFAULTS.steps, DEFAULTS.first_block_cache)).label
+TINY_SIZE_PRESET = f"tiny {TINY_SIZE[0]}x{TINY_SIZE[1]}"
+TINY_SPEED_PRESET = f"tiny ({TINY_STEPS} steps)"
 # The Quality/speed label once Steps no longer matches the chosen preset (no first-block cache).
-CUSTOM_SPEED = "custom"
+CUSTOM_SPEED = presets.CUSTOM
 RETARGET_CHOICES = ("global", "bones", "none")
 MASK_MODES = ("none", "background", "clothing")
+MAX_VARIATIONS = 8  # Studio.generate_variations' limit (check_seeds); one queue job per seed
+# Beside a result, what Reuse restores: the reference as the app read it, and the pose video
+# (the studio's own side file when it extracted the poses; the app writes it otherwise).
+INPUT_SUFFIX = "_input.png"
+POSE_SUFFIX = studio_api.SIDE_OUTPUTS[0]
+BROWSER_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")  # what `secrets.token_urlsafe` gives out
+MAX_SESSIONS = 10_000  # remembered page sessions (browser id, time zone); the oldest are forgotten
+PREVIEW_MIN_HEIGHT = 160  # px: a preview is 1/8 of the video; enlarged (nearest) to be seen
 MAX_SEED = 2**31 - 1
 LIPSYNC_GPU_SECONDS = 180  # ZeroGPU budget: MuseTalk runs 30+ fps once models are on the GPU
 # Errors whose message already says what to do: shown as they are.
@@ -72,10 +88,11 @@ class AppConfig:
     offload: str = "auto"
     size_presets: dict = field(default_factory=lambda: dict(SIZE_PRESETS))
     speed_presets: dict = field(default_factory=lambda: dict(SPEED_PRESETS))
-    default_size: str = "portrait 768x1360"
-    default_frames: int = 37
-    default_steps: int = 25
-    default_speed: str = "official (25 steps)"
+    default_size: str = DEFAULT_SIZE
+    default_frames: int = DEFAULTS.num_frames
+    default_steps: int = DEFAULTS.steps
+    default_speed: str = DEFAULT_SPEED
+    preview_every: int = DEFAULT_EVERY  # denoising steps between live previews
     # Unloading models from the System tab: True only for a server behind a login (--auth)
     # or reachable from this machine alone (app.admin_actions_allowed); else neither the
     # buttons nor their endpoints exist.
@@ -83,6 +100,9 @@ class AppConfig:
     # Folders whose paths never reach a visitor (gradio's upload cache, the app's temp
     # folder): an error message shows a file inside them by its name only.
     private_dirs: tuple = ()
+    # Encrypts the browser id in the visitor's local storage; kept across restarts by app.py
+    # (None: a new one per start, and History starts afresh after a restart).
+    browser_secret: str | None = None
 
 
 # dynamictrl's messages name the CLI's flags; the page has widgets (Frames, fps, Start) and no
@@ -140,13 +160,17 @@ def friendly_errors(handler):
             if private_dirs and isinstance(error.message, str):
                 error.message = without_private_paths(error.message, private_dirs)
             raise
-        except Cancelled:
-            raise gr.Error("Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled")
+        except Cancelled as error:
+            errors.log_job_error(logger, error, handler.__name__)
+            raise gr.Error("Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled") from None
         except USER_ERRORS as error:
+            # The server log: one line (the raw cause of a failed download is logged by the
+            # catalog); the traceback at DEBUG level only.
+            errors.log_user_error(logger, error, handler.__name__)
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             raise gr.Error(in_app_terms(without_private_paths(str(message), private_dirs))) from None
         except Exception as error:  # the page gets one line, the log the traceback
-            logger.exception("handler %s failed", handler.__name__)
+            errors.log_job_error(logger, error, handler.__name__)
             detail = without_private_paths(f"{type(error).__name__}: {error}", private_dirs)
             raise gr.Error(f"Unexpected error ({detail}). The server log has the details.") from None
 
@@ -199,6 +223,18 @@ class ProgressReporter:
             self.progress(min(max(fraction, 0.0), 1.0), desc=text)
 
 
+@dataclass
+class Job:
+    """One generation as the page asked for it."""
+
+    image_path: str
+    settings: GenerateSettings
+    pose_settings: PoseSettings
+    pose_video_path: str | None = None
+    driving_video_path: str | None = None
+    provenance: dict | None = None
+
+
 class Handlers:
     def __init__(self, studio, config: AppConfig):
         self.studio = studio
@@ -208,6 +244,18 @@ class Handlers:
         self._cancel_events: dict[str, threading.Event] = {}
         self._armed: dict[str, int] = {}  # per session: jobs clicked on the page, not started yet (`_job_cancel`)
         self._armed_lock = threading.Lock()
+        # Per page session: its browser id (History across reloads) and its time zone.
+        self._browser_ids: OrderedDict[str, str] = OrderedDict()
+        self._time_zones: OrderedDict[str, str] = OrderedDict()
+        # Per session: the newest live preview (id, step, steps, image) and the id last shown.
+        self._previews: dict[str, tuple] = {}
+        self._previews_shown: dict[str, int] = {}
+        # Per session: the running variations batch ({"id", "count", "cancelled", "results", ...}).
+        self._batches: dict[str, dict] = {}
+        self._thumbnails: dict[tuple, str] = {}  # (video path, mtime) -> data URI
+        # One download at a time: two of the same model would write the same part file.
+        self._download_lock = threading.Lock()
+        self._download_cancels: dict[str, threading.Event] = {}
         # ZeroGPU needs the GPU-bound functions decorated once, at build time.
         self._generate_on_gpu = gpu_job(self._generation_seconds)(self._generate_job)
         self._extract_on_gpu = gpu_job(120)(self.studio.extract_poses)
@@ -279,10 +327,38 @@ class Handlers:
 
     def session_outputs(self, request: gr.Request | None) -> Path:
         """Where this session's results go and what its History lists: a public server must
-        not show one visitor's videos to another."""
+        not show one visitor's videos to another. A page that sent its browser id (`start_session`)
+        keeps one folder across reloads; other clients one per gradio session."""
         if not self.config.session_folders:
             return self.config.outputs_dir
-        return self.config.outputs_dir / session_folder_name(getattr(request, "session_hash", None))
+        session_hash = getattr(request, "session_hash", None)
+        browser_id = self._browser_ids.get(session_hash) if session_hash else None
+        if browser_id:
+            return self.config.outputs_dir / session_folder_name(f"browser:{browser_id}")
+        return self.config.outputs_dir / session_folder_name(session_hash)
+
+    @staticmethod
+    def _remember(table: OrderedDict, key: str, value: str) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > MAX_SESSIONS:
+            table.popitem(last=False)
+
+    def start_session(self, browser_id, browser_tz, request: gr.Request):
+        """On page load: the browser's own id (kept in its local storage, a random secret made
+        here on its first visit; a value of the wrong form gets a new one) and its time zone.
+        Returns the id to store, and this browser's History."""
+        if not isinstance(browser_id, str) or not BROWSER_ID.match(browser_id):
+            browser_id = secrets.token_urlsafe(24)
+        session_hash = getattr(request, "session_hash", None)
+        if session_hash:
+            self._remember(self._browser_ids, session_hash, browser_id)
+            try:
+                ZoneInfo(browser_tz)
+                self._remember(self._time_zones, session_hash, browser_tz)
+            except (TypeError, ValueError, KeyError, OSError):  # not a zone name: times stay in UTC
+                logger.debug("ignoring the page's time zone %r", browser_tz)
+        return {"browser_id": browser_id, **self.history(request)}
 
     # ------------------------------------------------------------------ character
     @friendly_errors
@@ -320,11 +396,12 @@ class Handlers:
         crop = np.asarray(studio_api.crop_reference(image_path, *size, limits=self._limits))
         overlay = self._overlay(crop, result.mask, points)
         what = "the background" if mode == "background" else "the clothing"
-        info = (f"**{mode.capitalize()} mode:** {what} is blacked out for the model (tinted on the left). "
-                + ("Clicks on the crop preview mark the person." if mode == "background"
-                   else "Clicks on the crop preview mark the clothes."))
-        return {"mask_preview": overlay, "masked_preview": result.masked, "mask_mode": mode,
-                "mask_points": [list(p) for p in points], "mask_info": info}
+        info = (f"**{mode.capitalize()} preview:** {what} would be blacked out for the model (tinted). "
+                + ("Clicks on the crop preview mark the person. " if mode == "background"
+                   else "Clicks on the crop preview mark the clothes. ")
+                + "Generate does not use it until you press **Use this mask**.")
+        return {"mask_preview": overlay, "masked_preview": result.masked, "preview_mode": mode,
+                "preview_points": [list(p) for p in points], "mask_info": info}
 
     @friendly_errors
     def mask_start(self, kind, reference, size_preset, width, height):
@@ -340,29 +417,48 @@ class Handlers:
         # The background mask's complement is the person as SAM found it: shown, not applied.
         person = ~self._mask(reference, "background", size, []).mask
         crop = np.asarray(studio_api.crop_reference(reference, *size, limits=self._limits))
-        info = ("**Person check:** the tinted region is the person SAM found; nothing is blacked out (mask mode "
-                "none). If it misses a limb or takes in the background, click on the crop preview (that switches "
-                "to background mode) or press Background to replace the background.")
-        return {"mask_preview": self._overlay(crop, person, []), "masked_preview": crop, "mask_mode": "none",
-                "mask_points": [], "mask_info": info}
+        info = ("**Person check:** the tinted region is the person SAM found; nothing is blacked out. If it misses "
+                "a limb or takes in the background, click on the crop preview (a background mask from those "
+                "points) or press Background to preview replacing the background.")
+        return {"mask_preview": self._overlay(crop, person, []), "masked_preview": crop, "preview_mode": "none",
+                "preview_points": [], "mask_info": info}
 
     @friendly_errors
-    def mask_click(self, reference, size_preset, width, height, mask_mode, click_label, mask_points,
+    def mask_click(self, reference, size_preset, width, height, preview_mode, click_label, preview_points,
                    evt: gr.SelectData):
-        """A click on the crop adds a SAM point: on the person (background mode, also from
-        no mask or the person check) or on the clothes (clothing mode); "remove" clicks mark
-        what must stay out."""
+        """A click on the crop adds a SAM point to the previewed mask: on the person
+        (background, also from no mask or the person check) or on the clothes (clothing);
+        "remove" clicks mark what must stay out. Generate's mask is not changed."""
         _require(reference, "Upload a reference image first (step 1).")
         size = self.target_size(size_preset, width, height)
-        mode = mask_mode if mask_mode in ("background", "clothing") else "background"
+        mode = preview_mode if preview_mode in ("background", "clothing") else "background"
         x, y = (float(v) for v in evt.index[:2])
-        points = [*(mask_points or []), [x, y, 1 if click_label.startswith("add") else 0]]
+        points = [*(preview_points or []), [x, y, 1 if click_label.startswith("add") else 0]]
         return self._mask_view(reference, mode, size, points)
 
     @staticmethod
     def clear_mask():
-        return {"mask_preview": None, "masked_preview": None, "mask_mode": "none", "mask_points": [],
+        """Clears the preview and Generate's mask: the model sees the whole crop."""
+        return {"mask_preview": None, "masked_preview": None, "preview_mode": "none", "preview_points": [],
+                "mask_mode": "none", "mask_points": [], "mask_status": mask_status_text("none", []),
                 "mask_info": "No mask: the model sees the whole crop."}
+
+    @staticmethod
+    def use_mask(preview_mode, preview_points):
+        """The previewed mask becomes the one Generate uses."""
+        if preview_mode not in ("background", "clothing"):
+            raise gr.Error("Preview a Background or Clothing mask first (the Person check blacks out nothing).")
+        points = [list(p) for p in preview_points or []]
+        return {"mask_mode": preview_mode, "mask_points": points, "mask_status": mask_status_text(preview_mode, points)}
+
+    @staticmethod
+    def no_mask():
+        return {"mask_mode": "none", "mask_points": [], "mask_status": mask_status_text("none", [])}
+
+    @staticmethod
+    def show_mask_status(mask_mode, mask_points):
+        """After Mask (Generate's radio) changed: clicks belong to the mode they were made in."""
+        return {"mask_status": mask_status_text(mask_mode, mask_points)}
 
     # ------------------------------------------------------------------ motion
     def _pose_settings(self, preset, width, height, start, frames, fps, retarget, size=None) -> PoseSettings:
@@ -479,15 +575,17 @@ class Handlers:
         return estimate_generation_seconds(settings.steps, settings.num_frames, settings.width, settings.height)
 
     def _generate_job(self, image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings, progress,
-                      pose_provenance=None):
+                      pose_provenance=None, preview=None, preview_every=DEFAULT_EVERY):
+        extra = {}
+        if preview is not None and "preview" in inspect.signature(self.studio.generate).parameters:
+            extra = {"preview": preview, "preview_every": preview_every}  # a remote studio has none
         return self.studio.generate(image_path, out_path, settings, pose_video_path=pose_video_path,
                                     driving_video_path=driving_video_path, pose_settings=pose_settings, progress=progress,
-                                    pose_provenance=pose_provenance)
+                                    pose_provenance=pose_provenance, **extra)
 
-    @friendly_errors
-    def generate(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
-                 mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state,
-                 request: gr.Request, progress=gr.Progress()):
+    def _job(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
+             mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state) -> "Job":
+        """The page's values checked and turned into one generation job."""
         _require(reference, "Upload a reference image first (step 1: Character).")
         _require(driving, "Upload a driving video or a pose video first (step 2: Motion).")
         image_path, video_path, points = reference, driving, mask_points
@@ -495,7 +593,7 @@ class Handlers:
         num_frames = self._frames(frames)
         steps = int(steps or 0)
         if not 1 <= steps <= 200:
-            raise gr.Error("Steps must be between 1 and 200 (25 is the official setting).")
+            raise gr.Error(f"Steps must be between 1 and 200 ({DEFAULTS.steps} is the official setting).")
         if offload not in OFFLOAD_CHOICES:
             raise gr.Error(f"Offload must be one of {', '.join(OFFLOAD_CHOICES)}.")
         mask_mode = mask_mode if mask_mode in ("background", "clothing") else None
@@ -507,33 +605,209 @@ class Handlers:
         settings = GenerateSettings(
             prompt=prompt, negative_prompt=(negative_prompt or "").strip(), num_frames=num_frames, width=size[0],
             height=size[1], steps=steps, guidance=float(guidance), seed=int(seed) % (MAX_SEED + 1),
-            fps=pose_settings.fps or 16.0, mask_mode=mask_mode, mask_points=[list(p) for p in points] if (mask_mode and points) else None,
+            fps=pose_settings.fps or DEFAULTS.fps, mask_mode=mask_mode,
+            mask_points=[list(p) for p in points] if (mask_mode and points) else None,
             offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1],
         )
         # Reuse the poses extracted (and looked at) in step 2 when nothing changed since.
-        pose_video_path, driving_video_path, provenance = None, None, None
+        job = Job(image_path, settings, pose_settings)
         if is_pose_video:
-            pose_video_path = video_path
+            job.pose_video_path = video_path
         elif pose_state and pose_state.get("key") == self._pose_key(image_path, video_path, pose_settings):
-            pose_video_path, provenance = pose_state["path"], pose_state.get("provenance")
+            job.pose_video_path, job.provenance = pose_state["path"], pose_state.get("provenance")
         else:
-            driving_video_path = video_path
-        cancel, from_page = self._job_cancel(request)
-        out_dir, out_path = self._new_result(request, f"seed{settings.seed}")
+            job.driving_video_path = video_path
+        return job
+
+    def _missing(self, job: "Job") -> list:
+        """Every model the job needs that is not on disk (a remote studio checks on its side)."""
+        if not hasattr(self.studio, "missing_models"):
+            return []
+        return self.studio.missing_models(job.settings, driving_video=job.driving_video_path is not None)
+
+    def _missing_view(self, missing: list) -> dict:
+        """The one message before a job starts: every missing model with its size, the
+        command, and (where downloads are allowed) one button that fetches them all."""
+        if not missing:
+            return {"missing_models": gr.update(value="", visible=False), "missing_names": [],
+                    "download_missing": gr.update(visible=False)}
+        total = catalog.format_bytes(sum(s.bytes_to_download for s in missing))
+        what = "it" if len(missing) == 1 else f"all {len(missing)}"
+        return {"missing_models": gr.update(value="⚠️ " + catalog.missing_message(missing), visible=True),
+                "missing_names": [s.spec.name for s in missing],
+                "download_missing": gr.update(value=f"Download {what} ({total})", visible=self._can_download())}
+
+    def _run_job(self, job: "Job", request, progress, preview_every, label: str, from_page_cancel):
+        """Runs one generation into the session folder; the result, or None when the page
+        cancelled it (the "Cancelled" note is shown)."""
+        cancel, from_page = from_page_cancel
+        out_dir, out_path = self._new_result(request, label)
         progress(0.0, desc="loading models")
+        every = int(preview_every or 0)
+        preview = self._preview_sink(_session_key(request)) if every > 0 else None
         try:
-            result = self._generate_on_gpu(image_path, out_path, settings, pose_video_path, driving_video_path,
-                                           pose_settings, ProgressReporter(progress, cancel), provenance)
+            result = self._generate_on_gpu(job.image_path, out_path, job.settings, job.pose_video_path,
+                                           job.driving_video_path, job.pose_settings,
+                                           ProgressReporter(progress, cancel), job.provenance, preview,
+                                           max(every, 1))
         except Exception as error:
             self._drop_if_empty(out_dir)  # the studio already removed what the job had written
             if isinstance(error, Cancelled) and from_page:
-                return self._cancelled_on_page()
+                errors.log_job_error(logger, error, "generate")
+                return None
             raise
-        finally:
-            cancel.clear()
+        self._keep_inputs(result.video_path, job)
+        return result
+
+    def _keep_inputs(self, video_path: Path, job: "Job") -> None:
+        """Beside the result, what Reuse restores: the reference (re-encoded as PNG, never
+        the upload's own bytes) and the pose video (the studio wrote it when it extracted
+        the poses; a pose video from step 2 or an upload is re-encoded here)."""
+        stem = video_path.with_suffix("")
+        studio_api.load_image(job.image_path, self._limits).save(f"{stem}{INPUT_SUFFIX}")
+        pose_path = Path(f"{stem}{POSE_SUFFIX}")
+        if job.pose_video_path is not None and not pose_path.exists():
+            pose = read_video(job.pose_video_path, max_frames=job.settings.num_frames, limits=self._limits)
+            write_video(pose_path, pose.frames[: job.settings.num_frames], fps=job.settings.fps)
+
+    def _result_view(self, result) -> dict:
         manifest = page_manifest(json.loads(result.manifest_path.read_text()), self.config.private_dirs)
         return {"result_video": str(result.video_path), "manifest": manifest,
                 "result_files": [str(result.video_path), str(result.manifest_path)]}
+
+    @friendly_errors
+    def generate(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
+                 mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state,
+                 request: gr.Request, preview_every=DEFAULT_EVERY, progress=gr.Progress()):
+        job = self._job(reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
+                        mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload,
+                        pose_state)
+        cancel, from_page = self._job_cancel(request)
+        try:
+            missing = self._missing(job)
+            if missing:  # nothing starts: one message lists them all
+                return self._missing_view(missing)
+            result = self._run_job(job, request, progress, preview_every, f"seed{job.settings.seed}",
+                                   (cancel, from_page))
+        finally:
+            cancel.clear()
+        if result is None:
+            return self._cancelled_on_page()
+        return {**self._result_view(result), **self._missing_view([])}
+
+    # ------------------------------------------------------------------ variations
+    def arm_variations(self, variations, seed, request: gr.Request):
+        """Runs (unqueued) at the Variations click: a new batch of K seeds (seed, seed+1, ...,
+        as the CLI's --variations), each its own queue job, all stopped by one Cancel."""
+        count = int(variations or 0)
+        if not 1 <= count <= MAX_VARIATIONS:
+            raise gr.Error(f"Variations: 1 to {MAX_VARIATIONS} seeds.")
+        key = _session_key(request)
+        first = int(seed or 0) % (MAX_SEED + 1)
+        self._batches[key] = {"id": uuid.uuid4().hex, "count": count, "seeds": [(first + i) % (MAX_SEED + 1)
+                                                                               for i in range(count)],
+                              "cancelled": False, "results": [], "pose": None, "prompt": None}
+        self.arm_cancel(request)
+        return {"variations_gallery": [], "variation_pick": None, **self.start_preview(request)}
+
+    @friendly_errors
+    def variation(self, index, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps,
+                  retarget, mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload,
+                  pose_state, request: gr.Request, preview_every=DEFAULT_EVERY, progress=gr.Progress()):
+        """Seed `index` of the session's batch (nothing past its count, nothing after a Cancel).
+        The first seed extracts the poses and captions; the others reuse them."""
+        key = _session_key(request)
+        batch = self._batches.get(key)
+        if batch is None or index >= batch["count"] or batch["cancelled"]:
+            return {}
+        job = self._job(reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
+                        mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload,
+                        pose_state)
+        job.settings.seed = batch["seeds"][index]
+        if batch["pose"] is not None:
+            job.pose_video_path, job.driving_video_path, job.provenance = batch["pose"]
+        if batch["prompt"] is not None:
+            job.settings.prompt = batch["prompt"]
+        cancel, from_page = self._job_cancel(request) if index == 0 else (self._cancel_event(request), True)
+        try:
+            if index == 0:
+                missing = self._missing(job)
+                if missing:
+                    batch["cancelled"] = True  # the other seeds would need them too
+                    return self._missing_view(missing)
+            result = self._run_job(job, request, progress, preview_every,
+                                   f"seed{job.settings.seed}_var{index + 1}of{batch['count']}", (cancel, from_page))
+        except Exception:
+            batch["cancelled"] = True  # a failed seed stops the batch: the others would fail alike
+            raise
+        finally:
+            cancel.clear()
+        if result is None:
+            batch["cancelled"] = True
+            return self._cancelled_on_page()
+        if index == 0:
+            manifest = json.loads(result.manifest_path.read_text())
+            batch["prompt"] = manifest["prompt_used"]
+            pose_path = Path(f"{result.video_path.with_suffix('')}{POSE_SUFFIX}")
+            batch["pose"] = (str(pose_path), None, manifest["inputs"].get("pose_extraction"))
+        batch["results"].append({"video": str(result.video_path), "manifest": str(result.manifest_path),
+                                 "seed": job.settings.seed})
+        gallery = [(item["video"], f"seed {item['seed']}") for item in batch["results"]]
+        return {"variations_gallery": gallery, **self._missing_view([])}
+
+    def _picked(self, request, index) -> dict:
+        batch = self._batches.get(_session_key(request))
+        if batch is None or index is None or not 0 <= int(index) < len(batch["results"]):
+            raise gr.Error("Pick one of the variations first (click its video).")
+        return batch["results"][int(index)]
+
+    @staticmethod
+    def pick_variation(evt: gr.SelectData):
+        return {"variation_pick": evt.index}
+
+    @friendly_errors
+    def use_variation(self, variation_pick, request: gr.Request):
+        """The picked variation becomes the Result (and its seed the Seed), ready to lip-sync or reuse."""
+        item = self._picked(request, variation_pick)
+        manifest_path = Path(item["manifest"])
+        manifest = page_manifest(json.loads(manifest_path.read_text()), self.config.private_dirs)
+        return {"result_video": item["video"], "manifest": manifest, "result_files": [item["video"], str(manifest_path)],
+                "seed": item["seed"]}
+
+    @friendly_errors
+    def lipsync_variation(self, variation_pick, request: gr.Request):
+        item = self._picked(request, variation_pick)
+        return {"lipsync_video": item["video"], "tabs": gr.Tabs(selected="lipsync")}
+
+    # ------------------------------------------------------------------ live previews
+    def _preview_sink(self, key: str):
+        """The studio's preview callback for a session: keeps the newest preview for `live_preview`."""
+        def keep(preview) -> None:
+            self._previews[key] = (time.monotonic_ns(), preview.step, preview.steps, preview.strip())
+        return keep
+
+    def start_preview(self, request: gr.Request):
+        """At a job's click: the preview timer on, the last job's preview gone."""
+        key = _session_key(request)
+        self._previews.pop(key, None)
+        self._previews_shown.pop(key, None)
+        return {"preview_timer": gr.Timer(active=True), "live_preview": gr.update(value=None, label="Live preview")}
+
+    def live_preview(self, request: gr.Request):
+        """A tick of the preview timer: the newest preview when it changed (else nothing moves)."""
+        key = _session_key(request)
+        entry = self._previews.get(key)
+        if entry is None or self._previews_shown.get(key) == entry[0]:
+            return {}
+        self._previews_shown[key] = entry[0]
+        _id, step, steps, image = entry
+        scale = max(1, math.ceil(PREVIEW_MIN_HEIGHT / image.shape[0]))
+        enlarged = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        return {"live_preview": gr.update(value=enlarged, label=f"Live preview · step {step} of {steps}")}
+
+    def stop_preview(self, request: gr.Request):
+        """After the job: the timer off, its last preview shown."""
+        return {**self.live_preview(request), "preview_timer": gr.Timer(active=False)}
 
     def _new_result(self, request, label: str) -> tuple[Path, Path]:
         """(session folder, fresh result path): a generated name, never a user's file name."""
@@ -549,9 +823,19 @@ class Handlers:
             key = _session_key(request)
             self._armed[key] = self._armed.get(key, 0) + 1
 
+    def arm_generate(self, request: gr.Request):
+        """At the Generate click: the job armed for Cancel, the live preview started."""
+        self.arm_cancel(request)
+        return self.start_preview(request)
+
     def cancel(self, request: gr.Request):
-        """Stops this session's job between steps; other sessions' jobs are not touched."""
+        """Stops this session's job between steps, and the seeds of its variations not yet
+        started; other sessions' jobs are not touched."""
+        batch = self._batches.get(_session_key(request))
+        if batch is not None:
+            batch["cancelled"] = True
         self._cancel_event(request).set()
+        self._download_cancels.setdefault(_session_key(request), threading.Event()).set()  # the missing-models one
         gr.Info("Cancelling after the current step…")
 
     # ------------------------------------------------------------------ lip-sync
@@ -591,41 +875,151 @@ class Handlers:
     # ------------------------------------------------------------------ history
     @friendly_errors
     def history(self, request: gr.Request):
-        """This session's results only (see `session_outputs`)."""
+        """This session's results only (see `session_outputs`), times in the page's time zone."""
         entries = studio_api.list_history(self.session_outputs(request))
-        gallery = [(entry["video_path"], _history_label(entry)) for entry in entries]
-        rows = [_history_row(entry) for entry in entries]
+        zone = self._time_zones.get(getattr(request, "session_hash", None) or "")
+        gallery = [(entry["video_path"], _history_label(entry, zone)) for entry in entries]
+        rows = [[self._thumbnail(entry["video_path"]), *_history_row(entry, zone)] for entry in entries]
         return {"gallery": gallery, "history_table": rows, "history_paths": [entry["manifest_path"] for entry in entries],
                 "history_manifest": None, "history_index": None}
+
+    def _thumbnail(self, video_path: str) -> str:
+        """The first frame, small, as an inline image for the table (cached per file version;
+        a video that cannot be read gets no picture, the row stays)."""
+        path = Path(video_path)
+        key = (str(path), path.stat().st_mtime_ns)
+        if key not in self._thumbnails:
+            from PIL import Image
+
+            try:
+                frame = read_video(path, max_frames=1, limits=self._limits).frames[0]
+            except (OSError, ValueError) as error:
+                errors.log_user_error(logger, error, "history thumbnail")
+                return ""
+            image = Image.fromarray(frame)
+            image.thumbnail((96, 64))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            self._thumbnails[key] = f"![]({'data:image/png;base64,' + base64.b64encode(buffer.getvalue()).decode()})"
+        return self._thumbnails[key]
 
     def history_select(self, history_paths, evt: gr.SelectData):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not history_paths or index is None or index >= len(history_paths):
             return {"history_manifest": None, "history_index": None}
-        manifest = json.loads(Path(history_paths[index]).read_text())
+        try:
+            manifest = json.loads(Path(history_paths[index]).read_text())
+        except (OSError, ValueError) as error:
+            errors.log_user_error(logger, error, "history_select")
+            raise gr.Error(f"The manifest of this result cannot be read ({type(error).__name__}).") from None
         return {"history_manifest": page_manifest(manifest, self.config.private_dirs), "history_index": index}
 
     @friendly_errors
-    def reuse_settings(self, history_manifest):
-        """The form values a past result was generated with, and the Create tab to see them."""
+    def reuse_settings(self, history_manifest, request: gr.Request):
+        """The form values a past result was generated with, its inputs (reference, pose video,
+        mask) when they are beside it in this session's folder, and the Create tab."""
         manifest = history_manifest
         if not manifest:
             raise gr.Error("Pick a result in the gallery or the table first.")
-        settings = studio_api.settings_from_manifest(manifest)
+        settings = manifest_settings(manifest)
         size = (settings.width, settings.height)
         preset = next((label for label, value in self.config.size_presets.items() if value == size), CUSTOM_SIZE)
         mask_mode = settings.mask_mode or "none"
-        gr.Info(f"Loaded the settings of {manifest.get('output', 'the result')} into the Create tab (the reference "
-                "image and the driving video stay as they are).")
-        return {
+        values = {
             # The custom fields' visibility follows the preset (its change event).
             "size_preset": preset, "width": settings.width, "height": settings.height, "frames": settings.num_frames,
             "fps": settings.fps, "mask_mode": mask_mode, "mask_points": settings.mask_points or [],
+            "mask_status": mask_status_text(mask_mode, settings.mask_points),
             "prompt": settings.prompt or manifest.get("prompt_used", ""), "negative_prompt": settings.negative_prompt,
             "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.first_block_cache),
             "guidance": settings.guidance, "seed": settings.seed, "offload": settings.offload,
             "tabs": gr.Tabs(selected="create"),
         }
+        restored = []
+        video = self.session_outputs(request) / manifest["output"]
+        stem = video.with_suffix("")
+        reference, pose = Path(f"{stem}{INPUT_SUFFIX}"), Path(f"{stem}{POSE_SUFFIX}")
+        if reference.is_file():
+            values["reference"] = str(reference)
+            restored.append("the reference image")
+        if pose.is_file():
+            values.update(driving=str(pose), is_pose_video=True, pose_state={})
+            restored.append("the pose video")
+        if settings.mask_mode:
+            restored.append(f"the {settings.mask_mode} mask")
+        kept = (f"; restored {', '.join(restored)}" if restored
+                else "; its inputs are not beside it, the reference image and the motion stay as they are")
+        gr.Info(f"Loaded the settings of {manifest['output']} into the Create tab{kept}.")
+        return values
+
+    # ------------------------------------------------------------------ models
+    def _weights_dir(self):
+        return getattr(self.studio, "weights_dir", None)
+
+    def _can_download(self) -> bool:
+        """Downloads fill the server's disk: an admin action (`AppConfig.admin_actions`), and
+        only for a studio on this machine (a remote one has its own weights)."""
+        return self.config.admin_actions and hasattr(self.studio, "missing_models")
+
+    def model_row(self, name: str) -> str:
+        """One model of the Models tab as HTML: state, sizes, folder, licence, command."""
+        status = catalog.status(name, self._weights_dir())
+        row = status.row()
+        sizes = f"{row['on disk']} on disk" + (f" · {row['to download']} to download" if row["to download"] else "")
+        return (
+            f'<div class="model-row" data-state="{html.escape(status.state)}">'
+            f'<b>{html.escape(row["model"])}</b> <span class="model-state">{html.escape(status.state)}</span>'
+            f' · {html.escape(row["used for"])}<br>{html.escape(sizes)} · <code>{html.escape(row["folder"])}</code>'
+            f' · licence: <a href="{html.escape(row["licence_url"])}" target="_blank" rel="noopener noreferrer">'
+            f'{html.escape(row["licence"])}</a> · <code>{html.escape(row["command"])}</code></div>'
+        )
+
+    def models_view(self):
+        return {f"model_{spec.name}": self.model_row(spec.name) for spec in catalog.MODELS}
+
+    def _download(self, names: list[str], request, progress) -> bool:
+        """Fetches `names` through the catalog with the progress bar (bytes, speed, time left);
+        False when Cancel download stopped it (the part fetched stays: Download resumes)."""
+        if not self._can_download():
+            raise gr.Error("Downloading models is an admin action, off on a server without a login (--auth): "
+                           f"run `{catalog.COMMAND} {' '.join(names)}` on the server.")
+        if not self._download_lock.acquire(blocking=False):
+            raise gr.Error("Another download is running: wait for it to finish, or cancel it.")
+        cancel = self._download_cancels.setdefault(_session_key(request), threading.Event())
+        cancel.clear()
+        try:
+            progress(0.0, desc=f"asking the hub for the files of {', '.join(names)}")
+            catalog.download(names, self._weights_dir(), progress=lambda p: progress(p.fraction, desc=p.text()),
+                             cancel=cancel)
+        except DownloadCancelled as error:
+            errors.log_job_error(logger, error, "download")
+            gr.Info("Download cancelled: what was fetched is kept; Download again resumes it.", title="Cancelled")
+            return False
+        finally:
+            self._download_lock.release()
+            cancel.clear()
+        return True
+
+    @friendly_errors
+    def download_model(self, name: str, request: gr.Request, progress=gr.Progress()):
+        if self._download([name], request, progress):
+            gr.Info(f"{catalog.spec(name).title} is on disk.")
+        return {f"model_{name}": self.model_row(name)}
+
+    @friendly_errors
+    def download_missing(self, missing_names, request: gr.Request, progress=gr.Progress()):
+        """The missing-models message's button: every model the job lacked; then the message
+        again (gone when nothing is missing any more)."""
+        names = [name for name in missing_names or [] if name in catalog.BY_NAME]
+        _require(names, "Nothing to download: press Generate to check what the job needs.")
+        if self._download(names, request, progress):
+            gr.Info("Downloaded: press Generate again.")
+        still = [s for s in catalog.statuses(self._weights_dir(), names) if s.state != catalog.ON_DISK]
+        return self._missing_view(still)
+
+    def cancel_download(self, request: gr.Request):
+        self._download_cancels.setdefault(_session_key(request), threading.Event()).set()
+        gr.Info("Stopping the download; what was fetched is kept.")
 
     # ------------------------------------------------------------------ system
     @friendly_errors
@@ -663,19 +1057,92 @@ class Handlers:
         return self.system_status()
 
 
-def _history_row(entry: dict) -> list:
+def transformer_title(mask_mode) -> str:
+    """The transformer a mask mode runs (catalog title: DynamiCtrl (base), ... Mask_B01, ... Mask_C01)."""
+    variant = variant_for(mask_mode) if mask_mode in ("background", "clothing") else None
+    return catalog.spec(catalog.variant_model(variant)).title
+
+
+def mask_status_text(mask_mode, mask_points) -> str:
+    """What Generate will use, in the Generate section."""
+    if mask_mode not in ("background", "clothing"):
+        return f"**Transformer:** {transformer_title(None)} · **Mask:** none (the model sees the whole crop)"
+    clicks = len(mask_points or [])
+    source = f"{clicks} click{'s' if clicks != 1 else ''} on the crop" if clicks else "from the person box"
+    return (f"**Transformer:** {transformer_title(mask_mode)} · **Mask:** the {mask_mode} blacked out ({source})")
+
+
+HISTORY_HEADERS = ["", "when", "prompt", "size", "frames", "duration", "seed", "steps", "variant", "output"]
+
+
+def manifest_settings(manifest) -> GenerateSettings:
+    """A History manifest's settings, checked: a malformed one (edited, truncated, another
+    program's) gets one message naming what is wrong, never a traceback."""
+    output = manifest.get("output") if isinstance(manifest, dict) else None
+    name = output if isinstance(output, str) else "this result"
+    problem = None
+    if not isinstance(manifest, dict) or not isinstance(output, str) or Path(output).name != output \
+            or not output.endswith(".mp4"):
+        problem = "no output video name"
+    elif manifest.get("kind") == "lipsync":
+        return studio_api.settings_from_manifest(manifest)  # says it is a lip-sync result
+    elif not isinstance(manifest.get("settings"), dict):
+        problem = "no settings"
+    else:
+        raw = manifest["settings"]
+        ints = ("num_frames", "width", "height", "steps", "seed")
+        bad = [key for key in ints if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool)]
+        bad += [key for key in ("guidance", "fps") if not isinstance(raw.get(key), (int, float))]
+        bad += [key for key in ("prompt",) if not isinstance(raw.get(key), str)]
+        if raw.get("mask_mode") not in (None, "background", "clothing"):
+            bad.append("mask_mode")
+        points = raw.get("mask_points")
+        if points is not None and not (isinstance(points, list) and all(
+                isinstance(p, list) and len(p) == 3 and all(isinstance(v, (int, float)) for v in p) for p in points)):
+            bad.append("mask_points")
+        if bad:
+            problem = "bad " + ", ".join(bad)
+        else:
+            try:
+                settings = studio_api.settings_from_manifest(manifest)
+                studio_api.check_size_and_frames(settings.num_frames, settings.width, settings.height)
+                return settings
+            except (TypeError, ValueError) as error:
+                problem = str(error)
+    raise gr.Error(f"The manifest of {name} is malformed ({problem}): its settings cannot be reused.",
+                   title="Reuse")
+
+
+def _local_time(created: str, zone: str | None) -> str:
+    """A manifest's UTC time as the page's local time ("2025-06-01 14:03")."""
+    try:
+        when = datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        return ""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(ZoneInfo(zone) if zone else UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _history_row(entry: dict, zone: str | None = None) -> list:
+    """when, prompt, size, frames, duration, seed, steps, variant, output (the thumbnail comes first)."""
     settings = entry["settings"]
+    when = _local_time(entry.get("created", ""), zone)
     if entry.get("kind") == "lipsync":
         audio = Path(entry.get("inputs", {}).get("audio", {}).get("path", "")).name
-        return [entry.get("created", ""), entry["output"], "", "", "", f"lip-sync to {audio}"]
-    return [entry.get("created", ""), entry["output"], settings.get("seed"), settings.get("steps"),
-            f'{settings.get("width")}x{settings.get("height")}', entry.get("prompt_used", "")]
+        return [when, f"lip-sync to {audio}", "", "", "", "", "", "lip-sync", entry["output"]]
+    frames, fps = settings.get("num_frames"), settings.get("fps")
+    duration = f"{frames / fps:.1f} s" if isinstance(frames, int) and isinstance(fps, (int, float)) and fps else ""
+    mask_mode = settings.get("mask_mode")
+    variant = transformer_title(mask_mode if mask_mode in ("background", "clothing") else None)
+    return [when, entry.get("prompt_used", ""), f'{settings.get("width")}x{settings.get("height")}', frames, duration,
+            settings.get("seed"), settings.get("steps"), variant, entry["output"]]
 
 
-def _history_label(entry: dict) -> str:
+def _history_label(entry: dict, zone: str | None = None) -> str:
     settings = entry["settings"]
     # Short enough for a thumbnail; the table has the rest.
-    created = entry.get("created", "")[:16].replace("T", " ")
+    created = _local_time(entry.get("created", ""), zone)
     if entry.get("kind") == "lipsync":
         return f"{created} · lip-sync"
     return f'{created} · seed {settings.get("seed")}'

@@ -1,5 +1,7 @@
-"""The page: steps in order (Character, Motion, Prompt, Generate) on the first tab, then
-Lip-sync, History and System. Layout and event wiring only; `handlers` does the calls.
+"""The page: on the first tab the inputs in order (Character, Motion, Prompt) on the left and
+Generate (settings, live preview, result, variations) in a sticky column on the right, one
+column on a phone; then Lip-sync, History, Models and System. Layout and event wiring only;
+`handlers` does the calls.
 
 Wiring is by name. Every widget is an attribute of `Page`, and a handler's parameters and the
 keys of the dict it returns use those attribute names. `wire` passes the listed widgets as
@@ -14,10 +16,22 @@ from pathlib import Path
 
 import gradio as gr
 
+from dynamictrl import catalog
 from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
 from dynamictrl.manager import OFFLOAD_CHOICES
 
-from .handlers import CUSTOM_SIZE, CUSTOM_SPEED, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
+from .handlers import (
+    CUSTOM_SIZE,
+    CUSTOM_SPEED,
+    DEFAULTS,
+    HISTORY_HEADERS,
+    MASK_MODES,
+    MAX_VARIATIONS,
+    RETARGET_CHOICES,
+    AppConfig,
+    Handlers,
+    mask_status_text,
+)
 from .uploads import AudioUpload, ImageUpload, VideoUpload
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -29,15 +43,41 @@ TINY_BANNER = (
 )
 ADMIN_NOTE = ("Unloading models is an admin action: this server is reachable by others without a login, so "
               "it is off. The person running the app can start it with `--auth USER:PASSWORD` to have it here.")
-CSS = """
-#tiny-banner { background: #fff4d6; border: 1px solid #e0b84c; border-radius: 8px; padding: 4px 12px; }
+# Two columns from a laptop's width up: the Generate column stays in view (sticky) while the
+# inputs scroll; below that one column, nothing wider than the screen.
+WIDE = 1000  # px: laptops and up; tablets in portrait and phones get one column
+CSS = f"""
+#tiny-banner {{ background: #fff4d6; border: 1px solid #e0b84c; border-radius: 8px; padding: 4px 12px; }}
+/* gradio clips its container with overflow: hidden, which makes it the scroll box a sticky
+   element sticks in (it never scrolls); clip cuts the same but is no scroll box. */
+.gradio-container {{ overflow: clip !important; }}
+@media (min-width: {WIDE}px) {{
+  #generate-column {{ position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
+                      overflow-y: auto; }}
+}}
+@media (max-width: {WIDE - 1}px) {{
+  #create-columns {{ flex-direction: column; }}
+  #create-columns > * {{ min-width: 0 !important; width: 100%; }}
+}}
+#live-preview img {{ image-rendering: pixelated; }}
+.model-row .model-state {{ font-weight: 600; }}
+.model-row[data-state="on disk"] .model-state {{ color: #1a7f37; }}
+.model-row[data-state="partial"] .model-state {{ color: #b35900; }}
+.model-row[data-state="missing"] .model-state {{ color: #c62828; }}
+#history-table img {{ max-height: 64px; }}
 """
 
 # Inputs shared by several events, by widget name.
 SIZE = ["size_preset", "width", "height"]
 MOTION = ["driving", "is_pose_video", *SIZE, "start", "frames", "fps", "retarget"]
-MASK_VIEW = ["mask_preview", "masked_preview", "mask_mode", "mask_points", "mask_info"]
+# The mask buttons and clicks change only the preview; "Use this mask" hands it to Generate.
+MASK_VIEW = ["mask_preview", "masked_preview", "preview_mode", "preview_points", "mask_info"]
+ACTIVE_MASK = ["mask_mode", "mask_points", "mask_status"]
 HISTORY_VIEW = ["gallery", "history_table", "history_paths", "history_manifest", "history_index"]
+MISSING_VIEW = ["missing_models", "missing_names", "download_missing"]
+PREVIEW = ["preview_timer", "live_preview"]
+GENERATE_INPUTS = ["reference", *MOTION, "mask_mode", "mask_points", "prompt", "negative_prompt", "steps", "guidance",
+                   "seed", "speed", "offload", "pose_state", "preview_every"]
 SYSTEM_VIEW = ["system_info", "models_table", "loaded_models"]
 
 
@@ -64,6 +104,10 @@ def by_name(handler, outputs: dict):
         # dict for the value of a lone output.
         return {widget: values.get(name, gr.skip()) for name, widget in outputs.items()}
 
+    if isinstance(handler, functools.partial):
+        # gradio finds gr.Request / gr.Progress parameters by their type hints, which a
+        # partial does not carry: those of the function it wraps.
+        call.__annotations__ = dict(getattr(handler.func, "__annotations__", {}))
     return call
 
 
@@ -77,75 +121,92 @@ def wire(page: Page, trigger, handler, inputs: list[str] = (), outputs: list[str
 def build_app(studio, config: AppConfig) -> gr.Blocks:
     handlers = Handlers(studio, config)
     page = Page()
-    with gr.Blocks(title="DynamiCtrl Studio") as app:
+    with gr.Blocks(title="DynamiCtrl Studio", fill_width=True) as app:
         gr.Markdown("# DynamiCtrl Studio\nOne photo of a person + a dance → that person dancing, steered by a prompt.")
         if config.tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
         page.mask_points = gr.State([])
+        page.preview_mode = gr.State("none")
+        page.preview_points = gr.State([])
         page.pose_state = gr.State({})
         page.auto_caption_text = gr.State("")
+        # The browser's own id, in its local storage: History survives reloads, per browser.
+        page.browser_id = gr.BrowserState("", storage_key="dynamictrl-browser-id", secret=config.browser_secret)
+        page.browser_tz = gr.Textbox(visible=False)
         with gr.Tabs() as page.tabs:
             with gr.Tab("Create", id="create"):
-                build_character(page, config)
-                build_motion(page, config)
-                build_prompt(page)
-                build_generate(page, config)
+                with gr.Row(elem_id="create-columns", equal_height=False):
+                    with gr.Column(scale=3, min_width=300, elem_id="inputs-column"):
+                        build_character(page, config)
+                        build_motion(page, config)
+                        build_prompt(page)
+                    with gr.Column(scale=2, min_width=300, elem_id="generate-column"):
+                        build_generate(page, config, handlers)
             with gr.Tab("Lip-sync", id="lipsync"):
                 build_lipsync(page)
             with gr.Tab("History", id="history") as page.history_tab:
                 build_history(page)
+            with gr.Tab("Models", id="models") as page.models_tab:
+                build_models(page, config, handlers)
             with gr.Tab("System", id="system") as page.system_tab:
                 build_system(page, config)
         wire_character(page, handlers)
         wire_motion(page, handlers)
         wire_prompt(page, handlers)
         wire_generate(page, handlers)
+        wire_variations(page, handlers)
         wire_lipsync(page, handlers)
         wire_history(page, handlers)
+        wire_models(page, handlers)
         wire_system(page, handlers, config)
+        # The page's id and time zone reach the server before anything else it sends.
+        wire(page, app.load, handlers.start_session, ["browser_id", "browser_tz"], ["browser_id", *HISTORY_VIEW],
+             api_name=False, js="(id, tz) => [id, Intl.DateTimeFormat().resolvedOptions().timeZone]")
     return app
 
 
 # ------------------------------------------------------------------ sections
 def build_character(page: Page, config: AppConfig) -> None:
     gr.Markdown("## 1. Character")
-    with gr.Row():
-        with gr.Column():
+    # The photo, the crop the model sees (clicked for mask points) and the mask views side
+    # by side: a click shows its effect next to it.
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=200):
             # The file as uploaded: dynamictrl.images reads and converts it.
             page.reference = ImageUpload(label="Reference image", type="filepath", image_mode=None,
-                                         sources=["upload", "clipboard"], elem_id="reference-image", height=360)
+                                         sources=["upload", "clipboard"], elem_id="reference-image", height=300)
             page.size_preset = gr.Dropdown([*config.size_presets, CUSTOM_SIZE], value=config.default_size,
                                            label="Target size (width x height)", elem_id="size-preset")
             with gr.Row():
-                page.width = gr.Number(value=768, label="Width (multiple of 16)", precision=0, visible=False)
-                page.height = gr.Number(value=1360, label="Height (multiple of 16)", precision=0, visible=False)
+                page.width = gr.Number(value=DEFAULTS.width, label="Width (multiple of 16)", precision=0,
+                                       visible=False)
+                page.height = gr.Number(value=DEFAULTS.height, label="Height (multiple of 16)", precision=0,
+                                        visible=False)
             if (ASSETS / "reference_figure.png").is_file():
                 gr.Examples([[str(ASSETS / "reference_figure.png")]], inputs=[page.reference], label="Example reference")
-        with gr.Column():
+        with gr.Column(min_width=200):
             page.crop = gr.Image(label="Crop preview (what the model sees) · click to add mask points",
-                                 interactive=False, elem_id="crop-preview", height=360)
+                                 interactive=False, elem_id="crop-preview", height=300)
             page.crop_info = gr.Markdown(label="Crop note", elem_id="crop-info")
+        # PNG: webp would smear the mask's edges and the point markers' colours.
+        page.mask_preview = gr.Image(label="Mask preview (tinted = blacked out; after Person: the person)",
+                                     interactive=False, elem_id="mask-preview", height=300, format="png", min_width=160)
+        page.masked_preview = gr.Image(label="What the model would get", interactive=False,
+                                       elem_id="masked-preview", height=300, format="png", min_width=160)
     with gr.Accordion("Mask (optional: replace the background or the clothing)", open=True):
         with gr.Row():
             page.mask_person = gr.Button("Person", elem_id="mask-person")
             page.mask_background = gr.Button("Background", elem_id="mask-background")
             page.mask_clothing = gr.Button("Clothing", elem_id="mask-clothing")
             page.clear_mask = gr.Button("Clear mask", elem_id="clear-mask")
-        page.mask_info = gr.Markdown("Person: check what SAM takes as the person (nothing is blacked out). "
-                                     "Background / Clothing: black that out for the model, to be described "
-                                     "in the prompt. Clicks on the crop preview refine the mask.",
+            page.use_mask = gr.Button("Use this mask", variant="primary", elem_id="use-mask")
+        page.mask_info = gr.Markdown("Person / Background / Clothing only preview a mask: Person checks what SAM "
+                                     "takes as the person; Background / Clothing show what would be blacked out "
+                                     "(to be described in the prompt). Clicks on the crop preview refine it. "
+                                     "**Use this mask** hands it to Generate.",
                                      label="Mask note", elem_id="mask-info")
-        with gr.Row():
-            page.mask_mode = gr.Radio(list(MASK_MODES), value="none", label="Mask mode (what is blacked out)",
-                                      elem_id="mask-mode")
-            page.click_label = gr.Radio(["add (include)", "remove (exclude)"], value="add (include)",
-                                        label="A click on the crop preview…", elem_id="click-label")
-        with gr.Row():
-            # PNG: webp would smear the mask's edges and the point markers' colours.
-            page.mask_preview = gr.Image(label="Mask (tinted = blacked out; after Person: the person)",
-                                         interactive=False, elem_id="mask-preview", height=300, format="png")
-            page.masked_preview = gr.Image(label="What the model gets", interactive=False,
-                                           elem_id="masked-preview", height=300, format="png")
+        page.click_label = gr.Radio(["add (include)", "remove (exclude)"], value="add (include)",
+                                    label="A click on the crop preview…", elem_id="click-label")
 
 
 def build_motion(page: Page, config: AppConfig) -> None:
@@ -153,23 +214,24 @@ def build_motion(page: Page, config: AppConfig) -> None:
     with gr.Row():
         with gr.Column():
             page.driving = VideoUpload(label="Driving video (a dance) or a ready pose video", sources=["upload"],
-                                       elem_id="driving-video", height=320)
-            page.is_pose_video = gr.Checkbox(False, label="This is already a pose video (frame 0 = the reference's pose)")
+                                       elem_id="driving-video", height=260)
+            page.is_pose_video = gr.Checkbox(False, label="This is already a pose video (frame 0 = the reference's pose)",
+                                         elem_id="is-pose-video")
             if (ASSETS / "dance_figure.mp4").is_file():
                 gr.Examples([[str(ASSETS / "dance_figure.mp4")]], inputs=[page.driving], label="Example clip")
             with gr.Row():
                 page.start = gr.Number(0, label="Start (s)", minimum=0)
                 page.frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0, minimum=5, step=4,
                                         elem_id="frames")
-                page.fps = gr.Number(16, label="fps (0 = every frame)", minimum=0)
+                page.fps = gr.Number(DEFAULTS.fps, label="fps (0 = every frame)", minimum=0)
                 page.whole = gr.Button("Whole clip", size="sm", elem_id="whole-clip")
             page.retarget = gr.Dropdown(list(RETARGET_CHOICES), value="global", label="Retargeting",
                                         info="global: the official fit · bones: limb lengths of the reference · none")
             page.extract = gr.Button("Extract poses", variant="secondary", elem_id="extract-poses")
         with gr.Column():
-            page.pose_video = gr.Video(label="Pose video", interactive=False, elem_id="pose-video", height=320)
+            page.pose_video = gr.Video(label="Pose video", interactive=False, elem_id="pose-video", height=260)
             page.pose_overlay = gr.Video(label="Skeletons over the reference | driving video", interactive=False,
-                                         elem_id="pose-overlay", height=320)
+                                         elem_id="pose-overlay", height=260)
             page.pose_info = gr.Markdown()
 
 
@@ -185,26 +247,56 @@ def build_prompt(page: Page) -> None:
             page.hint = gr.Markdown(elem_id="consistency-hint")
 
 
-def build_generate(page: Page, config: AppConfig) -> None:
+def build_generate(page: Page, config: AppConfig, handlers: Handlers) -> None:
     gr.Markdown("## 4. Generate")
+    # First what must stay in view: the buttons, what the job will use, the preview and the result.
     with gr.Row():
-        with gr.Column():
-            page.speed = gr.Dropdown([*config.speed_presets, CUSTOM_SPEED], value=config.default_speed,
-                                     label="Quality / speed", elem_id="speed")
-            page.steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps", elem_id="steps")
-            page.guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
-            with gr.Row():
-                page.seed = gr.Number(42, label="Seed", precision=0, scale=4, elem_id="seed")
-                page.dice = gr.Button("Random seed", scale=1, min_width=80)
-            page.offload = gr.Dropdown(list(OFFLOAD_CHOICES), value=config.offload, label="Offload (memory tier)")
-            with gr.Row():
-                page.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-                page.cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
-        with gr.Column():
-            page.result_video = gr.Video(label="Result", interactive=False, elem_id="result-video", height=400)
-            page.result_files = gr.File(label="Download (video + manifest)", file_count="multiple", interactive=False)
-            with gr.Accordion("Manifest", open=False):
-                page.manifest = gr.JSON(label="Manifest")
+        page.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+        page.cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+    page.mask_status = gr.Markdown(mask_status_text("none", []), elem_id="mask-status")
+    # Before a job starts: every model it needs that is not on disk, with one button.
+    page.missing_models = gr.Markdown(visible=False, elem_id="missing-models")
+    page.missing_names = gr.State([])
+    page.download_missing = gr.Button("Download", visible=False, variant="primary", elem_id="download-missing")
+    with gr.Row(equal_height=False):
+        page.live_preview = gr.Image(label="Live preview", interactive=False, elem_id="live-preview", height=150,
+                                     format="png", min_width=120, scale=1, show_label=True)
+        page.result_video = gr.Video(label="Result", interactive=False, elem_id="result-video", height=300,
+                                     min_width=200, scale=2)
+    page.preview_timer = gr.Timer(0.4, active=False)
+    with gr.Row():
+        page.speed = gr.Dropdown([*config.speed_presets, CUSTOM_SPEED], value=config.default_speed,
+                                 label="Quality / speed", elem_id="speed", min_width=160)
+        page.steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps", elem_id="steps",
+                               min_width=160)
+    with gr.Row():
+        page.seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, scale=4, elem_id="seed")
+        page.dice = gr.Button("Random seed", scale=1, min_width=80)
+    with gr.Row():
+        page.mask_mode = gr.Radio(list(MASK_MODES), value="none", label="Mask used by Generate (what is blacked out)",
+                                  elem_id="mask-mode", scale=3)
+        page.no_mask = gr.Button("No mask", size="sm", elem_id="no-mask", scale=1, min_width=80)
+    with gr.Accordion("More settings", open=False):
+        page.guidance = gr.Slider(1.0, 10.0, value=DEFAULTS.guidance, step=0.5, label="Guidance")
+        page.offload = gr.Dropdown(list(OFFLOAD_CHOICES), value=config.offload, label="Offload (memory tier)")
+        page.preview_every = gr.Number(config.preview_every, label="Live preview every N denoising steps (0 = off)",
+                                       precision=0, minimum=0, elem_id="preview-every")
+    with gr.Accordion("Variations: several seeds of these settings", open=False, elem_id="variations-accordion"):
+        with gr.Row():
+            page.variations = gr.Slider(1, MAX_VARIATIONS, value=4, step=1, label="Seeds (Seed, Seed+1, ...)",
+                                        elem_id="variations-count", scale=3)
+            page.variations_button = gr.Button("Generate variations", elem_id="variations-run", scale=1)
+        page.variations_gallery = gr.Gallery(label="Variations (as they finish; click one to pick it)", columns=4,
+                                             height=220, object_fit="contain", elem_id="variations-gallery",
+                                             allow_preview=False)
+        page.variation_pick = gr.State(None)
+        with gr.Row():
+            page.use_variation = gr.Button("Make it the result (and its seed the Seed)", size="sm",
+                                           elem_id="use-variation")
+            page.lipsync_variation = gr.Button("Lip-sync it", size="sm", elem_id="lipsync-variation")
+    page.result_files = gr.File(label="Download (video + manifest)", file_count="multiple", interactive=False)
+    with gr.Accordion("Manifest", open=False):
+        page.manifest = gr.JSON(label="Manifest")
 
 
 def build_lipsync(page: Page) -> None:
@@ -246,14 +338,34 @@ def build_history(page: Page) -> None:
     # Fixed columns and height: fit_columns would blow a lone result up to the page width.
     page.gallery = gr.Gallery(label="Past results", columns=5, height=280, object_fit="contain", fit_columns=False,
                               allow_preview=True, preview=False, elem_id="history-gallery")
-    page.history_table = gr.Dataframe(headers=["created", "output", "seed", "steps", "size", "prompt"],
-                                      interactive=False, elem_id="history-table", wrap=True)
+    # The first column is a thumbnail (an inline image); times are the page's local time.
+    page.history_table = gr.Dataframe(headers=HISTORY_HEADERS, datatype=["markdown", *["str"] * 9],
+                                      interactive=False, elem_id="history-table", wrap=False)
     page.history_paths = gr.State([])
     with gr.Row():
-        page.reuse = gr.Button("Reuse settings", elem_id="reuse-settings")
+        page.reuse = gr.Button("Reuse (settings and inputs)", elem_id="reuse-settings")
     with gr.Accordion("Selected result's settings", open=False):
         page.history_manifest = gr.JSON(elem_id="history-manifest")
     page.history_index = gr.State(None)
+
+
+def build_models(page: Page, config: AppConfig, handlers: Handlers) -> None:
+    downloads = handlers._can_download()
+    gr.Markdown("Every model the app can use, as found on this server's disk. "
+                + ("**Download** fetches one (resumable: a stopped download continues where it was). "
+                   if downloads else
+                   "Downloading is an admin action (off on a server reachable by others without `--auth`); ")
+                + f"On any machine: `{catalog.COMMAND} NAME`.", elem_id="models-intro")
+    for spec in catalog.MODELS:
+        with gr.Row(equal_height=True):
+            setattr(page, f"model_{spec.name}", gr.HTML(handlers.model_row(spec.name), elem_id=f"model-{spec.name}"))
+            if downloads:
+                setattr(page, f"download_{spec.name}", gr.Button("Download", scale=0, min_width=110,
+                                                                 elem_id=f"download-{spec.name}"))
+    with gr.Row():
+        page.refresh_models = gr.Button("Refresh", elem_id="refresh-models")
+        if downloads:
+            page.cancel_download = gr.Button("Cancel download", variant="stop", elem_id="cancel-download")
 
 
 def build_system(page: Page, config: AppConfig) -> None:
@@ -283,9 +395,12 @@ def wire_character(page: Page, handlers: Handlers) -> None:
                          (page.mask_clothing, "clothing")):
         wire(page, button.click, functools.partial(handlers.mask_start, kind), ["reference", *SIZE], MASK_VIEW,
              api_name=f"mask_{kind}", concurrency_id=GPU)
-    wire(page, page.crop.select, handlers.mask_click, ["reference", *SIZE, "mask_mode", "click_label", "mask_points"],
-         MASK_VIEW, api_name=False, concurrency_id=GPU)
-    wire(page, page.clear_mask.click, handlers.clear_mask, [], MASK_VIEW, api_name=False, queue=False)
+    wire(page, page.crop.select, handlers.mask_click,
+         ["reference", *SIZE, "preview_mode", "click_label", "preview_points"], MASK_VIEW, api_name=False,
+         concurrency_id=GPU)
+    wire(page, page.clear_mask.click, handlers.clear_mask, [], [*MASK_VIEW, *ACTIVE_MASK], api_name=False, queue=False)
+    wire(page, page.use_mask.click, handlers.use_mask, ["preview_mode", "preview_points"], ACTIVE_MASK,
+         api_name=False, queue=False)
 
 
 def wire_motion(page: Page, handlers: Handlers) -> None:
@@ -307,19 +422,44 @@ def wire_generate(page: Page, handlers: Handlers) -> None:
     # `input`: the user's own changes only (a preset setting Steps must not turn the label to custom).
     wire(page, page.steps.input, handlers.speed_label, ["steps", "speed"], ["speed"], api_name=False, queue=False)
     wire(page, page.dice.click, handlers.dice, [], ["seed"], api_name=False, queue=False)
-    # Armed before queuing, so a Cancel pressed while the job waits in the queue still counts.
-    armed = page.generate_button.click(handlers.arm_cancel, None, None, api_name=False, queue=False)
-    generate_event = wire(
-        page, armed.then, handlers.generate,
-        ["reference", *MOTION, "mask_mode", "mask_points", "prompt", "negative_prompt", "steps", "guidance", "seed",
-         "speed", "offload", "pose_state"],
-        ["result_video", "manifest", "result_files"], api_name="generate", concurrency_id=GPU,
-    )
+    wire(page, page.mask_mode.input, handlers.show_mask_status, ["mask_mode", "mask_points"], ["mask_status"],
+         api_name=False, queue=False)
+    wire(page, page.no_mask.click, handlers.no_mask, [], ACTIVE_MASK, api_name=False, queue=False)
+    # Armed before queuing, so a Cancel pressed while the job waits in the queue still counts;
+    # the preview timer runs from the click to the job's end.
+    armed = wire(page, page.generate_button.click, handlers.arm_generate, [], PREVIEW, api_name=False, queue=False)
+    generate_event = wire(page, armed.then, handlers.generate, GENERATE_INPUTS,
+                          ["result_video", "manifest", "result_files", *MISSING_VIEW], api_name="generate",
+                          concurrency_id=GPU)
+    wire(page, page.preview_timer.tick, handlers.live_preview, [], ["live_preview"], api_name=False, queue=False,
+         show_progress="hidden")
     # Cancel stops the job between denoising steps (the handler raises); the page stops waiting at once.
     # Also an endpoint: API clients stop their session's running job the way the button does
     # (gradio_client's `job.cancel()` only drops a job that has not started).
     page.cancel_button.click(handlers.cancel, None, None, api_name="cancel", queue=False)
-    wire(page, generate_event.then, handlers.history, [], HISTORY_VIEW, api_name=False)
+    stopped = wire(page, generate_event.then, handlers.stop_preview, [], PREVIEW, api_name=False, queue=False)
+    wire(page, stopped.then, handlers.history, [], HISTORY_VIEW, api_name=False)
+    wire(page, page.download_missing.click, handlers.download_missing, ["missing_names"], MISSING_VIEW,
+         api_name=False, concurrency_id="download")
+
+
+def wire_variations(page: Page, handlers: Handlers) -> None:
+    """Variations: one queue job per seed, chained, so each result shows as it finishes and
+    other visitors' jobs can interleave; one Cancel stops the running seed and the rest."""
+    event = wire(page, page.variations_button.click, handlers.arm_variations, ["variations", "seed"],
+                 ["variations_gallery", "variation_pick", *PREVIEW], api_name=False, queue=False)
+    for index in range(MAX_VARIATIONS):
+        event = wire(page, event.success if index == 0 else event.then, functools.partial(handlers.variation, index),
+                     GENERATE_INPUTS, ["variations_gallery", *MISSING_VIEW],
+                     api_name=False, concurrency_id=GPU)
+    stopped = wire(page, event.then, handlers.stop_preview, [], PREVIEW, api_name=False, queue=False)
+    wire(page, stopped.then, handlers.history, [], HISTORY_VIEW, api_name=False)
+    wire(page, page.variations_gallery.select, handlers.pick_variation, [], ["variation_pick"], api_name=False,
+         queue=False)
+    wire(page, page.use_variation.click, handlers.use_variation, ["variation_pick"],
+         ["result_video", "manifest", "result_files", "seed"], api_name=False, queue=False)
+    wire(page, page.lipsync_variation.click, handlers.lipsync_variation, ["variation_pick"], ["lipsync_video", "tabs"],
+         api_name=False, queue=False)
 
 
 def wire_lipsync(page: Page, handlers: Handlers) -> None:
@@ -342,8 +482,22 @@ def wire_history(page: Page, handlers: Handlers) -> None:
         wire(page, table.select, handlers.history_select, ["history_paths"], ["history_manifest", "history_index"],
              api_name=False)
     wire(page, page.reuse.click, handlers.reuse_settings, ["history_manifest"],
-         [*SIZE, "frames", "fps", "mask_mode", "mask_points", "prompt", "negative_prompt", "steps", "speed", "guidance",
-          "seed", "offload", "tabs"], api_name="reuse_settings")
+         [*SIZE, "frames", "fps", *ACTIVE_MASK, "prompt", "negative_prompt", "steps", "speed", "guidance",
+          "seed", "offload", "tabs", "reference", "driving", "is_pose_video", "pose_state"],
+         api_name="reuse_settings")
+
+
+def wire_models(page: Page, handlers: Handlers) -> None:
+    rows = [f"model_{spec.name}" for spec in catalog.MODELS]
+    wire(page, page.models_tab.select, handlers.models_view, [], rows, api_name=False)
+    wire(page, page.refresh_models.click, handlers.models_view, [], rows, api_name="models")
+    if not handlers._can_download():
+        return
+    for spec in catalog.MODELS:
+        # One download at a time (their own concurrency group, not the GPU's).
+        wire(page, getattr(page, f"download_{spec.name}").click, functools.partial(handlers.download_model, spec.name),
+             [], [f"model_{spec.name}"], api_name=False, concurrency_id="download")
+    page.cancel_download.click(handlers.cancel_download, None, None, api_name=False, queue=False)
 
 
 def wire_system(page: Page, handlers: Handlers, config: AppConfig) -> None:
