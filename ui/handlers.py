@@ -39,7 +39,8 @@ from dynamictrl.preview import DEFAULT_EVERY
 from dynamictrl.segment import variant_for
 from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
 from dynamictrl.tiny import TINY_SIZE, TINY_STEPS
-from dynamictrl.video import longest_pose_clip, read_video, write_video
+from dynamictrl.outputs import save_image_atomic
+from dynamictrl.video import VideoFrames, longest_pose_clip, read_video, write_video
 from dynamictrl.weights import DownloadCancelled, WeightsNotFoundError
 
 from .gpu import estimate_generation_seconds, gpu_job
@@ -664,11 +665,15 @@ class Handlers:
         the upload's own bytes) and the pose video (the studio wrote it when it extracted
         the poses; a pose video from step 2 or an upload is re-encoded here)."""
         stem = video_path.with_suffix("")
-        studio_api.load_image(job.image_path, self._limits).save(f"{stem}{INPUT_SUFFIX}")
+        save_image_atomic(f"{stem}{INPUT_SUFFIX}", studio_api.load_image(job.image_path, self._limits))
         pose_path = Path(f"{stem}{POSE_SUFFIX}")
         if job.pose_video_path is not None and not pose_path.exists():
-            pose = read_video(job.pose_video_path, max_frames=job.settings.num_frames, limits=self._limits)
-            write_video(pose_path, pose.frames[: job.settings.num_frames], fps=job.settings.fps)
+            # Streamed frame by frame: a long pose video never sits in memory.
+            pose = VideoFrames(job.pose_video_path, keep=1, max_frames=job.settings.num_frames, limits=self._limits)
+            try:
+                write_video(pose_path, iter(pose), fps=job.settings.fps)
+            finally:
+                pose.close()
 
     def _result_view(self, result) -> dict:
         manifest = page_manifest(json.loads(result.manifest_path.read_text()), self.config.private_dirs)
