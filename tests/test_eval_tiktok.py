@@ -28,14 +28,14 @@ class EchoStudio:
     def __init__(self):
         self.calls = []
 
-    def generate(self, image_path, out_path, settings, driving_video_path=None, pose_settings=None):
+    def generate(self, image_path, out_path, settings, driving_video_path=None, pose_settings=None, return_frames=False):
         self.calls.append(SimpleNamespace(settings=settings, pose_settings=pose_settings))
         reference = np.asarray(Image.open(image_path).convert("RGB"))
         driving = read_video(driving_video_path).frames
         frames = np.stack([cover_crop(f, settings.width, settings.height) for f in [reference, *driving]])
         frames = frames[: settings.num_frames]
         write_video(out_path, frames, fps=settings.fps)
-        return SimpleNamespace(frames=frames)
+        return SimpleNamespace(frames=frames if return_frames else None, num_frames=len(frames))
 
 
 def test_finds_the_test_videos_in_every_layout(tmp_path):

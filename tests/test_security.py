@@ -267,7 +267,7 @@ def test_error_messages_show_private_files_by_name_only(tmp_path):
     image.parent.mkdir(parents=True)
     image.write_text("not an image")
     with pytest.raises(gr.Error) as raised:  # dynamictrl.images' OSError text holds the full path
-        handlers.crop_preview(str(image), "portrait 768x1360", None, None)
+        handlers.crop_preview(str(image), next(iter(config.size_presets)), None, None)
     assert "photo.png" in raised.value.message and str(tmp_path) not in raised.value.message
 
 

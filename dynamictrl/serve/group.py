@@ -32,6 +32,7 @@ others in a collective): the cancel takes effect at once and the next job reload
 models.
 """
 
+import copy
 import logging
 import os
 import pickle
@@ -69,9 +70,12 @@ def _free_port() -> int:
 
 def _portable(error: BaseException) -> BaseException:
     """`error` if it survives pickling (the replica re-raises it with its type, so the
-    gateway still tells input errors from the service's), else a RuntimeError with its text."""
+    gateway still tells input errors from the service's), else a RuntimeError with its text.
+    The rebuild is tried with `copy.deepcopy`, which goes through the same reduce protocol
+    as unpickling (a custom __init__ that the protocol cannot call fails the same way)."""
     try:
-        pickle.loads(pickle.dumps(error))
+        pickle.dumps(error)
+        copy.deepcopy(error)
         return error
     except Exception:  # any pickling failure (custom __init__, unpicklable attributes) loses only the type
         return RuntimeError(f"{type(error).__name__}: {error}")
