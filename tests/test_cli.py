@@ -41,7 +41,7 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     video = read_video(out)
     assert video.num_frames == 9 and video.size == (64, 48)
     manifest = json.loads(out.with_suffix(".json").read_text())
-    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5 and manifest["settings"]["t5_on_cpu"]
+    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5 and manifest["settings"]["memory"]["t5_on_cpu"]
     assert manifest["inputs"]["image"]["path"] == str(image)
 
 

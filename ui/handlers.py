@@ -25,8 +25,10 @@ import numpy as np
 from dynamictrl import studio as studio_api
 from dynamictrl.caption import consistency_hint, has_placeholder
 from dynamictrl.lipsync.settings import LipSyncSettings
-from dynamictrl.manager import OFFLOAD_CHOICES, OutOfMemory
-from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
+from dynamictrl.manager import OutOfMemory
+from dynamictrl.settings import GenerateSettings, PipelineOptions, PoseSettings, widget_spec
+from dynamictrl.studio import Cancelled
+from dynamictrl.validation import check_frames, check_setting, check_size
 from dynamictrl.video import longest_pose_clip
 from dynamictrl.weights import WeightsNotFoundError
 
@@ -51,7 +53,6 @@ SPEED_PRESETS = {
 }
 # The Quality/speed label once Steps no longer matches the chosen preset (no first-block cache).
 CUSTOM_SPEED = "custom"
-RETARGET_CHOICES = ("global", "bones", "none")
 MASK_MODES = ("none", "background", "clothing")
 MAX_SEED = 2**31 - 1
 LIPSYNC_GPU_SECONDS = 180  # ZeroGPU budget: MuseTalk runs 30+ fps once models are on the GPU
@@ -73,8 +74,8 @@ class AppConfig:
     size_presets: dict = field(default_factory=lambda: dict(SIZE_PRESETS))
     speed_presets: dict = field(default_factory=lambda: dict(SPEED_PRESETS))
     default_size: str = "portrait 768x1360"
-    default_frames: int = 37
-    default_steps: int = 25
+    default_frames: int = widget_spec("num_frames").default
+    default_steps: int = widget_spec("steps").default
     default_speed: str = "official (25 steps)"
     # Unloading models from the System tab: True only for a server behind a login (--auth)
     # or reachable from this machine alone (app.admin_actions_allowed); else neither the
@@ -234,13 +235,13 @@ class Handlers:
             size = self.config.size_presets[preset]
         else:
             raise gr.Error(f"Unknown size preset {preset!r}.")
-        studio_api.check_size_and_frames(1, *size)
+        check_size(*size)
         return size
 
     @staticmethod
     def _frames(value) -> int:
         frames = int(value or 0)
-        studio_api.check_size_and_frames(frames, 16, 16)
+        check_frames(frames)
         return frames
 
     def _cancel_event(self, request: gr.Request | None) -> threading.Event:
@@ -367,14 +368,9 @@ class Handlers:
     # ------------------------------------------------------------------ motion
     def _pose_settings(self, preset, width, height, start, frames, fps, retarget, size=None) -> PoseSettings:
         size = size or self.target_size(preset, width, height)
-        if retarget not in RETARGET_CHOICES:
-            raise gr.Error(f"Retargeting must be one of {', '.join(RETARGET_CHOICES)}.")
-        fps = float(fps or 0)
-        if fps < 0 or fps > 120:
-            raise gr.Error("fps must be between 1 and 120 (0 keeps every frame of the driving video).")
-        start = float(start or 0)
-        if start < 0:
-            raise gr.Error("The start time must be 0 or more seconds.")
+        fps, start = float(fps or 0), float(start or 0)
+        for name, value in (("retarget", retarget), ("fps", fps), ("start_s", start)):
+            check_setting(PoseSettings, name, value)
         return PoseSettings(num_frames=self._frames(frames), width=size[0], height=size[1], fps=fps or None,
                             start_s=start, retarget=retarget)
 
@@ -387,7 +383,7 @@ class Handlers:
         """The frame count that uses the whole driving clip (long clips run in windows)."""
         _require(driving, "Upload a driving video first.")
         frames = longest_pose_clip(driving, fps=fps or None, start_s=float(start or 0), limits=self._limits)
-        windows = "one window" if frames <= GenerateSettings(prompt="").window_frames else "overlapping windows"
+        windows = "one window" if frames <= widget_spec("window_frames").default else "overlapping windows"
         return {"frames": frames, "pose_info": f"The whole clip: {frames} frames ({windows})."}
 
     @friendly_errors
@@ -494,10 +490,7 @@ class Handlers:
         size = self.target_size(size_preset, width, height)
         num_frames = self._frames(frames)
         steps = int(steps or 0)
-        if not 1 <= steps <= 200:
-            raise gr.Error("Steps must be between 1 and 200 (25 is the official setting).")
-        if offload not in OFFLOAD_CHOICES:
-            raise gr.Error(f"Offload must be one of {', '.join(OFFLOAD_CHOICES)}.")
+        check_setting(GenerateSettings, "steps", steps)
         mask_mode = mask_mode if mask_mode in ("background", "clothing") else None
         prompt = (prompt or "").strip()
         if prompt and has_placeholder(prompt):
@@ -507,8 +500,9 @@ class Handlers:
         settings = GenerateSettings(
             prompt=prompt, negative_prompt=(negative_prompt or "").strip(), num_frames=num_frames, width=size[0],
             height=size[1], steps=steps, guidance=float(guidance), seed=int(seed) % (MAX_SEED + 1),
-            fps=pose_settings.fps or 16.0, mask_mode=mask_mode, mask_points=[list(p) for p in points] if (mask_mode and points) else None,
-            offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1],
+            fps=pose_settings.fps or widget_spec("fps").default, mask_mode=mask_mode,
+            mask_points=[list(p) for p in points] if (mask_mode and points) else None,
+            memory=PipelineOptions(offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1]),
         )
         # Reuse the poses extracted (and looked at) in step 2 when nothing changed since.
         pose_video_path, driving_video_path, provenance = None, None, None
@@ -622,8 +616,8 @@ class Handlers:
             "size_preset": preset, "width": settings.width, "height": settings.height, "frames": settings.num_frames,
             "fps": settings.fps, "mask_mode": mask_mode, "mask_points": settings.mask_points or [],
             "prompt": settings.prompt or manifest.get("prompt_used", ""), "negative_prompt": settings.negative_prompt,
-            "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.first_block_cache),
-            "guidance": settings.guidance, "seed": settings.seed, "offload": settings.offload,
+            "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.memory.first_block_cache),
+            "guidance": settings.guidance, "seed": settings.seed, "offload": settings.memory.offload,
             "tabs": gr.Tabs(selected="create"),
         }
 

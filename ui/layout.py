@@ -15,9 +15,9 @@ from pathlib import Path
 import gradio as gr
 
 from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
-from dynamictrl.manager import OFFLOAD_CHOICES
+from dynamictrl.settings import PoseSettings, widget_spec
 
-from .handlers import CUSTOM_SIZE, CUSTOM_SPEED, MASK_MODES, RETARGET_CHOICES, AppConfig, Handlers
+from .handlers import CUSTOM_SIZE, CUSTOM_SPEED, MASK_MODES, AppConfig, Handlers
 from .uploads import AudioUpload, ImageUpload, VideoUpload
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -117,8 +117,11 @@ def build_character(page: Page, config: AppConfig) -> None:
             page.size_preset = gr.Dropdown([*config.size_presets, CUSTOM_SIZE], value=config.default_size,
                                            label="Target size (width x height)", elem_id="size-preset")
             with gr.Row():
-                page.width = gr.Number(value=768, label="Width (multiple of 16)", precision=0, visible=False)
-                page.height = gr.Number(value=1360, label="Height (multiple of 16)", precision=0, visible=False)
+                width, height = widget_spec("width"), widget_spec("height")
+                page.width = gr.Number(value=width.default, label="Width (multiple of 16)", precision=0, visible=False,
+                                       minimum=width.minimum, maximum=width.maximum, step=width.step)
+                page.height = gr.Number(value=height.default, label="Height (multiple of 16)", precision=0,
+                                        visible=False, minimum=height.minimum, maximum=height.maximum, step=height.step)
             if (ASSETS / "reference_figure.png").is_file():
                 gr.Examples([[str(ASSETS / "reference_figure.png")]], inputs=[page.reference], label="Example reference")
         with gr.Column():
@@ -158,12 +161,14 @@ def build_motion(page: Page, config: AppConfig) -> None:
             if (ASSETS / "dance_figure.mp4").is_file():
                 gr.Examples([[str(ASSETS / "dance_figure.mp4")]], inputs=[page.driving], label="Example clip")
             with gr.Row():
-                page.start = gr.Number(0, label="Start (s)", minimum=0)
-                page.frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0, minimum=5, step=4,
-                                        elem_id="frames")
-                page.fps = gr.Number(16, label="fps (0 = every frame)", minimum=0)
+                start, frames, fps = (widget_spec(name, PoseSettings) for name in ("start_s", "num_frames", "fps"))
+                page.start = gr.Number(start.default, label="Start (s)", minimum=start.minimum)
+                page.frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0,
+                                        minimum=frames.minimum, step=frames.step, elem_id="frames")
+                page.fps = gr.Number(fps.default, label="fps (0 = every frame)", minimum=fps.minimum, maximum=fps.maximum)
                 page.whole = gr.Button("Whole clip", size="sm", elem_id="whole-clip")
-            page.retarget = gr.Dropdown(list(RETARGET_CHOICES), value="global", label="Retargeting",
+            retarget = widget_spec("retarget", PoseSettings)
+            page.retarget = gr.Dropdown(list(retarget.choices), value=retarget.default, label="Retargeting",
                                         info="global: the official fit · bones: limb lengths of the reference · none")
             page.extract = gr.Button("Extract poses", variant="secondary", elem_id="extract-poses")
         with gr.Column():
@@ -191,12 +196,16 @@ def build_generate(page: Page, config: AppConfig) -> None:
         with gr.Column():
             page.speed = gr.Dropdown([*config.speed_presets, CUSTOM_SPEED], value=config.default_speed,
                                      label="Quality / speed", elem_id="speed")
-            page.steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps", elem_id="steps")
-            page.guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
+            steps, guidance = widget_spec("steps"), widget_spec("guidance")
+            page.steps = gr.Slider(steps.minimum, steps.maximum, value=config.default_steps, step=steps.step,
+                                   label="Steps", elem_id="steps")
+            page.guidance = gr.Slider(guidance.minimum, guidance.maximum, value=guidance.default, step=guidance.step,
+                                      label="Guidance")
             with gr.Row():
-                page.seed = gr.Number(42, label="Seed", precision=0, scale=4, elem_id="seed")
+                page.seed = gr.Number(widget_spec("seed").default, label="Seed", precision=0, scale=4, elem_id="seed")
                 page.dice = gr.Button("Random seed", scale=1, min_width=80)
-            page.offload = gr.Dropdown(list(OFFLOAD_CHOICES), value=config.offload, label="Offload (memory tier)")
+            page.offload = gr.Dropdown(list(widget_spec("offload").choices), value=config.offload,
+                                       label="Offload (memory tier)")
             with gr.Row():
                 page.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                 page.cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
