@@ -194,12 +194,10 @@ def check_memory_options(options) -> None:
 
 
 # ---------------------------------------------------------------------------- one job
-def _frame_limit(num_frames: int, limits: Limits, what: str) -> None:
+def _frame_limit(num_frames: int, limits: Limits, what: str, advice: str) -> None:
     if num_frames > limits.max_frames:
-        raise LimitError(
-            f"{num_frames} {what} asked for; at most {limits.max_frames} are allowed per job "
-            f"({limits.max_frames / 16:.0f} s at 16 fps). Use fewer frames or several jobs; {how_to_raise('max_frames')}."
-        )
+        raise LimitError(f"{num_frames} {what} asked for; at most {limits.max_frames} are allowed per job{advice}; "
+                         f"{how_to_raise('max_frames')}.")
 
 
 def check_generate_settings(settings, limits: Limits) -> None:
@@ -210,7 +208,8 @@ def check_generate_settings(settings, limits: Limits) -> None:
     check_prompt(settings.negative_prompt, limits, "negative prompt")
     check_fields(settings)
     check_memory_options(settings.memory)
-    _frame_limit(settings.num_frames, limits, "frames")
+    _frame_limit(settings.num_frames, limits, "frames",
+                 f" ({limits.max_frames / 16:.0f} s at 16 fps). Make a shorter clip or several")
     check_frames(settings.num_frames)
     check_size(settings.width, settings.height)
     check_window(settings.window_frames, settings.overlap)
@@ -219,7 +218,7 @@ def check_generate_settings(settings, limits: Limits) -> None:
 def check_pose_settings(settings, limits: Limits) -> None:
     """Every rule of a `PoseSettings` (frame count, size, fps, start time, detector stride)."""
     check_fields(settings)
-    _frame_limit(settings.num_frames, limits, "pose frames")
+    _frame_limit(settings.num_frames, limits, "pose frames", ". Use fewer frames")
     frames_min = next(item for item in fields(settings) if item.name == "num_frames").metadata["min"]
     check_frames(settings.num_frames, minimum=frames_min)
     check_size(settings.width, settings.height)
