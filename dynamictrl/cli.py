@@ -233,17 +233,10 @@ def add_download_arguments(download: argparse.ArgumentParser) -> None:
 def add_lipsync_arguments(lipsync: argparse.ArgumentParser) -> None:
     from .lipsync.settings import LipSyncSettings
 
-    lip_defaults = LipSyncSettings()
     lipsync.add_argument("--video", required=True, help="video with a visible face, e.g. a generated clip")
     lipsync.add_argument("--audio", required=True, help="speech: wav, mp3, flac, ogg, m4a, or a video's audio track")
     lipsync.add_argument("--out", required=True, help="output .mp4 with the audio (a .json manifest beside it)")
-    lipsync.add_argument("--bbox-shift", type=int, default=lip_defaults.bbox_shift,
-                         help="px to move the top of the repainted mouth region (positive: down, opens the mouth more)")
-    lipsync.add_argument("--extra-margin", type=int, default=lip_defaults.extra_margin,
-                         help="px below the chin included in the face crop (v1.5 default 10)")
-    lipsync.add_argument("--parsing-mode", choices=("jaw", "raw", "neck"), default=lip_defaults.parsing_mode,
-                         help="which face region is blended back (jaw: MuseTalk 1.5's default)")
-    lipsync.add_argument("--batch-size", type=int, default=lip_defaults.batch_size, help="frames per UNet/VAE call")
+    add_settings_arguments(lipsync, LipSyncSettings)
     lipsync.add_argument("--weights-dir", default=None)
     lipsync.add_argument("--device", default=None)
     lipsync.add_argument("--cache-dir", default=None,
@@ -445,8 +438,7 @@ def run_lipsync(args) -> int:
     from .lipsync.settings import LipSyncSettings
     from .studio import Studio
 
-    settings = LipSyncSettings(bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
-                               parsing_mode=args.parsing_mode, batch_size=args.batch_size)
+    settings = settings_from_args(LipSyncSettings, args)
     studio = Studio(weights_dir=args.weights_dir, device=args.device, cache_dir=args.cache_dir)
     progress = TqdmProgress("lip-sync")
     try:

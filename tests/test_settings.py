@@ -36,7 +36,9 @@ def flagged_fields(cls):
 
 
 def test_every_field_has_help_and_every_default_is_in_its_own_range():
-    for cls in (GenerateSettings, PoseSettings, PipelineOptions):
+    from dynamictrl.lipsync.settings import LipSyncSettings
+
+    for cls in (GenerateSettings, PoseSettings, PipelineOptions, LipSyncSettings):
         for item in fields(cls):
             assert item.metadata.get("help"), f"{cls.__name__}.{item.name} has no help"
             spec = widget_spec(item.name, cls)
@@ -84,6 +86,11 @@ def test_cli_arguments_are_the_settings_fields():
     assert (settings.num_frames, settings.memory.offload, settings.memory.pyramid_attention_broadcast,
             settings.color_match, settings.mask_fill) == (41, "model", True, False, "a beach")
     assert settings_from_args(PoseSettings, flags).start_s == 1.5
+    from dynamictrl.lipsync.settings import LipSyncSettings
+
+    lip_args = build_parser(["lipsync"]).parse_args(["lipsync", "--video", "v.mp4", "--audio", "a.wav", "--out", "o.mp4",
+                                                    "--left-cheek-width", "70"])
+    assert settings_from_args(LipSyncSettings, lip_args) == LipSyncSettings(left_cheek_width=70)
 
 
 def test_help_of_generate_is_fast_and_does_not_import_torch():
@@ -96,7 +103,9 @@ def test_help_of_generate_is_fast_and_does_not_import_torch():
 def test_job_schema_fields_are_the_settings_fields():
     from dynamictrl.serve.schema import settings_model
 
-    for cls in (GenerateSettings, PoseSettings, PipelineOptions):
+    from dynamictrl.lipsync.settings import LipSyncSettings
+
+    for cls in (GenerateSettings, PoseSettings, PipelineOptions, LipSyncSettings):
         model = settings_model(cls)
         schema = model.model_json_schema()
         for item in fields(cls):
@@ -141,6 +150,13 @@ def test_app_widgets_show_the_settings(tmp_path):
                         ("Retargeting", widget_spec("retarget", PoseSettings))):
         assert [value for value, _ in props[label]["choices"]] == list(spec.choices), label
         assert props[label]["value"] == spec.default
+    from dynamictrl.lipsync.settings import LipSyncSettings
+
+    for label, name in (("Mouth region shift (px; positive opens the mouth more)", "bbox_shift"),
+                        ("Chin margin (px below the chin in the face crop)", "extra_margin"),
+                        ("Left cheek width", "left_cheek_width"), ("Right cheek width", "right_cheek_width")):
+        spec = widget_spec(name, LipSyncSettings)
+        assert (props[label]["value"], props[label]["minimum"], props[label]["maximum"]) == spec[:3], label
     assert (config.default_frames, config.default_steps) == (widget_spec("num_frames").default,
                                                              widget_spec("steps").default)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
+from dynamictrl.lipsync.settings import LipSyncSettings
 from dynamictrl.settings import PoseSettings, widget_spec
 
 from .handlers import CUSTOM_SIZE, CUSTOM_SPEED, MASK_MODES, AppConfig, Handlers
@@ -217,7 +217,8 @@ def build_generate(page: Page, config: AppConfig) -> None:
 
 
 def build_lipsync(page: Page) -> None:
-    lip_defaults = LipSyncSettings()
+    lip = {name: widget_spec(name, LipSyncSettings) for name in
+           ("bbox_shift", "extra_margin", "parsing_mode", "left_cheek_width", "right_cheek_width")}
     gr.Markdown("Make the character speak: a video with a visible face (your result, or any clip) and "
                 "speech. The output lasts as long as the speech; a shorter video plays forward and "
                 "backward (MuseTalk 1.5).")
@@ -229,16 +230,20 @@ def build_lipsync(page: Page) -> None:
             page.speech = AudioUpload(label="Speech (wav, mp3, flac, ogg, m4a) or record", type="filepath",
                                       sources=["upload", "microphone"], elem_id="lipsync-audio")
             with gr.Accordion("Settings", open=False):
-                page.bbox_shift = gr.Slider(-40, 40, value=lip_defaults.bbox_shift, step=1,
+                spec = lip["bbox_shift"]
+                page.bbox_shift = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                             label="Mouth region shift (px; positive opens the mouth more)")
-                page.extra_margin = gr.Slider(0, 40, value=lip_defaults.extra_margin, step=1,
+                spec = lip["extra_margin"]
+                page.extra_margin = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                               label="Chin margin (px below the chin in the face crop)")
-                page.parsing_mode = gr.Dropdown(list(PARSING_MODES), value=lip_defaults.parsing_mode,
+                page.parsing_mode = gr.Dropdown(list(lip["parsing_mode"].choices), value=lip["parsing_mode"].default,
                                                 label="Blended region", info="jaw: MuseTalk 1.5's default")
                 with gr.Row():
-                    page.left_cheek = gr.Slider(20, 160, value=lip_defaults.left_cheek_width, step=1,
+                    spec = lip["left_cheek_width"]
+                    page.left_cheek = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                                 label="Left cheek width")
-                    page.right_cheek = gr.Slider(20, 160, value=lip_defaults.right_cheek_width, step=1,
+                    spec = lip["right_cheek_width"]
+                    page.right_cheek = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                                  label="Right cheek width")
             with gr.Row():
                 page.lipsync_button = gr.Button("Lip-sync", variant="primary", elem_id="lipsync-run")
