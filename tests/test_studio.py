@@ -72,7 +72,7 @@ def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
     [
         (dict(width=8000), "out of range"),
         (dict(num_frames=13), "use --frames 9"),
-        (dict(variant="mask_hair"), "Unknown variant"),
+        (dict(variant="mask_hair"), "variant must be one of mask_background, mask_clothing"),
         (dict(dtype="int8"), "dtype"),
     ],
 )
