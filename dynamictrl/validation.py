@@ -56,6 +56,11 @@ def value_type(annotation):
     return typing.get_origin(annotation) or annotation
 
 
+def _show(number) -> str:
+    """Whole numbers in full (a seed's range has 20 digits), others short (0.05, 1e+30)."""
+    return str(number) if number is None or _is_integer(number) else f"{number:g}"
+
+
 def _hint(metadata) -> str:
     return f" ({metadata['hint']})" if metadata.get("hint") else ""
 
@@ -84,12 +89,13 @@ def check_value(name: str, value, annotation, metadata) -> None:
         return
     if metadata.get("rule"):
         return
+    low_, high_, value_ = _show(low), _show(high), _show(value)
     if low is not None and high is not None and not low <= value <= high:
-        raise ValueError(f"{label} must be {low:g}..{high:g}, got {value:g}{hint}.")
+        raise ValueError(f"{label} must be {low_}..{high_}, got {value_}{hint}.")
     if low is not None and value < low:
-        raise ValueError(f"{label} must be at least {low:g}, got {value:g}{hint}.")
+        raise ValueError(f"{label} must be at least {low_}, got {value_}{hint}.")
     if high is not None and value > high:
-        raise ValueError(f"{label} must be at most {high:g}, got {value:g}{hint}.")
+        raise ValueError(f"{label} must be at most {high_}, got {value_}{hint}.")
 
 
 def check_fields(settings) -> None:
