@@ -10,7 +10,7 @@ _LAZY = {
     "DynamiCtrlTransformerModel": ".models.transformer",
     "PoseAdaptiveLayerNorm": ".models.padaln",
     "Studio": ".studio",
-    "GenerateSettings": ".studio",
+    "GenerateSettings": ".settings",
 }
 
 __all__ = ["__version__", *_LAZY]

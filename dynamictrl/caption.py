@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import weights
 from .images import MIN_SIDE, to_rgb_image
+from .settings import MASK_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ T5_MAX_TOKENS = 226
 # (576x1024 = 0.59 MP, 768x1360 = 1.04 MP) pass unchanged.
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28
 
-MASK_MODES = ("background", "clothing")
 BACKGROUND_PLACEHOLDER = "[Describe the new background here.]"
 CLOTHING_PLACEHOLDER = "[Describe the new clothing here.]"
 PLACEHOLDERS = {"background": BACKGROUND_PLACEHOLDER, "clothing": CLOTHING_PLACEHOLDER}

@@ -2,8 +2,9 @@
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
 
 from . import errors, presets, weights
@@ -13,28 +14,66 @@ DESCRIPTION = "DynamiCtrl Studio: pose-guided human image animation."
 OPTIONAL_EXTRAS = {"ray": "serve", "peft": "train", "lpips": "eval", "skimage": "eval"}
 
 
-def add_pose_options(parser: argparse.ArgumentParser, defaults) -> None:
-    parser.add_argument("--retarget", choices=("global", "bones", "none"), default=defaults.retarget,
-                        help="fit the driving poses to the reference body (default: global, the official fit)")
-    parser.add_argument("--start", type=float, default=defaults.start_s, help="start time in the driving video (s)")
-    parser.add_argument("--detect-every", type=int, default=defaults.detect_every,
-                        help="run the person detector every N frames (faster; boxes are reused between)")
-    parser.add_argument("--loop", action="store_true", help="loop a driving video that is too short")
+# Settings fields whose default a preset supplies (--size, --speed): their flags default
+# to None, "not given", and `size_and_speed` resolves them (an explicit flag wins).
+PRESET_FLAGS = {"width": "--size", "height": "--size", "steps": "--speed", "first_block_cache": "--speed"}
 
 
-def pose_settings_from(args, num_frames: int, width: int, height: int, fps: float | None):
-    from .studio import PoseSettings
+def add_settings_arguments(parser, cls, names=None, where=None, preset_flags=None) -> None:
+    """One argument per field of the settings dataclass `cls` that has a `flag` in its
+    metadata (fields of nested option objects too, in their own group), with the field's
+    type, default, choices and help; the parsed value lands under the field's name.
+    `names`: only these fields; `where`: field name -> the group that holds its flag;
+    `preset_flags`: field name -> the preset flag that supplies its default."""
+    from .settings import field_default
+    from .validation import value_type
 
-    return PoseSettings(
-        num_frames=num_frames,
-        width=width,
-        height=height,
-        fps=fps or None,
-        start_s=args.start,
-        retarget=args.retarget,
-        detect_every=args.detect_every,
-        loop=args.loop,
-    )
+    hints = typing.get_type_hints(cls)
+    where, preset_flags = where or {}, preset_flags or {}
+    for item in fields(cls):
+        if names is not None and item.name not in names:
+            continue
+        meta = item.metadata
+        if is_dataclass(item.default_factory):
+            add_settings_arguments(parser.add_argument_group(meta["help"]), item.default_factory, where=where,
+                                   preset_flags=preset_flags)
+            continue
+        if "flag" not in meta:
+            continue
+        target = where.get(item.name, parser)
+        kind, default = value_type(hints[item.name]), field_default(item)
+        if kind is bool:  # a switch: the flag turns the default around (--fp8, --no-color-match)
+            target.add_argument(meta["flag"], dest=item.name, action="store_false" if default else "store_true",
+                                help=meta["help"])
+            continue
+        if item.default is MISSING:
+            default = kind()  # the prompt, the one required field: empty asks for an auto caption
+        help_text = meta["help"]
+        if item.name in preset_flags:
+            help_text += f"; default {default}, or from {preset_flags[item.name]}"
+            default = None
+        elif default not in (None, ""):
+            help_text += f"; default {default}"
+        options = {"choices": meta["choices"]} if meta.get("choices") else {
+            "metavar": meta.get("metavar", meta["flag"].lstrip("-").upper().replace("-", "_"))}
+        target.add_argument(meta["flag"], dest=item.name, type=kind, default=default, help=help_text, **options)
+
+
+def settings_from_args(cls, args, **resolved):
+    """`cls` from the parsed arguments named after its fields (nested options too);
+    `resolved`: values the command worked out itself (they win)."""
+    from .settings import settings_from_dict
+
+    names = [item.name for item in fields(cls)]
+    for item in fields(cls):
+        if is_dataclass(item.default_factory):
+            names += [inner.name for inner in fields(item.default_factory)]
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return settings_from_dict(cls, {**values, **resolved})
+
+
+# The pose extraction fields `generate` takes besides its own (frames, size and fps are the video's).
+GENERATE_POSE_FIELDS = ("start_s", "retarget", "detect_every", "loop")
 
 
 def command_in(argv: list[str]) -> str | None:
@@ -89,39 +128,23 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
-    from .studio import DTYPES, GenerateSettings, PoseSettings
+    # Light imports only: `generate --help` must not load torch (nor numpy, PIL).
+    from .settings import GenerateSettings, PoseSettings
 
-    defaults = GenerateSettings(prompt="")
-    pose_defaults = PoseSettings()
     generate.add_argument("--image", required=True, help="reference image (PNG/JPEG)")
     motion = generate.add_mutually_exclusive_group(required=True)
     motion.add_argument("--pose-video", help="rendered DWPose video; frame 0 = the reference's pose")
     motion.add_argument("--driving-video", help="raw dance video: poses are extracted and retargeted first")
-    generate.add_argument("--prompt", default="", help="describe the person and the background (empty: auto caption)")
-    generate.add_argument("--negative-prompt", default=defaults.negative_prompt)
     generate.add_argument("--out", required=True, help="output .mp4 (a .json manifest is written beside it)")
-    generate.add_argument("--frames", type=int, default=defaults.num_frames,
-                          help="4k+1 frames, any length (default 37; longer clips are made in overlapping windows)")
     generate.add_argument("--duration", type=float, default=None,
                           help="seconds of video instead of --frames (rounded to 4k+1 frames at --fps)")
-    generate.add_argument("--window-frames", type=int, default=defaults.window_frames,
-                          help="frames per window for long clips (4k+1; 37 is the trained length)")
-    generate.add_argument("--overlap", type=int, default=defaults.overlap,
-                          help="latent frames shared by neighbouring windows (each is 4 video frames)")
-    generate.add_argument("--no-color-match", action="store_true",
-                          help="do not match each window's colours to the first window's")
-    generate.add_argument("--width", type=int, default=None, help=f"default {defaults.width} (or from --size)")
-    generate.add_argument("--height", type=int, default=None, help=f"default {defaults.height} (or from --size)")
     generate.add_argument("--size", choices=[p.name for p in presets.SIZE_PRESETS], default=None,
                           help="a size preset: "
                           + ", ".join(f"{p.name} {p.width}x{p.height}" for p in presets.SIZE_PRESETS))
     generate.add_argument("--speed", choices=[p.name for p in presets.SPEED_PRESETS], default=None,
                           help="quality (25 steps, official) or draft (10 steps + first-block cache); "
                                "--steps / --first-block-cache override it")
-    generate.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {defaults.steps})")
-    generate.add_argument("--guidance", type=float, default=defaults.guidance)
     seeds = generate.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=defaults.seed)
     seeds.add_argument("--seeds", default=None, metavar="N,N,...",
                        help="variations: one video per seed (1 to 8), written as <out>_seed<N>.mp4")
     seeds.add_argument("--variations", type=int, default=None, metavar="K",
@@ -129,61 +152,37 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("--preview-every", type=int, default=0, metavar="N",
                           help="write a live preview (small frames from the x0 estimate) every N denoising steps "
                                "into <out>_preview/ (default: off)")
-    generate.add_argument("--pose-strength", type=float, default=defaults.pose_strength,
-                          help="scale of the pose injection: 1 = the trained model (default), 0 = ignore the poses, "
-                               "up to 2 = follow them more tightly (an extension, not in the paper)")
-    generate.add_argument("--fps", type=float, default=defaults.fps)
-    generate.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None)
-    generate.add_argument("--dtype", choices=DTYPES, default=defaults.dtype)
     generate.add_argument("--model", default=weights.BASE_REPO, help="hub id or folder of the base pipeline")
     generate.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights)")
     generate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
-    add_pose_options(generate, pose_defaults)
-    generate.add_argument("--mask-mode", choices=("background", "clothing"), default=None,
-                          help="black out this region of the reference and let the prompt fill it (picks the Mask variant)")
-    generate.add_argument("--fill", default="", help="with --mask-mode and no --prompt: what the masked region shows")
-    speed = generate.add_argument_group("memory and speed")
-    speed.add_argument("--offload", choices=("auto", "none", "model", "group", "sequential"), default=defaults.offload,
-                       help="where weights live during generation (auto: the fastest tier that fits free VRAM)")
-    speed.add_argument("--fp8", action="store_true", help="store transformer weights in float8 (about half the VRAM)")
-    speed.add_argument("--int8", action="store_true", help="torchao int8 weight-only transformer (about half the VRAM)")
-    speed.add_argument("--first-block-cache", type=float, default=None, metavar="THRESHOLD",
-                       help="skip the remaining blocks when the first block's output barely changes (e.g. 0.05)")
-    speed.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuses attention across steps)")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the transformer (slow first run)")
-    speed.add_argument("--fuse-qkv", action="store_true", help="fuse the attention Q/K/V projections")
-    speed.add_argument("--attention", default=defaults.attention, metavar="KERNEL",
-                       help="attention kernel: native (default), flash, flash3, sage, xformers, flex, cudnn, "
-                            "efficient, math")
+    # The settings' own flags, from their field metadata (dynamictrl/settings.py).
+    speed = generate.add_argument_group("attention and GPUs")
+    add_settings_arguments(generate, GenerateSettings, where={"seed": seeds, "attention": speed},
+                           preset_flags=PRESET_FLAGS)
+    add_settings_arguments(generate, PoseSettings, names=GENERATE_POSE_FIELDS)
     speed.add_argument("--parallel", default=None, metavar="LAYOUT",
                        help="one clip on several GPUs, e.g. ulysses=2,ring=1,cfg=2; start with torchrun "
                             "--nproc-per-node N (N = the product); see docs/parallel.md")
-    speed.add_argument("--t5-on-cpu", action="store_true",
-                       help="encode the prompt on the CPU: T5 (9.5 GB) never takes GPU memory; slower start")
 
 
 def add_pose_arguments(pose: argparse.ArgumentParser) -> None:
-    from .studio import PoseSettings
+    from .settings import PoseSettings
 
-    pose_defaults = PoseSettings()
     pose.add_argument("--image", required=True, help="reference image")
     pose.add_argument("--video", required=True, help="driving video (mp4, mov, webm, mkv, gif)")
     pose.add_argument("--out", required=True, help="output pose video (.mp4)")
-    pose.add_argument("--frames", type=int, default=pose_defaults.num_frames, help="4k+1 frames incl. the reference pose")
-    pose.add_argument("--width", type=int, default=pose_defaults.width)
-    pose.add_argument("--height", type=int, default=pose_defaults.height)
-    pose.add_argument("--fps", type=float, default=pose_defaults.fps,
-                      help="resample the driving video to this fps (0: keep every frame, as the official code)")
     pose.add_argument("--preview", default=None, help="also write the skeletons over the reference, beside the video")
     pose.add_argument("--save-json", default=None, help="also write every pose as JSON (editable, reloadable)")
     pose.add_argument("--weights-dir", default=None)
     pose.add_argument("--device", default=None)
-    add_pose_options(pose, pose_defaults)
+    add_settings_arguments(pose, PoseSettings)
 
 
 def add_caption_arguments(caption: argparse.ArgumentParser) -> None:
+    from .settings import MASK_MODES
+
     caption.add_argument("--image", required=True)
-    caption.add_argument("--mask-mode", choices=("background", "clothing"), default=None,
+    caption.add_argument("--mask-mode", choices=MASK_MODES, default=None,
                          help="caption the visible part and leave a placeholder for the masked region")
     caption.add_argument("--caption-model", choices=("2b", "7b"), default="2b")
     caption.add_argument("--weights-dir", default=None)
@@ -191,18 +190,17 @@ def add_caption_arguments(caption: argparse.ArgumentParser) -> None:
 
 
 def add_mask_arguments(mask: argparse.ArgumentParser) -> None:
-    from .studio import GenerateSettings
+    from .settings import MASK_MODES, widget_spec
 
-    defaults = GenerateSettings(prompt="")
     mask.add_argument("--image", required=True)
-    mask.add_argument("--mode", choices=("background", "clothing"), required=True)
+    mask.add_argument("--mode", choices=MASK_MODES, required=True)
     mask.add_argument("--points", nargs="*", default=None, metavar="X,Y,+|-",
                       help="clicks in target-size pixels: + marks the person (background mode) or the clothing "
                            "(clothing mode), - excludes; without clicks the DWPose person box is the start")
     mask.add_argument("--out", required=True, help="masked reference (.png), at the target size")
     mask.add_argument("--save-mask", default=None, help="also write the mask (.png, white = blacked out)")
-    mask.add_argument("--width", type=int, default=defaults.width)
-    mask.add_argument("--height", type=int, default=defaults.height)
+    mask.add_argument("--width", type=int, default=widget_spec("width").default)
+    mask.add_argument("--height", type=int, default=widget_spec("height").default)
     mask.add_argument("--dilate", type=int, default=0, help="grow the mask by N pixels")
     mask.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default="vit_b")
     mask.add_argument("--weights-dir", default=None)
@@ -235,17 +233,10 @@ def add_download_arguments(download: argparse.ArgumentParser) -> None:
 def add_lipsync_arguments(lipsync: argparse.ArgumentParser) -> None:
     from .lipsync.settings import LipSyncSettings
 
-    lip_defaults = LipSyncSettings()
     lipsync.add_argument("--video", required=True, help="video with a visible face, e.g. a generated clip")
     lipsync.add_argument("--audio", required=True, help="speech: wav, mp3, flac, ogg, m4a, or a video's audio track")
     lipsync.add_argument("--out", required=True, help="output .mp4 with the audio (a .json manifest beside it)")
-    lipsync.add_argument("--bbox-shift", type=int, default=lip_defaults.bbox_shift,
-                         help="px to move the top of the repainted mouth region (positive: down, opens the mouth more)")
-    lipsync.add_argument("--extra-margin", type=int, default=lip_defaults.extra_margin,
-                         help="px below the chin included in the face crop (v1.5 default 10)")
-    lipsync.add_argument("--parsing-mode", choices=("jaw", "raw", "neck"), default=lip_defaults.parsing_mode,
-                         help="which face region is blended back (jaw: MuseTalk 1.5's default)")
-    lipsync.add_argument("--batch-size", type=int, default=lip_defaults.batch_size, help="frames per UNet/VAE call")
+    add_settings_arguments(lipsync, LipSyncSettings)
     lipsync.add_argument("--weights-dir", default=None)
     lipsync.add_argument("--device", default=None)
     lipsync.add_argument("--cache-dir", default=None,
@@ -270,7 +261,7 @@ def size_and_speed(args, defaults) -> tuple[int, int, int, float]:
         width, height = preset.width, preset.height
     width = args.width if args.width is not None else width
     height = args.height if args.height is not None else height
-    steps, cache = defaults.steps, defaults.first_block_cache
+    steps, cache = defaults.steps, defaults.memory.first_block_cache
     if args.speed is not None:
         speed = presets.speed_preset(args.speed)
         steps, cache = speed.steps, speed.first_block_cache
@@ -314,46 +305,24 @@ class PreviewWriter:
 
 
 def run_generate(args) -> int:
-    from .studio import GenerateSettings, Studio, check_seeds
+    from .settings import GenerateSettings, PoseSettings
+    from .studio import Studio
+    from .validation import check_seeds
 
     if args.duration is not None:
-        args.frames = frames_for_duration(args.duration, args.fps)
-    defaults = GenerateSettings(prompt="")
-    width, height, steps, first_block_cache = size_and_speed(args, defaults)
+        args.num_frames = frames_for_duration(args.duration, args.fps)
+    width, height, steps, first_block_cache = size_and_speed(args, GenerateSettings(prompt=""))
     seeds = seeds_from(args)
     if seeds is not None:
         check_seeds(seeds)
     if args.preview_every < 0:
         raise ValueError(f"--preview-every must be 0 (off) or a number of steps, got {args.preview_every}.")
 
-    settings = GenerateSettings(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        num_frames=args.frames,
-        width=width,
-        height=height,
-        steps=steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        pose_strength=args.pose_strength,
-        fps=args.fps,
-        variant=args.variant,
-        dtype=args.dtype,
-        mask_mode=args.mask_mode,
-        mask_fill=args.fill,
-        offload=args.offload,
-        fp8=args.fp8,
-        int8=args.int8,
-        first_block_cache=first_block_cache,
-        pyramid_attention_broadcast=args.pab,
-        compile=args.compile,
-        fuse_qkv=args.fuse_qkv,
-        t5_on_cpu=args.t5_on_cpu,
-        window_frames=args.window_frames,
-        overlap=args.overlap,
-        color_match=not args.no_color_match,
-        attention=args.attention,
-    )
+    settings = settings_from_args(GenerateSettings, args, width=width, height=height, steps=steps,
+                                  first_block_cache=first_block_cache)
+    # Driving frames are sampled at the output fps, so the motion keeps its real speed.
+    pose_settings = settings_from_args(PoseSettings, args, num_frames=settings.num_frames, width=width,
+                                       height=height, fps=settings.fps)
     out = Path(args.out)
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device, parallel=args.parallel)
     # With --parallel only rank 0 writes files, previews included.
@@ -362,8 +331,7 @@ def run_generate(args) -> int:
     job = dict(
         pose_video_path=args.pose_video,
         driving_video_path=args.driving_video,
-        # Driving frames are sampled at the output fps, so the motion keeps its real speed.
-        pose_settings=pose_settings_from(args, args.frames, width, height, args.fps),
+        pose_settings=pose_settings,
         preview=preview,
         preview_every=args.preview_every or 5,
     )
@@ -395,13 +363,14 @@ def filled_note(filled: int) -> str:
 
 
 def run_pose(args) -> int:
+    from .settings import PoseSettings
     from .studio import Studio
 
     studio = Studio(weights_dir=args.weights_dir, device=args.device)
     result = studio.extract_poses(
         args.image,
         args.video,
-        pose_settings_from(args, args.frames, args.width, args.height, args.fps),
+        settings_from_args(PoseSettings, args, fps=args.fps or None),  # 0: every frame, as None
         out_path=args.out,
         preview_path=args.preview,
         json_path=args.save_json,
@@ -469,8 +438,7 @@ def run_lipsync(args) -> int:
     from .lipsync.settings import LipSyncSettings
     from .studio import Studio
 
-    settings = LipSyncSettings(bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
-                               parsing_mode=args.parsing_mode, batch_size=args.batch_size)
+    settings = settings_from_args(LipSyncSettings, args)
     studio = Studio(weights_dir=args.weights_dir, device=args.device, cache_dir=args.cache_dir)
     progress = TqdmProgress("lip-sync")
     try:

@@ -13,8 +13,9 @@ Where each is enforced: videos in `dynamictrl.video` (from the stream data of th
 probe, `dynamictrl.probe`, before frames are decoded), images in `dynamictrl.images`
 (after the header is read, before pixels are), audio in `dynamictrl.lipsync.audio` (the
 same probe, then the decoder stops at the limit),
-prompts and numeric settings in `check_generate_settings` / `check_pose_settings` (called
-by `Studio` before any model or file is touched). `max_upload_mb` is the web server's.
+prompts here (`check_prompt`), frames per job and every other setting's rule in
+`dynamictrl.validation` (called by `Studio` before any model or file is touched).
+`max_upload_mb` is the web server's.
 """
 
 import math
@@ -109,36 +110,7 @@ def apply_pil_limit(limits: Limits) -> None:
     Image.MAX_IMAGE_PIXELS = int(limits.max_image_pixels)
 
 
-# ---------------------------------------------------------------------------- settings
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _integer(name: str, value, low: int, high: int, hint: str = "") -> None:
-    if not _is_integer(value):
-        raise ValueError(f"{name} must be a whole number, got {value!r}{hint}.")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {low}..{high}, got {value}{hint}.")
-
-
-def _finite(name: str, value, low: float, high: float, hint: str = "") -> None:
-    if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}{hint}.")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {low:g}..{high:g}, got {value:g}{hint}.")
-
-
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0  # the official setting is 3.0; classifier-free guidance saturates long before
-MAX_FPS = 120.0
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
-
-
+# ---------------------------------------------------------------------------- prompts
 def check_prompt(text, limits: Limits, what: str = "prompt") -> None:
     """A prompt must be text that UTF-8 can encode, at most `limits.max_prompt_chars` long."""
     if isinstance(text, (bytes, bytearray)):
@@ -175,47 +147,3 @@ def check_prompt_tokens(text: str, tokenizer, max_tokens: int = 226, what: str =
             f"\"…{tail}\" would be ignored. Shorten it (about {len(ids) - max_tokens} tokens too many)."
         )
     return len(ids)
-
-
-def check_generate_settings(settings, limits: Limits) -> None:
-    """Refuses what would crash deep inside the pipeline or silently give garbage: NaN or
-    infinite numbers, negative or absurd counts, non-integers where integers are needed,
-    prompts that are not text or are too long. `settings` is a `GenerateSettings`. The
-    4k+1 frame rule and the size rules are `studio.check_size_and_frames`'s."""
-    check_prompt(settings.prompt, limits, "prompt")
-    check_prompt(settings.negative_prompt, limits, "negative prompt")
-    _whole_numbers(settings, "num_frames", "width", "height")
-    if settings.num_frames > limits.max_frames:
-        raise LimitError(
-            f"{settings.num_frames} frames asked for; at most {limits.max_frames} are allowed per job "
-            f"({limits.max_frames / 16:.0f} s at 16 fps). Make a shorter clip or several; {how_to_raise('max_frames')}."
-        )
-    _integer("steps", settings.steps, 1, MAX_STEPS, " (25 is the official setting)")
-    _finite("guidance", settings.guidance, 0.0, MAX_GUIDANCE, " (3.0 is the official setting)")
-    _integer("seed", settings.seed, *SEED_RANGE)
-    _finite("fps", settings.fps, 1.0, MAX_FPS, " (16 is the trained rate)")
-    _finite("first_block_cache", settings.first_block_cache, 0.0, 1.0, " (0 = off, 0.05 is a typical threshold)")
-    _integer("window_frames", settings.window_frames, 1, limits.max_frames)
-    _integer("overlap", settings.overlap, 0, limits.max_frames)
-
-
-def _whole_numbers(settings, *names: str) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        if not _is_integer(value):
-            raise ValueError(f"{name} must be a whole number, got {value!r}.")
-
-
-def check_pose_settings(settings, limits: Limits) -> None:
-    """The `PoseSettings` counterpart of `check_generate_settings` (frame count, fps, start
-    time, detector stride)."""
-    _whole_numbers(settings, "num_frames", "width", "height")
-    if settings.num_frames > limits.max_frames:
-        raise LimitError(
-            f"{settings.num_frames} pose frames asked for; at most {limits.max_frames} are allowed per job. "
-            f"Use fewer frames; {how_to_raise('max_frames')}."
-        )
-    if settings.fps is not None:
-        _finite("fps", settings.fps, 0.0, MAX_FPS, " (None or 0 keeps every frame of the driving video)")
-    _finite("start time (start_s)", settings.start_s, 0.0, limits.max_video_seconds, " seconds")
-    _integer("detect_every", settings.detect_every, 1, 1000)

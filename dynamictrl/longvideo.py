@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .validation import check_frames, check_window
+
 DEFAULT_OVERLAP_LATENTS = 2  # latent frames shared by neighbouring windows (= 8 pixel frames)
 
 
@@ -76,20 +78,6 @@ class WindowPlan:
         return np.array([0, *window.frames])
 
 
-def check_window_options(window_frames: int, overlap: int, temporal_compression: int = 4) -> None:
-    k = temporal_compression
-    if window_frames < 1 + k or (window_frames - 1) % k:
-        raise ValueError(
-            f"window_frames must be {k}k+1 and at least {k + 1} (e.g. 37, the trained length); got {window_frames}."
-        )
-    window_latents = (window_frames - 1) // k
-    if not 0 <= overlap < window_latents:
-        raise ValueError(
-            f"overlap_frames counts latent frames ({k} pixel frames each) and must be in [0, {window_latents - 1}] "
-            f"for window_frames={window_frames}; got {overlap}."
-        )
-
-
 def plan_windows(num_frames: int, window_frames: int, overlap: int, temporal_compression: int = 4) -> WindowPlan:
     """Windows of `window_frames` covering `num_frames` (both 4k+1, frame 0 = reference pose).
 
@@ -99,9 +87,8 @@ def plan_windows(num_frames: int, window_frames: int, overlap: int, temporal_com
     length and the model never sees a short clip. A clip that fits one window gets one.
     """
     k = temporal_compression
-    if num_frames < 1 or (num_frames - 1) % k:
-        raise ValueError(f"num_frames must be {k}k+1; got {num_frames}.")
-    check_window_options(window_frames, overlap, k)
+    check_frames(num_frames, k=k)
+    check_window(window_frames, overlap, "overlap_frames", k)
     driving = (num_frames - 1) // k
     per_window = (window_frames - 1) // k
     if driving <= per_window:
@@ -116,8 +103,7 @@ def plan_windows(num_frames: int, window_frames: int, overlap: int, temporal_com
 def single_window_plan(num_frames: int, temporal_compression: int = 4) -> WindowPlan:
     """The plan of a clip sampled as one window of its own length (any 4k+1, even 1)."""
     k = temporal_compression
-    if num_frames < 1 or (num_frames - 1) % k:
-        raise ValueError(f"num_frames must be {k}k+1; got {num_frames}.")
+    check_frames(num_frames, k=k)
     driving = (num_frames - 1) // k
     return WindowPlan(num_frames, num_frames, 0, driving, driving, (Window(0, 0, driving),))
 

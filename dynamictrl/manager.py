@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TIERS = ("none", "model", "group", "sequential")  # fastest first, most frugal last
-OFFLOAD_CHOICES = ("auto", *TIERS)
+# The memory tiers (fastest first) and a job's options live with the other settings.
+from .settings import OFFLOAD_CHOICES, TIERS, PipelineOptions  # noqa: F401  (re-exported: the manager's API)
 
 # Parameter counts of the released models (transformer from the key list fixture).
 TRANSFORMER_PARAMS = 5_770_420_864
@@ -290,28 +290,6 @@ def free_gpu_memory() -> None:
 
 
 # -------------------------------------------------------------------- DynamiCtrl
-@dataclass
-class PipelineOptions:
-    """How the DynamiCtrl pipeline is placed and sped up for a job."""
-
-    offload: str = "auto"  # auto | none | model | group | sequential
-    fp8: bool = False  # store transformer weights in float8 (compute in the model dtype)
-    int8: bool = False  # torchao int8 weight-only quantisation of the transformer's linear layers
-    first_block_cache: float = 0.0  # threshold; 0 = off
-    pyramid_attention_broadcast: bool = False
-    compile: bool = False  # torch.compile the transformer
-    fuse_qkv: bool = False
-    # T5 (9.5 GB in bf16) encodes the prompt on the CPU and never takes GPU memory: with
-    # fp8/int8 weights in the `model` tier it is the largest model, so this lowers the peak.
-    t5_on_cpu: bool = False
-
-    def __post_init__(self):
-        if self.offload not in OFFLOAD_CHOICES:
-            raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, got {self.offload!r}.")
-        if self.fp8 and self.int8:
-            raise ValueError("Choose either fp8 or int8 weights, not both.")
-
-
 @dataclass
 class DynamiCtrlModels:
     """Registers the DynamiCtrl parts in a manager so variants share T5 and the VAE."""

@@ -34,6 +34,8 @@ from transformers import T5EncoderModel, T5Tokenizer
 
 from . import longvideo, weights
 from .models.transformer import DynamiCtrlTransformerModel
+from .settings import GenerateSettings
+from .validation import check_frames, check_positional_grid, check_setting, check_size, check_window, positional_grid_px
 
 logger = logging.get_logger(__name__)
 
@@ -65,16 +67,6 @@ def latent_layout(num_frames: int, temporal_compression: int, patch_size_t: int 
     if patch_size_t is not None and latent_frames % patch_size_t:
         padding = patch_size_t - latent_frames % patch_size_t
     return LatentLayout(num_frames, latent_frames, padding)
-
-
-MAX_POSE_STRENGTH = 2.0  # beyond this the pose tokens swamp the video tokens (untested territory)
-
-
-def check_pose_strength(pose_strength: float) -> None:
-    if not (isinstance(pose_strength, (int, float)) and 0.0 <= pose_strength <= MAX_POSE_STRENGTH):
-        raise ValueError(
-            f"pose_strength must be a number from 0 to {MAX_POSE_STRENGTH:g} (1 = the trained model), got {pose_strength!r}."
-        )
 
 
 def pose_in_unit_range(pose: torch.Tensor) -> torch.Tensor:
@@ -259,30 +251,15 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             raise ValueError(
                 f"{len(negative_prompt)} negative prompts for {len(prompt)} prompts: give one per prompt, or one string."
             )
-        multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size
-        if height % multiple or width % multiple:
-            raise ValueError(
-                f"height and width must be multiples of {multiple} (got {height}x{width}); "
-                f"use e.g. {round(height / multiple) * multiple}x{round(width / multiple) * multiple}."
-            )
-        if height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive (got {height}x{width}).")
+        # The rules are `dynamictrl.validation`'s; this model's VAE and patch size set the numbers.
+        check_size(width, height, multiple=self.vae_scale_factor_spatial * self.transformer.config.patch_size,
+                   max_side=None)
         config = self.transformer.config
         if config.use_rotary_positional_embeddings and config.patch_size_t is not None:
             # The "slice" RoPE grid only covers sample_height x sample_width latents.
-            max_height = config.sample_height * self.vae_scale_factor_spatial
-            max_width = config.sample_width * self.vae_scale_factor_spatial
-            if height > max_height or width > max_width:
-                raise ValueError(
-                    f"{height}x{width} is larger than this model's positional grid ({max_height}x{max_width} at most); "
-                    "lower the resolution."
-                )
-        k = self.vae_scale_factor_temporal
-        if num_frames < 1 or (num_frames - 1) % k:
-            lower = max(1, (num_frames - 1) // k * k + 1)
-            raise ValueError(
-                f"num_frames must be {k}k+1 (1, 5, 9, ..., 37, ...); got {num_frames}. Use {lower} or {lower + k}."
-            )
+            check_positional_grid(width, height, *positional_grid_px((config.sample_height, config.sample_width),
+                                                                     self.vae_scale_factor_spatial))
+        check_frames(num_frames, k=self.vae_scale_factor_temporal)
         if pose_frames != num_frames:
             raise ValueError(
                 f"The pose video has {pose_frames} frames but num_frames is {num_frames}: they must be equal "
@@ -409,11 +386,11 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         width = width or pose.width
         num_frames = num_frames or pose.num_frames
         self.check_dynamictrl_inputs(prompt, negative_prompt, height, width, num_frames, pose.num_frames, output_type)
-        check_pose_strength(pose_strength)
+        check_setting(GenerateSettings, "pose_strength", pose_strength)
         if frame_sink is not None and output_type != "uint8":
             raise ValueError(f"frame_sink receives uint8 frames: use output_type='uint8', not {output_type!r}.")
         if window_frames is not None:
-            longvideo.check_window_options(window_frames, overlap_frames, self.vae_scale_factor_temporal)
+            check_window(window_frames, overlap_frames, "overlap_frames", self.vae_scale_factor_temporal)
             if window_batch_size < 1:
                 raise ValueError(f"window_batch_size must be >= 1, got {window_batch_size}.")
         bad_keys = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)

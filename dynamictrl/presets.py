@@ -1,17 +1,20 @@
 """Size and speed presets (the app's menus and the CLI's --size / --speed), with a rough
 GPU time for each.
 
-Every size is a multiple of 16 (VAE /8 x patch 2) and inside the released transformer's
-positional grid (RoPE covers sample_height x sample_width = 300 x 300 latents, i.e. up to
-2400 px a side: docs/reference.md, transformer config); `fits_positional_grid` checks it.
+Every size passes the size rules of `dynamictrl.validation` (multiples of 16, inside the
+released transformer's positional grid); `fits_positional_grid` asks those rules.
 """
 
 from dataclasses import dataclass
 
-# Released transformer config (docs/reference.md): the RoPE grid and the size multiple.
-RELEASED_SAMPLE_LATENTS = (300, 300)  # sample_height, sample_width
-VAE_SPATIAL = 8
-PATCH = 2
+from .validation import (
+    RELEASED_SAMPLE_LATENTS,
+    SIZE_MULTIPLE,
+    check_positional_grid,
+    check_size,
+    positional_grid_px,
+)
+
 TEXT_TOKENS = 226
 HIDDEN = 3072  # 48 heads x 64
 
@@ -80,17 +83,20 @@ def size_name(width: int, height: int) -> str:
 
 
 def fits_positional_grid(width: int, height: int, sample_latents: tuple[int, int] = RELEASED_SAMPLE_LATENTS) -> bool:
-    """A multiple of 16 that the RoPE grid covers (the pipeline refuses anything else)."""
-    multiple = VAE_SPATIAL * PATCH
-    max_height, max_width = (side * VAE_SPATIAL for side in sample_latents)
-    return width % multiple == 0 and height % multiple == 0 and 0 < width <= max_width and 0 < height <= max_height
+    """Whether the pipeline takes this size: a multiple of 16 that the RoPE grid covers."""
+    try:
+        check_size(width, height, max_side=None)
+        check_positional_grid(width, height, *positional_grid_px(sample_latents))
+    except ValueError:
+        return False
+    return True
 
 
 def video_tokens(width: int, height: int, num_frames: int) -> int:
     """Transformer tokens of a clip: latent frames (padded to even) / 2 x (H/16) x (W/16)."""
     latent_frames = (num_frames - 1) // 4 + 1
     latent_frames += latent_frames % 2
-    return latent_frames // 2 * (height // (VAE_SPATIAL * PATCH)) * (width // (VAE_SPATIAL * PATCH))
+    return latent_frames // 2 * (height // SIZE_MULTIPLE) * (width // SIZE_MULTIPLE)
 
 
 # Seconds per unit of `_step_cost` on an H100-class GPU in bf16, calibrated on the one

@@ -38,9 +38,9 @@ import numpy as np
 from . import weights
 from .images import to_rgb
 from .pose.types import VISIBLE_SCORE, FramePose, PersonPose
+from .settings import MASK_MODES
 
 SAM_KINDS = ("vit_b", "vit_l", "vit_h")
-MASK_MODES = ("background", "clothing")
 _VARIANTS = {"background": "mask_background", "clothing": "mask_clothing"}
 # The pixel normalisation of every released SAM (the registry's constants). Sam keeps
 # these as non-persistent buffers, so they are not in the checkpoints.

@@ -26,74 +26,24 @@ from PIL import Image
 from . import weights
 from .caption import PLACEHOLDER_PATTERN, check_no_placeholder, has_placeholder
 from .images import to_rgb_image
-from .limits import Limits, apply_pil_limit, check_generate_settings, check_pose_settings, check_prompt_tokens
-from .manager import DynamiCtrlModels, ModelManager, PipelineOptions
+from .limits import Limits, apply_pil_limit, check_prompt_tokens
+from .manager import DynamiCtrlModels, ModelManager
 from .outputs import NewFiles, save_image_atomic, write_atomic
 from .segment import apply_mask, clean_mask, register_segmenter, variant_for
+# The settings live in `settings`, their rules in `validation`; imported here too, as the
+# Python API has always offered them (`from dynamictrl.studio import GenerateSettings`).
+from .settings import DTYPES, GenerateSettings, PoseSettings, settings_from_dict
+from .validation import check_generate_settings, check_pose_settings, check_seeds, check_size
 from .video import VideoFrames, VideoWriter, write_video
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 SIDE_OUTPUTS = ("_pose.mp4", "_reference.png")  # written beside a generated video: <stem>_pose.mp4, ...
 # Decoded video frames lip-sync keeps at most (it streams the video; this bounds what
 # playing it backwards for ping-pong re-reads without decoding again): 256 MiB = ~42
 # frames of 1080p, whatever the video's length.
 LIPSYNC_FRAME_BUDGET_BYTES = 256 * 1024**2
-MAX_SIDE = 2048  # the paper's largest is 1360x1360; beyond this the 5B model runs out of any GPU
 
 # progress(fraction in [0, 1], message); return value ignored.
 ProgressCallback = Callable[[float, str], None]
-
-
-@dataclass
-class GenerateSettings:
-    prompt: str
-    negative_prompt: str = ""
-    num_frames: int = 37
-    width: int = 768
-    height: int = 1360
-    steps: int = 25
-    guidance: float = 3.0
-    seed: int = 42
-    fps: float = 16.0
-    variant: str | None = None  # None: base, or from mask_mode
-    # Scales the PadaLN pose injection (our extension, not the paper's): 1.0 = the trained
-    # model bit for bit, 0 = the pose video is ignored, up to 2 = followed more tightly.
-    pose_strength: float = 1.0
-    dtype: str = "auto"
-    mask_mode: str | None = None  # background | clothing: black out that region (picks the Mask variant)
-    mask_fill: str = ""  # with an empty prompt: what the masked region should show (fills the caption's placeholder)
-    # SAM clicks (x, y, 1 include / 0 exclude) in target-size pixels; None: from the DWPose person box
-    mask_points: list | None = None
-    # Memory and speed (see dynamictrl/manager.py and docs/memory-and-speed.md).
-    offload: str = "auto"  # auto | none | model | group | sequential
-    fp8: bool = False
-    int8: bool = False
-    first_block_cache: float = 0.0  # threshold, 0 = off
-    pyramid_attention_broadcast: bool = False
-    compile: bool = False
-    fuse_qkv: bool = False
-    t5_on_cpu: bool = False  # encode the prompt on the CPU; T5 never takes GPU memory
-    # Long videos (dynamictrl/longvideo.py): clips longer than one window are sampled as
-    # overlapping windows denoised together; a clip that fits one window is unaffected.
-    window_frames: int = 37  # the trained length
-    overlap: int = 2  # latent frames shared by neighbouring windows (x4 pixel frames)
-    color_match: bool = True
-    # Attention kernel (dynamictrl/models/attention.py): native | flash | flash3 | sage | ...
-    attention: str = "native"
-
-
-@dataclass
-class PoseSettings:
-    """How a pose video is made from a driving video (see `dynamictrl.pose.sequence`)."""
-
-    num_frames: int = 37  # T, including frame 0 = the reference pose
-    width: int = 768
-    height: int = 1360
-    fps: float | None = 16.0  # driving frames are resampled to this; None keeps every frame (official)
-    start_s: float = 0.0
-    retarget: str = "global"  # global | bones | none
-    detect_every: int = 1  # run the person detector every N frames, reuse boxes in between
-    loop: bool = False  # loop a driving video that is too short
 
 
 @dataclass
@@ -231,34 +181,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_size_and_frames(num_frames: int, width: int, height: int):
-    if not (16 <= width <= MAX_SIDE and 16 <= height <= MAX_SIDE):
-        raise ValueError(
-            f"Resolution {width}x{height} is out of range: width and height must be 16..{MAX_SIDE} "
-            "(the official sizes are 768x1360, 576x1024, 1024x1024, 1360x1360)."
-        )
-    if width % 16 or height % 16:
-        raise ValueError(f"Width and height must be multiples of 16, got {width}x{height}.")
-    if num_frames < 1 or (num_frames - 1) % 4:
-        lower = max(1, (num_frames - 1) // 4 * 4 + 1)
-        raise ValueError(f"The frame count must be 4k+1 (…, 33, 37, 41, …); got {num_frames}: use {lower} or {lower + 4}.")
-
-
-MAX_VARIATIONS = 8
-
-
-def check_seeds(seeds) -> list[int]:
-    """1 to 8 distinct integer seeds, in the order given."""
-    seeds = list(seeds)
-    if not 1 <= len(seeds) <= MAX_VARIATIONS:
-        raise ValueError(f"Give 1 to {MAX_VARIATIONS} seeds for variations, got {len(seeds)}.")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"Seeds are whole numbers >= 0, got {seeds}.")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"Each seed once, please: {seeds} repeats one.")
-    return seeds
-
-
 def variation_path(out_path: str | Path, seed: int) -> Path:
     """`dance.mp4` -> `dance_seed7.mp4`: one output per seed of a variations job."""
     out_path = Path(out_path)
@@ -273,7 +195,7 @@ def crop_reference(image_path: str | Path, width: int, height: int, limits: Limi
     """The reference as the model sees it: cover-resized and centre-cropped to the target size."""
     from .pose.sequence import cover_crop
 
-    check_size_and_frames(1, width, height)
+    check_size(width, height)
     return cover_crop(load_image(image_path, limits), width, height)
 
 
@@ -298,8 +220,8 @@ def settings_from_manifest(manifest: dict) -> GenerateSettings:
     """The `GenerateSettings` a manifest recorded (unknown keys of other versions ignored)."""
     if manifest.get("kind") == "lipsync":
         raise ValueError("This is a lip-sync result: its settings are not generation settings. Pick a generated video.")
-    known = GenerateSettings.__dataclass_fields__
-    return GenerateSettings(**{key: value for key, value in manifest["settings"].items() if key in known})
+    # Older manifests hold the memory options flat; keys of other versions are ignored.
+    return settings_from_dict(GenerateSettings, manifest["settings"], ignore_unknown=True)
 
 
 @dataclass
@@ -429,11 +351,6 @@ class Studio:
         check_outputs(out_path, preview_path, json_path)
         self.check_models(driving_video=True)
         check_pose_settings(settings, self.limits)
-        check_size_and_frames(settings.num_frames, settings.width, settings.height)
-        if settings.num_frames < 2:
-            raise ValueError("A pose video from a driving video needs at least 5 frames (4k+1).")
-        if settings.detect_every < 1:
-            raise ValueError(f"detect_every must be >= 1, got {settings.detect_every}.")
         image = load_image(image_path, self.limits)
         driving = PickedFrames(
             driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop,
@@ -634,7 +551,7 @@ class Studio:
         """`mask_reference` on an image file, cropped to the target size first (what the model sees)."""
         from .pose.sequence import cover_crop
 
-        check_size_and_frames(1, width, height)
+        check_size(width, height)
         check_outputs(out_path, mask_path)
         reference = cover_crop(load_image(image_path, self.limits), width, height)
         result = self.mask_reference(reference, mode, points=points, dilate_px=dilate_px)
@@ -822,7 +739,6 @@ class Studio:
         check_outputs(out_path, out_path.with_suffix(".json"),
                       *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS), suffix=".mp4")
         check_generate_settings(settings, self.limits)
-        check_size_and_frames(settings.num_frames, settings.width, settings.height)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
         # Imported after the output and settings checks: the attention module brings in
@@ -831,9 +747,6 @@ class Studio:
         from .parallel import ParallelLayout
 
         resolve_attention_kernel(settings.attention, self.device)
-        from .pipeline import check_pose_strength
-
-        check_pose_strength(settings.pose_strength)
         if preview is not None and preview_every < 1:
             raise ValueError(f"preview_every must be >= 1 (denoising steps between previews), got {preview_every}.")
         self.check_models(settings, driving_video=driving_video_path is not None)
@@ -896,16 +809,7 @@ class Studio:
                 progress(0.0, f"auto caption: {prompt}")
 
         models = self.dynamictrl(settings.dtype)
-        options = PipelineOptions(
-            offload=settings.offload,
-            fp8=settings.fp8,
-            int8=settings.int8,
-            first_block_cache=settings.first_block_cache,
-            pyramid_attention_broadcast=settings.pyramid_attention_broadcast,
-            compile=settings.compile,
-            fuse_qkv=settings.fuse_qkv,
-            t5_on_cpu=settings.t5_on_cpu,
-        )
+        options = settings.memory
 
         previews = None  # made inside the job: the projection is fitted to the pipeline's VAE
 

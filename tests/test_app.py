@@ -238,7 +238,8 @@ def test_presets_and_defaults_come_from_dynamictrl():
     for label, (width, height) in SIZE_PRESETS.items():
         assert f"{width}x{height}" in label
     assert SIZE_PRESETS[DEFAULT_SIZE] == (GenerateSettings.width, GenerateSettings.height)
-    assert SPEED_PRESETS[DEFAULT_SPEED] == (GenerateSettings.steps, GenerateSettings.first_block_cache)
+    defaults = GenerateSettings(prompt="")
+    assert SPEED_PRESETS[DEFAULT_SPEED] == (defaults.steps, defaults.memory.first_block_cache)
     assert [label for label in SPEED_PRESETS] == [preset.label for preset in presets.SPEED_PRESETS]
     config = AppConfig(outputs_dir=ROOT, work_dir=ROOT)
     assert (config.default_frames, config.default_steps) == (GenerateSettings.num_frames, GenerateSettings.steps)

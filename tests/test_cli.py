@@ -41,7 +41,7 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     video = read_video(out)
     assert video.num_frames == 9 and video.size == (64, 48)
     manifest = json.loads(out.with_suffix(".json").read_text())
-    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5 and manifest["settings"]["t5_on_cpu"]
+    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5 and manifest["settings"]["memory"]["t5_on_cpu"]
     assert manifest["inputs"]["image"]["path"] == str(image)
 
 
@@ -319,7 +319,7 @@ def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
     for seed in (3, 9):
         manifest = json.loads((tmp_path / f"dance_seed{seed}.json").read_text())
         assert manifest["settings"]["seed"] == seed and manifest["settings"]["steps"] == 2
-        assert manifest["settings"]["first_block_cache"] == 0.05 and manifest["settings"]["pose_strength"] == 0.5
+        assert manifest["settings"]["memory"]["first_block_cache"] == 0.05 and manifest["settings"]["pose_strength"] == 0.5
         assert read_video(tmp_path / f"dance_seed{seed}.mp4").num_frames == 9
     assert not out.exists()
     previews = sorted((tmp_path / "dance_preview").glob("step_*.png"))

@@ -17,12 +17,11 @@ from dynamictrl.limits import (
     LimitError,
     Limits,
     apply_pil_limit,
-    check_generate_settings,
-    check_pose_settings,
     check_prompt,
     env_name,
 )
-from dynamictrl.studio import GenerateSettings, PoseSettings
+from dynamictrl.settings import GenerateSettings, PipelineOptions, PoseSettings
+from dynamictrl.validation import check_generate_settings, check_pose_settings
 
 
 def ffmpeg(*args):
@@ -158,14 +157,21 @@ def test_settings_checks():
     check_generate_settings(good, limits)
     refused = {
         "prompt": (b"bytes", "bytes, not text"), "negative_prompt": ("x" * 2001, "negative prompt is 2,001 characters"),
-        "num_frames": (9.0, "num_frames must be a whole number"), "steps": (0, r"steps must be 1\.\.1000"),
+        "num_frames": (9.0, "num_frames must be a whole number"), "steps": (0, r"steps must be 1\.\.200"),
         "guidance": (math.inf, "guidance must be a finite number"), "seed": (1.5, "seed must be a whole number"),
-        "fps": (0.0, r"fps must be 1\.\.120"), "first_block_cache": (math.nan, "first_block_cache must be a finite"),
-        "window_frames": (-1, "window_frames must be"), "overlap": (True, "overlap must be a whole number"),
+        "fps": (0.0, r"fps must be 1\.\.120"), "window_frames": (-1, "window_frames must be"),
+        "overlap": (True, "overlap must be a whole number"), "dtype": ("bf8", "dtype must be one of auto, bf16"),
     }
     for name, (value, message) in refused.items():
         with pytest.raises(ValueError, match=message):
             check_generate_settings(replace(good, **{name: value}), limits)
+    # The memory options are checked when they are made, and again with the job (they may be changed since).
+    with pytest.raises(ValueError, match="first_block_cache must be a finite"):
+        PipelineOptions(first_block_cache=math.nan)
+    changed = replace(good, memory=PipelineOptions())
+    changed.memory.first_block_cache = 2.0
+    with pytest.raises(ValueError, match=r"first_block_cache must be 0\.\.1, got 2"):
+        check_generate_settings(changed, limits)
     with pytest.raises(LimitError, match="4097 frames asked for; at most 2049"):
         check_generate_settings(replace(good, num_frames=4097), limits)
     check_generate_settings(replace(good, num_frames=4097, seed=2**64 - 1, guidance=0.0), Limits(max_frames=4097))

@@ -339,5 +339,5 @@ def test_pose_strength_in_the_pipeline(tiny_pipe):
     assert np.array_equal(ignored, run(poses[1], pose_strength=0.0))
     assert not np.array_equal(ignored, default)
     for bad in (-0.1, 2.5, float("nan")):
-        with pytest.raises(ValueError, match="pose_strength must be a number from 0 to 2"):
+        with pytest.raises(ValueError, match=r"pose_strength must be (0\.\.2|a finite number), got"):
             run(poses[0], pose_strength=bad)

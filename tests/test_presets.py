@@ -1,7 +1,8 @@
 import pytest
 
 from dynamictrl import presets
-from dynamictrl.studio import GenerateSettings, check_size_and_frames
+from dynamictrl.settings import GenerateSettings
+from dynamictrl.validation import check_frames, check_size
 
 
 def test_every_size_preset_is_valid_for_the_released_model():
@@ -9,7 +10,8 @@ def test_every_size_preset_is_valid_for_the_released_model():
     assert sizes == {(576, 1024), (1024, 576), (768, 1360), (1360, 768), (1024, 1024)}
     for preset in presets.SIZE_PRESETS:
         assert presets.fits_positional_grid(preset.width, preset.height), preset
-        check_size_and_frames(37, preset.width, preset.height)
+        check_size(preset.width, preset.height)
+        check_frames(37)
         assert presets.size_name(preset.width, preset.height) == preset.name
     assert not presets.fits_positional_grid(2416, 1024) and not presets.fits_positional_grid(770, 1360)
     assert presets.size_name(640, 640) == presets.CUSTOM
@@ -17,7 +19,7 @@ def test_every_size_preset_is_valid_for_the_released_model():
 
 def test_speed_presets_and_custom():
     defaults = GenerateSettings(prompt="")
-    assert presets.speed_name(defaults.steps, defaults.first_block_cache) == "quality"
+    assert presets.speed_name(defaults.steps, defaults.memory.first_block_cache) == "quality"
     draft = presets.speed_preset("draft")
     assert draft.steps < defaults.steps and draft.first_block_cache > 0
     assert presets.speed_name(draft.steps, draft.first_block_cache) == "draft"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dynamictrl.settings import PipelineOptions
 from dynamictrl.studio import GenerateSettings, Studio, file_sha256, load_image
 from dynamictrl.video import read_video, write_video
 
@@ -71,7 +72,7 @@ def test_variant_is_loaded_and_recorded(studio, inputs, tmp_path):
     [
         (dict(width=8000), "out of range"),
         (dict(num_frames=13), "use --frames 9"),
-        (dict(variant="mask_hair"), "Unknown variant"),
+        (dict(variant="mask_hair"), "variant must be one of mask_background, mask_clothing"),
         (dict(dtype="int8"), "dtype"),
     ],
 )
@@ -120,10 +121,10 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
 def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_path):
     image, pose = inputs
     result = studio.generate(
-        image, tmp_path / "bf.mp4", settings(dtype="bf16", first_block_cache=0.05), pose_video_path=pose
+        image, tmp_path / "bf.mp4", settings(dtype="bf16", memory=PipelineOptions(first_block_cache=0.05)), pose_video_path=pose
     )
     manifest = json.loads(result.manifest_path.read_text())
-    assert manifest["torch_dtype"] == "bfloat16" and manifest["settings"]["first_block_cache"] == 0.05
+    assert manifest["torch_dtype"] == "bfloat16" and manifest["settings"]["memory"]["first_block_cache"] == 0.05
     assert result.frames is None and result.num_frames == 9  # streamed to the mp4, not kept
 
 

@@ -34,12 +34,15 @@ from dynamictrl import catalog, errors, presets
 from dynamictrl import studio as studio_api
 from dynamictrl.caption import consistency_hint, has_placeholder
 from dynamictrl.lipsync.settings import LipSyncSettings
-from dynamictrl.manager import OFFLOAD_CHOICES, OutOfMemory
+from dynamictrl.manager import OutOfMemory
+from dynamictrl.outputs import save_image_atomic
 from dynamictrl.preview import DEFAULT_EVERY
 from dynamictrl.segment import variant_for
-from dynamictrl.studio import Cancelled, GenerateSettings, PoseSettings
+from dynamictrl.settings import GenerateSettings, PipelineOptions, PoseSettings, widget_spec
+from dynamictrl.studio import Cancelled
 from dynamictrl.tiny import TINY_SIZE, TINY_STEPS
-from dynamictrl.outputs import save_image_atomic
+from dynamictrl import validation
+from dynamictrl.validation import check_frames, check_setting, check_size
 from dynamictrl.video import VideoFrames, longest_pose_clip, read_video, write_video
 from dynamictrl.weights import DownloadCancelled, WeightsNotFoundError
 
@@ -55,14 +58,13 @@ SIZE_PRESETS = {preset.label: (preset.width, preset.height) for preset in preset
 # Label -> (steps, first-block-cache threshold), from dynamictrl.presets.
 SPEED_PRESETS = {preset.label: (preset.steps, preset.first_block_cache) for preset in presets.SPEED_PRESETS}
 DEFAULT_SIZE = presets.size_preset(presets.size_name(DEFAULTS.width, DEFAULTS.height)).label
-DEFAULT_SPEED = presets.speed_preset(presets.speed_name(DEFAULTS.steps, DEFAULTS.first_block_cache)).label
+DEFAULT_SPEED = presets.speed_preset(presets.speed_name(DEFAULTS.steps, DEFAULTS.memory.first_block_cache)).label
 TINY_SIZE_PRESET = f"tiny {TINY_SIZE[0]}x{TINY_SIZE[1]}"
 TINY_SPEED_PRESET = f"tiny ({TINY_STEPS} steps)"
 # The Quality/speed label once Steps no longer matches the chosen preset (no first-block cache).
 CUSTOM_SPEED = presets.CUSTOM
-RETARGET_CHOICES = ("global", "bones", "none")
 MASK_MODES = ("none", "background", "clothing")
-MAX_VARIATIONS = 8  # Studio.generate_variations' limit (check_seeds); one queue job per seed
+MAX_VARIATIONS = validation.MAX_VARIATIONS  # one queue job per seed
 # Beside a result, what Reuse restores: the reference as the app read it, and the pose video
 # (the studio's own side file when it extracted the poses; the app writes it otherwise).
 INPUT_SUFFIX = "_input.png"
@@ -283,13 +285,13 @@ class Handlers:
             size = self.config.size_presets[preset]
         else:
             raise gr.Error(f"Unknown size preset {preset!r}.")
-        studio_api.check_size_and_frames(1, *size)
+        check_size(*size)
         return size
 
     @staticmethod
     def _frames(value) -> int:
         frames = int(value or 0)
-        studio_api.check_size_and_frames(frames, 16, 16)
+        check_frames(frames)
         return frames
 
     def _cancel_event(self, request: gr.Request | None) -> threading.Event:
@@ -464,14 +466,9 @@ class Handlers:
     # ------------------------------------------------------------------ motion
     def _pose_settings(self, preset, width, height, start, frames, fps, retarget, size=None) -> PoseSettings:
         size = size or self.target_size(preset, width, height)
-        if retarget not in RETARGET_CHOICES:
-            raise gr.Error(f"Retargeting must be one of {', '.join(RETARGET_CHOICES)}.")
-        fps = float(fps or 0)
-        if fps < 0 or fps > 120:
-            raise gr.Error("fps must be between 1 and 120 (0 keeps every frame of the driving video).")
-        start = float(start or 0)
-        if start < 0:
-            raise gr.Error("The start time must be 0 or more seconds.")
+        fps, start = float(fps or 0), float(start or 0)
+        for name, value in (("retarget", retarget), ("fps", fps), ("start_s", start)):
+            check_setting(PoseSettings, name, value)
         return PoseSettings(num_frames=self._frames(frames), width=size[0], height=size[1], fps=fps or None,
                             start_s=start, retarget=retarget)
 
@@ -484,7 +481,7 @@ class Handlers:
         """The frame count that uses the whole driving clip (long clips run in windows)."""
         _require(driving, "Upload a driving video first.")
         frames = longest_pose_clip(driving, fps=fps or None, start_s=float(start or 0), limits=self._limits)
-        windows = "one window" if frames <= GenerateSettings(prompt="").window_frames else "overlapping windows"
+        windows = "one window" if frames <= widget_spec("window_frames").default else "overlapping windows"
         return {"frames": frames, "pose_info": f"The whole clip: {frames} frames ({windows})."}
 
     @friendly_errors
@@ -593,10 +590,7 @@ class Handlers:
         size = self.target_size(size_preset, width, height)
         num_frames = self._frames(frames)
         steps = int(steps or 0)
-        if not 1 <= steps <= 200:
-            raise gr.Error(f"Steps must be between 1 and 200 ({DEFAULTS.steps} is the official setting).")
-        if offload not in OFFLOAD_CHOICES:
-            raise gr.Error(f"Offload must be one of {', '.join(OFFLOAD_CHOICES)}.")
+        check_setting(GenerateSettings, "steps", steps)
         mask_mode = mask_mode if mask_mode in ("background", "clothing") else None
         prompt = (prompt or "").strip()
         if prompt and has_placeholder(prompt):
@@ -606,9 +600,9 @@ class Handlers:
         settings = GenerateSettings(
             prompt=prompt, negative_prompt=(negative_prompt or "").strip(), num_frames=num_frames, width=size[0],
             height=size[1], steps=steps, guidance=float(guidance), seed=int(seed) % (MAX_SEED + 1),
-            fps=pose_settings.fps or DEFAULTS.fps, mask_mode=mask_mode,
+            fps=pose_settings.fps or widget_spec("fps").default, mask_mode=mask_mode,
             mask_points=[list(p) for p in points] if (mask_mode and points) else None,
-            offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1],
+            memory=PipelineOptions(offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1]),
         )
         # Reuse the poses extracted (and looked at) in step 2 when nothing changed since.
         job = Job(image_path, settings, pose_settings)
@@ -936,8 +930,8 @@ class Handlers:
             "fps": settings.fps, "mask_mode": mask_mode, "mask_points": settings.mask_points or [],
             "mask_status": mask_status_text(mask_mode, settings.mask_points),
             "prompt": settings.prompt or manifest.get("prompt_used", ""), "negative_prompt": settings.negative_prompt,
-            "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.first_block_cache),
-            "guidance": settings.guidance, "seed": settings.seed, "offload": settings.offload,
+            "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.memory.first_block_cache),
+            "guidance": settings.guidance, "seed": settings.seed, "offload": settings.memory.offload,
             "tabs": gr.Tabs(selected="create"),
         }
         restored = []
@@ -1110,7 +1104,8 @@ def manifest_settings(manifest) -> GenerateSettings:
         else:
             try:
                 settings = studio_api.settings_from_manifest(manifest)
-                studio_api.check_size_and_frames(settings.num_frames, settings.width, settings.height)
+                check_size(settings.width, settings.height)
+                check_frames(settings.num_frames)
                 return settings
             except (TypeError, ValueError) as error:
                 problem = str(error)

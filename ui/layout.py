@@ -17,17 +17,15 @@ from pathlib import Path
 import gradio as gr
 
 from dynamictrl import catalog
-from dynamictrl.lipsync.settings import PARSING_MODES, LipSyncSettings
-from dynamictrl.manager import OFFLOAD_CHOICES
+from dynamictrl.lipsync.settings import LipSyncSettings
+from dynamictrl.settings import PoseSettings, widget_spec
 
 from .handlers import (
     CUSTOM_SIZE,
     CUSTOM_SPEED,
-    DEFAULTS,
     HISTORY_HEADERS,
     MASK_MODES,
     MAX_VARIATIONS,
-    RETARGET_CHOICES,
     AppConfig,
     Handlers,
     mask_status_text,
@@ -178,10 +176,11 @@ def build_character(page: Page, config: AppConfig) -> None:
             page.size_preset = gr.Dropdown([*config.size_presets, CUSTOM_SIZE], value=config.default_size,
                                            label="Target size (width x height)", elem_id="size-preset")
             with gr.Row():
-                page.width = gr.Number(value=DEFAULTS.width, label="Width (multiple of 16)", precision=0,
-                                       visible=False)
-                page.height = gr.Number(value=DEFAULTS.height, label="Height (multiple of 16)", precision=0,
-                                        visible=False)
+                width, height = widget_spec("width"), widget_spec("height")
+                page.width = gr.Number(value=width.default, label="Width (multiple of 16)", precision=0, visible=False,
+                                       minimum=width.minimum, maximum=width.maximum, step=width.step)
+                page.height = gr.Number(value=height.default, label="Height (multiple of 16)", precision=0,
+                                        visible=False, minimum=height.minimum, maximum=height.maximum, step=height.step)
             if (ASSETS / "reference_figure.png").is_file():
                 gr.Examples([[str(ASSETS / "reference_figure.png")]], inputs=[page.reference], label="Example reference")
         with gr.Column(min_width=200):
@@ -220,12 +219,14 @@ def build_motion(page: Page, config: AppConfig) -> None:
             if (ASSETS / "dance_figure.mp4").is_file():
                 gr.Examples([[str(ASSETS / "dance_figure.mp4")]], inputs=[page.driving], label="Example clip")
             with gr.Row():
-                page.start = gr.Number(0, label="Start (s)", minimum=0)
-                page.frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0, minimum=5, step=4,
-                                        elem_id="frames")
-                page.fps = gr.Number(DEFAULTS.fps, label="fps (0 = every frame)", minimum=0)
+                start, frames, fps = (widget_spec(name, PoseSettings) for name in ("start_s", "num_frames", "fps"))
+                page.start = gr.Number(start.default, label="Start (s)", minimum=start.minimum)
+                page.frames = gr.Number(config.default_frames, label="Frames (4k+1)", precision=0,
+                                        minimum=frames.minimum, step=frames.step, elem_id="frames")
+                page.fps = gr.Number(fps.default, label="fps (0 = every frame)", minimum=fps.minimum, maximum=fps.maximum)
                 page.whole = gr.Button("Whole clip", size="sm", elem_id="whole-clip")
-            page.retarget = gr.Dropdown(list(RETARGET_CHOICES), value="global", label="Retargeting",
+            retarget = widget_spec("retarget", PoseSettings)
+            page.retarget = gr.Dropdown(list(retarget.choices), value=retarget.default, label="Retargeting",
                                         info="global: the official fit · bones: limb lengths of the reference · none")
             page.extract = gr.Button("Extract poses", variant="secondary", elem_id="extract-poses")
         with gr.Column():
@@ -267,18 +268,22 @@ def build_generate(page: Page, config: AppConfig, handlers: Handlers) -> None:
     with gr.Row():
         page.speed = gr.Dropdown([*config.speed_presets, CUSTOM_SPEED], value=config.default_speed,
                                  label="Quality / speed", elem_id="speed", min_width=160)
-        page.steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Steps", elem_id="steps",
-                               min_width=160)
+        steps = widget_spec("steps")
+        page.steps = gr.Slider(steps.minimum, steps.maximum, value=config.default_steps, step=steps.step,
+                               label="Steps", elem_id="steps", min_width=160)
     with gr.Row():
-        page.seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, scale=4, elem_id="seed")
+        page.seed = gr.Number(widget_spec("seed").default, label="Seed", precision=0, scale=4, elem_id="seed")
         page.dice = gr.Button("Random seed", scale=1, min_width=80)
     with gr.Row():
         page.mask_mode = gr.Radio(list(MASK_MODES), value="none", label="Mask used by Generate (what is blacked out)",
                                   elem_id="mask-mode", scale=3)
         page.no_mask = gr.Button("No mask", size="sm", elem_id="no-mask", scale=1, min_width=80)
     with gr.Accordion("More settings", open=False):
-        page.guidance = gr.Slider(1.0, 10.0, value=DEFAULTS.guidance, step=0.5, label="Guidance")
-        page.offload = gr.Dropdown(list(OFFLOAD_CHOICES), value=config.offload, label="Offload (memory tier)")
+        guidance = widget_spec("guidance")
+        page.guidance = gr.Slider(guidance.minimum, guidance.maximum, value=guidance.default, step=guidance.step,
+                                  label="Guidance")
+        page.offload = gr.Dropdown(list(widget_spec("offload").choices), value=config.offload,
+                                   label="Offload (memory tier)")
         page.preview_every = gr.Number(config.preview_every, label="Live preview every N denoising steps (0 = off)",
                                        precision=0, minimum=0, elem_id="preview-every")
     with gr.Accordion("Variations: several seeds of these settings", open=False, elem_id="variations-accordion"):
@@ -300,7 +305,8 @@ def build_generate(page: Page, config: AppConfig, handlers: Handlers) -> None:
 
 
 def build_lipsync(page: Page) -> None:
-    lip_defaults = LipSyncSettings()
+    lip = {name: widget_spec(name, LipSyncSettings) for name in
+           ("bbox_shift", "extra_margin", "parsing_mode", "left_cheek_width", "right_cheek_width")}
     gr.Markdown("Make the character speak: a video with a visible face (your result, or any clip) and "
                 "speech. The output lasts as long as the speech; a shorter video plays forward and "
                 "backward (MuseTalk 1.5).")
@@ -312,16 +318,20 @@ def build_lipsync(page: Page) -> None:
             page.speech = AudioUpload(label="Speech (wav, mp3, flac, ogg, m4a) or record", type="filepath",
                                       sources=["upload", "microphone"], elem_id="lipsync-audio")
             with gr.Accordion("Settings", open=False):
-                page.bbox_shift = gr.Slider(-40, 40, value=lip_defaults.bbox_shift, step=1,
+                spec = lip["bbox_shift"]
+                page.bbox_shift = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                             label="Mouth region shift (px; positive opens the mouth more)")
-                page.extra_margin = gr.Slider(0, 40, value=lip_defaults.extra_margin, step=1,
+                spec = lip["extra_margin"]
+                page.extra_margin = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                               label="Chin margin (px below the chin in the face crop)")
-                page.parsing_mode = gr.Dropdown(list(PARSING_MODES), value=lip_defaults.parsing_mode,
+                page.parsing_mode = gr.Dropdown(list(lip["parsing_mode"].choices), value=lip["parsing_mode"].default,
                                                 label="Blended region", info="jaw: MuseTalk 1.5's default")
                 with gr.Row():
-                    page.left_cheek = gr.Slider(20, 160, value=lip_defaults.left_cheek_width, step=1,
+                    spec = lip["left_cheek_width"]
+                    page.left_cheek = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                                 label="Left cheek width")
-                    page.right_cheek = gr.Slider(20, 160, value=lip_defaults.right_cheek_width, step=1,
+                    spec = lip["right_cheek_width"]
+                    page.right_cheek = gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step,
                                                  label="Right cheek width")
             with gr.Row():
                 page.lipsync_button = gr.Button("Lip-sync", variant="primary", elem_id="lipsync-run")

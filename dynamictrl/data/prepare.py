@@ -27,12 +27,13 @@ from ..pose.render import draw_pose
 from ..pose.sequence import cover_crop
 from ..pose.tracking import fill_missing_people, track_people
 from ..pose.types import FramePose, save_poses
+from ..settings import MASK_MODES
+from ..validation import check_size
 from ..video import VideoError, iter_frames, write_video
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 MIN_FRAMES = 5  # the shortest clip the model's 4k+1 frame counts allow beyond a still image
-MASK_MODES = ("background", "clothing")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
 # Frames decoded, cropped and detected together; also how many are read before the
 # too-short check, which must therefore fit in the first chunk.
@@ -54,9 +55,7 @@ class PrepareSettings:
     caption: bool = True  # False: prompts are "" (and the manifest's "caption" is false)
 
     def check(self) -> None:
-        from ..studio import check_size_and_frames
-
-        check_size_and_frames(1, self.width, self.height)
+        check_size(self.width, self.height)
         if not self.fps or self.fps <= 0:
             raise ValueError(f"fps must be positive (every clip is resampled to it), got {self.fps}.")
         if self.max_frames is not None and self.max_frames < MIN_FRAMES:

@@ -5,6 +5,8 @@ benchmark (`--tiktok DATASET_DIR`). Registered by dynamictrl/cli.py through
 import argparse
 from pathlib import Path
 
+from ..settings import OFFLOAD_CHOICES
+
 HELP = "frame and video metrics (L1, SSIM, PSNR, PSNR*, LPIPS, FID-VID, FVD); --tiktok runs the benchmark"
 
 
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiktok.add_argument("--seed", type=int, default=42)
     tiktok.add_argument("--model", default=None, help="hub id or folder of the base pipeline")
     tiktok.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    tiktok.add_argument("--offload", default="auto", choices=("auto", "none", "model", "group", "sequential"))
+    tiktok.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES)
     tiktok.add_argument("--t5-on-cpu", action="store_true")
     tiktok.add_argument("--no-resume", action="store_true", help="regenerate videos already in --out-dir")
 
@@ -95,7 +97,8 @@ def run(args) -> int:
 
 def _run_tiktok(args, protocol, metrics) -> int:
     from .. import weights
-    from ..studio import GenerateSettings, Studio
+    from ..settings import GenerateSettings, PipelineOptions
+    from ..studio import Studio
     from .tiktok import TIKTOK_TEST_VIDEOS, TikTokSettings, run_tiktok
 
     if not args.out_dir:
@@ -107,7 +110,8 @@ def _run_tiktok(args, protocol, metrics) -> int:
     studio = Studio(model=args.model or weights.BASE_REPO, weights_dir=args.weights_dir, device=args.device)
     template = GenerateSettings(
         prompt=args.prompt, width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, dtype=args.dtype, offload=args.offload, t5_on_cpu=args.t5_on_cpu,
+        seed=args.seed, dtype=args.dtype,
+        memory=PipelineOptions(offload=args.offload, t5_on_cpu=args.t5_on_cpu),
     )
     settings = TikTokSettings(videos=videos, max_frames=args.frames, resume=not args.no_resume)
     outcome = run_tiktok(studio, args.tiktok, args.out_dir, template, settings, protocol, metrics, progress=print)

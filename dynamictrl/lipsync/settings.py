@@ -2,30 +2,33 @@
 
 from dataclasses import asdict, dataclass
 
+from ..settings import option
+from ..validation import check_fields
+
 PARSING_MODES = ("jaw", "raw", "neck")
 
 
 @dataclass
 class LipSyncSettings:
-    bbox_shift: int = 0  # px; moves the top of the repainted half (v1.5 default 0)
-    extra_margin: int = 10  # px below the chin included in the crop (v1.5)
-    parsing_mode: str = "jaw"  # which face-parsing region is blended back
-    left_cheek_width: int = 90
-    right_cheek_width: int = 90
-    batch_size: int = 8  # frames per UNet/VAE call
+    """MuseTalk 1.5's knobs. Ranges, choices and help are field metadata, as for the
+    generation settings (`dynamictrl.settings`): the checks, the CLI's `lipsync` flags, the
+    job schema and the app's sliders read them."""
+
+    bbox_shift: int = option(0, min=-200, max=200, step=1, flag="--bbox-shift",
+                             help="px to move the top of the repainted mouth region (positive: down, opens the "
+                                  "mouth more; MuseTalk 1.5 uses 0)")
+    extra_margin: int = option(10, min=0, max=200, step=1, flag="--extra-margin",
+                               help="px below the chin included in the face crop (MuseTalk 1.5 uses 10)")
+    parsing_mode: str = option("jaw", choices=PARSING_MODES, flag="--parsing-mode",
+                               help="which face region is blended back (MuseTalk 1.5 uses jaw)")
+    left_cheek_width: int = option(90, min=0, max=256, step=1, flag="--left-cheek-width",
+                                   help="width of the blended left cheek region (px)")
+    right_cheek_width: int = option(90, min=0, max=256, step=1, flag="--right-cheek-width",
+                                    help="width of the blended right cheek region (px)")
+    batch_size: int = option(8, min=1, flag="--batch-size", help="frames per UNet/VAE call")
 
     def __post_init__(self):
-        if self.parsing_mode not in PARSING_MODES:
-            raise ValueError(f"parsing_mode must be one of {', '.join(PARSING_MODES)}, got {self.parsing_mode!r}.")
-        if not 0 <= self.extra_margin <= 200:
-            raise ValueError(f"extra_margin must be 0..200 px, got {self.extra_margin}.")
-        if abs(self.bbox_shift) > 200:
-            raise ValueError(f"bbox_shift must be within -200..200 px, got {self.bbox_shift}.")
-        for name in ("left_cheek_width", "right_cheek_width"):
-            if not 0 <= getattr(self, name) <= 256:
-                raise ValueError(f"{name} must be 0..256, got {getattr(self, name)}.")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        check_fields(self)
 
     def avatar_fields(self) -> dict:
         """The settings an avatar depends on (the batch size changes no result)."""

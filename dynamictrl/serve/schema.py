@@ -1,12 +1,14 @@
 """One schema for every job: pydantic models derived from the settings dataclasses.
 
-The settings dataclasses (`GenerateSettings`, `PoseSettings`, `LipSyncSettings`, and any
-dataclass nested in them) are the single source of truth. `settings_model(cls)` turns one
-into a pydantic model field by field (type, default or default factory, and the optional
-field metadata `help`/`description`, `min`/`ge`, `max`/`le`, `choices`), so a field added,
-renamed or nested there is in the job schema, the gateway's OpenAPI page and its 422
-answers without a change here. A settings model also builds the dataclass (its own
-`__post_init__` rules run) and applies the checks `Studio` runs before any model loads.
+The settings dataclasses (`dynamictrl.settings`: `GenerateSettings` with its nested
+`PipelineOptions`, `PoseSettings`; `LipSyncSettings`) are the single source of truth.
+`settings_model(cls)` turns one into a pydantic model field by field (type, default or
+default factory, and the field metadata `help`/`description`, `min`/`ge`, `max`/`le`,
+`choices`), so a field added, renamed or nested there is in the job schema, the gateway's
+OpenAPI page and its 422 answers without a change here. A settings model also builds the
+dataclass (its own `__post_init__` rules run) and applies `dynamictrl.validation`'s checks,
+the ones `Studio` runs before any model loads. Settings written in the older flat form (the
+memory options beside the others) are nested first, as `settings_from_dict` does.
 
 `job_model(extra_kinds)` is the union of the job kinds (see `dynamictrl.serve.jobs`),
 told apart by `kind`; `validate_job(job)` checks a job dict against it and raises
@@ -20,6 +22,8 @@ from functools import cache
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, ValidationError, create_model, model_validator
+
+from ..settings import nest_flat
 
 KINDS = ("generate", "pose", "lipsync", "mask", "caption")
 # The input files of each kind: a path (str) in the job, or the same name under "files".
@@ -96,8 +100,12 @@ def settings_model(cls: type) -> type[BaseModel]:
             raise ValueError(str(error)) from None
         return model
 
+    def nest(_model, values):  # before the fields are read: older flat settings nested
+        return nest_flat(cls, values) if isinstance(values, dict) else values
+
     return create_model(cls.__name__, __config__=ConfigDict(extra="forbid"), __doc__=cls.__doc__,
-                        __validators__={"rules": model_validator(mode="after")(check)}, **definitions)
+                        __validators__={"nest": model_validator(mode="before")(classmethod(nest)),
+                                        "rules": model_validator(mode="after")(check)}, **definitions)
 
 
 def to_dataclass(cls: type, values):
@@ -133,14 +141,13 @@ def _settings_rules() -> dict:
     """The checks `Studio` applies to settings before loading anything (its limits come
     from this process's environment, `DYNAMICTRL_MAX_*`): run here too, so a job that
     would be refused on a replica is refused at submission with the field named."""
-    from ..limits import check_generate_settings, check_pose_settings, default_limits
-    from ..studio import GenerateSettings, PoseSettings, check_size_and_frames
+    from ..limits import default_limits
+    from ..settings import GenerateSettings, PoseSettings
+    from ..validation import check_generate_settings, check_pose_settings
 
     return {
-        GenerateSettings: (lambda s: check_generate_settings(s, default_limits()),
-                           lambda s: check_size_and_frames(s.num_frames, s.width, s.height)),
-        PoseSettings: (lambda s: check_pose_settings(s, default_limits()),
-                       lambda s: check_size_and_frames(s.num_frames, s.width, s.height)),
+        GenerateSettings: (lambda s: check_generate_settings(s, default_limits()),),
+        PoseSettings: (lambda s: check_pose_settings(s, default_limits()),),
     }
 
 
@@ -191,8 +198,8 @@ def _input_fields(kind: str) -> dict:
 @cache
 def _builtin_job_models() -> tuple[type[BaseModel], ...]:
     from ..lipsync.settings import LipSyncSettings
-    from ..segment import MASK_MODES
-    from ..studio import GenerateSettings, PoseSettings
+    from ..settings import MASK_MODES, GenerateSettings, PoseSettings
+    from ..validation import MAX_SIDE, MIN_SIDE
 
     out = (str, Field(..., description="the .mp4 to write (relative: in the service's outputs folder)"))
     generate = create_model(
@@ -211,7 +218,8 @@ def _builtin_job_models() -> tuple[type[BaseModel], ...]:
         settings=(settings_model(LipSyncSettings) | None, None))
     mask = create_model(
         "MaskJob", __base__=_Job, kind=(Literal["mask"], ...), **_input_fields("mask"),
-        mode=(Literal[MASK_MODES], ...), width=(int, Field(..., ge=16)), height=(int, Field(..., ge=16)),
+        mode=(Literal[MASK_MODES], ...), width=(int, Field(..., ge=MIN_SIDE, le=MAX_SIDE)),
+        height=(int, Field(..., ge=MIN_SIDE, le=MAX_SIDE)),
         points=(list[tuple[float, float, Literal[0, 1]]] | None, Field(None, max_length=64,
                                                                        description="SAM clicks [x, y, 1 include / 0 exclude]")),
         dilate_px=(int, Field(0, ge=0, le=256)))

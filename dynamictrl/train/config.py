@@ -18,6 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from .. import weights
+from ..validation import check_frames
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("cosine_with_restarts", "cosine", "linear", "constant", "constant_with_warmup")
@@ -232,11 +233,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"model.variant: {error}") from error
     _check(not (m.variant and m.transformer), "model.variant and model.transformer both name a transformer: keep one.")
 
-    k = 4  # temporal compression of the CogVideoX VAE
-    _check(
-        d.num_frames >= 1 and (d.num_frames - 1) % k == 0,
-        f"data.num_frames must be 4k+1 (5, 9, ..., 37, ...), got {d.num_frames}.",
-    )
+    try:
+        check_frames(d.num_frames, "data.num_frames")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     _check(d.clip_stride is None or d.clip_stride >= 1, f"data.clip_stride must be >= 1, got {d.clip_stride}.")
     _check(0.0 <= d.prompt_dropout <= 1.0, f"data.prompt_dropout must be in [0, 1], got {d.prompt_dropout}.")
     _check(d.max_sequence_length >= 1, "data.max_sequence_length must be >= 1.")

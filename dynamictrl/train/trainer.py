@@ -54,6 +54,7 @@ from transformers import T5EncoderModel, T5Tokenizer
 from .. import weights
 from ..models.transformer import DynamiCtrlTransformerModel
 from ..pipeline import DynamiCtrlPipeline, latent_layout, load_transformer
+from ..validation import check_size
 from ..video import write_video
 from . import lora as lora_utils
 from .config import Config, ConfigError, dump_config
@@ -244,8 +245,10 @@ class Trainer:
         height, width = self.train_clips.size
         spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
         multiple = spatial * self.transformer_config["patch_size"]
-        if height % multiple or width % multiple:
-            raise ConfigError(f"The training clips are {width}x{height}: both sides must be multiples of {multiple}.")
+        try:
+            check_size(width, height, multiple=multiple, max_side=None)
+        except ValueError as error:
+            raise ConfigError(f"The training clips: {error}") from None
         self.layout = latent_layout(
             c.data.num_frames, self.vae.config.temporal_compression_ratio, self.transformer_config.get("patch_size_t")
         )
