@@ -105,6 +105,7 @@ def face_landmarks_px(x0: float, y0: float, size: float, rng):
 def synthetic_poses(count: int, width: int, height: int, face_fraction: float, seed: int = 0):
     """One confident face per frame, `face_fraction` of the shorter side, drifting sideways."""
     import numpy as np
+
     from dynamictrl.pose.types import FramePose, PersonPose
 
     rng = np.random.default_rng(seed)
@@ -315,6 +316,7 @@ def main(argv=None):
         parser.error("--batch-sizes must be >= 1")
 
     import torch
+
     from dynamictrl.lipsync.cache import AvatarCache
     from dynamictrl.lipsync.pipeline import LipSyncPipeline
     from dynamictrl.lipsync.settings import LipSyncSettings

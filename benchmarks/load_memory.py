@@ -73,6 +73,7 @@ def big_config(target_bytes: float, bytes_per_param: int) -> tuple[dict, int]:
 def write_weights(root: Path, config: dict, dtype, shard_gb: float | None = None) -> dict:
     """Tiny shared parts + the big transformer twice (base, Mask_B01). Returns file sizes."""
     import torch
+
     from dynamictrl.models import DynamiCtrlTransformerModel
     from dynamictrl.testing.models import save_shared_parts
 
@@ -100,11 +101,11 @@ def child(mode: str, weights_dir: str, dtype_name: str) -> None:
     """One measurement in a fresh interpreter; prints one JSON line."""
     import gc
 
-    import dynamictrl.pipeline  # noqa: F401  (imports before the baseline)
     import torch
-    from dynamictrl.manager import DynamiCtrlModels, ModelManager
-
     from _common import hwm_bytes, maxrss_bytes, reset_hwm, rss_bytes
+
+    import dynamictrl.pipeline  # noqa: F401  (imports before the baseline)
+    from dynamictrl.manager import DynamiCtrlModels, ModelManager
 
     torch_dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
 

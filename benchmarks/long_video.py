@@ -46,6 +46,7 @@ def frames_for(windows: int, window_frames: int, overlap: int) -> int:
 
 def build(model: str, size: int, window_frames: int, tmp: Path):
     import torch
+
     from dynamictrl import weights
     from dynamictrl.pipeline import DynamiCtrlPipeline
 
@@ -84,6 +85,7 @@ def main(argv=None):
     import numpy as np
     import PIL.Image
     import torch
+
     from dynamictrl.longvideo import plan_windows
 
     device = pick_device(args.device)

@@ -128,7 +128,7 @@ def top_non_model_costs(profile: cProfile.Profile, limit: int = 25) -> str:
     """cProfile rows sorted by own time, leaving out torch ops / modules (the networks)."""
     stats = pstats.Stats(profile)
     rows = []
-    for (filename, line, func), (cc, nc, tottime, cumtime, callers) in stats.stats.items():
+    for (filename, line, func), (_cc, nc, tottime, cumtime, _callers) in stats.stats.items():
         rows.append((tottime, cumtime, nc, f"{Path(filename).name}:{line}({func})", filename))
     rows.sort(reverse=True)
     out = [f"{'own s':>8s} {'cum s':>8s} {'calls':>7s}  function"]
@@ -159,6 +159,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
+
     from dynamictrl.pipeline import DynamiCtrlPipeline
 
     device = pick_device(args.device)

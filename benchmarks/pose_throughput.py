@@ -156,7 +156,7 @@ def synthetic_dance(count: int, height: int, width: int, fps: float, seed: int =
         dancers = [_dancer(t, height, width, look["x"], look["phase"]) for look in looks]
         for d, look in zip(dancers, looks):
             b, s = d["body"], d["size"]
-            w = lambda f: max(1, int(f * s))  # noqa: E731
+            w = lambda f, s=s: max(1, int(f * s))  # noqa: E731
             for a_, b_, f in [(8, 9, 0.044), (9, 10, 0.036), (11, 12, 0.044), (12, 13, 0.036)]:
                 cv2.line(frame, p(b[a_]), p(b[b_]), look["legs"], w(f), cv2.LINE_AA, 4)
             middle_hip = ((b[8][0] + b[11][0]) / 2, b[8][1])
@@ -433,7 +433,7 @@ def main(argv=None):
             ("detector's poses" + ("" if real else " (tiny stand-ins)"), product["poses"])
         ]:
             for h, w, label in sizes:
-                cpu, wall, _ = best_of(args.repeats, lambda: [draw_pose(pose, h, w) for pose in poses])
+                cpu, wall, _ = best_of(args.repeats, lambda h=h, w=w, poses=poses: [draw_pose(pose, h, w) for pose in poses])
                 renders.append((f"{w}x{h} ({label}), {what}", 1000 * cpu / len(poses), 1000 * wall / len(poses)))
 
     # ------------------------------------------------------------ report

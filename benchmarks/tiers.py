@@ -135,6 +135,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
+
     from dynamictrl.manager import TIERS, PipelineOptions
 
     device = pick_device(args.device)

@@ -27,7 +27,6 @@ def is_user_error(error: BaseException) -> bool:
     GPU memory after every memory tier was tried."""
     from .manager import OutOfMemory
     from .studio import Cancelled
-
     from .weights import DownloadCancelled
 
     return isinstance(error, (ValueError, FileNotFoundError, Cancelled, DownloadCancelled, OutOfMemory))

@@ -6,8 +6,8 @@ writes outputs with a manifest. The CLI and the app are thin adapters over it.
     result = studio.generate("ref.png", "pose.mp4", "out.mp4", GenerateSettings(prompt="a dancer ..."))
 """
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from .limits import Limits, apply_pil_limit, check_prompt_tokens
 from .manager import DynamiCtrlModels, ModelManager
 from .outputs import NewFiles, save_image_atomic, write_atomic
 from .segment import apply_mask, clean_mask, register_segmenter, variant_for
+
 # The settings live in `settings`, their rules in `validation`; imported here too, as the
 # Python API has always offered them (`from dynamictrl.studio import GenerateSettings`).
 from .settings import DTYPES, GenerateSettings, PoseSettings, settings_from_dict
@@ -472,7 +473,7 @@ class Studio:
         manifest_path = out_path.with_suffix(".json")
         manifest = {
             "output": out_path.name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "kind": "lipsync",
             "settings": asdict(settings),
             "inputs": {
@@ -903,7 +904,7 @@ class Studio:
         manifest_path = out_path.with_suffix(".json")
         manifest = {
             "output": out_path.name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": asdict(settings),
             "prompt_used": prompt,
             "auto_caption": caption.text if caption else None,

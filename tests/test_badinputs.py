@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from tests.badinputs.make_corpus import CASES, PROBE_CASES, SERVED_CASES, make_corpus
 from PIL import Image
 
 from dynamictrl.images import ImageError
-from dynamictrl.lipsync.audio import AudioError, AudioTooLongError
 from dynamictrl.limits import LimitError
+from dynamictrl.lipsync.audio import AudioError, AudioTooLongError
 from dynamictrl.pose.sequence import NoPersonError
 from dynamictrl.studio import GenerateSettings, OutputError, PoseSettings, Studio, load_image
 from dynamictrl.video import VideoError, VideoLimitError, VideoTooShortError, read_video
+from tests.badinputs.make_corpus import CASES, PROBE_CASES, SERVED_CASES, make_corpus
 
 pytestmark = pytest.mark.slow  # 60 bad inputs through the API and the app
 

@@ -152,10 +152,9 @@ def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path):
 
 def test_mask_command_writes_the_masked_reference(tiny_weights, tmp_path, monkeypatch, capsys):
     """In process, with the tiny SAM registered where the real checkpoint would load."""
-    from dynamictrl.testing.sam import build_tiny_sam
-
     from dynamictrl import cli, weights
     from dynamictrl.segment import Segmenter
+    from dynamictrl.testing.sam import build_tiny_sam
 
     def register_tiny(manager, kind, weights_dir=None):
         manager.register(f"sam.{kind}", lambda: Segmenter(build_tiny_sam(), device="cpu"))

@@ -133,7 +133,7 @@ def test_four_sessions_run_one_at_a_time_in_queue_order_into_their_own_folders(t
 
     folders = [session_dir(tiny_app, client) for client in clients]
     assert len(set(folders)) == 4
-    for i, (client, (video, manifest, files)) in enumerate(zip(clients, results)):
+    for i, (client, (video, manifest, _files, *_missing_models)) in enumerate(zip(clients, results)):
         assert manifest["settings"]["seed"] == 100 + i
         # Everything this session made is in its own folder, and only that.
         assert sorted(p.name for p in folders[i].iterdir()) == sorted([manifest["output"],
@@ -164,7 +164,7 @@ def test_cancelling_one_session_leaves_the_others_untouched(tiny_app, pose_video
     with pytest.raises(AppError, match="Cancelled"):
         jobs[1].result(timeout=JOB_TIMEOUT_S)
     kept = [jobs[0].result(timeout=JOB_TIMEOUT_S), jobs[2].result(timeout=JOB_TIMEOUT_S)]
-    for client, (video, manifest, _files), seed in zip((first, third), kept, (200, 202)):
+    for client, (video, manifest, *_files), seed in zip((first, third), kept, (200, 202)):
         assert manifest["settings"]["seed"] == seed and manifest["settings"]["steps"] == 2
         assert sha256(video) == sha256(session_dir(tiny_app, client) / manifest["output"])
         assert history_outputs(client) == [manifest["output"]]
@@ -175,7 +175,7 @@ def test_cancelling_one_session_leaves_the_others_untouched(tiny_app, pose_video
         assert history_outputs(client) == []
 
     # The cancel was this session's only: its next job runs to the end.
-    video, manifest, _files = cancelled.predict(*generate_args(pose_video, seed=299), api_name="/generate")
+    video, manifest, *_files = cancelled.predict(*generate_args(pose_video, seed=299), api_name="/generate")
     assert manifest["settings"]["seed"] == 299 and history_outputs(cancelled) == [manifest["output"]]
 
 

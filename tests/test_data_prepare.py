@@ -44,10 +44,9 @@ def source_levels(clip: np.ndarray) -> list[int]:
 @pytest.fixture(scope="module")
 def studio(tiny_weights):
     """The tiny DWPose, Qwen2-VL and SAM behind a CPU studio (as tests/test_studio.py)."""
+    from dynamictrl.segment import Segmenter
     from dynamictrl.testing.qwen import FOLDER_NAME, save_tiny_qwen
     from dynamictrl.testing.sam import build_tiny_sam
-
-    from dynamictrl.segment import Segmenter
 
     if not (tiny_weights / FOLDER_NAME).exists():
         save_tiny_qwen(tiny_weights)

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
-from dynamictrl.testing.eval import moving_square_video, random_lpips, save_frames, tiny_backbone, tiny_models
 
 from dynamictrl.eval import cli as eval_cli
 from dynamictrl.eval import core as ev
 from dynamictrl.eval import frames as fm
 from dynamictrl.eval.tiktok import PAPER_TIKTOK
+from dynamictrl.testing.eval import moving_square_video, random_lpips, save_frames, tiny_backbone, tiny_models
 from dynamictrl.video import write_video
 
 PROTOCOL = ev.EvalProtocol(size=32, clip_length=4)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from dynamictrl.testing.eval import moving_square_video, random_lpips
 
 from dynamictrl import weights
 from dynamictrl.eval import frames as fm
+from dynamictrl.testing.eval import moving_square_video, random_lpips
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +106,9 @@ def test_lpips_scalings_feed_the_network_as_documented(clip):
 
 
 def test_vgg_trunk_is_copied_into_the_lpips_slices():
-    from torchvision.models import vgg16
-
     import copy
+
+    from torchvision.models import vgg16
 
     metric = random_lpips()
     model = copy.deepcopy(metric.model)

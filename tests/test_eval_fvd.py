@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from dynamictrl.testing.eval import moving_square_video, tiny_backbone
 
 from dynamictrl import weights
 from dynamictrl.eval import fvd
+from dynamictrl.testing.eval import moving_square_video, tiny_backbone
 
 
 def reference_frechet(x: np.ndarray, y: np.ndarray) -> float:

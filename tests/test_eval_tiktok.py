@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from dynamictrl.testing.eval import tiktok_dataset, tiny_models
 
 from dynamictrl.eval import cli as eval_cli
 from dynamictrl.eval import core as ev
 from dynamictrl.eval import tiktok
 from dynamictrl.pose.sequence import cover_crop
 from dynamictrl.studio import GenerateSettings
+from dynamictrl.testing.eval import tiktok_dataset, tiny_models
 from dynamictrl.video import read_video, write_video
 
 PROTOCOL = ev.EvalProtocol(size=32, clip_length=4)

@@ -10,7 +10,6 @@ from dataclasses import replace
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from tests.badinputs.make_corpus import variable_frame_rate
 from PIL import Image
 
 from dynamictrl.limits import (
@@ -22,6 +21,7 @@ from dynamictrl.limits import (
 )
 from dynamictrl.settings import GenerateSettings, PipelineOptions, PoseSettings
 from dynamictrl.validation import check_generate_settings, check_pose_settings
+from tests.badinputs.make_corpus import variable_frame_rate
 
 
 def ffmpeg(*args):
@@ -70,8 +70,9 @@ def test_video_limits_are_judged_from_the_header(tmp_path):
         (Limits(max_video_frames=50), r"about 60 frames \(2.0 s at 30 fps\), more than the 50 allowed"),
     ]
     for limits, message in cases:
-        for call in (lambda: read_video(path, limits=limits), lambda: pick_frames(path, 5, limits=limits),
-                     lambda: longest_pose_clip(path, limits=limits)):
+        for call in (lambda limits=limits: read_video(path, limits=limits),
+                     lambda limits=limits: pick_frames(path, 5, limits=limits),
+                     lambda limits=limits: longest_pose_clip(path, limits=limits)):
             with pytest.raises(VideoLimitError, match=message):
                 call()
     with pytest.raises(VideoLimitError, match="at most 8 are allowed per job"):

@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from scipy.io import wavfile
-from dynamictrl.testing.whisper import ENCODER_SHAPE, save_tiny_whisper
 
 from dynamictrl.lipsync.audio import (
     SILENCE_DBFS,
@@ -23,6 +22,7 @@ from dynamictrl.lipsync.audio import (
     num_video_frames,
     positional_encoding,
 )
+from dynamictrl.testing.whisper import ENCODER_SHAPE, save_tiny_whisper
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 HIDDEN = ENCODER_SHAPE["encoder_layers"] + 1  # 5, as whisper-tiny

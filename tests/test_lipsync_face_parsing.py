@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from dynamictrl.testing.face_parser import save_tiny_face_parser
 
 from dynamictrl.lipsync.face_parsing import (
     BiSeNet,
@@ -16,6 +15,7 @@ from dynamictrl.lipsync.face_parsing import (
     jaw_dilation_kernel,
     region_mask,
 )
+from dynamictrl.testing.face_parser import save_tiny_face_parser
 
 
 @pytest.fixture(scope="module")

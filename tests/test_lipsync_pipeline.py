@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from tests.test_lipsync_face import face_points, person_with_face
 
 from dynamictrl.lipsync.audio import positional_encoding
 from dynamictrl.lipsync.models import MuseTalkModels
 from dynamictrl.lipsync.pipeline import LATENT_SCALE, LipSyncPipeline, NoFaceError, pingpong_index
 from dynamictrl.lipsync.settings import LipSyncSettings
 from dynamictrl.pose.types import FramePose
+from tests.test_lipsync_face import face_points, person_with_face
 
 W, H = 160, 128
 

@@ -3,7 +3,6 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from tests.test_pipeline import make_image, make_pose, run
 
 from dynamictrl import longvideo
 from dynamictrl.longvideo import (
@@ -16,6 +15,7 @@ from dynamictrl.longvideo import (
     plan_windows,
 )
 from dynamictrl.video import read_video, write_video
+from tests.test_pipeline import make_image, make_pose, run
 
 LAYOUTS = [
     # (num_frames, window_frames, overlap latents)

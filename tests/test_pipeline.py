@@ -2,11 +2,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tests.conftest import official_fixture
 from safetensors.torch import load_file
 
 from dynamictrl import weights
 from dynamictrl.pipeline import DynamiCtrlPipeline, frames_to_uint8_tensor, latent_layout
+from tests.conftest import official_fixture
 
 
 def rel_l2(a, b):

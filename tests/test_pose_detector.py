@@ -13,7 +13,6 @@ import pytest
 from dynamictrl import weights
 from dynamictrl.pose.detector import DWPoseDetector, crop_person, wholebody_to_openpose
 from dynamictrl.pose.types import FramePose
-
 from dynamictrl.testing import onnx as tiny_onnx
 
 H, W = 240, 320  # test frames; letterbox ratio = min(640/240, 640/320) = 2

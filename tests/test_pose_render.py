@@ -3,10 +3,10 @@ import json
 import cv2
 import numpy as np
 import pytest
-from tests.conftest import official_fixture
 
 from dynamictrl.pose.render import draw_pose, draw_pose_video, overlay_pose, side_by_side
 from dynamictrl.pose.types import NUM_BODY, NUM_FACE, NUM_HAND, FramePose, PersonPose, pose_from_dict
+from tests.conftest import official_fixture
 
 
 def load_rgb(path) -> np.ndarray:

@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-from tests.conftest import official_fixture
 
 from dynamictrl.pose.retarget import (
     LEFT_FOREARM,
@@ -13,6 +12,7 @@ from dynamictrl.pose.retarget import (
     retarget_poses,
 )
 from dynamictrl.pose.types import FramePose, PersonPose, pose_from_dict
+from tests.conftest import official_fixture
 
 FIXTURE = ("retarget", "s1_portrait_ref_landscape_video")
 
@@ -121,7 +121,7 @@ def test_hidden_driving_points_stay_out_of_the_fit_and_a_hidden_reference_nose_p
     reference = FramePose([person_from_pixels(reference_px, hw, reference_scores)])
 
     driving = []
-    for t in range(3):
+    for _ in range(3):
         body = reference_px + [0, 30]  # the same body, lower in the frame
         scores = np.ones(18)
         scores[13] = 0.2

@@ -157,9 +157,9 @@ def test_a_full_queue_says_how_many_wait_and_when_to_retry():
 
     import gradio as gr
     import httpx
-    from tests.app_server import free_port
     from starlette.middleware import Middleware
 
+    from tests.app_server import free_port
     from ui.serving import QueueFullMessage, queue_full_message
 
     release = threading.Event()

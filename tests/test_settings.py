@@ -60,7 +60,7 @@ def test_cli_arguments_are_the_settings_fields():
                                                    "--out", "o.mp4"])
     parser = build_parser(["generate"])._subparsers._group_actions[0].choices["generate"]
     actions = {action.dest: action for action in parser._actions}
-    for item, cls in flagged_fields(GenerateSettings):
+    for item, _cls in flagged_fields(GenerateSettings):
         action = actions[item.name]
         assert item.metadata["flag"] in action.option_strings
         if item.metadata.get("choices"):
@@ -101,9 +101,8 @@ def test_help_of_generate_is_fast_and_does_not_import_torch():
 
 
 def test_job_schema_fields_are_the_settings_fields():
-    from dynamictrl.serve.schema import settings_model
-
     from dynamictrl.lipsync.settings import LipSyncSettings
+    from dynamictrl.serve.schema import settings_model
 
     for cls in (GenerateSettings, PoseSettings, PipelineOptions, LipSyncSettings):
         model = settings_model(cls)

@@ -10,13 +10,13 @@ exactly. Memory bounds themselves are measured in test_stream_memory.py.
 import numpy as np
 import pytest
 import torch
-from tests.test_lipsync_pipeline import speech
-from tests.test_lipsync_pipeline import video as talking_poses
-from tests.test_pipeline import make_image, make_pose, run
 
 from dynamictrl.pose.render import draw_pose, draw_pose_video, overlay_pose, side_by_side
 from dynamictrl.pose.sequence import PoseFrames, build_pose_sequence
 from dynamictrl.video import PickedFrames, VideoFrames, VideoWriter, pick_frames, read_video, write_video
+from tests.test_lipsync_pipeline import speech
+from tests.test_lipsync_pipeline import video as talking_poses
+from tests.test_pipeline import make_image, make_pose, run
 
 WIDTH, HEIGHT = 48, 64
 

@@ -131,10 +131,9 @@ def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_
 @pytest.fixture(scope="module")
 def tool_studio(tiny_weights):
     """A studio whose SAM and Qwen2-VL are the tiny test models (DWPose, DynamiCtrl too)."""
+    from dynamictrl.segment import Segmenter
     from dynamictrl.testing.qwen import save_tiny_qwen
     from dynamictrl.testing.sam import build_tiny_sam
-
-    from dynamictrl.segment import Segmenter
 
     if not (tiny_weights / "Qwen2-VL-2B-Instruct").exists():
         save_tiny_qwen(tiny_weights)

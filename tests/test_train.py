@@ -10,12 +10,11 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tests.test_train_data import make_dataset
-from dynamictrl.testing.models import TRANSFORMER_CONFIG
 
 from dynamictrl import weights
 from dynamictrl.models import DynamiCtrlTransformerModel
 from dynamictrl.pipeline import DynamiCtrlPipeline, latent_layout, load_transformer
+from dynamictrl.testing.models import TRANSFORMER_CONFIG
 from dynamictrl.train.config import config_from_dict
 from dynamictrl.train.latents import (
     encode_image_latents,
@@ -30,6 +29,7 @@ from dynamictrl.train.trainer import (
     read_state,
     train,
 )
+from tests.test_train_data import make_dataset
 
 pytestmark = pytest.mark.slow  # training steps and checkpoints on the tiny model
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.test_train_data import make_dataset
 
 from dynamictrl.train import cli as train_cli
 from dynamictrl.train.config import Config, ConfigError, config_from_dict, load_config
+from tests.test_train_data import make_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

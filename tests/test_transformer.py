@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from tests.conftest import official_fixture
 from safetensors.torch import load_file
 
 from dynamictrl.models import DynamiCtrlTransformerModel
+from tests.conftest import official_fixture
 
 
 def rel_l2(a, b):

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import gradio as gr
 import numpy as np
 
-from dynamictrl import catalog, errors, presets
+from dynamictrl import catalog, errors, presets, validation
 from dynamictrl import studio as studio_api
 from dynamictrl.caption import consistency_hint, has_placeholder
 from dynamictrl.lipsync.settings import LipSyncSettings
@@ -41,7 +41,6 @@ from dynamictrl.segment import variant_for
 from dynamictrl.settings import GenerateSettings, PipelineOptions, PoseSettings, widget_spec
 from dynamictrl.studio import Cancelled
 from dynamictrl.tiny import TINY_SIZE, TINY_STEPS
-from dynamictrl import validation
 from dynamictrl.validation import check_frames, check_setting, check_size
 from dynamictrl.video import VideoFrames, longest_pose_clip, read_video, write_video
 from dynamictrl.weights import DownloadCancelled, WeightsNotFoundError

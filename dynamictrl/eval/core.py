@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -236,7 +236,7 @@ def pair_sources(pred: str | Path, gt: str | Path) -> list[tuple[str, Source, So
 
 def check_pairs(pairs: list[tuple[str, Source, Source]], protocol: EvalProtocol, metrics) -> None:
     """Refuses mismatched sizes, counts and too-short videos before any network runs."""
-    for name, pred, gt in pairs:
+    for _name, pred, gt in pairs:
         pred_count, pred_size = pred.probe()
         gt_count, gt_size = gt.probe()
         if pred_size != gt_size:
@@ -341,7 +341,7 @@ class EvalResult:
             except metadata.PackageNotFoundError:
                 continue
         return {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "metrics": self.metrics,
             "per_video": self.per_video,
             "counts": self.counts,

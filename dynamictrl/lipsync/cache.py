@@ -14,8 +14,8 @@ import hashlib
 import json
 import logging
 import os
-import zipfile
 import shutil
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path

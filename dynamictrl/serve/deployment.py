@@ -37,8 +37,17 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 
 from ..studio import Cancelled
-from .config import (APP_NAME, GATEWAY, ROUTE_PREFIX, WORKER, ServeConfig, build_studio, check_exposure, is_loopback,
-                     load_extra_kinds)
+from .config import (
+    APP_NAME,
+    GATEWAY,
+    ROUTE_PREFIX,
+    WORKER,
+    ServeConfig,
+    build_studio,
+    check_exposure,
+    is_loopback,
+    load_extra_kinds,
+)
 from .jobs import JobContext, JobError, check_job, decode_files, run_job
 
 logger = logging.getLogger("dynamictrl.serve")
@@ -345,7 +354,7 @@ class Gateway:
             record.response = self.worker.run.remote({**record.spec, "id": record.id})
             try:
                 answer = await asyncio.wait_for(_wait(record.response), timeout=max(1.0, deadline - time.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 record.cancel = True  # the worker stops at its next step
                 self._finish(record, "failed", "timed out", error=TimeoutError(
                     f"The job did not finish within {self.config.job_timeout_s:.0f} s (queue time included)."))

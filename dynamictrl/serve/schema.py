@@ -21,7 +21,16 @@ import typing
 from functools import cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from ..settings import nest_flat
 
@@ -51,7 +60,7 @@ def _annotation(tp):
         return settings_model(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        return Union[tuple(_annotation(arg) for arg in args)]
+        return Union[tuple(_annotation(arg) for arg in args)]  # noqa: UP007 (a union built from a computed tuple)
     if origin is list and args:
         return list[_annotation(args[0])]
     if origin in (tuple, dict) and args:
@@ -244,7 +253,7 @@ def job_model(extra_kinds: tuple[str, ...] = ()) -> type[RootModel]:
     if extra_kinds:
         members.append(create_model("CustomJob_" + "_".join(extra_kinds), __base__=CustomJob,
                                     kind=(Literal[tuple(extra_kinds)], ...)))
-    return type("Job", (RootModel[Annotated[Union[tuple(members)], Discriminator("kind")]],),
+    return type("Job", (RootModel[Annotated[tuple(members), Discriminator("kind")]],),
                 {"__doc__": "A job: its `kind` says which fields it has."})
 
 

@@ -9,7 +9,7 @@
   one step per frame, so neighbouring frames differ and a one-frame shift is visible.
 """
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ def tiny_backbone(metric: str = "fvd", size: int = 16, dim: int = 8, seed: int =
     return VideoBackbone(metric, TinyVideoNet(dim, seed), size, scaling, weights={"file": "tiny random network"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def random_lpips(scaling: str = "disco") -> LpipsMetric:
     return LpipsMetric.random(scaling=scaling)
 

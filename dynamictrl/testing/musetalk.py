@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+
 from .face_parser import save_tiny_face_parser
 from .whisper import save_tiny_whisper
 
