@@ -24,29 +24,63 @@ def parse_args(argv=None) -> argparse.Namespace:
     from dynamictrl.manager import OFFLOAD_CHOICES
 
     parser = argparse.ArgumentParser(description="DynamiCtrl Studio web app.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0 to reach it from other machines)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (0.0.0.0 to reach it from other machines)",
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
-                        help="default memory tier for generation (docs/memory-and-speed.md)")
+    parser.add_argument(
+        "--offload",
+        choices=OFFLOAD_CHOICES,
+        default="auto",
+        help="default memory tier for generation (docs/memory-and-speed.md)",
+    )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    parser.add_argument("--tiny", action="store_true", default=os.environ.get("DYNAMICTRL_TINY", "") not in ("", "0"),
-                        help="tiny random models instead of the real ones (outputs are noise); also DYNAMICTRL_TINY=1")
-    parser.add_argument("--outputs", type=Path, default=None,
-                        help="folder for results and manifests (default: outputs/, or outputs/tiny/ with --tiny)")
-    parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/ or DYNAMICTRL_WEIGHTS)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        default=os.environ.get("DYNAMICTRL_TINY", "") not in ("", "0"),
+        help="tiny random models instead of the real ones (outputs are noise); also DYNAMICTRL_TINY=1",
+    )
+    parser.add_argument(
+        "--outputs",
+        type=Path,
+        default=None,
+        help="folder for results and manifests (default: outputs/, or outputs/tiny/ with --tiny)",
+    )
+    parser.add_argument(
+        "--weights-dir", type=Path, default=None, help="weights folder (default: weights/ or DYNAMICTRL_WEIGHTS)"
+    )
     parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE, help="most jobs waiting in the queue")
-    parser.add_argument("--serve-url", default=os.environ.get("DYNAMICTRL_SERVE_URL"), metavar="URL",
-                        help="run the jobs on a `python -m dynamictrl serve` service, e.g. http://gpu-box:8000/dynamictrl")
-    parser.add_argument("--ray-address", default=None,
-                        help="run the jobs on the Serve app of this Ray cluster (auto; the HTTP URL is the safer choice)")
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="jobs sent at once with --serve-url/--ray-address (the local backend runs one at a time)")
-    parser.add_argument("--shared-history", action="store_true",
-                        help="one results folder and History for every browser session (a single local user; "
-                             "never on a public server)")
-    parser.add_argument("--auth", default=os.environ.get("DYNAMICTRL_AUTH"), metavar="USER:PASSWORD",
-                        help="ask for this login before the page opens (also DYNAMICTRL_AUTH); off by default")
+    parser.add_argument(
+        "--serve-url",
+        default=os.environ.get("DYNAMICTRL_SERVE_URL"),
+        metavar="URL",
+        help="run the jobs on a `python -m dynamictrl serve` service, e.g. http://gpu-box:8000/dynamictrl",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="run the jobs on the Serve app of this Ray cluster (auto; the HTTP URL is the safer choice)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="jobs sent at once with --serve-url/--ray-address (the local backend runs one at a time)",
+    )
+    parser.add_argument(
+        "--shared-history",
+        action="store_true",
+        help="one results folder and History for every browser session (a single local user; never on a public server)",
+    )
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get("DYNAMICTRL_AUTH"),
+        metavar="USER:PASSWORD",
+        help="ask for this login before the page opens (also DYNAMICTRL_AUTH); off by default",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,8 +97,10 @@ def auth_pairs(args: argparse.Namespace) -> list[tuple[str, str]] | None:
 def launch_warnings(args: argparse.Namespace) -> list[str]:
     warnings = []
     if args.share:
-        warnings.append("--share opens a public gradio.live link: anyone with it can upload files and use "
-                        "your GPU" + ("." if args.auth else "; consider --auth USER:PASSWORD."))
+        warnings.append(
+            "--share opens a public gradio.live link: anyone with it can upload files and use "
+            "your GPU" + ("." if args.auth else "; consider --auth USER:PASSWORD.")
+        )
     return warnings
 
 
@@ -107,11 +143,21 @@ def build(args: argparse.Namespace, work_dir: Path):
     from ui.layout import build_app
 
     outputs = Path(args.outputs or ROOT / "outputs" / ("tiny" if args.tiny else "")).resolve()
-    config = AppConfig(outputs_dir=outputs, work_dir=work_dir / "jobs", tiny=args.tiny, offload=args.offload,
-                       session_folders=not args.shared_history, admin_actions=admin_actions_allowed(args),
-                       private_dirs=(work_dir, work_dir.resolve(), outputs,
-                                     Path(os.environ.get("GRADIO_TEMP_DIR", work_dir / "gradio")).resolve()),
-                       browser_secret=browser_secret(outputs))
+    config = AppConfig(
+        outputs_dir=outputs,
+        work_dir=work_dir / "jobs",
+        tiny=args.tiny,
+        offload=args.offload,
+        session_folders=not args.shared_history,
+        admin_actions=admin_actions_allowed(args),
+        private_dirs=(
+            work_dir,
+            work_dir.resolve(),
+            outputs,
+            Path(os.environ.get("GRADIO_TEMP_DIR", work_dir / "gradio")).resolve(),
+        ),
+        browser_secret=browser_secret(outputs),
+    )
     if args.tiny:
         from dynamictrl.tiny import TINY_FRAMES, TINY_SIZE, TINY_STEPS, tiny_studio
 
@@ -150,8 +196,12 @@ def main(argv=None) -> int:
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     app, config, weights_dir = build(args, work_dir)
     if not config.admin_actions:
-        print("NOTE: the System tab's unload buttons are off: this server is reachable by others and has no "
-              "--auth login.", file=sys.stderr, flush=True)
+        print(
+            "NOTE: the System tab's unload buttons are off: this server is reachable by others and has no "
+            "--auth login.",
+            file=sys.stderr,
+            flush=True,
+        )
     from starlette.middleware import Middleware
 
     from dynamictrl.limits import Limits
@@ -172,8 +222,12 @@ def main(argv=None) -> int:
         # allowed folder's files are served inline, whatever their type.
         allowed_paths=[str(config.outputs_dir)],
         blocked_paths=[str(weights_dir), str(ROOT / ".git")],
-        app_kwargs={"middleware": [Middleware(ServedFiles, upload_dir=os.environ["GRADIO_TEMP_DIR"]),
-                                   Middleware(QueueFullMessage, queue_size=args.queue_size)]},
+        app_kwargs={
+            "middleware": [
+                Middleware(ServedFiles, upload_dir=os.environ["GRADIO_TEMP_DIR"]),
+                Middleware(QueueFullMessage, queue_size=args.queue_size),
+            ]
+        },
         show_error=True,
         ssr_mode=False,
         css=CSS,

@@ -40,24 +40,60 @@ except ModuleNotFoundError:
 
 # The released DynamiCtrl transformer config (gulucaptain/DynamiCtrl transformer/config.json).
 TRANSFORMER_CONFIG = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16, time_embed_dim=512,
-    ofs_embed_dim=512, text_embed_dim=4096, num_layers=42, patch_size=2, patch_size_t=2, patch_bias=False,
-    sample_frames=81, sample_height=300, sample_width=300, use_rotary_positional_embeddings=True,
-    use_learned_positional_embeddings=False, max_text_seq_length=226,
+    num_attention_heads=48,
+    attention_head_dim=64,
+    in_channels=32,
+    out_channels=16,
+    time_embed_dim=512,
+    ofs_embed_dim=512,
+    text_embed_dim=4096,
+    num_layers=42,
+    patch_size=2,
+    patch_size_t=2,
+    patch_bias=False,
+    sample_frames=81,
+    sample_height=300,
+    sample_width=300,
+    use_rotary_positional_embeddings=True,
+    use_learned_positional_embeddings=False,
+    max_text_seq_length=226,
 )
 # CogVideoX-1.5 VAE (diffusers' defaults for the architecture + the released scaling).
-VAE_CONFIG = dict(latent_channels=16, scaling_factor=0.7, invert_scale_latents=True, use_quant_conv=False,
-                  use_post_quant_conv=False)
+VAE_CONFIG = dict(
+    latent_channels=16, scaling_factor=0.7, invert_scale_latents=True, use_quant_conv=False, use_post_quant_conv=False
+)
 # T5 v1.1 XXL encoder (google/t5-v1_1-xxl).
-T5_CONFIG = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                 relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
-                 feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+T5_CONFIG = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+)
 TEXT_TOKENS = 226
 DEFAULT_SIZES = "576x1024x37,768x1360x37"
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) by device name.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0,
-                    "L40S": 362.0, "L40": 181.0, "L4": 121.0, "4090": 165.0, "A10": 125.0, "B200": 2250.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "H20": 148.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "4090": 165.0,
+    "A10": 125.0,
+    "B200": 2250.0,
+}
 
 
 # ------------------------------------------------------------------ FLOPs
@@ -89,7 +125,8 @@ def transformer_flops(config: dict, batch: int, text_tokens: int, video_tokens: 
     patch_out = config["out_channels"] * p * p * p_t
     return {
         "embeddings": 2 * 2 * B * (T * config["text_embed_dim"] * d + V * patch_in * d)
-        + 2 * B * (d * e + e * e) + 2 * ofs_batch * 2 * o * o,
+        + 2 * B * (d * e + e * e)
+        + 2 * ofs_batch * 2 * o * o,
         "projections": config["num_layers"] * 2 * B * N * d * d * 4,
         "attention": config["num_layers"] * 4 * B * N * N * d,
         "feed_forward": config["num_layers"] * 2 * B * N * d * 4 * d * 2,
@@ -143,8 +180,9 @@ def build_pipeline(device: str, text_encoder: bool = True):
     from dynamictrl.pipeline import DynamiCtrlPipeline
 
     transformer, text_encoder, vae = build_models(device, text_encoder)
-    pipe = DynamiCtrlPipeline(tokenizer=None, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                              scheduler=CogVideoXDPMScheduler())
+    pipe = DynamiCtrlPipeline(
+        tokenizer=None, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=CogVideoXDPMScheduler()
+    )
     pipe.vae.enable_slicing()
     pipe.vae.enable_tiling()
     return pipe
@@ -161,8 +199,9 @@ def step_inputs(pipe, height: int, width: int, num_frames: int, device: str):
     latents = torch.randn((1, *shape[1:]), generator=generator, device=device, dtype=torch.bfloat16)
     rotary = pipe._prepare_rotary_positional_embeddings(height, width, layout.padded_latent_frames, device)
     return dict(
-        hidden_states=torch.randn((2, shape[1], 32, *shape[3:]), generator=generator, device=device,
-                                  dtype=torch.bfloat16),
+        hidden_states=torch.randn(
+            (2, shape[1], 32, *shape[3:]), generator=generator, device=device, dtype=torch.bfloat16
+        ),
         pose_latents=torch.randn(shape, generator=generator, device=device, dtype=torch.bfloat16),
         timestep=torch.full((2,), 500, device=device),
         ofs=torch.full((1,), 2.0, device=device, dtype=torch.bfloat16),
@@ -233,10 +272,23 @@ def parallel_worker(args) -> int:
 
 def run_parallel(layout: str, size: str, steps: int) -> dict:
     gpus = parse_layout_world(layout)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-               str(Path(__file__).resolve()), "--worker-parallel", layout, "--worker-size", size, "--steps", str(steps)]
-    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus}",
+        str(Path(__file__).resolve()),
+        "--worker-parallel",
+        layout,
+        "--worker-size",
+        size,
+        "--steps",
+        str(steps),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600
+    )
     for line in result.stdout.splitlines():
         if line.startswith("GPU_KIT_RESULT "):
             return json.loads(line.split(" ", 1)[1])
@@ -289,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_kit.py measures NVIDIA GPUs, and no CUDA device is visible here: run it on a GPU machine "
-              "(it downloads nothing; see docs/parallel.md).", file=sys.stderr)
+        print(
+            "gpu_kit.py measures NVIDIA GPUs, and no CUDA device is visible here: run it on a GPU machine "
+            "(it downloads nothing; see docs/parallel.md).",
+            file=sys.stderr,
+        )
         return 2
     if args.worker_parallel:
         return parallel_worker(args)
@@ -303,9 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     kernels = installed_kernels(args.kernels)
     print(f"GPU: {name} x{torch.cuda.device_count()}; dense bf16 peak: {peak or 'unknown (use --peak-tflops)'} TFLOP/s")
     for height, width, frames in sizes:
-        print(f"FLOPs per step (CFG batch 2) at {height}x{width}x{frames}: "
-              f"{step_flops(frames, height, width) / 1e12:.1f} TFLOP "
-              f"({video_tokens(TRANSFORMER_CONFIG, frames, height, width)} video + {TEXT_TOKENS} text tokens)")
+        print(
+            f"FLOPs per step (CFG batch 2) at {height}x{width}x{frames}: "
+            f"{step_flops(frames, height, width) / 1e12:.1f} TFLOP "
+            f"({video_tokens(TRANSFORMER_CONFIG, frames, height, width)} video + {TEXT_TOKENS} text tokens)"
+        )
 
     def floor_ratio(seconds: float, size) -> str:
         if not peak:
@@ -316,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     pipe = build_pipeline(device)
     rows = []
-    for fp8 in ([False] if args.no_fp8 else [False, True]):
+    for fp8 in [False] if args.no_fp8 else [False, True]:
         if fp8:
             from dynamictrl.manager import PipelineOptions, apply_speed_options
 
@@ -327,9 +384,18 @@ def main(argv: list[str] | None = None) -> int:
                     # Only the native kernel's rows decode (the VAE's peak does not depend on the kernel).
                     row = measure_tier(pipe, tier, fp8, kernel, size, args.steps, device, decode=kernel == "native")
                     label = "x".join(str(v) for v in size)
-                    rows.append([label, tier, "on" if fp8 else "off", kernel, 1, f"{row['s_per_step']:.2f}",
-                                 f"{row['peak_gib']:.1f}" + ("" if kernel == "native" else " (no decode)"),
-                                 floor_ratio(row["s_per_step"], size)])
+                    rows.append(
+                        [
+                            label,
+                            tier,
+                            "on" if fp8 else "off",
+                            kernel,
+                            1,
+                            f"{row['s_per_step']:.2f}",
+                            f"{row['peak_gib']:.1f}" + ("" if kernel == "native" else " (no decode)"),
+                            floor_ratio(row["s_per_step"], size),
+                        ]
+                    )
                     print(rows[-1], flush=True)
     del pipe
     torch.cuda.empty_cache()
@@ -344,19 +410,38 @@ def main(argv: list[str] | None = None) -> int:
                 label = "x".join(str(v) for v in size)
                 result = run_parallel(layout, label, args.steps)
                 speedup = single.get(label, float("nan")) / result["s_per_step"]
-                rows.append([label, "none", "off", "native", f"{gpus} ({layout}, x{speedup:.2f})",
-                             f"{result['s_per_step']:.2f}", f"{result['peak_gib']:.1f} (transformer only)",
-                             floor_ratio(result["s_per_step"] * gpus, size)])
+                rows.append(
+                    [
+                        label,
+                        "none",
+                        "off",
+                        "native",
+                        f"{gpus} ({layout}, x{speedup:.2f})",
+                        f"{result['s_per_step']:.2f}",
+                        f"{result['peak_gib']:.1f} (transformer only)",
+                        floor_ratio(result["s_per_step"] * gpus, size),
+                    ]
+                )
                 print(rows[-1], flush=True)
 
-    header = ["size (HxWxT)", "memory tier", "fp8", "attention", "GPUs", "s/step", "peak VRAM (GiB)",
-              "time / FLOP floor"]
+    header = [
+        "size (HxWxT)",
+        "memory tier",
+        "fp8",
+        "attention",
+        "GPUs",
+        "s/step",
+        "peak VRAM (GiB)",
+        "time / FLOP floor",
+    ]
     table = markdown(header, rows)
     flops = "; ".join(f"{h}x{w}x{f}: {step_flops(f, h, w) / 1e12:.1f} TFLOP/step" for h, w, f in sizes)
-    text = (f"# GPU measurements ({name} x{count}, torch {torch.__version__})\n\n"
-            f"Random bf16 weights in the released configs; a step is one transformer forward of the CFG batch. "
-            f"FLOP floor = FLOPs / {peak or '?'} TFLOP/s ({flops}); the parallel rows compare GPU-seconds. "
-            f"Run took {time.perf_counter() - started:.0f} s.\n\n{table}\n")
+    text = (
+        f"# GPU measurements ({name} x{count}, torch {torch.__version__})\n\n"
+        f"Random bf16 weights in the released configs; a step is one transformer forward of the CFG batch. "
+        f"FLOP floor = FLOPs / {peak or '?'} TFLOP/s ({flops}); the parallel rows compare GPU-seconds. "
+        f"Run took {time.perf_counter() - started:.0f} s.\n\n{table}\n"
+    )
     Path(args.out).write_text(text)
     print(text)
     print(f"Wrote {args.out}")

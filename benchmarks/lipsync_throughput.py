@@ -85,7 +85,7 @@ def synthetic_frames(count: int, width: int, height: int, seed: int = 0):
     side = max(8, min(width, height) // 16)
     for t in range(count):
         x = (t * 7) % max(1, width - side)
-        frames[t, :side, x:x + side] = (230, 180, 150)
+        frames[t, :side, x : x + side] = (230, 180, 150)
     return frames
 
 
@@ -117,10 +117,14 @@ def synthetic_poses(count: int, width: int, height: int, face_fraction: float, s
         y0 = (height - size) / 2 - 0.05 * height
         face = face_landmarks_px(x0, y0, size, rng) / np.array([width, height])
         person = PersonPose(
-            body=zeros((18, 2)), body_scores=zeros(18),
-            face=face, face_scores=np.full(68, 0.9),
-            left_hand=zeros((21, 2)), left_hand_scores=zeros(21),
-            right_hand=zeros((21, 2)), right_hand_scores=zeros(21),
+            body=zeros((18, 2)),
+            body_scores=zeros(18),
+            face=face,
+            face_scores=np.full(68, 0.9),
+            left_hand=zeros((21, 2)),
+            left_hand_scores=zeros(21),
+            right_hand=zeros((21, 2)),
+            right_hand_scores=zeros(21),
         )
         poses.append(FramePose([person], height, width))
     return poses
@@ -164,11 +168,15 @@ def load_models(args, dtype, tmp: Path):
     root = save_tiny_musetalk(tmp / "weights")
     models = MuseTalkModels.from_pretrained(root, dtype=dtype, local_files_only=True)
     shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-    return models, (
-        f"TINY random test weights of dynamictrl/testing/musetalk.py (real files missing: {shown}): UNet and VAE "
-        "times say nothing about MuseTalk's networks; the face parser is the real BiSeNet architecture "
-        "and whisper has whisper-tiny's encoder width and depth (random values)"
-    ), False
+    return (
+        models,
+        (
+            f"TINY random test weights of dynamictrl/testing/musetalk.py (real files missing: {shown}): UNet and VAE "
+            "times say nothing about MuseTalk's networks; the face parser is the real BiSeNet architecture "
+            "and whisper has whisper-tiny's encoder width and depth (random values)"
+        ),
+        False,
+    )
 
 
 # ------------------------------------------------------------------ instrumentation
@@ -179,17 +187,31 @@ class Instruments:
         import dynamictrl.lipsync.pipeline as pipeline_module
 
         models = pipe.models
-        self.watches = {name: Stopwatch(device) for name in (
-            *PIPELINE_FUNCTIONS, "encode_faces", "parse", "audio_prompts", "whisper_encoder",
-            "generate_faces", "unet", "vae_decode")}
+        self.watches = {
+            name: Stopwatch(device)
+            for name in (
+                *PIPELINE_FUNCTIONS,
+                "encode_faces",
+                "parse",
+                "audio_prompts",
+                "whisper_encoder",
+                "generate_faces",
+                "unet",
+                "vae_decode",
+            )
+        }
         self._restore = []
         for name in PIPELINE_FUNCTIONS:
             original = getattr(pipeline_module, name)
             setattr(pipeline_module, name, self.watches[name].wrap(original))
             self._restore.append(lambda name=name, original=original: setattr(pipeline_module, name, original))
-        for obj, method, watch in ((pipe, "encode_faces", "encode_faces"), (pipe, "audio_prompts", "audio_prompts"),
-                                   (pipe, "generate_faces", "generate_faces"), (models.parser, "parse", "parse"),
-                                   (models.vae, "decode", "vae_decode")):
+        for obj, method, watch in (
+            (pipe, "encode_faces", "encode_faces"),
+            (pipe, "audio_prompts", "audio_prompts"),
+            (pipe, "generate_faces", "generate_faces"),
+            (models.parser, "parse", "parse"),
+            (models.vae, "decode", "vae_decode"),
+        ):
             patch_method(obj, method, self.watches[watch])
             self._restore.append(lambda obj=obj, method=method: delattr(obj, method))
         for module, watch in ((models.unet, "unet"), (models.audio.encoder, "whisper_encoder")):
@@ -263,11 +285,19 @@ def stage_rows(wall: float, frames: int, stages: list[tuple[str, str | None]], t
         nested = label.startswith("  ")
         if not nested:
             top += seconds
-        rows.append([label, f"{seconds:.3f} ({calls})", f"{1000 * seconds / frames:.2f}",
-                     f"{frames / seconds:.1f}" if seconds > 0 else "-", f"{100 * seconds / wall:.0f}%"])
+        rows.append(
+            [
+                label,
+                f"{seconds:.3f} ({calls})",
+                f"{1000 * seconds / frames:.2f}",
+                f"{frames / seconds:.1f}" if seconds > 0 else "-",
+                f"{100 * seconds / wall:.0f}%",
+            ]
+        )
     other = wall - top
-    rows.append(["other (rest of the wall)", f"{other:.3f}", f"{1000 * other / frames:.2f}", "-",
-                 f"{100 * other / wall:.0f}%"])
+    rows.append(
+        ["other (rest of the wall)", f"{other:.3f}", f"{1000 * other / frames:.2f}", "-", f"{100 * other / wall:.0f}%"]
+    )
     return rows
 
 
@@ -292,16 +322,27 @@ CACHED_STAGES = [
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
-                        help="auto: fp16 on cuda (as the studio), fp32 on cpu")
-    parser.add_argument("--size", type=parse_size, default=(512, 512), metavar="WxH",
-                        help="frame size, e.g. 512x512 (default) or 1280x720; N means NxN")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", *DTYPES), help="auto: fp16 on cuda (as the studio), fp32 on cpu"
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=(512, 512),
+        metavar="WxH",
+        help="frame size, e.g. 512x512 (default) or 1280x720; N means NxN",
+    )
     parser.add_argument("--frames", type=int, default=50, help="source video frames (the avatar)")
     parser.add_argument("--seconds", type=float, default=4.0, help="audio length; output frames = seconds * 25")
     parser.add_argument("--face-fraction", type=float, default=0.4, help="face size / shorter frame side")
     parser.add_argument("--batch-size", type=int, default=8, help="batch of the main runs (the product default)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16],
-                        help="batch sizes of the cached-path sweep (default: 1 4 8 16)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 4, 8, 16],
+        help="batch sizes of the cached-path sweep (default: 1 4 8 16)",
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement; the best is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -359,22 +400,25 @@ def main(argv=None):
         del warm_avatar
 
         prep_wall, prep_times, prep_peak, kinds, avatar = best_run(
-            args.repeats, instruments, device, lambda: pipe.prepare_avatar(frames, FPS, poses, settings))
+            args.repeats, instruments, device, lambda: pipe.prepare_avatar(frames, FPS, poses, settings)
+        )
         face_side = avatar.boxes[0].width
         print(f"preparation: {args.frames} frames in {prep_wall:.2f} s = {args.frames / prep_wall:.1f} frames/s")
 
         output_frames = math.floor(len(audio) / SAMPLE_RATE * FPS)
         cached_wall, cached_times, cached_peak, _, count = best_run(
-            args.repeats, instruments, device, lambda: run_cached(pipe, avatar, audio, settings))
+            args.repeats, instruments, device, lambda: run_cached(pipe, avatar, audio, settings)
+        )
         assert count == output_frames, (count, output_frames)
         print(f"cached path: {count} frames in {cached_wall:.2f} s = {count / cached_wall:.1f} frames/s")
 
         sweep = []
-        for batch_size in ([] if args.no_sweep else args.batch_sizes):
+        for batch_size in [] if args.no_sweep else args.batch_sizes:
             swept = LipSyncSettings(batch_size=batch_size)
             run_cached(pipe, avatar, audio[: int(SAMPLE_RATE * batch_size / FPS) + 1], swept)  # this batch's warm-up
-            wall, times, peak, _, _ = best_run(args.repeats, instruments, device,
-                                               lambda s=swept: run_cached(pipe, avatar, audio, s))
+            wall, times, peak, _, _ = best_run(
+                args.repeats, instruments, device, lambda s=swept: run_cached(pipe, avatar, audio, s)
+            )
             sweep.append((batch_size, wall, times, peak))
             print(f"  batch {batch_size:3d}: {count / wall:7.1f} frames/s")
 
@@ -395,21 +439,38 @@ def main(argv=None):
     frames_bytes = frames.nbytes
     process_peak = maxrss_bytes()
 
-    run = (f"{width}x{height} frames ({args.frames} source frames, face box ~{face_side} px wide), "
-           f"{args.seconds:g} s of synthetic voiced audio at {FPS:g} fps = {output_frames} output frames "
-           f"(ping-pong), batch {args.batch_size}, {dtype} (face parser {parser_dtype}), "
-           f"best of {args.repeats} after one warm-up batch (per batch size)")
+    run = (
+        f"{width}x{height} frames ({args.frames} source frames, face box ~{face_side} px wide), "
+        f"{args.seconds:g} s of synthetic voiced audio at {FPS:g} fps = {output_frames} output frames "
+        f"(ping-pong), batch {args.batch_size}, {dtype} (face parser {parser_dtype}), "
+        f"best of {args.repeats} after one warm-up batch (per batch size)"
+    )
     prep_rows = stage_rows(prep_wall, args.frames, PREP_STAGES, prep_times)
     cached_rows = stage_rows(cached_wall, output_frames, CACHED_STAGES, cached_times)
     header = ["stage", "s (calls)", "ms/frame", "frames/s", "share"]
 
-    sweep_header = ["batch", "wall s", "frames/s", "x realtime", "whisper s", "UNet+VAE ms/frame",
-                    "paste ms/frame", "host peak MiB"] + (["CUDA peak MiB"] if cuda else [])
+    sweep_header = [
+        "batch",
+        "wall s",
+        "frames/s",
+        "x realtime",
+        "whisper s",
+        "UNet+VAE ms/frame",
+        "paste ms/frame",
+        "host peak MiB",
+    ] + (["CUDA peak MiB"] if cuda else [])
     sweep_rows = []
     for batch_size, wall, times, peak in sweep:
-        row = [batch_size, f"{wall:.3f}", f"{output_frames / wall:.1f}", f"{output_frames / wall / FPS:.2f}x",
-               f"{times['audio_prompts'][0]:.3f}", f"{1000 * times['generate_faces'][0] / output_frames:.2f}",
-               f"{1000 * times['paste_face'][0] / output_frames:.2f}", f"{peak['host'] / MIB:.0f}"]
+        row = [
+            batch_size,
+            f"{wall:.3f}",
+            f"{output_frames / wall:.1f}",
+            f"{output_frames / wall / FPS:.2f}x",
+            f"{times['audio_prompts'][0]:.3f}",
+            f"{1000 * times['generate_faces'][0] / output_frames:.2f}",
+            f"{1000 * times['paste_face'][0] / output_frames:.2f}",
+            f"{peak['host'] / MIB:.0f}",
+        ]
         if cuda:
             row.append(f"{peak['gpu'] / MIB:.0f}")
         sweep_rows.append(row)
@@ -433,9 +494,11 @@ def main(argv=None):
     ]
 
     fps_cached = output_frames / cached_wall
-    claim = (f"MuseTalk claims {MUSETALK_CLAIM_FPS:g} fps+ for the cached path on a V100 (real weights, fp16); "
-             f"this run: {fps_cached:.1f} frames/s on {env['device']}, {dtype}"
-             + ("." if real else ", TINY weights: not comparable with the claim."))
+    claim = (
+        f"MuseTalk claims {MUSETALK_CLAIM_FPS:g} fps+ for the cached path on a V100 (real weights, fp16); "
+        f"this run: {fps_cached:.1f} frames/s on {env['device']}, {dtype}"
+        + ("." if real else ", TINY weights: not comparable with the claim.")
+    )
     notes = [
         f"weights: {description}.",
         f"run: {run}; model load {load_seconds:.1f} s.",
@@ -460,8 +523,12 @@ def main(argv=None):
     if not args.no_results:
         body = [f"- {note}" for note in notes]
         body += ["", f"Preparation (`prepare_avatar`), {args.frames} frames:", "", markdown_table(header, prep_rows)]
-        body += ["", f"Cached path (`pipe(avatar, audio, settings)` consumed), {output_frames} frames:", "",
-                 markdown_table(header, cached_rows)]
+        body += [
+            "",
+            f"Cached path (`pipe(avatar, audio, settings)` consumed), {output_frames} frames:",
+            "",
+            markdown_table(header, cached_rows),
+        ]
         if sweep_rows:
             body += ["", "Cached path, batch-size sweep:", "", markdown_table(sweep_header, sweep_rows)]
         body += ["", "Memory:", "", markdown_table(memory_header, memory_rows)]

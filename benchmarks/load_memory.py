@@ -168,13 +168,25 @@ def child(mode: str, weights_dir: str, dtype_name: str) -> None:
 def measure(mode: str, weights_dir: Path, dtype_name: str) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--weights-dir", str(weights_dir),
-         "--load-dtype", dtype_name],
-        capture_output=True, text=True, env=env, cwd=str(HERE), check=False,
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            mode,
+            "--weights-dir",
+            str(weights_dir),
+            "--load-dtype",
+            dtype_name,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(HERE),
+        check=False,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"child {mode} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
@@ -186,11 +198,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gb", type=float, default=2.0, help="target transformer file size in GB (1e9 bytes)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="dtype of the written file")
-    parser.add_argument("--load-dtype", default=None, choices=("fp32", "bf16"),
-                        help="torch_dtype of the load (default: the file's; fp32 loads with torch_dtype=None, as "
-                        "the studio does on the CPU)")
-    parser.add_argument("--shard-gb", type=float, default=None,
-                        help="max safetensors shard size in GB (default: diffusers' 10GB, i.e. one file)")
+    parser.add_argument(
+        "--load-dtype",
+        default=None,
+        choices=("fp32", "bf16"),
+        help="torch_dtype of the load (default: the file's; fp32 loads with torch_dtype=None, as "
+        "the studio does on the CPU)",
+    )
+    parser.add_argument(
+        "--shard-gb",
+        type=float,
+        default=None,
+        help="max safetensors shard size in GB (default: diffusers' 10GB, i.e. one file)",
+    )
     parser.add_argument("--tmp", default=None, help="parent folder of the temp weights (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp weights")
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
@@ -218,9 +238,11 @@ def main(argv=None):
         sizes = write_weights(tmp, config, dtype, args.shard_gb)
         shards = len(list((tmp / "DynamiCtrl" / "transformer").glob("*.safetensors")))
         file_size = sizes["DynamiCtrl/transformer"]
-        print(f"wrote {len(sizes)} transformers of {file_size / GIB:.2f} GiB ({args.dtype}, "
-              f"{config['num_layers']} blocks x {config['num_attention_heads'] * 64} wide, {shards} shard(s)) into {tmp} "
-              f"in {time.perf_counter() - start:.1f} s")
+        print(
+            f"wrote {len(sizes)} transformers of {file_size / GIB:.2f} GiB ({args.dtype}, "
+            f"{config['num_layers']} blocks x {config['num_attention_heads'] * 64} wide, {shards} shard(s)) into {tmp} "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
         results = {}
         for mode in ("load", "swap", "swap_hold"):
             start = time.perf_counter()
@@ -237,48 +259,77 @@ def main(argv=None):
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     header = ["measurement", "seconds", "peak GiB", "peak / file", "RSS after GiB", "notes"]
     rows = [
-        ["load base (pipeline(None))", f"{load['load_s']:.2f}", gb(load["load_peak"]),
-         f"{load['load_peak'] / file_size:.2f}x", gb(load["after_load"]),
-         "weights not read yet"],
-        ["load base + read every weight once", f"{load['load_s'] + load['touch_s']:.2f}", gb(load["touch_peak"]),
-         f"{ratio:.2f}x", gb(load["after_touch"]),
-         f"process RSS then: anon {gb(load['after_touch_anon'])} / file-backed {gb(load['after_touch_file'])} GiB"],
+        [
+            "load base (pipeline(None))",
+            f"{load['load_s']:.2f}",
+            gb(load["load_peak"]),
+            f"{load['load_peak'] / file_size:.2f}x",
+            gb(load["after_load"]),
+            "weights not read yet",
+        ],
+        [
+            "load base + read every weight once",
+            f"{load['load_s'] + load['touch_s']:.2f}",
+            gb(load["touch_peak"]),
+            f"{ratio:.2f}x",
+            gb(load["after_touch"]),
+            f"process RSS then: anon {gb(load['after_touch_anon'])} / file-backed {gb(load['after_touch_file'])} GiB",
+        ],
     ]
-    for mode, label in (("swap", "swap base -> mask_background (+ read)"),
-                        ("swap_hold", "same, old pipeline still referenced")):
+    for mode, label in (
+        ("swap", "swap base -> mask_background (+ read)"),
+        ("swap_hold", "same, old pipeline still referenced"),
+    ):
         r = results[mode]
         over = r["swap_peak_over_before_swap"]
         total = r["swap_peak_over_start"]
         total_ratio = "-" if total is None else f"{total / file_size:.2f}x"
-        rows.append([
-            label, f"{r['swap_s']:.2f}", gb(over), "-" if over is None else f"{max(over, 0) / file_size:.2f}x",
-            gb(r["after_swap"]),
-            (f"peak over pre-load RSS {gb(total)} GiB ({total_ratio}); "
-             f"loaded after: {', '.join(n.split('.')[-1] for n in r['loaded_after_swap'])}"),
-        ])
+        rows.append(
+            [
+                label,
+                f"{r['swap_s']:.2f}",
+                gb(over),
+                "-" if over is None else f"{max(over, 0) / file_size:.2f}x",
+                gb(r["after_swap"]),
+                (
+                    f"peak over pre-load RSS {gb(total)} GiB ({total_ratio}); "
+                    f"loaded after: {', '.join(n.split('.')[-1] for n in r['loaded_after_swap'])}"
+                ),
+            ]
+        )
     print()
     print(text_table(header, rows))
-    print(f"\ntransformer file: {file_size / GIB:.3f} GiB ({file_size:,} bytes); model in memory "
-          f"{load['model_bytes'] / GIB:.3f} GiB ({load['dtype']}); peak source: {load['peak_source']}")
-    print(f"load peak (load + read every weight) / file size = {ratio:.2f}x -> {verdict} (target <= {TARGET}x); "
-          f"/ size in memory = {load['touch_peak'] / load['model_bytes']:.2f}x")
+    print(
+        f"\ntransformer file: {file_size / GIB:.3f} GiB ({file_size:,} bytes); model in memory "
+        f"{load['model_bytes'] / GIB:.3f} GiB ({load['dtype']}); peak source: {load['peak_source']}"
+    )
+    print(
+        f"load peak (load + read every weight) / file size = {ratio:.2f}x -> {verdict} (target <= {TARGET}x); "
+        f"/ size in memory = {load['touch_peak'] / load['model_bytes']:.2f}x"
+    )
 
     if not args.no_results:
-        body = "\n".join([
-            (f"Random transformer ({config['num_layers']} blocks x {config['num_attention_heads'] * 64} wide, "
-             f"{args.dtype} file {file_size / GIB:.2f} GiB in {shards} shard(s), loaded as {load['dtype']}) in the "
-             "hub layouts with the tiny T5/VAE; each row in a fresh subprocess through "
-             "`DynamiCtrlModels(ModelManager('cpu'), ...)`. Peak = peak RSS (VmHWM, reset before the step) minus "
-             "RSS just before the step; files in the page cache. 'read every weight' sums each parameter once, as "
-             "a first forward or `.to(cuda)` would; the swap rows include that read of the new transformer; seconds "
-             "of the swap rows are the `pipeline(...)` call only."),
-            "",
-            markdown_table(header, rows),
-            "",
-            (f"**Load peak (load + read every weight) / file size = {ratio:.2f}x -> {verdict}** "
-             f"(target <= {TARGET}x); peak / transformer size in memory ({load['model_bytes'] / GIB:.2f} GiB, "
-             f"{load['dtype']}) = {load['touch_peak'] / load['model_bytes']:.2f}x."),
-        ])
+        body = "\n".join(
+            [
+                (
+                    f"Random transformer ({config['num_layers']} blocks x {config['num_attention_heads'] * 64} wide, "
+                    f"{args.dtype} file {file_size / GIB:.2f} GiB in {shards} shard(s), loaded as {load['dtype']}) in the "
+                    "hub layouts with the tiny T5/VAE; each row in a fresh subprocess through "
+                    "`DynamiCtrlModels(ModelManager('cpu'), ...)`. Peak = peak RSS (VmHWM, reset before the step) minus "
+                    "RSS just before the step; files in the page cache. 'read every weight' sums each parameter once, as "
+                    "a first forward or `.to(cuda)` would; the swap rows include that read of the new transformer; seconds "
+                    "of the swap rows are the `pipeline(...)` call only."
+                ),
+                "",
+                markdown_table(header, rows),
+                "",
+                (
+                    f"**Load peak (load + read every weight) / file size = {ratio:.2f}x -> {verdict}** "
+                    f"(target <= {TARGET}x); peak / transformer size in memory ({load['model_bytes'] / GIB:.2f} GiB, "
+                    f"{load['dtype']}) = {load['touch_peak'] / load['model_bytes']:.2f}x."
+                ),
+            ]
+        )
         path = append_results(f"load_memory ({args.dtype} file, {args.load_dtype} load)", env, body)
         print(f"\nappended to {path}")
 

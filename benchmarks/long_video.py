@@ -62,8 +62,10 @@ def build(model: str, size: int, window_frames: int, tmp: Path):
     base = save_checkpoint(tmp, config)
     pipe = DynamiCtrlPipeline.from_pretrained(str(base), torch_dtype=torch.float32)
     params = sum(p.numel() for p in pipe.transformer.parameters())
-    return pipe, (f"mid-size random pipeline: transformer 8 blocks x 512 wide ({params / 1e6:.1f} M params), "
-                  "tiny T5 (d_model 32) and tiny VAE of `dynamictrl/testing/models.py`")
+    return pipe, (
+        f"mid-size random pipeline: transformer 8 blocks x 512 wide ({params / 1e6:.1f} M params), "
+        "tiny T5 (d_model 32) and tiny VAE of `dynamictrl/testing/models.py`"
+    )
 
 
 def main(argv=None):
@@ -76,8 +78,12 @@ def main(argv=None):
     parser.add_argument("--overlap", type=int, default=2, help="latent frames shared by neighbouring windows")
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=3, help="calls per length; the best time is reported")
-    parser.add_argument("--output-type", default="uint8", choices=("uint8", "np"),
-                        help="uint8: what the studio asks for; np: the float32 clip, for comparison")
+    parser.add_argument(
+        "--output-type",
+        default="uint8",
+        choices=("uint8", "np"),
+        help="uint8: what the studio asks for; np: the float32 clip, for comparison",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
@@ -148,43 +154,65 @@ def main(argv=None):
         clip_buffers = frames * size * size * 3 + output_bytes  # uint8 pose input + output frames
         working = peak - (0 if device.startswith("cuda") else clip_buffers)
         base = base or (wall, working)
-        rows.append([
-            windows,
-            frames,
-            f"{frames / 16:.1f}",
-            f"{wall:.2f}",
-            f"{sorted(walls)[len(walls) // 2]:.2f}",
-            f"{wall / windows:.2f}",
-            f"{wall / base[0]:.2f}x",
-            f"{best[1]:.2f} ({best[2]})",
-            f"{best[3]:.2f} ({best[4]})",
-            f"{peak / MIB:.0f}",
-            f"{output_bytes / MIB:.1f}",
-            "-" if device.startswith("cuda") else f"{clip_buffers / MIB:.0f}",
-            f"{working / MIB:.0f}",
-            f"{working / base[1]:.2f}x",
-        ])
+        rows.append(
+            [
+                windows,
+                frames,
+                f"{frames / 16:.1f}",
+                f"{wall:.2f}",
+                f"{sorted(walls)[len(walls) // 2]:.2f}",
+                f"{wall / windows:.2f}",
+                f"{wall / base[0]:.2f}x",
+                f"{best[1]:.2f} ({best[2]})",
+                f"{best[3]:.2f} ({best[4]})",
+                f"{peak / MIB:.0f}",
+                f"{output_bytes / MIB:.1f}",
+                "-" if device.startswith("cuda") else f"{clip_buffers / MIB:.0f}",
+                f"{working / MIB:.0f}",
+                f"{working / base[1]:.2f}x",
+            ]
+        )
         print(f"{windows} windows, {frames} frames: best {wall:.2f} s of {len(walls)}, peak {peak / MIB:.0f} MiB")
 
-    header = ["windows", "frames", "s at 16 fps", "best s", "median s", "best s / window", "time vs 1",
-              "transformer s (calls)", "VAE s (calls)", "peak MiB", "output MiB", "clip buffers MiB", "working MiB", "working vs 1"]
-    run = (f"{size}x{size}, window {args.window_frames} frames, overlap {args.overlap} latent frames, "
-           f"{args.steps} steps, CFG on (guidance {args.guidance:g}), float32, colour matching on, "
-           f"output_type {args.output_type}")
+    header = [
+        "windows",
+        "frames",
+        "s at 16 fps",
+        "best s",
+        "median s",
+        "best s / window",
+        "time vs 1",
+        "transformer s (calls)",
+        "VAE s (calls)",
+        "peak MiB",
+        "output MiB",
+        "clip buffers MiB",
+        "working MiB",
+        "working vs 1",
+    ]
+    run = (
+        f"{size}x{size}, window {args.window_frames} frames, overlap {args.overlap} latent frames, "
+        f"{args.steps} steps, CFG on (guidance {args.guidance:g}), float32, colour matching on, "
+        f"output_type {args.output_type}"
+    )
     print(f"\n{description}\nrun: {run}; peak memory: {memory.kind}\n")
     print(text_table(header, rows))
     if not args.no_results:
-        body = "\n".join([
-            (f"{description[0].upper() + description[1:]}. Run: {run}; one warm-up call first, then "
-             f"{args.repeats} calls per length (best and median time; transformer/VAE times of the best call; "
-             "peak over all calls). Peak memory: "
-            f"{memory.kind}. 'clip buffers' = the uint8 pose video given as input + the output frames "
-            f"({args.output_type}) "
-            "(host memory that grows with the clip by design); 'working' = peak - clip buffers on the CPU, the peak "
-            "itself on a GPU."),
-            "",
-            markdown_table(header, rows),
-        ])
+        body = "\n".join(
+            [
+                (
+                    f"{description[0].upper() + description[1:]}. Run: {run}; one warm-up call first, then "
+                    f"{args.repeats} calls per length (best and median time; transformer/VAE times of the best call; "
+                    "peak over all calls). Peak memory: "
+                    f"{memory.kind}. 'clip buffers' = the uint8 pose video given as input + the output frames "
+                    f"({args.output_type}) "
+                    "(host memory that grows with the clip by design); 'working' = peak - clip buffers on the CPU, the peak "
+                    "itself on a GPU."
+                ),
+                "",
+                markdown_table(header, rows),
+            ]
+        )
         path = append_results("long_video", env, body)
         print(f"\nappended to {path}")
 

@@ -150,11 +150,18 @@ def main(argv=None):
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="auto: bf16 on CUDA, fp32 on the CPU (as the studio)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: bf16 on CUDA, fp32 on the CPU (as the studio)",
+    )
     parser.add_argument("--profile", action="store_true", help="also run under cProfile")
-    parser.add_argument("--compare-tiling", action="store_true",
-                        help="run once more with VAE tiling off and report the VAE time difference")
+    parser.add_argument(
+        "--compare-tiling",
+        action="store_true",
+        help="run once more with VAE tiling off and report the VAE time difference",
+    )
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -179,8 +186,10 @@ def main(argv=None):
     pipe.set_progress_bar_config(disable=True)
     params = sum(p.numel() for p in pipe.transformer.parameters())
     image, pose = inputs(args.size, args.frames)
-    print(f"transformer: {args.layers} blocks x {args.heads * args.head_dim} wide ({args.heads} heads x "
-          f"{args.head_dim}), {params / 1e6:.1f} M params, {dtype}; load {load_seconds:.2f} s")
+    print(
+        f"transformer: {args.layers} blocks x {args.heads * args.head_dim} wide ({args.heads} heads x "
+        f"{args.head_dim}), {params / 1e6:.1f} M params, {dtype}; load {load_seconds:.2f} s"
+    )
 
     nets, stages = instrument(pipe, device)
     # Warm-up at a small size: first-call allocations, lazy imports, kernel selection.
@@ -189,8 +198,10 @@ def main(argv=None):
     call(pipe, warm_image, warm_pose, 64, 9, 1, args.guidance)
     warm_wall = time.perf_counter() - start
     warm_model = sum(w.seconds for w in nets.values())
-    print(f"warm-up call (64x64, 9 frames, 1 step): wall {warm_wall:.2f} s, networks {warm_model:.2f} s "
-          f"(ratio {warm_wall / warm_model:.2f}; first call, not the measurement)")
+    print(
+        f"warm-up call (64x64, 9 frames, 1 step): wall {warm_wall:.2f} s, networks {warm_model:.2f} s "
+        f"(ratio {warm_wall / warm_model:.2f}; first call, not the measurement)"
+    )
     for watch in [*nets.values(), *stages.values()]:
         watch.reset()
     with PeakMemory(device) as memory:
@@ -203,8 +214,10 @@ def main(argv=None):
     model = sum(w.seconds for w in nets.values())
     ratio = wall / model
     verdict = "PASS" if ratio <= TARGET else "FAIL"
-    run = (f"{args.size}x{args.size}, {args.frames} frames, {args.steps} steps, "
-           f"CFG {'on' if args.guidance > 1 else 'off'} (guidance {args.guidance:g}), {dtype}")
+    run = (
+        f"{args.size}x{args.size}, {args.frames} frames, {args.steps} steps, "
+        f"CFG {'on' if args.guidance > 1 else 'off'} (guidance {args.guidance:g}), {dtype}"
+    )
     print(f"\nrun: {run}")
     rows = [[name, f"{w.seconds:.3f}", w.calls, f"{100 * w.seconds / wall:.1f}%"] for name, w in nets.items()]
     rows.append(["networks total", f"{model:.3f}", "", f"{100 * model / wall:.1f}%"])
@@ -217,8 +230,10 @@ def main(argv=None):
     print()
     print(text_table(stage_header, stage_rows))
     print(f"\npeak memory during the call: {memory.peak / MIB:.0f} MiB ({memory.kind})")
-    print(f"overhead ratio = wall / (transformer + vae + text encoder) = {wall:.3f} / {model:.3f} = "
-          f"{ratio:.3f}  -> {verdict} (target <= {TARGET:.2f})")
+    print(
+        f"overhead ratio = wall / (transformer + vae + text encoder) = {wall:.3f} / {model:.3f} = "
+        f"{ratio:.3f}  -> {verdict} (target <= {TARGET:.2f})"
+    )
 
     tiling_text = None
     if args.compare_tiling:
@@ -230,9 +245,11 @@ def main(argv=None):
         call(pipe, image, pose, args.size, args.frames, args.steps, args.guidance)
         untiled_wall = time.perf_counter() - start
         pipe.vae.enable_tiling()
-        tiling_text = (f"VAE tiling (on by default in from_pretrained / DynamiCtrlModels.pipeline): VAE encode+decode "
-                       f"{vae_tiled:.2f} s tiled vs {nets['vae'].seconds:.2f} s untiled at {args.size}x{args.size}; "
-                       f"whole call {wall:.2f} s vs {untiled_wall:.2f} s.")
+        tiling_text = (
+            f"VAE tiling (on by default in from_pretrained / DynamiCtrlModels.pipeline): VAE encode+decode "
+            f"{vae_tiled:.2f} s tiled vs {nets['vae'].seconds:.2f} s untiled at {args.size}x{args.size}; "
+            f"whole call {wall:.2f} s vs {untiled_wall:.2f} s."
+        )
         print("\n" + tiling_text)
 
     profile_text = None
@@ -247,9 +264,11 @@ def main(argv=None):
 
     if not args.no_results:
         body = [
-            (f"Mid-size random pipeline: transformer {args.layers} blocks x {args.heads * args.head_dim} wide "
-             f"({params / 1e6:.1f} M params), tiny T5 (d_model 32) and tiny VAE of `dynamictrl/testing/models.py`; "
-             f"loaded with `DynamiCtrlPipeline.from_pretrained`. Run: {run}, output_type np."),
+            (
+                f"Mid-size random pipeline: transformer {args.layers} blocks x {args.heads * args.head_dim} wide "
+                f"({params / 1e6:.1f} M params), tiny T5 (d_model 32) and tiny VAE of `dynamictrl/testing/models.py`; "
+                f"loaded with `DynamiCtrlPipeline.from_pretrained`. Run: {run}, output_type np."
+            ),
             "",
             markdown_table(header, rows),
             "",
@@ -262,7 +281,14 @@ def main(argv=None):
         if tiling_text:
             body += ["", tiling_text]
         if profile_text:
-            body += ["", "cProfile of a second call (own time):", "", "```", profile_text.split("\n\ncallees")[0], "```"]
+            body += [
+                "",
+                "cProfile of a second call (own time):",
+                "",
+                "```",
+                profile_text.split("\n\ncallees")[0],
+                "```",
+            ]
         path = append_results("pipeline_overhead", env, "\n".join(body))
         print(f"\nappended to {path}")
 

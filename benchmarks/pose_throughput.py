@@ -195,11 +195,17 @@ def load_detector(args, tmp: Path) -> tuple[DWPoseDetector, str, bool]:
     from dynamictrl.testing.onnx import save_tiny_dwpose
 
     tiny = save_tiny_dwpose(tmp / "DWPose")
-    detector = DWPoseDetector(tiny / "yolox_l.onnx", tiny / "dw-ll_ucoco_384.onnx", device="cpu", num_threads=args.threads)
-    return detector, (
-        f"TINY test ONNX models (no real files in {folder}): model rows measure onnxruntime on stand-ins, "
-        "not YOLOX-L / RTMPose; pre/post-processing, decode and render are the real code"
-    ), False
+    detector = DWPoseDetector(
+        tiny / "yolox_l.onnx", tiny / "dw-ll_ucoco_384.onnx", device="cpu", num_threads=args.threads
+    )
+    return (
+        detector,
+        (
+            f"TINY test ONNX models (no real files in {folder}): model rows measure onnxruntime on stand-ins, "
+            "not YOLOX-L / RTMPose; pre/post-processing, decode and render are the real code"
+        ),
+        False,
+    )
 
 
 # ------------------------------------------------------------------ timing
@@ -335,7 +341,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="runs per stage; the best is kept")
     parser.add_argument("--detect-every", type=int, default=4, help="N for the detect-every-N mode")
     parser.add_argument("--batch-size", type=int, default=8, help="person crops per pose-model call")
-    parser.add_argument("--threads", type=int, default=1, help="threads of ffmpeg's decoder, OpenCV, onnxruntime, torch")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads of ffmpeg's decoder, OpenCV, onnxruntime, torch"
+    )
     parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first allowed)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     parser.add_argument("--pose-frames", type=int, default=None,
@@ -381,20 +389,27 @@ def main(argv=None):
         def decode_once():
             python, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             video = read_video(clip, threads=threads)
-            python_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            python_after, children_after = (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
             ffmpeg = children_after.ru_utime + children_after.ru_stime - children.ru_utime - children.ru_stime
             return video, ffmpeg, python_after.ru_utime + python_after.ru_stime - python.ru_utime - python.ru_stime
 
         with PeakMemory("cpu") as decode_memory:
             frame_bytes = read_video(clip, threads=threads).frames.nbytes
-        decode, decode_wall, (video, decode_ffmpeg_cpu, decode_python_cpu) = best_of(args.repeats, decode_once, process_cpu)
+        decode, decode_wall, (video, decode_ffmpeg_cpu, decode_python_cpu) = best_of(
+            args.repeats, decode_once, process_cpu
+        )
         frames = list(video.frames)
         n = len(frames)
         height, width = video.size
         # What the studio decodes per pose frame: every source frame, keeping those at its fps.
         picked = int((n - 1) * STUDIO_FPS / video.fps + 1e-6) + 1 if video.fps > STUDIO_FPS else n
         pick, _, _ = best_of(
-            args.repeats, lambda: pick_frames(clip, picked, fps=min(STUDIO_FPS, video.fps), threads=threads), process_cpu
+            args.repeats,
+            lambda: pick_frames(clip, picked, fps=min(STUDIO_FPS, video.fps), threads=threads),
+            process_cpu,
         )
 
         detector, models, real = load_detector(args, tmp)
@@ -433,7 +448,9 @@ def main(argv=None):
             ("detector's poses" + ("" if real else " (tiny stand-ins)"), product["poses"])
         ]:
             for h, w, label in sizes:
-                cpu, wall, _ = best_of(args.repeats, lambda h=h, w=w, poses=poses: [draw_pose(pose, h, w) for pose in poses])
+                cpu, wall, _ = best_of(
+                    args.repeats, lambda h=h, w=w, poses=poses: [draw_pose(pose, h, w) for pose in poses]
+                )
                 renders.append((f"{w}x{h} ({label}), {what}", 1000 * cpu / len(poses), 1000 * wall / len(poses)))
 
     # ------------------------------------------------------------ report
@@ -455,8 +472,19 @@ def main(argv=None):
         ["render", renders[0][0], render_ms, "no"],
     ]
     worst = max((r for r in rows if r[3] == "no"), key=lambda r: r[2])
-    rows = [[stage, what, f"{value:.2f}", f"{1000 / value:.0f}" if value > 0 else "", model] for stage, what, value, model in rows]
-    rows.append(["**non-model total**", "decode + pre/post + rest + render", f"**{non_model:.2f}**", f"{1000 / non_model:.1f}", ""])
+    rows = [
+        [stage, what, f"{value:.2f}", f"{1000 / value:.0f}" if value > 0 else "", model]
+        for stage, what, value, model in rows
+    ]
+    rows.append(
+        [
+            "**non-model total**",
+            "decode + pre/post + rest + render",
+            f"**{non_model:.2f}**",
+            f"{1000 / non_model:.1f}",
+            "",
+        ]
+    )
     header = ["stage", "what", "CPU ms/frame", "frames/s", "model"]
     mode_header = ["mode", "CPU ms/frame", "wall ms/frame", "model CPU ms", "non-model CPU ms", "det runs", "pose calls",
                    "speedup (CPU)"]  # fmt: skip

@@ -93,8 +93,12 @@ def run_pose(studio, folder: Path, length: int, width: int, height: int, preview
     settings = PoseSettings(num_frames=length, width=width, height=height, fps=None)
     out = folder / f"pose_{length}"
     return lambda: studio.extract_poses(
-        folder / "ref.png", driving, settings, out_path=out.with_suffix(".mp4"),
-        preview_path=out.with_name(out.name + "_preview.mp4") if preview else None, json_path=out.with_suffix(".json"),
+        folder / "ref.png",
+        driving,
+        settings,
+        out_path=out.with_suffix(".mp4"),
+        preview_path=out.with_name(out.name + "_preview.mp4") if preview else None,
+        json_path=out.with_suffix(".json"),
     )
 
 
@@ -105,10 +109,19 @@ def run_generate(studio, folder: Path, windows: int, width: int, height: int):
     driving = folder / f"driving_{frames}.mp4"
     if not driving.exists():
         write_clip(driving, frames - 1)
-    settings = GenerateSettings(prompt="a person dancing", num_frames=frames, width=width, height=height, steps=2,
-                                seed=1, window_frames=5, overlap=0)
-    return lambda: studio.generate(folder / "ref.png", folder / f"gen_{windows}.mp4", settings,
-                                   driving_video_path=driving)
+    settings = GenerateSettings(
+        prompt="a person dancing",
+        num_frames=frames,
+        width=width,
+        height=height,
+        steps=2,
+        seed=1,
+        window_frames=5,
+        overlap=0,
+    )
+    return lambda: studio.generate(
+        folder / "ref.png", folder / f"gen_{windows}.mp4", settings, driving_video_path=driving
+    )
 
 
 def run_lipsync(studio, folder: Path, length: int, width: int, height: int):
@@ -122,8 +135,15 @@ def run_lipsync(studio, folder: Path, length: int, width: int, height: int):
 RUNNERS = {"pose": run_pose, "generate": run_generate, "lipsync": run_lipsync}
 
 
-def worker(stage: str, lengths: list[int], weights: Path, width: int, height: int, warm: int,
-           frame_budget_mb: float | None = None) -> list[dict]:
+def worker(
+    stage: str,
+    lengths: list[int],
+    weights: Path,
+    width: int,
+    height: int,
+    warm: int,
+    frame_budget_mb: float | None = None,
+) -> list[dict]:
     """In this process: warm up on `warm`, then measure each length (see the module doc)."""
     from PIL import Image
 
@@ -148,26 +168,58 @@ def worker(stage: str, lengths: list[int], weights: Path, width: int, height: in
         seconds = time.perf_counter() - started
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        rows.append({"length": length, "peak_rss": peak_rss(), "rss_before": level, "traced_peak": traced_peak,
-                     "seconds": round(seconds, 2)})
+        rows.append(
+            {
+                "length": length,
+                "peak_rss": peak_rss(),
+                "rss_before": level,
+                "traced_peak": traced_peak,
+                "seconds": round(seconds, 2),
+            }
+        )
     return rows
 
 
-def measure(stage: str, lengths: list[int], weights: Path, width: int, height: int, warm: int | None = None,
-            frame_budget_mb: float | None = None) -> list[dict]:
+def measure(
+    stage: str,
+    lengths: list[int],
+    weights: Path,
+    width: int,
+    height: int,
+    warm: int | None = None,
+    frame_budget_mb: float | None = None,
+) -> list[dict]:
     """Runs `worker` in a fresh process; returns its rows."""
     warm = warm if warm is not None else {"pose": 5, "generate": 1, "lipsync": 4}[stage]
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", stage, "--weights", str(weights),
-               "--width", str(width), "--height", str(height), "--warm", str(warm),
-               "--lengths", *map(str, lengths)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        stage,
+        "--weights",
+        str(weights),
+        "--width",
+        str(width),
+        "--height",
+        str(height),
+        "--warm",
+        str(warm),
+        "--lengths",
+        *map(str, lengths),
+    ]
     if frame_budget_mb is not None:
         command += ["--frame-budget-mb", str(frame_budget_mb)]
     # A fixed mmap threshold: glibc otherwise raises it after each large free, so later
     # frame-sized buffers come from the heap, stay in RSS as fragments, and the peak RSS
     # then drifts by tens of MiB between runs of the same code (measured: +81 MiB once
     # between 17 and 41 lip-sync frames whose traced peak differed by 0.2 MiB).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+    }
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{stage} worker failed:\n{done.stderr[-4000:]}")
@@ -194,8 +246,13 @@ def main():
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.lengths, args.weights, args.width, args.height, args.warm,
-                                args.frame_budget_mb)))
+        print(
+            json.dumps(
+                worker(
+                    args.worker, args.lengths, args.weights, args.width, args.height, args.warm, args.frame_budget_mb
+                )
+            )
+        )
         return
 
     from _common import append_results, environment  # this script's folder is on the path
@@ -207,18 +264,24 @@ def main():
     lines = ["| stage | length | peak RSS above warm (MiB) | tracemalloc peak (MiB) | s |", "|---|---|---|---|---|"]
     for stage in args.stage or STAGES:
         width, height = args.width or sizes[stage][0], args.height or sizes[stage][1]
-        rows = measure(stage, args.lengths or DEFAULT_LENGTHS[stage], weights, width, height, args.warm,
-                       args.frame_budget_mb)
+        rows = measure(
+            stage, args.lengths or DEFAULT_LENGTHS[stage], weights, width, height, args.warm, args.frame_budget_mb
+        )
         unit = "windows" if stage == "generate" else "frames"
         for row in rows:
-            line = (f"| {stage} ({width}x{height}) | {row['length']} {unit} | "
-                    f"{(row['peak_rss'] - row['rss_before']) / MIB:.1f} | {row['traced_peak'] / MIB:.1f} | "
-                    f"{row['seconds']} |")
+            line = (
+                f"| {stage} ({width}x{height}) | {row['length']} {unit} | "
+                f"{(row['peak_rss'] - row['rss_before']) / MIB:.1f} | {row['traced_peak'] / MIB:.1f} | "
+                f"{row['seconds']} |"
+            )
             lines.append(line)
             print(line, flush=True)
         per = 4 if stage == "generate" else 1
-        print(f"{stage}: peak RSS {growth_per_frame(rows, 'peak_rss', per) / MIB:+.3f} MiB per frame, "
-              f"tracemalloc peak {growth_per_frame(rows, 'traced_peak', per) / 1024:+.1f} KiB per frame", flush=True)
+        print(
+            f"{stage}: peak RSS {growth_per_frame(rows, 'peak_rss', per) / MIB:+.3f} MiB per frame, "
+            f"tracemalloc peak {growth_per_frame(rows, 'traced_peak', per) / 1024:+.1f} KiB per frame",
+            flush=True,
+        )
     if args.record:
         append_results("Streaming stages: peak memory against clip length", environment("cpu"), "\n".join(lines))
 

@@ -63,9 +63,16 @@ def generate(pipe, image, pose, args):
     import torch
 
     return pipe(
-        image=image, pose_video=pose, prompt="a woman in a red dress dancing", height=args.size, width=args.size,
-        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=3.0,
-        generator=torch.Generator().manual_seed(42), output_type="np",
+        image=image,
+        pose_video=pose,
+        prompt="a woman in a red dress dancing",
+        height=args.size,
+        width=args.size,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(42),
+        output_type="np",
     ).frames
 
 
@@ -73,13 +80,19 @@ def build(weights, device, torch_dtype, tier, options):
     """A fresh manager + pipeline per row, so no hook or fp8 state leaks between rows."""
     from dynamictrl.manager import DynamiCtrlModels, ModelManager, place_pipeline
 
-    models = DynamiCtrlModels(ModelManager(device=device), "gulucaptain/DynamiCtrl", weights_dir=weights,
-                              torch_dtype=torch_dtype)
+    models = DynamiCtrlModels(
+        ModelManager(device=device), "gulucaptain/DynamiCtrl", weights_dir=weights, torch_dtype=torch_dtype
+    )
     pipe = models.pipeline(None, options)
     if device == "cpu" and tier == "group":
         # place_pipeline would do a plain .to("cpu") here; run the group-offload hooks anyway.
-        pipe.enable_group_offload(onload_device="cpu", offload_device="cpu", offload_type="block_level",
-                                  num_blocks_per_group=1, use_stream=False)
+        pipe.enable_group_offload(
+            onload_device="cpu",
+            offload_device="cpu",
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=False,
+        )
     else:
         place_pipeline(pipe, tier, device)
     pipe.set_progress_bar_config(disable=True)
@@ -170,27 +183,40 @@ def main(argv=None):
 
     header = ["tier", "speed option", "dtype", "median s", "best s", "vs none", "peak MiB", "max abs diff"]
     table, errors = [], []
-    base_time = {r["dtype"]: r["median"] for r in rows if r["label"] == "none" and r["tier"] == "none" and "median" in r}
+    base_time = {
+        r["dtype"]: r["median"] for r in rows if r["label"] == "none" and r["tier"] == "none" and "median" in r
+    }
     for r in rows:
         if "error" in r:
             table.append([r["tier"], r["label"], r["dtype"], "error", "", "", "", ""])
             errors.append(f"{r['tier']} / {r['label']} / {r['dtype']}: {r['error']}")
             continue
         ref = base_time.get(r["dtype"])
-        table.append([
-            r["tier"], r["label"], r["dtype"], f"{r['median']:.3f}", f"{r['best']:.3f}",
-            f"{ref / r['median']:.2f}x" if ref else "", f"{max(r['peak'], 0) / MIB:.0f}",
-            f"{r['diff']:.2e}" if "diff" in r else "",
-        ])
+        table.append(
+            [
+                r["tier"],
+                r["label"],
+                r["dtype"],
+                f"{r['median']:.3f}",
+                f"{r['best']:.3f}",
+                f"{ref / r['median']:.2f}x" if ref else "",
+                f"{max(r['peak'], 0) / MIB:.0f}",
+                f"{r['diff']:.2e}" if "diff" in r else "",
+            ]
+        )
     kind = next((r["kind"] for r in rows if "kind" in r), "")
-    setup = (f"{args.model} random pipeline, {args.size}x{args.size}, {args.frames} frames, {args.steps} steps, "
-             f"CFG on, output_type np; median of {args.repeats} calls after one warm-up call per row; peak memory: {kind}.")
+    setup = (
+        f"{args.model} random pipeline, {args.size}x{args.size}, {args.frames} frames, {args.steps} steps, "
+        f"CFG on, output_type np; median of {args.repeats} calls after one warm-up call per row; peak memory: {kind}."
+    )
     notes = []
     if not cuda:
-        notes.append("CPU: place_pipeline makes every tier a plain .to('cpu'), so 'model' and 'sequential' are not "
-                     "run; the 'group' row runs diffusers' group-offload hooks with onload = offload = cpu, so its "
-                     "timing is hook overhead only (no transfers). Tier timings on the CPU say nothing about VRAM "
-                     "or PCIe costs.")
+        notes.append(
+            "CPU: place_pipeline makes every tier a plain .to('cpu'), so 'model' and 'sequential' are not "
+            "run; the 'group' row runs diffusers' group-offload hooks with onload = offload = cpu, so its "
+            "timing is hook overhead only (no transfers). Tier timings on the CPU say nothing about VRAM "
+            "or PCIe costs."
+        )
     fp8_rows = [r for r in rows if r["label"].startswith("fp8")]
     if fp8_rows:
         status = "; ".join(f"{r['dtype']} model: {'error' if 'error' in r else 'runs'}" for r in fp8_rows)

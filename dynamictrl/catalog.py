@@ -34,8 +34,10 @@ ON_DISK, PARTIAL, MISSING = "on disk", "partial", "missing"
 DOWNLOAD_RECORD = ".dynamictrl-download.json"  # the hub's file list, written before the first byte
 COMMAND = "python -m dynamictrl download"
 
-_COGVIDEOX_LICENCE = ("CogVideoX licence (DynamiCtrl is fine-tuned from CogVideoX-1.5-5B-I2V)",
-                      "https://huggingface.co/THUDM/CogVideoX1.5-5B-I2V/blob/main/LICENSE")
+_COGVIDEOX_LICENCE = (
+    "CogVideoX licence (DynamiCtrl is fine-tuned from CogVideoX-1.5-5B-I2V)",
+    "https://huggingface.co/THUDM/CogVideoX1.5-5B-I2V/blob/main/LICENSE",
+)
 
 
 @dataclass(frozen=True)
@@ -72,49 +74,135 @@ class ModelSpec:
 
 
 def _sam(kind: str, title: str) -> ModelSpec:
-    return ModelSpec(f"sam_{kind}", title, "masks (Person / Background / Clothing)",
-                     weights.SAM_CHECKPOINTS[kind].size, "Apache-2.0",
-                     "https://github.com/facebookresearch/segment-anything/blob/main/LICENSE", sam_kind=kind)
+    return ModelSpec(
+        f"sam_{kind}",
+        title,
+        "masks (Person / Background / Clothing)",
+        weights.SAM_CHECKPOINTS[kind].size,
+        "Apache-2.0",
+        "https://github.com/facebookresearch/segment-anything/blob/main/LICENSE",
+        sam_kind=kind,
+    )
 
 
 MODELS = (
-    ModelSpec("base", "DynamiCtrl (base)", "every generation: T5 text encoder, VAE, 5B transformer",
-              22_000_000_000, *_COGVIDEOX_LICENCE, repo_id=weights.BASE_REPO, layout="pipeline"),
-    ModelSpec("mask_background", "DynamiCtrl Mask_B01", "generation with the background masked",
-              11_500_000_000, *_COGVIDEOX_LICENCE, repo_id=weights.VARIANTS["mask_background"], layout="model"),
-    ModelSpec("mask_clothing", "DynamiCtrl Mask_C01", "generation with the clothing masked",
-              11_500_000_000, *_COGVIDEOX_LICENCE, repo_id=weights.VARIANTS["mask_clothing"], layout="model"),
-    ModelSpec("dwpose", "DWPose", "poses from a driving video; the person box for masks",
-              351_000_000, "Apache-2.0", "https://github.com/IDEA-Research/DWPose/blob/main/LICENSE",
-              repo_id=weights.DWPOSE_REPO, files=weights.DWPOSE_FILES),
+    ModelSpec(
+        "base",
+        "DynamiCtrl (base)",
+        "every generation: T5 text encoder, VAE, 5B transformer",
+        22_000_000_000,
+        *_COGVIDEOX_LICENCE,
+        repo_id=weights.BASE_REPO,
+        layout="pipeline",
+    ),
+    ModelSpec(
+        "mask_background",
+        "DynamiCtrl Mask_B01",
+        "generation with the background masked",
+        11_500_000_000,
+        *_COGVIDEOX_LICENCE,
+        repo_id=weights.VARIANTS["mask_background"],
+        layout="model",
+    ),
+    ModelSpec(
+        "mask_clothing",
+        "DynamiCtrl Mask_C01",
+        "generation with the clothing masked",
+        11_500_000_000,
+        *_COGVIDEOX_LICENCE,
+        repo_id=weights.VARIANTS["mask_clothing"],
+        layout="model",
+    ),
+    ModelSpec(
+        "dwpose",
+        "DWPose",
+        "poses from a driving video; the person box for masks",
+        351_000_000,
+        "Apache-2.0",
+        "https://github.com/IDEA-Research/DWPose/blob/main/LICENSE",
+        repo_id=weights.DWPOSE_REPO,
+        files=weights.DWPOSE_FILES,
+    ),
     _sam("vit_b", "SAM ViT-B"),
     _sam("vit_l", "SAM ViT-L"),
     _sam("vit_h", "SAM ViT-H"),
-    ModelSpec("qwen2vl_2b", "Qwen2-VL 2B Instruct", "auto captions (default)", 4_420_000_000, "Apache-2.0",
-              "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct/blob/main/LICENSE",
-              repo_id="Qwen/Qwen2-VL-2B-Instruct", layout="model"),
-    ModelSpec("qwen2vl_7b", "Qwen2-VL 7B Instruct", "auto captions (better, slower)", 16_600_000_000, "Apache-2.0",
-              "https://huggingface.co/Qwen/Qwen2-VL-7B-Instruct/blob/main/LICENSE",
-              repo_id="Qwen/Qwen2-VL-7B-Instruct", layout="model"),
-    ModelSpec("musetalk", "MuseTalk 1.5 UNet", "lip-sync", 3_400_000_000, "MIT",
-              "https://github.com/TMElyralab/MuseTalk/blob/main/LICENSE",
-              repo_id=weights.MUSETALK_REPO, files=weights.MUSETALK_FILES),
-    ModelSpec("sd_vae", "SD VAE ft-MSE", "lip-sync (MuseTalk's image VAE)", 335_000_000, "MIT",
-              "https://huggingface.co/stabilityai/sd-vae-ft-mse", repo_id=weights.SD_VAE_REPO,
-              files=weights.SD_VAE_FILES),
-    ModelSpec("whisper_tiny", "Whisper tiny", "lip-sync (audio features)", 151_000_000, "Apache-2.0",
-              "https://huggingface.co/openai/whisper-tiny", repo_id=weights.WHISPER_REPO,
-              files=weights.WHISPER_FILES),
-    ModelSpec("face_parsing", "Face parsing (BiSeNet)", "lip-sync (blending mask)", 53_300_000, "MIT",
-              "https://github.com/zllrunning/face-parsing.PyTorch/blob/master/LICENSE",
-              repo_id=weights.FACE_PARSING_REPO, files=weights.FACE_PARSING_FILES),
+    ModelSpec(
+        "qwen2vl_2b",
+        "Qwen2-VL 2B Instruct",
+        "auto captions (default)",
+        4_420_000_000,
+        "Apache-2.0",
+        "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct/blob/main/LICENSE",
+        repo_id="Qwen/Qwen2-VL-2B-Instruct",
+        layout="model",
+    ),
+    ModelSpec(
+        "qwen2vl_7b",
+        "Qwen2-VL 7B Instruct",
+        "auto captions (better, slower)",
+        16_600_000_000,
+        "Apache-2.0",
+        "https://huggingface.co/Qwen/Qwen2-VL-7B-Instruct/blob/main/LICENSE",
+        repo_id="Qwen/Qwen2-VL-7B-Instruct",
+        layout="model",
+    ),
+    ModelSpec(
+        "musetalk",
+        "MuseTalk 1.5 UNet",
+        "lip-sync",
+        3_400_000_000,
+        "MIT",
+        "https://github.com/TMElyralab/MuseTalk/blob/main/LICENSE",
+        repo_id=weights.MUSETALK_REPO,
+        files=weights.MUSETALK_FILES,
+    ),
+    ModelSpec(
+        "sd_vae",
+        "SD VAE ft-MSE",
+        "lip-sync (MuseTalk's image VAE)",
+        335_000_000,
+        "MIT",
+        "https://huggingface.co/stabilityai/sd-vae-ft-mse",
+        repo_id=weights.SD_VAE_REPO,
+        files=weights.SD_VAE_FILES,
+    ),
+    ModelSpec(
+        "whisper_tiny",
+        "Whisper tiny",
+        "lip-sync (audio features)",
+        151_000_000,
+        "Apache-2.0",
+        "https://huggingface.co/openai/whisper-tiny",
+        repo_id=weights.WHISPER_REPO,
+        files=weights.WHISPER_FILES,
+    ),
+    ModelSpec(
+        "face_parsing",
+        "Face parsing (BiSeNet)",
+        "lip-sync (blending mask)",
+        53_300_000,
+        "MIT",
+        "https://github.com/zllrunning/face-parsing.PyTorch/blob/master/LICENSE",
+        repo_id=weights.FACE_PARSING_REPO,
+        files=weights.FACE_PARSING_FILES,
+    ),
 )
 BY_NAME = {spec.name: spec for spec in MODELS}
 # Names that stand for several models on the command line.
 GROUPS = {
     "lipsync": ("musetalk", "sd_vae", "whisper_tiny", "face_parsing"),
-    "all": ("base", "mask_background", "mask_clothing", "dwpose", "sam_vit_b", "qwen2vl_2b",
-            "musetalk", "sd_vae", "whisper_tiny", "face_parsing"),
+    "all": (
+        "base",
+        "mask_background",
+        "mask_clothing",
+        "dwpose",
+        "sam_vit_b",
+        "qwen2vl_2b",
+        "musetalk",
+        "sd_vae",
+        "whisper_tiny",
+        "face_parsing",
+    ),
 }
 
 
@@ -271,13 +359,20 @@ def table(rows: list[ModelStatus]) -> str:
     """The Models table as aligned text (what `python -m dynamictrl models` prints)."""
     header = ("name", "state", "on disk", "to download", "folder", "licence")
     lines = [header] + [
-        (s.spec.name, s.state, format_bytes(s.bytes_on_disk),
-         format_bytes(s.bytes_to_download) if s.state != ON_DISK else "-", str(s.path), s.spec.licence_url)
+        (
+            s.spec.name,
+            s.state,
+            format_bytes(s.bytes_on_disk),
+            format_bytes(s.bytes_to_download) if s.state != ON_DISK else "-",
+            str(s.path),
+            s.spec.licence_url,
+        )
         for s in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
-                     for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in lines
+    )
 
 
 # --------------------------------------------------------------------------- missing models
@@ -292,12 +387,19 @@ class MissingModelsError(weights.WeightsNotFoundError):
 
 def missing_message(missing: list[ModelStatus], reason: str = "") -> str:
     total = sum(s.bytes_to_download for s in missing)
-    listed = ", ".join(f"{s.spec.title} ({format_bytes(s.bytes_to_download)}"
-                       + (", partly downloaded" if s.state == PARTIAL else "") + ")" for s in missing)
+    listed = ", ".join(
+        f"{s.spec.title} ({format_bytes(s.bytes_to_download)}"
+        + (", partly downloaded" if s.state == PARTIAL else "")
+        + ")"
+        for s in missing
+    )
     names = " ".join(s.spec.name for s in missing)
-    return (f"This job needs {len(missing)} model{'s' if len(missing) > 1 else ''} that "
-            f"{'are' if len(missing) > 1 else 'is'} not on disk: {listed}; {format_bytes(total)} in all"
-            + (f" ({reason})" if reason else "") + f". Fetch with: {COMMAND} {names}")
+    return (
+        f"This job needs {len(missing)} model{'s' if len(missing) > 1 else ''} that "
+        f"{'are' if len(missing) > 1 else 'is'} not on disk: {listed}; {format_bytes(total)} in all"
+        + (f" ({reason})" if reason else "")
+        + f". Fetch with: {COMMAND} {names}"
+    )
 
 
 def check_on_disk(names: Iterable[str], weights_dir: str | os.PathLike | None = None, reason: str = "") -> None:
@@ -325,8 +427,10 @@ class DownloadProgress:
 
     def text(self) -> str:
         left = "" if self.eta_s is None else f", {_duration(self.eta_s)} left"
-        return (f"{self.model}: {format_bytes(self.done_bytes)} of {format_bytes(self.total_bytes)} "
-                f"({self.fraction:.0%}), {format_bytes(self.bytes_per_s)}/s{left}")
+        return (
+            f"{self.model}: {format_bytes(self.done_bytes)} of {format_bytes(self.total_bytes)} "
+            f"({self.fraction:.0%}), {format_bytes(self.bytes_per_s)}/s{left}"
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -349,8 +453,9 @@ class RemoteFile:
 class _Meter:
     """Turns byte counts into `DownloadProgress` reports, at most every `interval_s`."""
 
-    def __init__(self, model: str, total: int, report: Callable[[DownloadProgress], None] | None,
-                 interval_s: float = 0.25):
+    def __init__(
+        self, model: str, total: int, report: Callable[[DownloadProgress], None] | None, interval_s: float = 0.25
+    ):
         self.model, self.total, self.report, self.interval_s = model, total, report, interval_s
         self.done = 0
         self.fresh = 0  # bytes moved in this session (resumed bytes do not count for speed)
@@ -469,15 +574,23 @@ def download_model(
         try:
             # Every model of the catalog is public: no token is sent (urllib would forward it
             # to the CDN the hub redirects to).
-            weights.download_url(remote.url, destination, size=remote.size, sha256=remote.sha256,
-                                 on_bytes=on_bytes, cancel=cancel, chunk_bytes=chunk_bytes)
+            weights.download_url(
+                remote.url,
+                destination,
+                size=remote.size,
+                sha256=remote.sha256,
+                on_bytes=on_bytes,
+                cancel=cancel,
+                chunk_bytes=chunk_bytes,
+            )
         except weights.DownloadCancelled:
             meter.emit()
             raise
         except Exception as error:
             logger.warning("Downloading %s failed: %r", remote.url, error)
             raise weights.WeightsNotFoundError(
-                _cannot_download(item, weights_dir, f"the download of {remote.name} failed")) from error
+                _cannot_download(item, weights_dir, f"the download of {remote.name} failed")
+            ) from error
     meter.emit()
     return target
 

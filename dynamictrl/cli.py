@@ -35,16 +35,18 @@ def add_settings_arguments(parser, cls, names=None, where=None, preset_flags=Non
             continue
         meta = item.metadata
         if is_dataclass(item.default_factory):
-            add_settings_arguments(parser.add_argument_group(meta["help"]), item.default_factory, where=where,
-                                   preset_flags=preset_flags)
+            add_settings_arguments(
+                parser.add_argument_group(meta["help"]), item.default_factory, where=where, preset_flags=preset_flags
+            )
             continue
         if "flag" not in meta:
             continue
         target = where.get(item.name, parser)
         kind, default = value_type(hints[item.name]), field_default(item)
         if kind is bool:  # a switch: the flag turns the default around (--fp8, --no-color-match)
-            target.add_argument(meta["flag"], dest=item.name, action="store_false" if default else "store_true",
-                                help=meta["help"])
+            target.add_argument(
+                meta["flag"], dest=item.name, action="store_false" if default else "store_true", help=meta["help"]
+            )
             continue
         if item.default is MISSING:
             default = kind()  # the prompt, the one required field: empty asks for an auto caption
@@ -54,8 +56,11 @@ def add_settings_arguments(parser, cls, names=None, where=None, preset_flags=Non
             default = None
         elif default not in (None, ""):
             help_text += f"; default {default}"
-        options = {"choices": meta["choices"]} if meta.get("choices") else {
-            "metavar": meta.get("metavar", meta["flag"].lstrip("-").upper().replace("-", "_"))}
+        options = (
+            {"choices": meta["choices"]}
+            if meta.get("choices")
+            else {"metavar": meta.get("metavar", meta["flag"].lstrip("-").upper().replace("-", "_"))}
+        )
         target.add_argument(meta["flag"], dest=item.name, type=kind, default=default, help=help_text, **options)
 
 
@@ -136,33 +141,63 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     motion.add_argument("--pose-video", help="rendered DWPose video; frame 0 = the reference's pose")
     motion.add_argument("--driving-video", help="raw dance video: poses are extracted and retargeted first")
     generate.add_argument("--out", required=True, help="output .mp4 (a .json manifest is written beside it)")
-    generate.add_argument("--duration", type=float, default=None,
-                          help="seconds of video instead of --frames (rounded to 4k+1 frames at --fps)")
-    generate.add_argument("--size", choices=[p.name for p in presets.SIZE_PRESETS], default=None,
-                          help="a size preset: "
-                          + ", ".join(f"{p.name} {p.width}x{p.height}" for p in presets.SIZE_PRESETS))
-    generate.add_argument("--speed", choices=[p.name for p in presets.SPEED_PRESETS], default=None,
-                          help="quality (25 steps, official) or draft (10 steps + first-block cache); "
-                               "--steps / --first-block-cache override it")
+    generate.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of video instead of --frames (rounded to 4k+1 frames at --fps)",
+    )
+    generate.add_argument(
+        "--size",
+        choices=[p.name for p in presets.SIZE_PRESETS],
+        default=None,
+        help="a size preset: " + ", ".join(f"{p.name} {p.width}x{p.height}" for p in presets.SIZE_PRESETS),
+    )
+    generate.add_argument(
+        "--speed",
+        choices=[p.name for p in presets.SPEED_PRESETS],
+        default=None,
+        help="quality (25 steps, official) or draft (10 steps + first-block cache); "
+        "--steps / --first-block-cache override it",
+    )
     seeds = generate.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", default=None, metavar="N,N,...",
-                       help="variations: one video per seed (1 to 8), written as <out>_seed<N>.mp4")
-    seeds.add_argument("--variations", type=int, default=None, metavar="K",
-                       help="variations: K videos with seeds --seed.. (default 42, 43, ...)")
-    generate.add_argument("--preview-every", type=int, default=0, metavar="N",
-                          help="write a live preview (small frames from the x0 estimate) every N denoising steps "
-                               "into <out>_preview/ (default: off)")
+    seeds.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N,N,...",
+        help="variations: one video per seed (1 to 8), written as <out>_seed<N>.mp4",
+    )
+    seeds.add_argument(
+        "--variations",
+        type=int,
+        default=None,
+        metavar="K",
+        help="variations: K videos with seeds --seed.. (default 42, 43, ...)",
+    )
+    generate.add_argument(
+        "--preview-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write a live preview (small frames from the x0 estimate) every N denoising steps "
+        "into <out>_preview/ (default: off)",
+    )
     generate.add_argument("--model", default=weights.BASE_REPO, help="hub id or folder of the base pipeline")
     generate.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights)")
     generate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     # The settings' own flags, from their field metadata (dynamictrl/settings.py).
     speed = generate.add_argument_group("attention and GPUs")
-    add_settings_arguments(generate, GenerateSettings, where={"seed": seeds, "attention": speed},
-                           preset_flags=PRESET_FLAGS)
+    add_settings_arguments(
+        generate, GenerateSettings, where={"seed": seeds, "attention": speed}, preset_flags=PRESET_FLAGS
+    )
     add_settings_arguments(generate, PoseSettings, names=GENERATE_POSE_FIELDS)
-    speed.add_argument("--parallel", default=None, metavar="LAYOUT",
-                       help="one clip on several GPUs, e.g. ulysses=2,ring=1,cfg=2; start with torchrun "
-                            "--nproc-per-node N (N = the product); see docs/parallel.md")
+    speed.add_argument(
+        "--parallel",
+        default=None,
+        metavar="LAYOUT",
+        help="one clip on several GPUs, e.g. ulysses=2,ring=1,cfg=2; start with torchrun "
+        "--nproc-per-node N (N = the product); see docs/parallel.md",
+    )
 
 
 def add_pose_arguments(pose: argparse.ArgumentParser) -> None:
@@ -182,8 +217,12 @@ def add_caption_arguments(caption: argparse.ArgumentParser) -> None:
     from .settings import MASK_MODES
 
     caption.add_argument("--image", required=True)
-    caption.add_argument("--mask-mode", choices=MASK_MODES, default=None,
-                         help="caption the visible part and leave a placeholder for the masked region")
+    caption.add_argument(
+        "--mask-mode",
+        choices=MASK_MODES,
+        default=None,
+        help="caption the visible part and leave a placeholder for the masked region",
+    )
     caption.add_argument("--caption-model", choices=("2b", "7b"), default="2b")
     caption.add_argument("--weights-dir", default=None)
     caption.add_argument("--device", default=None)
@@ -194,9 +233,14 @@ def add_mask_arguments(mask: argparse.ArgumentParser) -> None:
 
     mask.add_argument("--image", required=True)
     mask.add_argument("--mode", choices=MASK_MODES, required=True)
-    mask.add_argument("--points", nargs="*", default=None, metavar="X,Y,+|-",
-                      help="clicks in target-size pixels: + marks the person (background mode) or the clothing "
-                           "(clothing mode), - excludes; without clicks the DWPose person box is the start")
+    mask.add_argument(
+        "--points",
+        nargs="*",
+        default=None,
+        metavar="X,Y,+|-",
+        help="clicks in target-size pixels: + marks the person (background mode) or the clothing "
+        "(clothing mode), - excludes; without clicks the DWPose person box is the start",
+    )
     mask.add_argument("--out", required=True, help="masked reference (.png), at the target size")
     mask.add_argument("--save-mask", default=None, help="also write the mask (.png, white = blacked out)")
     mask.add_argument("--width", type=int, default=widget_spec("width").default)
@@ -208,8 +252,9 @@ def add_mask_arguments(mask: argparse.ArgumentParser) -> None:
 
 
 def add_models_arguments(models: argparse.ArgumentParser) -> None:
-    models.add_argument("--weights-dir", default=None,
-                        help="where weights live (default: ./weights or $DYNAMICTRL_WEIGHTS)")
+    models.add_argument(
+        "--weights-dir", default=None, help="where weights live (default: ./weights or $DYNAMICTRL_WEIGHTS)"
+    )
     models.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
@@ -217,16 +262,22 @@ def add_download_arguments(download: argparse.ArgumentParser) -> None:
     from . import catalog
 
     names = ", ".join([*catalog.BY_NAME, *catalog.GROUPS])
-    download.add_argument("names", nargs="*", metavar="NAME",
-                          help=f"models to fetch (see `python -m dynamictrl models`): {names}; default: base")
+    download.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"models to fetch (see `python -m dynamictrl models`): {names}; default: base",
+    )
     download.add_argument("--variant", choices=sorted(weights.VARIANTS), default=None, help="also this mask variant")
     download.add_argument("--dwpose", action="store_true", help="also the DWPose ONNX files (pose extraction)")
     download.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default=None, help="also a SAM checkpoint")
     download.add_argument("--captioner", choices=("2b", "7b"), default=None, help="also Qwen2-VL for captions")
-    download.add_argument("--lipsync", action="store_true",
-                          help="also MuseTalk 1.5 and its VAE, whisper-tiny and face-parsing weights")
-    download.add_argument("--all", action="store_true",
-                          help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync")
+    download.add_argument(
+        "--lipsync", action="store_true", help="also MuseTalk 1.5 and its VAE, whisper-tiny and face-parsing weights"
+    )
+    download.add_argument(
+        "--all", action="store_true", help="base, both variants, DWPose, SAM vit_b, Qwen2-VL 2B, lip-sync"
+    )
     download.add_argument("--weights-dir", default=None)
 
 
@@ -239,8 +290,11 @@ def add_lipsync_arguments(lipsync: argparse.ArgumentParser) -> None:
     add_settings_arguments(lipsync, LipSyncSettings)
     lipsync.add_argument("--weights-dir", default=None)
     lipsync.add_argument("--device", default=None)
-    lipsync.add_argument("--cache-dir", default=None,
-                         help="where per-video avatars are kept (default: $DYNAMICTRL_CACHE or ~/.cache/dynamictrl)")
+    lipsync.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where per-video avatars are kept (default: $DYNAMICTRL_CACHE or ~/.cache/dynamictrl)",
+    )
 
 
 def frames_for_duration(seconds: float, fps: float) -> int:
@@ -318,16 +372,19 @@ def run_generate(args) -> int:
     if args.preview_every < 0:
         raise ValueError(f"--preview-every must be 0 (off) or a number of steps, got {args.preview_every}.")
 
-    settings = settings_from_args(GenerateSettings, args, width=width, height=height, steps=steps,
-                                  first_block_cache=first_block_cache)
+    settings = settings_from_args(
+        GenerateSettings, args, width=width, height=height, steps=steps, first_block_cache=first_block_cache
+    )
     # Driving frames are sampled at the output fps, so the motion keeps its real speed.
-    pose_settings = settings_from_args(PoseSettings, args, num_frames=settings.num_frames, width=width,
-                                       height=height, fps=settings.fps)
+    pose_settings = settings_from_args(
+        PoseSettings, args, num_frames=settings.num_frames, width=width, height=height, fps=settings.fps
+    )
     out = Path(args.out)
     studio = Studio(model=args.model, weights_dir=args.weights_dir, device=args.device, parallel=args.parallel)
     # With --parallel only rank 0 writes files, previews included.
-    preview = (PreviewWriter(out.with_name(out.stem + "_preview"))
-               if args.preview_every and studio.writes_outputs else None)
+    preview = (
+        PreviewWriter(out.with_name(out.stem + "_preview")) if args.preview_every and studio.writes_outputs else None
+    )
     job = dict(
         pose_video_path=args.pose_video,
         driving_video_path=args.driving_video,
@@ -351,8 +408,10 @@ def run_generate(args) -> int:
     if first.pose is not None:
         print(f"Pose video: {first.pose.pose_video_path}" + filled_note(first.pose.filled_frames))
     for result in results:
-        print(f"Wrote {result.video_path} ({result.num_frames} frames) and {result.manifest_path} "
-              f"in {result.elapsed_s:.1f} s")
+        print(
+            f"Wrote {result.video_path} ({result.num_frames} frames) and {result.manifest_path} "
+            f"in {result.elapsed_s:.1f} s"
+        )
     if preview is not None and preview.written:
         print(f"Live previews: {len(preview.written)} images in {preview.folder}")
     return 0
@@ -376,8 +435,12 @@ def run_pose(args) -> int:
         json_path=args.save_json,
     )
     written = [p for p in (result.pose_video_path, result.preview_path, result.json_path) if p]
-    print("Wrote " + ", ".join(str(p) for p in written) + filled_note(result.filled_frames)
-          + f" in {result.elapsed_s:.1f} s")
+    print(
+        "Wrote "
+        + ", ".join(str(p) for p in written)
+        + filled_note(result.filled_frames)
+        + f" in {result.elapsed_s:.1f} s"
+    )
     return 0
 
 
@@ -407,10 +470,20 @@ def run_mask(args) -> int:
 
     points = [parse_point(p) for p in args.points] if args.points else None
     studio = Studio(weights_dir=args.weights_dir, device=args.device, sam_kind=args.sam)
-    result = studio.mask(args.image, args.mode, args.width, args.height, out_path=args.out,
-                         mask_path=args.save_mask, points=points, dilate_px=args.dilate)
-    print(f"Wrote {args.out} ({result.mask.mean():.0%} blacked out); generate with --variant "
-          f"{'mask_background' if args.mode == 'background' else 'mask_clothing'} or --mask-mode {args.mode}")
+    result = studio.mask(
+        args.image,
+        args.mode,
+        args.width,
+        args.height,
+        out_path=args.out,
+        mask_path=args.save_mask,
+        points=points,
+        dilate_px=args.dilate,
+    )
+    print(
+        f"Wrote {args.out} ({result.mask.mean():.0%} blacked out); generate with --variant "
+        f"{'mask_background' if args.mode == 'background' else 'mask_clothing'} or --mask-mode {args.mode}"
+    )
     return 0
 
 
@@ -445,7 +518,9 @@ def run_lipsync(args) -> int:
         result = studio.lipsync(args.video, args.audio, args.out, settings, progress=progress)
     finally:
         progress.close()
-    print(f"Wrote {result.video_path} and {result.manifest_path} in {result.elapsed_s:.1f} s. {result.report.summary()}")
+    print(
+        f"Wrote {result.video_path} and {result.manifest_path} in {result.elapsed_s:.1f} s. {result.report.summary()}"
+    )
     return 0
 
 
@@ -563,22 +638,38 @@ class Command:
 COMMANDS = {
     "generate": Command("animate a reference image with a pose video", add_generate_arguments, run_generate),
     "pose": Command("make a pose video for a reference image from a driving video", add_pose_arguments, run_pose),
-    "caption": Command("describe a reference image with Qwen2-VL (an editable prompt)", add_caption_arguments,
-                       run_caption),
+    "caption": Command(
+        "describe a reference image with Qwen2-VL (an editable prompt)", add_caption_arguments, run_caption
+    ),
     "mask": Command("black out the background or the clothing of a reference (SAM)", add_mask_arguments, run_mask),
-    "models": Command("list every model: on disk, partial or missing, sizes, folders, licences", add_models_arguments,
-                      run_models),
+    "models": Command(
+        "list every model: on disk, partial or missing, sizes, folders, licences", add_models_arguments, run_models
+    ),
     "download": Command("fetch models into weights/ ahead of time (resumable)", add_download_arguments, run_download),
     "lipsync": Command("lip-sync the face in a video to speech (MuseTalk 1.5)", add_lipsync_arguments, run_lipsync),
-    "prepare-data": Command("make a training dataset (clips, poses, prompts, masks, manifest) from a folder of videos",
-                            add_prepare_data_arguments, run_prepare_data),
-    "evaluate": Command("frame and video metrics (L1, SSIM, PSNR, PSNR*, LPIPS, FID-VID, FVD); --tiktok runs the "
-                        "benchmark", add_evaluate_arguments, run_evaluate),
-    "train": Command("fine-tune DynamiCtrl (full SFT or LoRA) on a prepare-data folder", add_train_arguments, run_train),
-    "serve": Command("serve generation, pose extraction and lip-sync on Ray Serve (one replica per GPU) over HTTP",
-                     add_serve_arguments, run_serve),
-    "batch": Command("run a jobs.jsonl of generate/pose/lip-sync jobs on Ray (resumable; one GPU per worker)",
-                     add_batch_arguments, run_batch),
+    "prepare-data": Command(
+        "make a training dataset (clips, poses, prompts, masks, manifest) from a folder of videos",
+        add_prepare_data_arguments,
+        run_prepare_data,
+    ),
+    "evaluate": Command(
+        "frame and video metrics (L1, SSIM, PSNR, PSNR*, LPIPS, FID-VID, FVD); --tiktok runs the benchmark",
+        add_evaluate_arguments,
+        run_evaluate,
+    ),
+    "train": Command(
+        "fine-tune DynamiCtrl (full SFT or LoRA) on a prepare-data folder", add_train_arguments, run_train
+    ),
+    "serve": Command(
+        "serve generation, pose extraction and lip-sync on Ray Serve (one replica per GPU) over HTTP",
+        add_serve_arguments,
+        run_serve,
+    ),
+    "batch": Command(
+        "run a jobs.jsonl of generate/pose/lip-sync jobs on Ray (resumable; one GPU per worker)",
+        add_batch_arguments,
+        run_batch,
+    ),
 }
 
 
@@ -601,7 +692,12 @@ def main(argv: list[str] | None = None) -> int:
         if extra is not None:
             errors.logger.error(
                 "`%s` needs %s, from the optional extra `%s`: pip install 'dynamictrl-studio[%s]' "
-                "(in a checkout: pip install -r requirements-dev.txt)", args.command, error.name, extra, extra)
+                "(in a checkout: pip install -r requirements-dev.txt)",
+                args.command,
+                error.name,
+                extra,
+                extra,
+            )
             return 2
         if errors.is_user_error(error):
             # Input, weight and cancel problems are the user's to fix: one clear line; the

@@ -56,8 +56,9 @@ def log_job_error(log: logging.Logger, error: BaseException, what: str | None = 
     elif is_user_error(error):
         log_user_error(log, error, what)
     else:
-        log.error("%s%s", f"{what}: " if what else "", user_message(error),
-                  exc_info=(type(error), error, error.__traceback__))
+        log.error(
+            "%s%s", f"{what}: " if what else "", user_message(error), exc_info=(type(error), error, error.__traceback__)
+        )
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

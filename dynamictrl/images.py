@@ -26,8 +26,24 @@ pillow_heif.register_heif_opener()
 
 # PIL format ids read from files. Not EPS/PS (Ghostscript), nor formats that need
 # external handlers (WMF) or hold no photo (FITS, fonts, ...).
-IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "AVIF", "HEIF", "PSD", "TGA", "PPM",
-                 "JPEG2000", "ICO", "QOI")
+IMAGE_FORMATS = (
+    "PNG",
+    "JPEG",
+    "MPO",
+    "WEBP",
+    "GIF",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "AVIF",
+    "HEIF",
+    "PSD",
+    "TGA",
+    "PPM",
+    "JPEG2000",
+    "ICO",
+    "QOI",
+)
 RESAVE = "re-save it as PNG or JPEG"
 
 
@@ -40,6 +56,7 @@ def openable_formats() -> tuple[str, ...]:
 
 class ImageError(MediaError):
     """An image file could not be used; the message names the file, the problem and the fix."""
+
 
 MIN_SIDE = 16  # nothing smaller can be a useful reference (and SAM's 64x64 embedding agrees)
 MAX_SIDE = 8192  # beyond this the pixels alone are 200 MB per copy; references are far smaller
@@ -130,7 +147,11 @@ def _pil_to_rgb(image: Image.Image, name: str = "the image") -> np.ndarray:
 def _is_chunk_bomb(error: ValueError) -> bool:
     """PIL's refusal of a PNG text or colour-profile chunk that inflates past its bound."""
     text = str(error)
-    return "Decompressed data too large" in text or "Decompressed Data Too Large" in text or "Too much memory used in text chunks" in text
+    return (
+        "Decompressed data too large" in text
+        or "Decompressed Data Too Large" in text
+        or "Too much memory used in text chunks" in text
+    )
 
 
 def _chunk_bomb_error(name: str) -> ImageError:
@@ -192,7 +213,9 @@ def _file_to_rgb(image: str | Path, max_pixels: int) -> np.ndarray:
         # a warning would let the pixels be inflated anyway.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=openable_formats()) as opened:  # lazy: only the header is read until converted
+            with Image.open(
+                path, formats=openable_formats()
+            ) as opened:  # lazy: only the header is read until converted
                 check_size(*opened.size, name=name)
                 check_pixels(*opened.size, max_pixels, name=name)
                 return _pil_to_rgb(ImageOps.exif_transpose(opened), name)

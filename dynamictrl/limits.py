@@ -144,6 +144,6 @@ def check_prompt_tokens(text: str, tokenizer, max_tokens: int = 226, what: str =
         tail = kept[-60:].lstrip()
         raise ValueError(
             f"The {what} is {len(ids)} T5 tokens; the text encoder reads only {max_tokens}, so everything after "
-            f"\"…{tail}\" would be ignored. Shorten it (about {len(ids) - max_tokens} tokens too many)."
+            f'"…{tail}" would be ignored. Shorten it (about {len(ids) - max_tokens} tokens too many).'
         )
     return len(ids)

@@ -282,8 +282,10 @@ class FrameStitcher:
             # adding this window to the earlier windows' sum gives the bits that
             # accumulating the windows in order into a zeroed clip gave.
             if self.pending_start != start:
-                raise ValueError(f"window {window.index} starts at frame {start}, the pending frames at "
-                                 f"{self.pending_start}: the plan's windows are not in order.")
+                raise ValueError(
+                    f"window {window.index} starts at frame {start}, the pending frames at "
+                    f"{self.pending_start}: the plan's windows are not in order."
+                )
             blended[:, : self.pending.shape[1]] += self.pending
         self.added += 1
         final = self.plan.windows[self.added].frames.start if not self.done else window.frames.stop

@@ -44,8 +44,9 @@ def video_tokens(num_frames: int, height: int, width: int) -> int:
     return latent_frames // 2 * (height // 16) * (width // 16) + TEXT_TOKENS
 
 
-def estimate_vram_gb(tier: str, num_frames: int, height: int, width: int, weight_bytes: float = 2.0,
-                     t5_on_cpu: bool = False) -> float:
+def estimate_vram_gb(
+    tier: str, num_frames: int, height: int, width: int, weight_bytes: float = 2.0, t5_on_cpu: bool = False
+) -> float:
     """Estimated peak VRAM of one generation in a tier (bf16 weights: 2 bytes, fp8: 1).
 
     none: every model resident; model: the largest single model at a time; group: one
@@ -69,8 +70,15 @@ def estimate_vram_gb(tier: str, num_frames: int, height: int, width: int, weight
     return max(0.1 + activations, vae + VAE_DECODE_GB)
 
 
-def choose_tier(free_vram_gb: float, num_frames: int, height: int, width: int, weight_bytes: float = 2.0,
-                margin_gb: float = 1.0, t5_on_cpu: bool = False) -> str:
+def choose_tier(
+    free_vram_gb: float,
+    num_frames: int,
+    height: int,
+    width: int,
+    weight_bytes: float = 2.0,
+    margin_gb: float = 1.0,
+    t5_on_cpu: bool = False,
+) -> str:
     """The fastest tier whose estimate fits in the free VRAM (minus a margin)."""
     for tier in TIERS:
         if estimate_vram_gb(tier, num_frames, height, width, weight_bytes, t5_on_cpu) + margin_gb <= free_vram_gb:
@@ -115,8 +123,9 @@ class OutOfMemory(RuntimeError):
 
 
 class ModelManager:
-    def __init__(self, device: str | None = None, ram_budget_gb: float | None = None,
-                 vram_budget_gb: float | None = None):
+    def __init__(
+        self, device: str | None = None, ram_budget_gb: float | None = None, vram_budget_gb: float | None = None
+    ):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,7 +204,9 @@ class ModelManager:
         if self.ram_budget is None:
             return
         while self.loaded_bytes() > self.ram_budget:
-            candidates = [e for e in self._entries.values() if e.obj is not None and e.users == 0 and e.name not in keep]
+            candidates = [
+                e for e in self._entries.values() if e.obj is not None and e.users == 0 and e.name not in keep
+            ]
             if not candidates:
                 return
             self.unload(min(candidates, key=lambda e: e.last_used).name)
@@ -223,14 +234,16 @@ class ModelManager:
         """What is loaded where, for a system panel."""
         rows = []
         for entry in self._entries.values():
-            rows.append({
-                "name": entry.name,
-                "loaded": entry.obj is not None,
-                "device": (self.device if entry.on_gpu else "cpu") if entry.obj is not None else None,
-                "gb": round(entry.bytes / GB, 3),
-                "in_use": entry.users > 0,
-                "load_seconds": round(entry.load_seconds, 2),
-            })
+            rows.append(
+                {
+                    "name": entry.name,
+                    "loaded": entry.obj is not None,
+                    "device": (self.device if entry.on_gpu else "cpu") if entry.obj is not None else None,
+                    "gb": round(entry.bytes / GB, 3),
+                    "in_use": entry.users > 0,
+                    "load_seconds": round(entry.load_seconds, 2),
+                }
+            )
         return rows
 
     def run_with_oom_retry(self, job: Callable[[str], Any], tier: str, describe: str = "the job"):
@@ -366,8 +379,14 @@ class DynamiCtrlModels:
         free, _total = torch.cuda.mem_get_info(torch.device(self.manager.device))
         if self.manager.vram_budget is not None:
             free = min(free, self.manager.vram_budget)
-        return choose_tier(free / GB, num_frames, height, width, weight_bytes=1.0 if options.fp8 or options.int8 else 2.0,
-                           t5_on_cpu=options.t5_on_cpu)
+        return choose_tier(
+            free / GB,
+            num_frames,
+            height,
+            width,
+            weight_bytes=1.0 if options.fp8 or options.int8 else 2.0,
+            t5_on_cpu=options.t5_on_cpu,
+        )
 
     @contextmanager
     def use(self, variant: str | None, options: PipelineOptions, tier: str) -> Iterator[Any]:
@@ -466,7 +485,10 @@ def _place(pipe, tier: str, device: str) -> None:
         pipe.enable_model_cpu_offload(device=device)
     elif tier == "group":
         pipe.enable_group_offload(
-            onload_device=device, offload_device="cpu", offload_type="block_level", num_blocks_per_group=1,
+            onload_device=device,
+            offload_device="cpu",
+            offload_type="block_level",
+            num_blocks_per_group=1,
             use_stream=True,
         )
     else:

@@ -64,7 +64,9 @@ class ParallelLayout:
             name, sep, number = part.strip().partition("=")
             name = name.strip()
             if not sep or name not in DIMENSIONS:
-                raise ValueError(f"--parallel takes name=N pairs from {DIMENSIONS}, e.g. ulysses=2,cfg=2 (got {part!r}).")
+                raise ValueError(
+                    f"--parallel takes name=N pairs from {DIMENSIONS}, e.g. ulysses=2,cfg=2 (got {part!r})."
+                )
             if name in values:
                 raise ValueError(f"--parallel names {name} twice.")
             try:
@@ -143,7 +145,9 @@ def init_process_group(layout: ParallelLayout, device: str | None, timeout_s: fl
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"Process {local_rank} has no GPU: {torch.cuda.device_count()} visible, {world_size} processes.")
+            raise ValueError(
+                f"Process {local_rank} has no GPU: {torch.cuda.device_count()} visible, {world_size} processes."
+            )
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     else:

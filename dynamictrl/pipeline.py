@@ -104,8 +104,12 @@ class PoseVideo:
             self.tensor = video.float()
             self.batch, self.num_frames, _, self.height, self.width = self.tensor.shape
             return
-        if isinstance(source, (str, bytes, dict)) or not hasattr(source, "__len__") or not hasattr(source, "__getitem__") \
-                or len(source) == 0:
+        if (
+            isinstance(source, (str, bytes, dict))
+            or not hasattr(source, "__len__")
+            or not hasattr(source, "__getitem__")
+            or len(source) == 0
+        ):
             raise ValueError("pose_video must be a tensor (T, 3, H, W) in [-1, 1] or a non-empty list of T images.")
         self.tensor = None
         self.batch, self.num_frames = 1, len(source)
@@ -205,12 +209,20 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
             return torch.device(self.execution_device)
         return super()._execution_device
 
-    def _get_t5_prompt_embeds(self, prompt=None, num_videos_per_prompt: int = 1, max_sequence_length: int = 226,
-                              device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _get_t5_prompt_embeds(
+        self,
+        prompt=None,
+        num_videos_per_prompt: int = 1,
+        max_sequence_length: int = 226,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """T5 embeddings on `device`, computed wherever the text encoder lives."""
         device = device or self._execution_device
         encoder_device = torch.device(self.text_encoder_device) if self.text_encoder_device else device
-        embeds = super()._get_t5_prompt_embeds(prompt, num_videos_per_prompt, max_sequence_length, encoder_device, dtype)
+        embeds = super()._get_t5_prompt_embeds(
+            prompt, num_videos_per_prompt, max_sequence_length, encoder_device, dtype
+        )
         return embeds.to(device)
 
     # ------------------------------------------------------------------ loading
@@ -252,13 +264,17 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 f"{len(negative_prompt)} negative prompts for {len(prompt)} prompts: give one per prompt, or one string."
             )
         # The rules are `dynamictrl.validation`'s; this model's VAE and patch size set the numbers.
-        check_size(width, height, multiple=self.vae_scale_factor_spatial * self.transformer.config.patch_size,
-                   max_side=None)
+        check_size(
+            width, height, multiple=self.vae_scale_factor_spatial * self.transformer.config.patch_size, max_side=None
+        )
         config = self.transformer.config
         if config.use_rotary_positional_embeddings and config.patch_size_t is not None:
             # The "slice" RoPE grid only covers sample_height x sample_width latents.
-            check_positional_grid(width, height, *positional_grid_px((config.sample_height, config.sample_width),
-                                                                     self.vae_scale_factor_spatial))
+            check_positional_grid(
+                width,
+                height,
+                *positional_grid_px((config.sample_height, config.sample_width), self.vae_scale_factor_spatial),
+            )
         check_frames(num_frames, k=self.vae_scale_factor_temporal)
         if pose_frames != num_frames:
             raise ValueError(
@@ -427,7 +443,9 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
         if image_tensor.shape[0] == 1 and batch_size > 1:
             image_tensor = image_tensor.expand(batch_size, -1, -1, -1)
         if image_tensor.shape[0] != batch_size:
-            raise ValueError(f"Got {image_tensor.shape[0]} images for {batch_size} prompts: give one, or one per prompt.")
+            raise ValueError(
+                f"Got {image_tensor.shape[0]} images for {batch_size} prompts: give one, or one per prompt."
+            )
         if (pose.height, pose.width) != (height, width):
             logger.warning(f"Resizing the pose video from {(pose.height, pose.width)} to {(height, width)}.")
         if pose.batch not in (1, batch_size):
@@ -664,7 +682,9 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                 noise_pred = torch.zeros(latents.shape, dtype=torch.float32, device=device)
                 for chunk, pose_input in zip(chunks, pose_inputs):
                     n = len(chunk)
-                    window_latents = torch.cat([window_slice(scaled, w) for w in chunk]) if n > 1 else window_slice(scaled, chunk[0])
+                    window_latents = (
+                        torch.cat([window_slice(scaled, w) for w in chunk]) if n > 1 else window_slice(scaled, chunk[0])
+                    )
                     model_input = torch.cat([window_latents] * 2) if do_cfg else window_latents
                     model_input = torch.cat([model_input, image_inputs[n]], dim=2)
                     # One cache context per window (block caches compare a window with itself);
@@ -699,10 +719,15 @@ class DynamiCtrlPipeline(CogVideoXImageToVideoPipeline):
                     noise_pred, old_pred_original_sample, timesteps, i, latents, step_kwargs, dtype
                 )
                 if callback_on_step_end is not None:
-                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "negative_prompt_embeds": negative_prompt_embeds,
-                               "pred_original_sample": old_pred_original_sample}
-                    latents = self._step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                        "pred_original_sample": old_pred_original_sample,
+                    }
+                    latents = self._step_callback(
+                        callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs
+                    )
         self._current_timestep = None
 
         # 4. Decode: a one-window clip whole (drop the front padding, decode, keep the first

@@ -111,8 +111,9 @@ def _step_cost(tokens: int) -> float:
     return tokens * (1 + tokens / (6 * HIDDEN))
 
 
-def estimate_gpu_seconds(width: int, height: int, num_frames: int, steps: int, guidance: float = 3.0,
-                         first_block_cache: float = 0.0) -> float:
+def estimate_gpu_seconds(
+    width: int, height: int, num_frames: int, steps: int, guidance: float = 3.0, first_block_cache: float = 0.0
+) -> float:
     """Rough denoising + decoding time on an H100-class GPU (see `_SECONDS_PER_COST`).
     CFG (guidance > 1) doubles the batch; First Block Cache is assumed to skip a third of
     the steps' work (it depends on the clip); decoding adds ~1 s per 4 frames at 768x1360."""

@@ -94,8 +94,9 @@ def synthetic_clips(count: int, frames: int, size: int, seed: int = 0):
         coarse = torch.rand((1, 3, 4, 4), generator=generator) * 2 - 1
         field_ = F.interpolate(coarse, size=(size * 2, size * 2), mode="bicubic", align_corners=False)[0]
         shift = int(torch.randint(1, size // 4, (1,), generator=generator))
-        video = torch.stack([field_[:, t * shift: t * shift + size, t * shift: t * shift + size]
-                             for t in range(frames)], dim=1)
+        video = torch.stack(
+            [field_[:, t * shift : t * shift + size, t * shift : t * shift + size] for t in range(frames)], dim=1
+        )
         clips.append(video.clamp(-1, 1))
     return torch.stack(clips)
 
@@ -176,8 +177,9 @@ class PreviewMaker:
 
     tensor_inputs = ["latents", "pred_original_sample"]
 
-    def __init__(self, projection: LatentRGBProjection, callback: PreviewCallback, every: int, steps: int,
-                 latent_frames: int):
+    def __init__(
+        self, projection: LatentRGBProjection, callback: PreviewCallback, every: int, steps: int, latent_frames: int
+    ):
         if every < 1:
             raise ValueError(f"preview_every must be >= 1, got {every}.")
         self.projection, self.callback, self.every, self.steps = projection, callback, every, steps
@@ -192,6 +194,6 @@ class PreviewMaker:
             x0 = tensors.get("pred_original_sample")
             if x0 is None:  # a scheduler without an x0 estimate: the noisy latents still show the layout
                 x0 = tensors["latents"]
-            frames = self.projection.project(x0[:1, -self.latent_frames:])[0]
+            frames = self.projection.project(x0[:1, -self.latent_frames :])[0]
             self.callback(Preview(step + 1, self.steps, frames))
         return {}

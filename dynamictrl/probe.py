@@ -53,8 +53,12 @@ VIDEO_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "gif", "mpegts", "mpeg
 AUDIO_FORMATS = ("wav", "w64", "mp3", "flac", "ogg", "aac", "aiff", "caf", *VIDEO_FORMATS)
 
 VIDEO = MediaKind("video", "a video file", VIDEO_FORMATS, "mp4, mov, m4v, mkv, webm, avi, gif, ts, mpg, flv, wmv, ogv")
-AUDIO = MediaKind("audio", "an audio file", AUDIO_FORMATS,
-                  "wav, mp3, flac, ogg/opus, m4a/aac, aiff, or a video with an audio track (mp4, mov, mkv, webm)")
+AUDIO = MediaKind(
+    "audio",
+    "an audio file",
+    AUDIO_FORMATS,
+    "wav, mp3, flac, ogg/opus, m4a/aac, aiff, or a video with an audio track (mp4, mov, mkv, webm)",
+)
 IMAGE = MediaKind("image", "an image file", (), "PNG, JPEG, WebP, HEIC/HEIF, AVIF, TIFF, BMP, GIF")
 
 # What a text file that names other media is, by its first bytes.
@@ -68,15 +72,21 @@ _REFERENCE_LISTS = (
     (re.compile(rb"^<smil", re.IGNORECASE), "a SMIL playlist"),
 )
 _IMAGE_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", None), (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", None),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
 )
 # ffmpeg protocols a string could name ("concat:a.mp4|b.mp4", "subfile,,start,..."): a
 # path is never one of them, and a local file with such a name is still read as a file.
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/+(.*)$")
-_PROTOCOL = re.compile(r"^(concat|concatf|subfile|pipe|fd|data|file|cache|crypto|async|tee|md5|hls|"
-                       r"rtmp\w*|rtsp|rtp|srtp|udp|tcp|tls|http\w*|ftp|sftp|smb|gopher\w*|icecast|mmsh|mmst|srt|zmq)[:,]",
-                       re.IGNORECASE)
+_PROTOCOL = re.compile(
+    r"^(concat|concatf|subfile|pipe|fd|data|file|cache|crypto|async|tee|md5|hls|"
+    r"rtmp\w*|rtsp|rtp|srtp|udp|tcp|tls|http\w*|ftp|sftp|smb|gopher\w*|icecast|mmsh|mmst|srt|zmq)[:,]",
+    re.IGNORECASE,
+)
 # An image2 sequence pattern: %d / %03d (sequence) or glob characters.
 _PATTERN = re.compile(r"%0?\d*d|[*?\[]")
 
@@ -100,23 +110,31 @@ def local_file(path, kind: MediaKind, error: type[ValueError] = MediaError) -> P
         if _PROTOCOL.match(text):
             raise error(f"{text} is an ffmpeg protocol URL, not {kind.noun}: give the path of a local file.") from None
         if kind is not IMAGE and _PATTERN.search(name):
-            raise error(f"{name} is an image-sequence pattern, not {kind.noun}: join the frames into one file "
-                        f"first, e.g. `ffmpeg -framerate 16 -i {name} -pix_fmt yuv420p clip.mp4`.") from None
-        raise error(f"{kind.word.capitalize()} file not found: {text}. Check the path, or upload the "
-                    "file again.") from None
+            raise error(
+                f"{name} is an image-sequence pattern, not {kind.noun}: join the frames into one file "
+                f"first, e.g. `ffmpeg -framerate 16 -i {name} -pix_fmt yuv420p clip.mp4`."
+            ) from None
+        raise error(
+            f"{kind.word.capitalize()} file not found: {text}. Check the path, or upload the file again."
+        ) from None
     except OSError as failure:
         raise error(f"{name} cannot be read ({failure.strerror}): check the path and its permissions.") from None
     mode = info.st_mode
     what = (
-        "a folder" if stat.S_ISDIR(mode) else
-        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
-        "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
-        "a socket" if stat.S_ISSOCK(mode) else
-        None if stat.S_ISREG(mode) else "not a regular file"
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else None
+        if stat.S_ISREG(mode)
+        else "not a regular file"
     )
     if what is not None:
-        raise error(f"{name} is {what}, not {kind.noun}: give the path of {kind.noun} "
-                    f"({kind.accepted}).")
+        raise error(f"{name} is {what}, not {kind.noun}: give the path of {kind.noun} ({kind.accepted}).")
     return Path(os.path.abspath(text))
 
 
@@ -132,13 +150,17 @@ def sniff(path: Path, kind: MediaKind, error: type[ValueError] = MediaError, nam
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     for pattern, what in _REFERENCE_LISTS:
         if pattern.match(text):
-            raise error(f"{name} is {what}, not {kind.noun}: lists that name other files are refused. "
-                        f"Give the media file itself ({kind.accepted}).")
+            raise error(
+                f"{name} is {what}, not {kind.noun}: lists that name other files are refused. "
+                f"Give the media file itself ({kind.accepted})."
+            )
     if kind is VIDEO:
         for magic, image_format in _IMAGE_MAGIC:
             if head.startswith(magic) and image_format:
-                raise error(f"{name} is an image ({image_format}), not a video: give a video file ({kind.accepted}); "
-                            "an image belongs in the reference image.")
+                raise error(
+                    f"{name} is an image ({image_format}), not a video: give a video file ({kind.accepted}); "
+                    "an image belongs in the reference image."
+                )
 
 
 @dataclass(frozen=True)
@@ -204,8 +226,10 @@ def probe(path, kind: MediaKind, error: type[ValueError] = MediaError, unreadabl
         container = av.open(str(absolute), mode="r", options=options, timeout=PROBE_TIMEOUT_S)
     except av.error.ArgumentError:
         # EINVAL from avformat_open_input: the detected demuxer is not on the list.
-        raise error(f"{shown} is not {kind.noun} in a format accepted here: use {kind.accepted}. Convert it first, "
-                    f"e.g. `ffmpeg -i {shown} {'-c:v libx264 -pix_fmt yuv420p fixed.mp4' if kind is VIDEO else 'speech.wav'}`.") from None
+        raise error(
+            f"{shown} is not {kind.noun} in a format accepted here: use {kind.accepted}. Convert it first, "
+            f"e.g. `ffmpeg -i {shown} {'-c:v libx264 -pix_fmt yuv420p fixed.mp4' if kind is VIDEO else 'speech.wav'}`."
+        ) from None
     except (av.error.FFmpegError, OSError) as failure:
         detail = getattr(failure, "strerror", None) or str(failure)
         if unreadable is not None:

@@ -376,8 +376,9 @@ class Segmenter:
         return self.clothing_mask(image, pose, people)
 
 
-def register_segmenter(manager, kind: str = "vit_b", weights_dir=None, local_files_only: bool = False,
-                       build: Callable | None = None) -> str:
+def register_segmenter(
+    manager, kind: str = "vit_b", weights_dir=None, local_files_only: bool = False, build: Callable | None = None
+) -> str:
     """Registers a lazily loaded `Segmenter` as `sam.<kind>` with a `ModelManager` (loaded
     on the CPU; `with manager.use(name) as segmenter:` puts it on the GPU). Returns the name."""
     if kind not in SAM_KINDS:
@@ -385,8 +386,9 @@ def register_segmenter(manager, kind: str = "vit_b", weights_dir=None, local_fil
     name = f"sam.{kind}"
     manager.register(
         name,
-        lambda: Segmenter(kind=kind, device="cpu", weights_dir=weights_dir, local_files_only=local_files_only,
-                          build=build),
+        lambda: Segmenter(
+            kind=kind, device="cpu", weights_dir=weights_dir, local_files_only=local_files_only, build=build
+        ),
     )
     return name
 
@@ -518,7 +520,9 @@ def _distance_to(mask: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
-def clean_mask(mask, fill_holes_below: int | None = None, dilate_px: int = 0, remove_islands_below: int = 0) -> np.ndarray:
+def clean_mask(
+    mask, fill_holes_below: int | None = None, dilate_px: int = 0, remove_islands_below: int = 0
+) -> np.ndarray:
     """A tidier copy of a SAM mask.
 
     fill_holes_below: holes (regions outside the mask, 4-connected, not touching the

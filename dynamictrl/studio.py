@@ -101,11 +101,15 @@ def check_outputs(*paths: str | Path | None, suffix: str | None = None) -> None:
         if index == 0 and suffix is not None and path.suffix.lower() != suffix:
             raise OutputError(f"The output must be an {suffix} file, got {path.name}.")
         if path.is_dir():
-            raise OutputError(f"The output {path} is a folder: give a file name inside it, e.g. "
-                              f"{path / ('result' + (suffix or path.suffix or '.mp4'))}.")
+            raise OutputError(
+                f"The output {path} is a folder: give a file name inside it, e.g. "
+                f"{path / ('result' + (suffix or path.suffix or '.mp4'))}."
+            )
         if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-            raise OutputError(f"The output {path} exists and is not a regular file (a device or a pipe?): "
-                              "give the name of a new file.")
+            raise OutputError(
+                f"The output {path} exists and is not a regular file (a device or a pipe?): "
+                "give the name of a new file."
+            )
         folder = path.parent
         existing = folder
         while not existing.exists() and existing != existing.parent:
@@ -117,8 +121,10 @@ def check_outputs(*paths: str | Path | None, suffix: str | None = None) -> None:
         try:
             handle, probe_path = tempfile.mkstemp(dir=existing, prefix=".dynamictrl-write-check-")
         except OSError as error:
-            raise OutputError(f"Cannot write {path}: the folder {existing} is not writable ({error.strerror}). "
-                              "Pick another output folder or fix its permissions.") from None
+            raise OutputError(
+                f"Cannot write {path}: the folder {existing} is not writable ({error.strerror}). "
+                "Pick another output folder or fix its permissions."
+            ) from None
         os.close(handle)
         os.unlink(probe_path)
         checked.add(existing)
@@ -239,7 +245,7 @@ def fill_placeholder(caption: str, fill: str, mask_mode: str | None) -> str:
         return caption
     if not fill.strip():
         raise ValueError(
-            f"Auto caption: {caption!r}. Say what the masked {mask_mode} should show (--fill \"...\"), "
+            f'Auto caption: {caption!r}. Say what the masked {mask_mode} should show (--fill "..."), '
             "or write the whole prompt yourself."
         )
     return PLACEHOLDER_PATTERN.sub(fill.strip().rstrip(".") + ".", caption, count=1)
@@ -269,9 +275,18 @@ def _process_ram_gb() -> float | None:
 class Studio:
     """Holds loaded models between calls and strings the stages together."""
 
-    def __init__(self, model: str = weights.BASE_REPO, weights_dir: str | Path | None = None, device: str | None = None,
-                 sam_kind: str = "vit_b", caption_model: str = "2b", cache_dir: str | Path | None = None,
-                 limits: Limits | None = None, auto_download: bool = True, parallel=None):
+    def __init__(
+        self,
+        model: str = weights.BASE_REPO,
+        weights_dir: str | Path | None = None,
+        device: str | None = None,
+        sam_kind: str = "vit_b",
+        caption_model: str = "2b",
+        cache_dir: str | Path | None = None,
+        limits: Limits | None = None,
+        auto_download: bool = True,
+        parallel=None,
+    ):
         """`parallel`: a layout such as "ulysses=2,cfg=2" (or `parallel.ParallelLayout`) to run
         each job across that many processes started by torchrun (docs/parallel.md); every
         process makes the same Studio and calls the same methods, rank 0 writes the outputs."""
@@ -354,7 +369,11 @@ class Studio:
         check_pose_settings(settings, self.limits)
         image = load_image(image_path, self.limits)
         driving = PickedFrames(
-            driving_video_path, settings.num_frames - 1, fps=settings.fps, start_s=settings.start_s, loop=settings.loop,
+            driving_video_path,
+            settings.num_frames - 1,
+            fps=settings.fps,
+            start_s=settings.start_s,
+            loop=settings.loop,
             limits=self.limits,
         )
         try:
@@ -454,11 +473,13 @@ class Studio:
         if avatar is None:
             with self.manager.use("dwpose") as detector:
                 # A stream without `len`: one decoding pass, no counting pass first.
-                poses = detector.detect_video(iter(video), progress=_phase(progress, 0.0, 0.2),
-                                              total=video.info.estimated_frames)
+                poses = detector.detect_video(
+                    iter(video), progress=_phase(progress, 0.0, 0.2), total=video.info.estimated_frames
+                )
             with self.manager.use("lipsync") as models:
-                avatar = LipSyncPipeline(models).prepare_avatar(video, video.fps, poses, settings,
-                                                                progress=_phase(progress, 0.2, 0.4))
+                avatar = LipSyncPipeline(models).prepare_avatar(
+                    video, video.fps, poses, settings, progress=_phase(progress, 0.2, 0.4)
+                )
             self._avatars.put(key, avatar)
         # The same bytes (same key) may have come from another path: read this one.
         avatar = replace(avatar, frames=video)
@@ -512,7 +533,8 @@ class Studio:
             from .caption import Captioner
 
             self.manager.register(
-                "captioner", lambda: Captioner.from_pretrained(self.caption_model, weights_dir=self.weights_dir, device="cpu")
+                "captioner",
+                lambda: Captioner.from_pretrained(self.caption_model, weights_dir=self.weights_dir, device="cpu"),
             )
         return "captioner"
 
@@ -547,8 +569,17 @@ class Studio:
         mask = clean_mask(mask, dilate_px=dilate_px)
         return MaskedReference(mask=mask, masked=apply_mask(reference, mask), mode=mode)
 
-    def mask(self, image_path, mode: str, width: int, height: int, out_path=None, mask_path=None, points=None,
-             dilate_px: int = 0) -> "MaskedReference":
+    def mask(
+        self,
+        image_path,
+        mode: str,
+        width: int,
+        height: int,
+        out_path=None,
+        mask_path=None,
+        points=None,
+        dilate_px: int = 0,
+    ) -> "MaskedReference":
         """`mask_reference` on an image file, cropped to the target size first (what the model sees)."""
         from .pose.sequence import cover_crop
 
@@ -564,8 +595,14 @@ class Studio:
         return result
 
     # ------------------------------------------------------------ models on disk
-    def models_needed(self, settings: "GenerateSettings | None" = None, driving_video: bool = False,
-                      lipsync: bool = False, caption: bool = False, mask: bool = False) -> list[str]:
+    def models_needed(
+        self,
+        settings: "GenerateSettings | None" = None,
+        driving_video: bool = False,
+        lipsync: bool = False,
+        caption: bool = False,
+        mask: bool = False,
+    ) -> list[str]:
         """Catalog names (`dynamictrl/catalog.py`) of the models a job needs: a generation
         with `settings` (from a driving video: poses are extracted first), pose extraction
         (`driving_video`), lip-sync, an auto caption, a mask. Models already registered in
@@ -681,8 +718,19 @@ class Studio:
         """
         out_path = Path(out_path)
         with NewFiles(*(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS)):
-            return self._generate(image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings,
-                                  progress, pose_provenance, preview, preview_every, return_frames)
+            return self._generate(
+                image_path,
+                out_path,
+                settings,
+                pose_video_path,
+                driving_video_path,
+                pose_settings,
+                progress,
+                pose_provenance,
+                preview,
+                preview_every,
+                return_frames,
+            )
 
     def generate_variations(
         self,
@@ -711,9 +759,18 @@ class Studio:
             phase = _phase(progress, index / len(seeds), (index + 1) / len(seeds))
             if phase is not None:
                 phase(0.0, f"seed {seed} ({index + 1} of {len(seeds)})")
-            result = self.generate(image_path, path, replace(settings, seed=seed), pose_video_path=pose_video_path,
-                                   driving_video_path=driving_video_path, pose_settings=pose_settings, progress=phase,
-                                   pose_provenance=pose_provenance, preview=preview, preview_every=preview_every)
+            result = self.generate(
+                image_path,
+                path,
+                replace(settings, seed=seed),
+                pose_video_path=pose_video_path,
+                driving_video_path=driving_video_path,
+                pose_settings=pose_settings,
+                progress=phase,
+                pose_provenance=pose_provenance,
+                preview=preview,
+                preview_every=preview_every,
+            )
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -726,9 +783,20 @@ class Studio:
                     pose_provenance = manifest["inputs"]["pose_extraction"]
         return results
 
-    def _generate(self, image_path, out_path: Path, settings: GenerateSettings, pose_video_path, driving_video_path,
-                  pose_settings, progress, pose_provenance, preview=None, preview_every: int = 5,
-                  return_frames: bool = False) -> GenerateResult:
+    def _generate(
+        self,
+        image_path,
+        out_path: Path,
+        settings: GenerateSettings,
+        pose_video_path,
+        driving_video_path,
+        pose_settings,
+        progress,
+        pose_provenance,
+        preview=None,
+        preview_every: int = 5,
+        return_frames: bool = False,
+    ) -> GenerateResult:
         import torch
 
         from .pose.sequence import cover_crop
@@ -737,8 +805,12 @@ class Studio:
         out_path = Path(out_path)
         if (pose_video_path is None) == (driving_video_path is None):
             raise ValueError("Give exactly one of a pose video (already rendered) or a driving video.")
-        check_outputs(out_path, out_path.with_suffix(".json"),
-                      *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS), suffix=".mp4")
+        check_outputs(
+            out_path,
+            out_path.with_suffix(".json"),
+            *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS),
+            suffix=".mp4",
+        )
         check_generate_settings(settings, self.limits)
         variant = self._variant_for(settings)
         resolve_dtype(settings.dtype, self.device)
@@ -769,7 +841,10 @@ class Studio:
             )
             pose_path = out_path.with_name(out_path.stem + SIDE_OUTPUTS[0])
             pose_result = self.extract_poses(
-                image_path, driving_video_path, pose_settings, out_path=pose_path if self.writes_outputs else None,
+                image_path,
+                driving_video_path,
+                pose_settings,
+                out_path=pose_path if self.writes_outputs else None,
                 progress=progress,
             )
             reference = pose_result.sequence.reference_pil()
@@ -777,8 +852,9 @@ class Studio:
         else:
             image = load_image(image_path, self.limits)
             # Decoded window by window by the sampler (a window's frames kept, no more).
-            pose_frames = VideoFrames(pose_video_path, keep=settings.window_frames, max_frames=settings.num_frames,
-                                      limits=self.limits)
+            pose_frames = VideoFrames(
+                pose_video_path, keep=settings.window_frames, max_frames=settings.num_frames, limits=self.limits
+            )
             if len(pose_frames) < settings.num_frames:
                 usable = (len(pose_frames) - 1) // 4 * 4 + 1
                 raise ValueError(
@@ -848,8 +924,13 @@ class Studio:
                 if preview is not None:
                     from .preview import PreviewMaker, projection_for
 
-                    previews = PreviewMaker(projection_for(pipe.vae, self.cache_dir), preview, preview_every,
-                                            settings.steps, (settings.num_frames - 1) // 4 + 1)
+                    previews = PreviewMaker(
+                        projection_for(pipe.vae, self.cache_dir),
+                        preview,
+                        preview_every,
+                        settings.steps,
+                        (settings.num_frames - 1) // 4 + 1,
+                    )
                 pipe(
                     image=reference,
                     pose_video=pose_frames,
@@ -882,11 +963,20 @@ class Studio:
         else:  # a retry on one rank alone would leave the others waiting in a collective
             frames_written, frames = generate_in(first_tier)
         if not self.writes_outputs:  # another rank of a --parallel job: rank 0 writes
-            return GenerateResult(out_path, out_path.with_suffix(".json"), frames, time.perf_counter() - started,
-                                  pose_result, written=False, num_frames=frames_written)
+            return GenerateResult(
+                out_path,
+                out_path.with_suffix(".json"),
+                frames,
+                time.perf_counter() - started,
+                pose_result,
+                written=False,
+                num_frames=frames_written,
+            )
         elapsed = time.perf_counter() - started
 
-        inputs = {"image": {"path": str(image_path), "sha256": file_sha256(image_path), "size_wh": list(reference.size)}}
+        inputs = {
+            "image": {"path": str(image_path), "sha256": file_sha256(image_path), "size_wh": list(reference.size)}
+        }
         # (pose_extraction below: settings of the pose stage, for either motion source)
         if pose_result is not None:
             inputs["driving_video"] = {"path": str(driving_video_path), "sha256": file_sha256(driving_video_path)}
@@ -908,7 +998,9 @@ class Studio:
             "settings": asdict(settings),
             "prompt_used": prompt,
             "auto_caption": caption.text if caption else None,
-            "mask": {"mode": settings.mask_mode, "masked_fraction": round(float(masked.mask.mean()), 4)} if masked else None,
+            "mask": {"mode": settings.mask_mode, "masked_fraction": round(float(masked.mask.mean()), 4)}
+            if masked
+            else None,
             "models": {
                 "base": str(self.model),
                 "transformer": weights.variant_repo(variant) or f"{self.model} (transformer/)",

@@ -124,8 +124,9 @@ def _whole(name: str, value) -> None:
         raise ValueError(f"{name} must be a whole number, got {value!r}.")
 
 
-def check_frames(num_frames: int, name: str = "The frame count", minimum: int = 1,
-                 k: int = TEMPORAL_COMPRESSION) -> None:
+def check_frames(
+    num_frames: int, name: str = "The frame count", minimum: int = 1, k: int = TEMPORAL_COMPRESSION
+) -> None:
     """`num_frames` = k * n + 1 and at least `minimum` (the VAE packs frame 0 alone, then k
     frames per latent); the message offers the two nearest counts."""
     _whole(name, num_frames)
@@ -133,8 +134,9 @@ def check_frames(num_frames: int, name: str = "The frame count", minimum: int = 
         lower = max(minimum, (num_frames - 1) // k * k + 1)
         at_least = f" and at least {minimum}" if minimum > 1 else ""
         examples = ", ".join(str(k * n + 1) for n in (8, 9, 10))
-        raise ValueError(f"{name} must be {k}k+1{at_least} (…, {examples}, …); got {num_frames}: "
-                         f"use {lower} or {lower + k}.")
+        raise ValueError(
+            f"{name} must be {k}k+1{at_least} (…, {examples}, …); got {num_frames}: use {lower} or {lower + k}."
+        )
 
 
 def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE, max_side: int | None = MAX_SIDE) -> None:
@@ -143,8 +145,10 @@ def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE, max_side:
     _whole("width", width)
     _whole("height", height)
     if max_side is not None and not (MIN_SIDE <= width <= max_side and MIN_SIDE <= height <= max_side):
-        raise ValueError(f"Resolution {width}x{height} is out of range: width and height must be "
-                         f"{MIN_SIDE}..{max_side} (the official sizes are {OFFICIAL_SIZES}).")
+        raise ValueError(
+            f"Resolution {width}x{height} is out of range: width and height must be "
+            f"{MIN_SIDE}..{max_side} (the official sizes are {OFFICIAL_SIZES})."
+        )
     if width < multiple or height < multiple:
         raise ValueError(f"Resolution {width}x{height} is too small: width and height must be at least {multiple}.")
     if width % multiple or height % multiple:
@@ -152,8 +156,9 @@ def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE, max_side:
         raise ValueError(f"Width and height must be multiples of {multiple}, got {width}x{height}: use e.g. {nearest}.")
 
 
-def positional_grid_px(sample_latents: tuple[int, int] = RELEASED_SAMPLE_LATENTS,
-                       vae_spatial: int = VAE_SPATIAL) -> tuple[int, int]:
+def positional_grid_px(
+    sample_latents: tuple[int, int] = RELEASED_SAMPLE_LATENTS, vae_spatial: int = VAE_SPATIAL
+) -> tuple[int, int]:
     """(max width, max height) in pixels that a transformer's RoPE grid covers, from its
     config's (sample_height, sample_width) in latents."""
     sample_height, sample_width = sample_latents
@@ -163,12 +168,15 @@ def positional_grid_px(sample_latents: tuple[int, int] = RELEASED_SAMPLE_LATENTS
 def check_positional_grid(width: int, height: int, max_width: int, max_height: int) -> None:
     """The "slice" RoPE grid only covers `max_width x max_height` pixels."""
     if width > max_width or height > max_height:
-        raise ValueError(f"{width}x{height} is larger than this model's positional grid ({max_width}x{max_height} "
-                         "at most); lower the resolution.")
+        raise ValueError(
+            f"{width}x{height} is larger than this model's positional grid ({max_width}x{max_height} "
+            "at most); lower the resolution."
+        )
 
 
-def check_window(window_frames: int, overlap: int, overlap_name: str = "overlap",
-                 k: int = TEMPORAL_COMPRESSION) -> None:
+def check_window(
+    window_frames: int, overlap: int, overlap_name: str = "overlap", k: int = TEMPORAL_COMPRESSION
+) -> None:
     """A long-video window holds the reference and whole latents (4k+1, at least 5 frames);
     `overlap` counts latent frames (k pixel frames each) shared by neighbouring windows and
     must leave each window at least one latent of its own."""
@@ -176,8 +184,10 @@ def check_window(window_frames: int, overlap: int, overlap_name: str = "overlap"
     window_latents = (window_frames - 1) // k
     _whole(overlap_name, overlap)
     if not 0 <= overlap < window_latents:
-        raise ValueError(f"{overlap_name} counts latent frames ({k} pixel frames each) and must be "
-                         f"0..{window_latents - 1} for window_frames={window_frames}; got {overlap}.")
+        raise ValueError(
+            f"{overlap_name} counts latent frames ({k} pixel frames each) and must be "
+            f"0..{window_latents - 1} for window_frames={window_frames}; got {overlap}."
+        )
 
 
 def check_seeds(seeds) -> list[int]:
@@ -202,8 +212,10 @@ def check_memory_options(options) -> None:
 # ---------------------------------------------------------------------------- one job
 def _frame_limit(num_frames: int, limits: Limits, what: str, advice: str) -> None:
     if num_frames > limits.max_frames:
-        raise LimitError(f"{num_frames} {what} asked for; at most {limits.max_frames} are allowed per job{advice}; "
-                         f"{how_to_raise('max_frames')}.")
+        raise LimitError(
+            f"{num_frames} {what} asked for; at most {limits.max_frames} are allowed per job{advice}; "
+            f"{how_to_raise('max_frames')}."
+        )
 
 
 def check_generate_settings(settings, limits: Limits) -> None:
@@ -214,8 +226,12 @@ def check_generate_settings(settings, limits: Limits) -> None:
     check_prompt(settings.negative_prompt, limits, "negative prompt")
     check_fields(settings)
     check_memory_options(settings.memory)
-    _frame_limit(settings.num_frames, limits, "frames",
-                 f" ({limits.max_frames / 16:.0f} s at 16 fps). Make a shorter clip or several")
+    _frame_limit(
+        settings.num_frames,
+        limits,
+        "frames",
+        f" ({limits.max_frames / 16:.0f} s at 16 fps). Make a shorter clip or several",
+    )
     check_frames(settings.num_frames)
     check_size(settings.width, settings.height)
     check_window(settings.window_frames, settings.overlap)
@@ -229,5 +245,7 @@ def check_pose_settings(settings, limits: Limits) -> None:
     check_frames(settings.num_frames, minimum=frames_min)
     check_size(settings.width, settings.height)
     if settings.start_s > limits.max_video_seconds:
-        raise ValueError(f"start time (start_s) must be 0..{limits.max_video_seconds:g}, got {settings.start_s:g} "
-                         f"seconds; {how_to_raise('max_video_seconds')}.")
+        raise ValueError(
+            f"start time (start_s) must be 0..{limits.max_video_seconds:g}, got {settings.start_s:g} "
+            f"seconds; {how_to_raise('max_video_seconds')}."
+        )

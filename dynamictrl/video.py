@@ -205,8 +205,9 @@ def iter_frames(path: Path, threads: int | None = None, info: VideoInfo | None =
     input_params = info.source.ffmpeg_input_options() + (_decoder_params(threads) or [])
     output_params = ["-vf", f"fps={info.rate}"] if info.variable_fps and info.rate else None
     try:
-        reader = imageio_ffmpeg.read_frames(str(info.source.path), input_params=input_params,
-                                            output_params=output_params)
+        reader = imageio_ffmpeg.read_frames(
+            str(info.source.path), input_params=input_params, output_params=output_params
+        )
         decoded = reader.__next__()
         width, height = decoded["size"]
     except (OSError, RuntimeError, StopIteration, KeyError) as error:
@@ -239,8 +240,10 @@ def count_frames(info: VideoInfo, stop_after: int | None = None) -> int:
     try:
         return media.count_video_packets(info.source, stop_after)
     except (av.error.FFmpegError, OSError) as error:
-        raise VideoError(f"Could not count the frames of {info.source.path.name} ({error}): re-encode it, e.g. "
-                         f"`ffmpeg -i {info.source.path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.") from error
+        raise VideoError(
+            f"Could not count the frames of {info.source.path.name} ({error}): re-encode it, e.g. "
+            f"`ffmpeg -i {info.source.path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`."
+        ) from error
 
 
 # First allocation of a frame buffer: at most this many bytes, however many frames the
@@ -286,8 +289,9 @@ class _FrameBuffer:
         return self.frames
 
 
-def read_video(path: str | Path, max_frames: int | None = None, threads: int | None = None,
-               limits: Limits | None = None) -> Video:
+def read_video(
+    path: str | Path, max_frames: int | None = None, threads: int | None = None, limits: Limits | None = None
+) -> Video:
     """Reads a video (mp4, mov, webm, mkv, gif, ...) as RGB uint8 frames.
 
     `threads`: decoder threads (None: ffmpeg's default); the frames do not depend on it.
@@ -334,9 +338,21 @@ class VideoFrames:
     The frame count is found by decoding once (one frame at a time) when first asked.
     """
 
-    def __init__(self, path: str | Path, keep: int = 64, max_frames: int | None = None, threads: int | None = None,
-                 limits: Limits | None = None):
-        self.path, self.keep, self.max_frames, self.threads, self.limits = Path(path), max(1, keep), max_frames, threads, limits
+    def __init__(
+        self,
+        path: str | Path,
+        keep: int = 64,
+        max_frames: int | None = None,
+        threads: int | None = None,
+        limits: Limits | None = None,
+    ):
+        self.path, self.keep, self.max_frames, self.threads, self.limits = (
+            Path(path),
+            max(1, keep),
+            max_frames,
+            threads,
+            limits,
+        )
         self.info = _probe(self.path, limits)
         meta, opened = iter_frames(self.path, threads, self.info)
         opened.close()
@@ -491,8 +507,9 @@ class VideoWriter:
             if self._writer is None:
                 self._open(*frame.shape[:2])
             elif frame.shape[:2] != self._size:
-                raise VideoError(f"Frame size changed from {self._size[1]}x{self._size[0]} to "
-                                 f"{frame.shape[1]}x{frame.shape[0]}.")
+                raise VideoError(
+                    f"Frame size changed from {self._size[1]}x{self._size[0]} to {frame.shape[1]}x{frame.shape[0]}."
+                )
             self._writer.send(np.ascontiguousarray(frame))
             self.frames_written += 1
 
@@ -506,8 +523,10 @@ class VideoWriter:
             if kind is None:
                 status = self._process.wait()
                 if status != 0:
-                    raise VideoError(f"ffmpeg stopped with exit status {status} while writing {self.path.name} "
-                                     "(killed, or the disk is full?); nothing was written.")
+                    raise VideoError(
+                        f"ffmpeg stopped with exit status {status} while writing {self.path.name} "
+                        "(killed, or the disk is full?); nothing was written."
+                    )
                 if self.audio is not None:
                     _add_audio(self.partial, self.audio, self.path.name)
                 os.replace(self.partial, self.path)  # inside: if `path` cannot be replaced, no partial file stays
@@ -543,8 +562,16 @@ class PickedFrames:
     start (one more decoding pass per wrap).
     """
 
-    def __init__(self, path: str | Path, count: int, fps: float | None = None, start_s: float = 0.0,
-                 loop: bool = False, threads: int | None = None, limits: Limits | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        count: int,
+        fps: float | None = None,
+        start_s: float = 0.0,
+        loop: bool = False,
+        threads: int | None = None,
+        limits: Limits | None = None,
+    ):
         path = Path(path)
         if count < 1:
             raise VideoError(f"Asked for {count} frames from {path.name}: ask for at least one.")
@@ -663,7 +690,9 @@ def _even(frames: np.ndarray) -> np.ndarray:
 def to_uint8_frames(frames) -> np.ndarray:
     """PIL list, float arrays in [0, 1] or uint8 arrays -> (T, H, W, 3) uint8."""
     if isinstance(frames, list):
-        frames = np.stack([np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame) for frame in frames])
+        frames = np.stack(
+            [np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame) for frame in frames]
+        )
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -695,24 +724,47 @@ def _add_audio(video: Path, audio: media.MediaProbe, name: str) -> None:
     input gets the probe's allow-lists (imageio-ffmpeg's writer has no options for it)."""
     muxed = video.with_name(video.name.replace(".partial", ".partial-audio"))
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y",
-        *media.ffmpeg_input_options("mov"), "-i", str(video),
-        *audio.ffmpeg_input_options(), "-i", str(audio.path),
-        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed),
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-y",
+        *media.ffmpeg_input_options("mov"),
+        "-i",
+        str(video),
+        *audio.ffmpeg_input_options(),
+        "-i",
+        str(audio.path),
+        "-map",
+        "0:v:0",
+        "-map",
+        "1:a:0",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(muxed),
     ]
     try:
         result = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace")
         if result.returncode != 0:
-            detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
-            raise VideoError(f"Could not add the audio of {audio.path.name} to {name}: {detail}. Re-export the audio "
-                             "(e.g. as wav) and try again; nothing was written.")
+            detail = (
+                result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
+            )
+            raise VideoError(
+                f"Could not add the audio of {audio.path.name} to {name}: {detail}. Re-export the audio "
+                "(e.g. as wav) and try again; nothing was written."
+            )
         os.replace(muxed, video)
     finally:
         muxed.unlink(missing_ok=True)
 
 
-def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float = 0.0,
-                      limits: Limits | None = None) -> int:
+def longest_pose_clip(
+    path: str | Path, fps: float | None = None, start_s: float = 0.0, limits: Limits | None = None
+) -> int:
     """The largest 4k+1 pose-frame count a driving video gives from `start_s` at `fps`
     (None: every frame), frame 0 being the reference pose: the "whole clip" length.
     `limits`: refuse a video larger than these before counting its frames; the count is
@@ -730,7 +782,9 @@ def longest_pose_clip(path: str | Path, fps: float | None = None, start_s: float
     source_fps = float(meta.get("fps") or 0.0) or 16.0
     indices = sample_indices(source_fps, fps, start_s, 1)
     if indices[0] >= total:
-        raise VideoError(f"{path.name} is {total / source_fps:.2f} s long: the start time {start_s:g} s is past its end.")
+        raise VideoError(
+            f"{path.name} is {total / source_fps:.2f} s long: the start time {start_s:g} s is past its end."
+        )
     step = source_fps / fps if fps else 1.0
     driving = int((total - 1 - indices[0]) / step + 1e-6) + 1  # driving frames available
     if limits is not None:

@@ -196,7 +196,9 @@ def resolve_files(
     try:
         download(repo_id, weights_dir, allow_patterns=filenames)
     except WeightsNotFoundError as error:
-        raise WeightsNotFoundError(_missing_message(repo_id, target, weights_dir, DOWNLOAD_FAILED, filenames)) from error
+        raise WeightsNotFoundError(
+            _missing_message(repo_id, target, weights_dir, DOWNLOAD_FAILED, filenames)
+        ) from error
     missing = [name for name in filenames if not (target / name).is_file()]
     if missing:
         reason = f"the download did not contain {', '.join(missing)}"
@@ -310,12 +312,21 @@ def resolve_sam(
     except (OSError, ValueError, HTTPException) as error:  # URLError is an OSError; a cut stream an HTTPException
         logger.warning("Downloading %s failed: %r", spec.url, error)
         # A size or digest mismatch (ValueError) is ours and says what happened; network text is for the log.
-        raise _sam_missing(kind, target, weights_dir, str(error) if isinstance(error, ValueError) else DOWNLOAD_FAILED) from error
+        raise _sam_missing(
+            kind, target, weights_dir, str(error) if isinstance(error, ValueError) else DOWNLOAD_FAILED
+        ) from error
 
 
-def download_url(url: str, target: str | os.PathLike, size: int | None = None, sha256: str | None = None,
-                 chunk_bytes: int = 1 << 20, headers: dict | None = None,
-                 on_bytes: Callable[[int], None] | None = None, cancel=None) -> Path:
+def download_url(
+    url: str,
+    target: str | os.PathLike,
+    size: int | None = None,
+    sha256: str | None = None,
+    chunk_bytes: int = 1 << 20,
+    headers: dict | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    cancel=None,
+) -> Path:
     """Downloads `url` to `target` over plain HTTP(S).
 
     Bytes go to `<target>.part` first; a later call resumes it with an HTTP Range
@@ -379,6 +390,8 @@ def download_url(url: str, target: str | os.PathLike, size: int | None = None, s
                 digest.update(block)
         if digest.hexdigest() != sha256:
             part.unlink()
-            raise ValueError(f"{url} arrived with SHA-256 {digest.hexdigest()}, expected {sha256}; the partial file was removed")
+            raise ValueError(
+                f"{url} arrived with SHA-256 {digest.hexdigest()}, expected {sha256}; the partial file was removed"
+            )
     os.replace(part, target)
     return target

@@ -49,7 +49,7 @@ class LocalHub:
             def do_GET(self):
                 path = urllib.request.unquote(self.path.split("?")[0])
                 if path.startswith("/api/models/"):
-                    return self.listing(path[len("/api/models/"):])
+                    return self.listing(path[len("/api/models/") :])
                 repo, _, rest = path[1:].partition("/resolve/")
                 revision, _, name = rest.partition("/")
                 file = hub.file(repo, name)
@@ -63,7 +63,7 @@ class LocalHub:
                 chunk = 64 * 1024
                 pause = hub.seconds_per_file * chunk / max(len(data), 1)
                 for offset in range(start, len(data), chunk):
-                    self.wfile.write(data[offset:offset + chunk])
+                    self.wfile.write(data[offset : offset + chunk])
                     time.sleep(pause)
 
             def listing(self, repo: str):
@@ -75,9 +75,13 @@ class LocalHub:
                 for file in sorted(p for p in folder.rglob("*") if p.is_file()):
                     data = file.read_bytes()
                     size = len(data)
-                    siblings.append({"rfilename": file.relative_to(folder).as_posix(), "size": size,
-                                     "lfs": {"size": size, "sha256": hashlib.sha256(data).hexdigest(),
-                                             "pointerSize": 130}})
+                    siblings.append(
+                        {
+                            "rfilename": file.relative_to(folder).as_posix(),
+                            "size": size,
+                            "lfs": {"size": size, "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 130},
+                        }
+                    )
                 body = json.dumps({"id": repo, "sha": HUB_REVISION, "siblings": siblings}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -116,9 +120,21 @@ class TinyAppServer:
         env.pop("GRADIO_TEMP_DIR", None)  # the app puts its upload cache in its own temp folder
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--tiny", "--port", str(self.port), "--outputs", str(outputs),
-             "--weights-dir", str(self.weights)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "app.py",
+                "--tiny",
+                "--port",
+                str(self.port),
+                "--outputs",
+                str(outputs),
+                "--weights-dir",
+                str(self.weights),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_until_up(self) -> None:

@@ -28,8 +28,16 @@ from dynamictrl.pipeline import DynamiCtrlPipeline
 
 # 48x48 px -> 9 video tokens per pair of latent frames: 18 per window of 9 frames (split
 # 5/5/4/4 on 4 processes: uneven on purpose).
-COMMON = dict(prompt="a person dancing", negative_prompt="blurry", height=48, width=48, num_inference_steps=2,
-              guidance_scale=3.0, use_dynamic_cfg=True, output_type="np")
+COMMON = dict(
+    prompt="a person dancing",
+    negative_prompt="blurry",
+    height=48,
+    width=48,
+    num_inference_steps=2,
+    guidance_scale=3.0,
+    use_dynamic_cfg=True,
+    output_type="np",
+)
 CLIPS = {
     "one_window": dict(num_frames=9),
     # Colour matching is off here: it matches LAB statistics of the random tiny VAE's
@@ -63,8 +71,9 @@ def apply_variant(pipe, variant: str | None):
         return lambda: pipe.register_modules(transformer=original)
     cpu = torch.device("cpu")
     if variant == "offload=group":
-        pipe.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
-                                  num_blocks_per_group=1)
+        pipe.enable_group_offload(
+            onload_device=cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=1
+        )
         hook = getattr(pipe.transformer.transformer_blocks[0], "_diffusers_hook", None)
         if hook is None or hook.get_hook("group_offloading") is None:
             raise AssertionError("group offloading hooks were not installed on the transformer blocks")
@@ -100,8 +109,13 @@ def clip_inputs(num_frames: int):
 def generate(pipe, clip: str, callback=None, output_type: str = "np") -> np.ndarray:
     options = {**COMMON, **CLIPS[clip], "output_type": output_type}
     image, pose = clip_inputs(options["num_frames"])
-    frames = pipe(image=image, pose_video=pose, generator=torch.Generator().manual_seed(0),
-                  callback_on_step_end=callback, **options).frames
+    frames = pipe(
+        image=image,
+        pose_video=pose,
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=callback,
+        **options,
+    ).frames
     return frames.numpy() if isinstance(frames, torch.Tensor) else frames
 
 
@@ -134,8 +148,12 @@ def main() -> int:
         if caption != "une personne qui danse, été":
             raise AssertionError(f"rank {rank} received the caption {caption!r}")
         for clip in clips_for(variant):
-            frames = generate(pipe, clip, callback=fail if rank == args.fail_rank else None,
-                              output_type="np" if mesh.is_main else "latent")
+            frames = generate(
+                pipe,
+                clip,
+                callback=fail if rank == args.fail_rank else None,
+                output_type="np" if mesh.is_main else "latent",
+            )
             if mesh.is_main:
                 np.save(Path(args.out) / f"{name}-{clip}.npy", frames)
         parallel.apply_parallel(pipe.transformer, None)

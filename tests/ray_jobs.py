@@ -14,7 +14,9 @@ def crash_once(job, context):
         marker.write_text(str(os.getpid()))
         context.progress(0.1, "about to crash")
         os._exit(1)
-    return context.run({key: value for key, value in job.items() if key not in ("then", "marker")} | {"kind": job["then"]})
+    return context.run(
+        {key: value for key, value in job.items() if key not in ("then", "marker")} | {"kind": job["then"]}
+    )
 
 
 def crash_always(job, context):
@@ -30,8 +32,13 @@ def sleep(job, context):
     for step in range(steps):
         context.progress(step / steps, f"sleeping {step}/{steps}")
         time.sleep(0.05)
-    return {"kind": "sleep", "outputs": {}, "manifest": None, "details": {"pid": os.getpid()},
-            "elapsed_s": round(time.perf_counter() - started, 3)}
+    return {
+        "kind": "sleep",
+        "outputs": {},
+        "manifest": None,
+        "details": {"pid": os.getpid()},
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }
 
 
 def fail_on_rank(job, context):
@@ -53,5 +60,9 @@ def fail_on_rank(job, context):
     return replace(context, progress=progress).run(inner)
 
 
-KINDS = {"crash_once": "ray_jobs:crash_once", "crash_always": "ray_jobs:crash_always", "sleep": "ray_jobs:sleep",
-         "fail_on_rank": "ray_jobs:fail_on_rank"}
+KINDS = {
+    "crash_once": "ray_jobs:crash_once",
+    "crash_always": "ray_jobs:crash_always",
+    "sleep": "ray_jobs:sleep",
+    "fail_on_rank": "ray_jobs:fail_on_rank",
+}

@@ -69,8 +69,9 @@ def test_crop_note_says_which_part_of_the_photo_the_model_sees():
 
     # cover_crop's own rounding: 384x640 scaled to 64x107, the middle 80 rows kept
     assert _crop_note((384, 640), (64, 80)) == "the full width and the middle 75% of the height of the 384x640 photo"
-    assert _crop_note((1920, 1080), (768, 1360)) == ("the full height and the middle 32% of the width of the "
-                                                     "1920x1080 photo")
+    assert _crop_note((1920, 1080), (768, 1360)) == (
+        "the full height and the middle 32% of the width of the 1920x1080 photo"
+    )
     assert _crop_note((1536, 2720), (768, 1360)) == "the whole 1536x2720 photo, scaled"
 
 
@@ -96,11 +97,30 @@ def test_a_cancelled_first_job_leaves_no_session_folder(tmp_path):
     handlers = Handlers(CancelledStudio(), AppConfig(outputs_dir=outputs, work_dir=tmp_path / "work"))
     handlers.config.size_presets = {"tiny": (64, 80)}
     with pytest.raises(gr.Error, match="Cancelled"):
-        handlers.generate(reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0,
-                          height=0, start=0, frames=9, fps=16, retarget="global", mask_mode="background",
-                          mask_points=[], prompt="a person dancing", negative_prompt="", steps=2, guidance=3.0, seed=7,
-                          speed="official (25 steps)", offload="auto", pose_state={}, request=None,
-                          progress=lambda *args, **kwargs: None)
+        handlers.generate(
+            reference=str(image),
+            driving=str(video),
+            is_pose_video=False,
+            size_preset="tiny",
+            width=0,
+            height=0,
+            start=0,
+            frames=9,
+            fps=16,
+            retarget="global",
+            mask_mode="background",
+            mask_points=[],
+            prompt="a person dancing",
+            negative_prompt="",
+            steps=2,
+            guidance=3.0,
+            seed=7,
+            speed="official (25 steps)",
+            offload="auto",
+            pose_state={},
+            request=None,
+            progress=lambda *args, **kwargs: None,
+        )
     assert list(outputs.iterdir()) == []
 
 
@@ -126,8 +146,15 @@ def test_cancel_pressed_while_queued_still_counts_and_is_then_cleared(tmp_path):
     handlers = Handlers(ReportingStudio(), AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
     (video := tmp_path / "v.mp4").write_bytes(b"")
     (audio := tmp_path / "a.wav").write_bytes(b"")
-    args = dict(lipsync_video=str(video), speech=str(audio), bbox_shift=0, extra_margin=10, parsing_mode="jaw",
-                left_cheek=90, right_cheek=90)
+    args = dict(
+        lipsync_video=str(video),
+        speech=str(audio),
+        bbox_shift=0,
+        extra_margin=10,
+        parsing_mode="jaw",
+        left_cheek=90,
+        right_cheek=90,
+    )
     handlers.arm_cancel(None)
     handlers.cancel(None)  # pressed while the job waits in the queue
     with mock.patch("gradio.Info") as note:  # a page's job: "Cancelled", the previous result kept
@@ -165,10 +192,35 @@ def test_every_event_is_wired_by_name(tmp_path):
     app, _config, _studio = built_page(tmp_path, admin_actions=True)
     api = app.get_api_info()["named_endpoints"]
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
-        "reference", "driving", "is_pose_video", "size_preset", "width", "height", "start", "frames", "fps", "retarget",
-        "mask_mode", "prompt", "negative_prompt", "steps", "guidance", "seed", "speed", "offload", "preview_every"]
+        "reference",
+        "driving",
+        "is_pose_video",
+        "size_preset",
+        "width",
+        "height",
+        "start",
+        "frames",
+        "fps",
+        "retarget",
+        "mask_mode",
+        "prompt",
+        "negative_prompt",
+        "steps",
+        "guidance",
+        "seed",
+        "speed",
+        "offload",
+        "preview_every",
+    ]
     assert [p["parameter_name"] for p in api["/lipsync"]["parameters"]] == [
-        "lipsync_video", "speech", "bbox_shift", "extra_margin", "parsing_mode", "left_cheek", "right_cheek"]
+        "lipsync_video",
+        "speech",
+        "bbox_shift",
+        "extra_margin",
+        "parsing_mode",
+        "left_cheek",
+        "right_cheek",
+    ]
     for fn in app.fns.values():  # every input reaches its handler by name, none by position
         if fn.name != "load_example":  # gr.Examples' own event, not ours
             assert len(fn.input_keyword_names) == len(fn.inputs), fn.name
@@ -199,10 +251,29 @@ def test_a_cancel_on_the_page_keeps_the_previous_result(tmp_path):
     handlers.arm_cancel(None)  # the Generate click
     with mock.patch("gradio.Info") as note:
         shown = handlers.generate(
-            reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0, height=0,
-            start=0, frames=9, fps=16, retarget="global", mask_mode="none", mask_points=[], prompt="a person dancing",
-            negative_prompt="", steps=2, guidance=3.0, seed=7, speed="official (25 steps)", offload="auto",
-            pose_state={}, request=None, progress=lambda *args, **kwargs: None)
+            reference=str(image),
+            driving=str(video),
+            is_pose_video=False,
+            size_preset="tiny",
+            width=0,
+            height=0,
+            start=0,
+            frames=9,
+            fps=16,
+            retarget="global",
+            mask_mode="none",
+            mask_points=[],
+            prompt="a person dancing",
+            negative_prompt="",
+            steps=2,
+            guidance=3.0,
+            seed=7,
+            speed="official (25 steps)",
+            offload="auto",
+            pose_state={},
+            request=None,
+            progress=lambda *args, **kwargs: None,
+        )
     assert shown == {} and note.call_args.kwargs["title"] == "Cancelled"
     assert list(outputs.iterdir()) == []
 
@@ -254,9 +325,15 @@ def fake_studio(tmp_path, missing=()):
 
     from dynamictrl import catalog
 
-    return SimpleNamespace(extract_poses=None, mask=None, caption=None, lipsync=None, limits=None,
-                           weights_dir=tmp_path / "weights",
-                           missing_models=lambda settings, **job: catalog.statuses(tmp_path / "weights", missing))
+    return SimpleNamespace(
+        extract_poses=None,
+        mask=None,
+        caption=None,
+        lipsync=None,
+        limits=None,
+        weights_dir=tmp_path / "weights",
+        missing_models=lambda settings, **job: catalog.statuses(tmp_path / "weights", missing),
+    )
 
 
 def test_mask_buttons_only_preview_and_generate_shows_the_transformer():
@@ -264,7 +341,9 @@ def test_mask_buttons_only_preview_and_generate_shows_the_transformer():
 
     assert "DynamiCtrl (base)" in mask_status_text("none", []) and "Mask:** none" in mask_status_text("none", [])
     assert "Mask_B01" in mask_status_text("background", []) and "person box" in mask_status_text("background", [])
-    assert "Mask_C01" in mask_status_text("clothing", [[1, 2, 1]]) and "1 click" in mask_status_text("clothing", [[1, 2, 1]])
+    assert "Mask_C01" in mask_status_text("clothing", [[1, 2, 1]]) and "1 click" in mask_status_text(
+        "clothing", [[1, 2, 1]]
+    )
     used = Handlers.use_mask("clothing", [[3, 4, 1]])
     assert used["mask_mode"] == "clothing" and used["mask_points"] == [[3, 4, 1]] and "Mask_C01" in used["mask_status"]
     assert Handlers.no_mask()["mask_mode"] == "none"
@@ -289,10 +368,29 @@ def test_a_job_with_missing_models_gets_one_message_and_does_not_start(tmp_path)
     handlers = Handlers(studio, AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
     handlers.config.size_presets = {"tiny": (64, 80)}
     shown = handlers.generate(
-        reference=str(image), driving=str(video), is_pose_video=False, size_preset="tiny", width=0, height=0,
-        start=0, frames=9, fps=16, retarget="global", mask_mode="background", mask_points=[], prompt="a dancer",
-        negative_prompt="", steps=2, guidance=3.0, seed=7, speed="custom", offload="auto", pose_state={},
-        request=None, progress=lambda *args, **kwargs: None)
+        reference=str(image),
+        driving=str(video),
+        is_pose_video=False,
+        size_preset="tiny",
+        width=0,
+        height=0,
+        start=0,
+        frames=9,
+        fps=16,
+        retarget="global",
+        mask_mode="background",
+        mask_points=[],
+        prompt="a dancer",
+        negative_prompt="",
+        steps=2,
+        guidance=3.0,
+        seed=7,
+        speed="custom",
+        offload="auto",
+        pose_state={},
+        request=None,
+        progress=lambda *args, **kwargs: None,
+    )
     message = shown["missing_models"]["value"]
     assert "DynamiCtrl Mask_B01 (11.5 GB)" in message and "DWPose (351.0 MB)" in message
     assert "python -m dynamictrl download mask_background dwpose" in message
@@ -327,8 +425,19 @@ def test_reuse_refuses_a_malformed_manifest_with_one_message():
 
     from ui.handlers import manifest_settings
 
-    good = {"output": "a_seed1.mp4", "settings": {"prompt": "p", "num_frames": 9, "width": 64, "height": 80,
-                                                  "steps": 2, "seed": 1, "guidance": 3.0, "fps": 16.0}}
+    good = {
+        "output": "a_seed1.mp4",
+        "settings": {
+            "prompt": "p",
+            "num_frames": 9,
+            "width": 64,
+            "height": 80,
+            "steps": 2,
+            "seed": 1,
+            "guidance": 3.0,
+            "fps": 16.0,
+        },
+    }
     assert manifest_settings(good).width == 64
     for broken, reason in (
         ({**good, "settings": {**good["settings"], "width": "wide"}}, "bad width"),
@@ -348,11 +457,31 @@ def test_history_rows_are_in_the_page_time_zone():
     assert _local_time("2025-06-01T12:00:00+00:00", "Asia/Tokyo") == "2025-06-01 21:00"
     assert _local_time("2025-06-01T12:00:00+00:00", None) == "2025-06-01 12:00"
     assert _local_time("garbage", "Asia/Tokyo") == ""
-    entry = {"output": "x.mp4", "created": "2025-06-01T12:00:00+00:00", "prompt_used": "a dancer",
-             "settings": {"width": 64, "height": 80, "num_frames": 33, "fps": 16.0, "seed": 5, "steps": 2,
-                          "mask_mode": "background"}}
-    assert _history_row(entry, "Europe/Paris") == ["2025-06-01 14:00", "a dancer", "64x80", 33, "2.1 s", 5, 2,
-                                                   "DynamiCtrl Mask_B01", "x.mp4"]
+    entry = {
+        "output": "x.mp4",
+        "created": "2025-06-01T12:00:00+00:00",
+        "prompt_used": "a dancer",
+        "settings": {
+            "width": 64,
+            "height": 80,
+            "num_frames": 33,
+            "fps": 16.0,
+            "seed": 5,
+            "steps": 2,
+            "mask_mode": "background",
+        },
+    }
+    assert _history_row(entry, "Europe/Paris") == [
+        "2025-06-01 14:00",
+        "a dancer",
+        "64x80",
+        33,
+        "2.1 s",
+        5,
+        2,
+        "DynamiCtrl Mask_B01",
+        "x.mp4",
+    ]
 
 
 def test_one_cancel_stops_the_rest_of_a_variations_batch(tmp_path):
@@ -366,11 +495,33 @@ def test_one_cancel_stops_the_rest_of_a_variations_batch(tmp_path):
     handlers.arm_variations(3, 40, request=None)
     assert handlers._batches["default"]["seeds"] == [40, 41, 42]
     handlers.cancel(request=None)
-    assert handlers.variation(1, **{name: None for name in ("reference", "driving")}, is_pose_video=False,
-                              size_preset="tiny", width=0, height=0, start=0, frames=9, fps=16, retarget="global",
-                              mask_mode="none", mask_points=[], prompt="p", negative_prompt="", steps=2, guidance=3.0,
-                              seed=40, speed="custom", offload="auto", pose_state={}, request=None,
-                              progress=lambda *a, **k: None) == {}
+    assert (
+        handlers.variation(
+            1,
+            **{name: None for name in ("reference", "driving")},
+            is_pose_video=False,
+            size_preset="tiny",
+            width=0,
+            height=0,
+            start=0,
+            frames=9,
+            fps=16,
+            retarget="global",
+            mask_mode="none",
+            mask_points=[],
+            prompt="p",
+            negative_prompt="",
+            steps=2,
+            guidance=3.0,
+            seed=40,
+            speed="custom",
+            offload="auto",
+            pose_state={},
+            request=None,
+            progress=lambda *a, **k: None,
+        )
+        == {}
+    )
     import gradio as gr
 
     with pytest.raises(gr.Error, match="1 to 8"):

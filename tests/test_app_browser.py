@@ -36,8 +36,10 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def page(tiny_app):
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get update && apt-get install -y "
-                    "chromium` (.ci/run does this) to run the browser test.")
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get update && apt-get install -y "
+            "chromium` (.ci/run does this) to run the browser test."
+        )
     from playwright.sync_api import sync_playwright
 
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
@@ -45,7 +47,10 @@ def page(tiny_app):
     with sync_playwright() as playwright:
         # A persistent context is how Playwright takes a fresh --user-data-dir.
         browser = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000},
         )
         try:
@@ -332,13 +337,22 @@ def forge_results(outputs: Path) -> tuple[str, str]:
     from dynamictrl.studio import GenerateSettings
 
     clip = ROOT / "assets" / "dance_figure.mp4"
-    settings = GenerateSettings(prompt="A dancer on a rooftop at dusk.", num_frames=13, width=64, height=80, steps=7,
-                                guidance=4.5, seed=1234)
-    generated = {"output": "29990101-000001_abcd_seed1234.mp4", "created": "2999-01-01T00:00:01+00:00",
-                 "settings": asdict(settings), "prompt_used": settings.prompt}
-    lipsync = {"output": "29990101-000002_abcd_lipsync.mp4", "created": "2999-01-01T00:00:02+00:00",
-               "kind": "lipsync", "settings": asdict(LipSyncSettings()),
-               "inputs": {"video": {"path": str(clip)}, "audio": {"path": "/tmp/hello.wav"}}}
+    settings = GenerateSettings(
+        prompt="A dancer on a rooftop at dusk.", num_frames=13, width=64, height=80, steps=7, guidance=4.5, seed=1234
+    )
+    generated = {
+        "output": "29990101-000001_abcd_seed1234.mp4",
+        "created": "2999-01-01T00:00:01+00:00",
+        "settings": asdict(settings),
+        "prompt_used": settings.prompt,
+    }
+    lipsync = {
+        "output": "29990101-000002_abcd_lipsync.mp4",
+        "created": "2999-01-01T00:00:02+00:00",
+        "kind": "lipsync",
+        "settings": asdict(LipSyncSettings()),
+        "inputs": {"video": {"path": str(clip)}, "audio": {"path": "/tmp/hello.wav"}},
+    }
     outputs.mkdir(parents=True, exist_ok=True)
     for manifest in (generated, lipsync):
         shutil.copyfile(clip, outputs / manifest["output"])
@@ -404,8 +418,9 @@ def test_uploaded_pages_and_scripts_never_run(page, tiny_app, tmp_path):
         return page.evaluate(f"() => localStorage.getItem('{XSS_MARKER}')")
 
     def upload(name: str) -> str:
-        response = httpx.post(f"{tiny_app.url}gradio_api/upload",
-                              files={"files": (name, (tmp_path / name).read_bytes())}, timeout=30)
+        response = httpx.post(
+            f"{tiny_app.url}gradio_api/upload", files={"files": (name, (tmp_path / name).read_bytes())}, timeout=30
+        )
         response.raise_for_status()
         return f"{tiny_app.url}gradio_api/file={response.json()[0]}"
 

@@ -31,8 +31,18 @@ def motion(video, frames=9):
     """The Motion step's API parameters, by name (the page's widget names)."""
     from gradio_client import handle_file
 
-    return dict(reference=handle_file(str(REFERENCE)), driving=handle_file(str(video)), is_pose_video=False,
-                size_preset=TINY, width=768, height=1360, start=0, frames=frames, fps=16, retarget="global")
+    return dict(
+        reference=handle_file(str(REFERENCE)),
+        driving=handle_file(str(video)),
+        is_pose_video=False,
+        size_preset=TINY,
+        width=768,
+        height=1360,
+        start=0,
+        frames=frames,
+        fps=16,
+        retarget="global",
+    )
 
 
 def character(image=REFERENCE):
@@ -43,14 +53,22 @@ def character(image=REFERENCE):
 
 
 def generate_args(video=CLIP, prompt="a person dancing", mask_mode="none"):
-    return dict(motion(video), mask_mode=mask_mode, prompt=prompt, negative_prompt="", steps=2, guidance=3.0, seed=7,
-                speed="tiny (2 steps)", offload="auto")
+    return dict(
+        motion(video),
+        mask_mode=mask_mode,
+        prompt=prompt,
+        negative_prompt="",
+        steps=2,
+        guidance=3.0,
+        seed=7,
+        speed="tiny (2 steps)",
+        offload="auto",
+    )
 
 
 def test_the_flow_through_the_api(client, tiny_app):
 
-    crop, info = client.predict(**character(),
-                                api_name="/crop_preview")
+    crop, info = client.predict(**character(), api_name="/crop_preview")
     assert Image.open(crop).size == (64, 80) and "64x80" in info
     # the 384x640 photo is taller than 64x80: the full width, the middle of the height
     assert "the full width and the middle 75% of the height of the 384x640 photo" in info
@@ -77,8 +95,7 @@ def test_the_flow_through_the_api(client, tiny_app):
     pose_video, overlay, pose_info = client.predict(**motion(CLIP), api_name="/extract_poses")
     assert Path(pose_video).stat().st_size > 0 and Path(overlay).stat().st_size > 0 and "9 pose frames" in pose_info
 
-    caption, _hint = client.predict(**character(),
-                                    mask_mode="none", api_name="/auto_caption")
+    caption, _hint = client.predict(**character(), mask_mode="none", api_name="/auto_caption")
     assert caption.strip()
 
     video, manifest, files, missing = client.predict(**generate_args(mask_mode="background"), api_name="/generate")
@@ -103,13 +120,37 @@ def test_the_flow_through_the_api(client, tiny_app):
 
     # Reuse settings gives back the form values the result was made with
     reused = client.predict(history_manifest=manifest, api_name="/reuse_settings")
-    (preset, _width, _height, frames, fps, mode, mask_status, prompt, _negative, steps, speed, guidance, seed, offload,
-     reference, pose_video, is_pose_video) = reused
+    (
+        preset,
+        _width,
+        _height,
+        frames,
+        fps,
+        mode,
+        mask_status,
+        prompt,
+        _negative,
+        steps,
+        speed,
+        guidance,
+        seed,
+        offload,
+        reference,
+        pose_video,
+        is_pose_video,
+    ) = reused
     # The inputs come back too, from beside the result: the reference and its pose video
     assert Image.open(reference).size == (384, 640) and is_pose_video
     assert Path(pose_video).stat().st_size > 0 and "Mask_B01" in mask_status
-    assert (preset, frames, mode, prompt, steps, seed, offload) == (TINY, 9, "background", "a person dancing", 2, 7,
-                                                                    "auto")
+    assert (preset, frames, mode, prompt, steps, seed, offload) == (
+        TINY,
+        9,
+        "background",
+        "a person dancing",
+        2,
+        7,
+        "auto",
+    )
     assert speed == "tiny (2 steps)"  # the preset with these steps and this cache, else "custom"
     assert "Pick a result" in app_error(client, None, api_name="/reuse_settings")
 
@@ -137,8 +178,14 @@ def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
     args["reference"] = None
     assert "Upload a reference image" in app_error(client, **args, api_name="/generate")
     # absurd size
-    message = app_error(client, reference=handle_file(str(REFERENCE)), size_preset="custom", width=8000, height=100,
-                        api_name="/crop_preview")
+    message = app_error(
+        client,
+        reference=handle_file(str(REFERENCE)),
+        size_preset="custom",
+        width=8000,
+        height=100,
+        api_name="/crop_preview",
+    )
     assert "out of range" in message
     # frame count that is not 4k+1
     assert "4k+1" in app_error(client, **motion(CLIP, frames=10), api_name="/extract_poses")
@@ -156,8 +203,9 @@ def test_bad_input_gets_a_message_that_says_what_to_do(client, tmp_path):
     empty = write_video(tmp_path / "empty.mp4", np.full((20, 64, 48, 3), (0, 0, 255), np.uint8), fps=16)
     assert "person" in app_error(client, **motion(empty), api_name="/extract_poses").lower()
     # a placeholder left in the prompt
-    assert "placeholder" in app_error(client, **generate_args(prompt="A man. [Describe the new background here.]"),
-                                      api_name="/generate")
+    assert "placeholder" in app_error(
+        client, **generate_args(prompt="A man. [Describe the new background here.]"), api_name="/generate"
+    )
 
 
 def test_server_serves_only_its_own_folders(tiny_app):
@@ -188,9 +236,12 @@ def test_lipsync_through_the_api(client, tiny_app, tmp_path):
     t = np.arange(8000) / 16000
     wavfile.write(tmp_path / "speech.wav", 16000, (8000 * np.sin(2 * np.pi * 150 * t)).astype(np.int16))
     settings = dict(bbox_shift=0, extra_margin=10, parsing_mode="jaw", left_cheek=90, right_cheek=90)
-    video, report, files = client.predict(lipsync_video=handle_file(str(talk)),
-                                          speech=handle_file(str(tmp_path / "speech.wav")), **settings,
-                                          api_name="/lipsync")
+    video, report, files = client.predict(
+        lipsync_video=handle_file(str(talk)),
+        speech=handle_file(str(tmp_path / "speech.wav")),
+        **settings,
+        api_name="/lipsync",
+    )
     assert Path(video).stat().st_size > 0 and "12 frames at 25 fps" in report
     assert sorted(Path(f).suffix for f in files) == [".json", ".mp4"]
     _gallery, table, _manifest = client.predict(api_name="/history")
@@ -199,8 +250,14 @@ def test_lipsync_through_the_api(client, tiny_app, tmp_path):
     assert "lip-sync result" in app_error(client, history_manifest=manifest, api_name="/reuse_settings")
 
     wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
-    message = app_error(client, lipsync_video=handle_file(str(talk)), speech=handle_file(str(tmp_path / "silence.wav")),
-                        **settings, api_name="/lipsync")
+    message = app_error(
+        client,
+        lipsync_video=handle_file(str(talk)),
+        speech=handle_file(str(tmp_path / "silence.wav")),
+        **settings,
+        api_name="/lipsync",
+    )
     assert "silent" in message
-    assert "Upload or record the speech" in app_error(client, lipsync_video=handle_file(str(talk)), speech=None,
-                                                      **settings, api_name="/lipsync")
+    assert "Upload or record the speech" in app_error(
+        client, lipsync_video=handle_file(str(talk)), speech=None, **settings, api_name="/lipsync"
+    )

@@ -62,7 +62,8 @@ def in_viewport(page, selector: str) -> bool:
     """The element's whole box lies inside the visible part of the window."""
     return page.locator(selector).evaluate(
         "e => { const r = e.getBoundingClientRect(); return r.height > 0 && r.top >= 0 && r.left >= 0"
-        " && r.bottom <= innerHeight && r.right <= innerWidth; }")
+        " && r.bottom <= innerHeight && r.right <= innerWidth; }"
+    )
 
 
 def load_inputs(page) -> None:
@@ -75,7 +76,9 @@ def load_inputs(page) -> None:
 def wait_for_result(page, old_src: str | None = None) -> str:
     page.wait_for_function(
         "old => { const v = document.querySelector('#result-video video');"
-        " return v && v.duration > 0 && v.getAttribute('src') !== old; }", arg=old_src)
+        " return v && v.duration > 0 && v.getAttribute('src') !== old; }",
+        arg=old_src,
+    )
     return page.locator("#result-video video").get_attribute("src")
 
 
@@ -140,7 +143,8 @@ def test_models_tab_states_and_a_download_with_progress(browser_page, tiny_app):
         # The progress bar: bytes done of the total, the speed and the time left
         page.wait_for_function(
             "() => /MB of [0-9.]+ MB \\(\\d+%\\), [0-9.]+ [kM]?B\\/s, \\d+ s left/"
-            ".test(document.querySelector('#model-qwen2vl_7b')?.parentElement?.innerText || '')")
+            ".test(document.querySelector('#model-qwen2vl_7b')?.parentElement?.innerText || '')"
+        )
         shot(page, "creator_05_downloading")
         model_state(page, "qwen2vl_7b", "on disk")
         shot(page, "creator_06_downloaded")
@@ -219,8 +223,9 @@ def test_variations_finish_side_by_side_and_one_is_picked(browser_page, tiny_app
         page.get_by_text("Variations: several seeds").click()
         set_number(page, "#variations-count input[type=number]", 3)
         page.locator("#variations-run").click()
-        page.wait_for_function("() => document.querySelectorAll('#variations-gallery video, #variations-gallery img')"
-                               ".length >= 1")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#variations-gallery video, #variations-gallery img').length >= 1"
+        )
         shot(page, "creator_10_first_variation")
         wait_for_text(page, "#variations-gallery", "seed 102")
         labels = page.locator("#variations-gallery").inner_text()
@@ -254,8 +259,9 @@ def test_history_after_a_reload_and_reuse_restores_the_inputs(browser_page, tiny
         header = page.locator("#history-table thead").inner_text()
         for column in ("when", "prompt", "size", "frames", "duration", "seed", "steps", "variant"):
             assert column in header
-        page.wait_for_function("() => [...document.querySelectorAll('#history-table img')]"
-                               ".some(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#history-table img')].some(i => i.complete && i.naturalWidth > 0)"
+        )
         shot(page, "creator_13_history_after_reload")
         page.get_by_text("Selected result's settings").click()
 
@@ -271,8 +277,12 @@ def test_history_after_a_reload_and_reuse_restores_the_inputs(browser_page, tiny
 
         # A malformed manifest: one clear message
         folder = next(tiny_app.outputs.rglob(manifest["output"])).parent
-        broken = {**manifest, "output": "29990101-000003_beef_seed1.mp4", "created": "2999-01-01T00:00:03+00:00",
-                  "settings": {**manifest["settings"], "width": "wide"}}
+        broken = {
+            **manifest,
+            "output": "29990101-000003_beef_seed1.mp4",
+            "created": "2999-01-01T00:00:03+00:00",
+            "settings": {**manifest["settings"], "width": "wide"},
+        }
         shutil.copyfile(folder / manifest["output"], folder / broken["output"])
         (folder / broken["output"]).with_suffix(".json").write_text(json.dumps(broken))
         try:

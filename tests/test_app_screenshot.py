@@ -31,7 +31,8 @@ def test_screenshot_of_the_app_for_the_readme(page, tiny_app):  # noqa: F811 (th
     page.locator("#pose-overlay video").wait_for()
     page.locator("#generate").click()
     page.wait_for_function(
-        "() => { const v = document.querySelector('#result-video video'); return v && v.duration > 0; }")
+        "() => { const v = document.querySelector('#result-video video'); return v && v.duration > 0; }"
+    )
     page.locator("#live-preview img").wait_for()
     page.evaluate("() => window.scrollTo(0, 0)")
 
@@ -46,4 +47,5 @@ def test_screenshot_of_the_app_for_the_readme(page, tiny_app):  # noqa: F811 (th
     if os.environ.get("DYNAMICTRL_UPDATE_SCREENSHOT") == "1":
         small.save(SCREENSHOT, optimize=True)
     assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size < MAX_BYTES, (
-        f"{SCREENSHOT} is missing or too big: DYNAMICTRL_UPDATE_SCREENSHOT=1 python -m pytest {__file__}")
+        f"{SCREENSHOT} is missing or too big: DYNAMICTRL_UPDATE_SCREENSHOT=1 python -m pytest {__file__}"
+    )

@@ -87,6 +87,7 @@ def rss_mb() -> float:
 
 # ---------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("badinputs"))
@@ -107,6 +108,7 @@ def report():
 
 
 # ---------------------------------------------------------------------------- running a case
+
 
 def prompt_from(case, corpus: Path):
     raw = (corpus / case.file).read_bytes()
@@ -134,11 +136,14 @@ def run_case(case, corpus: Path, studio: Studio, out: Path):
     if case.stage == "lip-sync video":
         return studio.lipsync(path, corpus / "speech.wav", out / "talk_out.mp4")
     if case.stage == "prompt":
-        return studio.generate(reference, out / "out.mp4", replace(SETTINGS, prompt=prompt_from(case, corpus)),
-                               pose_video_path=pose)
+        return studio.generate(
+            reference, out / "out.mp4", replace(SETTINGS, prompt=prompt_from(case, corpus)), pose_video_path=pose
+        )
     if case.stage == "settings":
         if "pose" in case.value:
-            return studio.extract_poses(reference, dance, replace(POSE, **case.value["pose"]), out_path=out / "pose.mp4")
+            return studio.extract_poses(
+                reference, dance, replace(POSE, **case.value["pose"]), out_path=out / "pose.mp4"
+            )
         return studio.generate(reference, out / "out.mp4", replace(SETTINGS, **case.value), pose_video_path=pose)
     raise AssertionError(f"unknown stage {case.stage!r}")
 
@@ -169,6 +174,7 @@ def run_output_case(case, corpus: Path, studio: Studio):
 
 
 # ---------------------------------------------------------------------------- what each case must give
+
 
 def error(kind: type, pattern: str):
     return ("error", kind, pattern)
@@ -247,7 +253,9 @@ def rotated_upright(result, case, corpus):
 
 def several_people(result, case, corpus):
     assert len(result.sequence.reference_pose.people) >= 2
-    return pose_frames(9)(result, case, corpus) + f"; {len(result.sequence.reference_pose.people)} people in the reference"
+    return (
+        pose_frames(9)(result, case, corpus) + f"; {len(result.sequence.reference_pose.people)} people in the reference"
+    )
 
 
 def emoji_prompt(result, case, corpus):
@@ -277,8 +285,11 @@ EXPECTED = {
     "video_rotated": ok(rotated_upright),
     "audio_renamed_mp4": error(VideoError, r"no video track \(is it an audio file\?\)"),
     "audio_with_cover_mp4": error(VideoError, r"no video track \(is it an audio file\?\)"),
-    "video_11_minutes": error(VideoLimitError, r"lasts 11 min 00.0 s, longer than the 10 min 00.0 s allowed.*-t 60"
-                                               r".*DYNAMICTRL_MAX_VIDEO_SECONDS"),
+    "video_11_minutes": error(
+        VideoLimitError,
+        r"lasts 11 min 00.0 s, longer than the 10 min 00.0 s allowed.*-t 60"
+        r".*DYNAMICTRL_MAX_VIDEO_SECONDS",
+    ),
     "video_no_person": error(ValueError, r"No person detected in the driving video.*clearly visible"),
     "person_cut_off": ok(pose_frames(9)),
     "pose_video_8k": error(VideoLimitError, SIDE_8K),
@@ -290,19 +301,30 @@ EXPECTED = {
     "png_rgba": ok(generated(transparent_black)),
     "png_palette_transparent": ok(generated(palette_transparent_black)),
     "image_1x1": error(ValueError, r"1x1 \(width x height\); images must be 16 to 8192 pixels .*Resize it"),
-    "png_bomb_huge": error(LimitError, r"bomb_60000.png declares far more pixels than allowed.*decompression bomb"
-                                       r".*DYNAMICTRL_MAX_IMAGE_PIXELS"),
-    "png_bomb_moderate": error(LimitError, r"bomb_8000.png .*(more than the 50 allowed|far more pixels than allowed)"
-                                           r".*DYNAMICTRL_MAX_IMAGE_PIXELS"),
+    "png_bomb_huge": error(
+        LimitError,
+        r"bomb_60000.png declares far more pixels than allowed.*decompression bomb"
+        r".*DYNAMICTRL_MAX_IMAGE_PIXELS",
+    ),
+    "png_bomb_moderate": error(
+        LimitError,
+        r"bomb_8000.png .*(more than the 50 allowed|far more pixels than allowed)"
+        r".*DYNAMICTRL_MAX_IMAGE_PIXELS",
+    ),
     "animated_gif": ok(generated(first_gif_frame)),
-    "truncated_png": error(ValueError, r"truncated.png \(image file is truncated\): the file is incomplete, corrupt.*Upload it again"),
+    "truncated_png": error(
+        ValueError, r"truncated.png \(image file is truncated\): the file is incomplete, corrupt.*Upload it again"
+    ),
     "text_as_png": error(ValueError, r"Could not read the image text.png .*not an image"),
     "no_person_image": error(NoPersonError, r"[Nn]o person"),
     "several_people": ok(several_people),
     "silent_audio": error(AudioError, r"silent .*use a clip with speech"),
     "zero_second_audio": error(AudioError, r"no audio samples \(0 s long\)"),
-    "two_hour_audio": error(AudioTooLongError, r"two_hours.flac lasts 2 h 00 min; lip-sync takes at most 10 min 00 s"
-                                               r".*-t 60.*DYNAMICTRL_MAX_AUDIO_SECONDS"),
+    "two_hour_audio": error(
+        AudioTooLongError,
+        r"two_hours.flac lasts 2 h 00 min; lip-sync takes at most 10 min 00 s"
+        r".*-t 60.*DYNAMICTRL_MAX_AUDIO_SECONDS",
+    ),
     "nan_audio": error(AudioError, r"NaN or infinite samples: re-export"),
     "text_as_wav": error(AudioError, r"could not be decoded.*Accepted: wav"),
     "video_without_sound": error(AudioError, r"no audio stream"),
@@ -310,8 +332,12 @@ EXPECTED = {
     "lipsync_zero_frames": error(VideoError, NO_FRAMES),
     "lipsync_audio_as_video": error(VideoError, r"no video track"),
     "prompt_bytes_not_utf8": error(ValueError, r"prompt is bytes, not text: decode it first"),
-    "prompt_undecodable_text": error(ValueError, r"not valid UTF-8 text \(character 31, '\\udce9'\).*Save the text as UTF-8"),
-    "prompt_10000_chars": error(LimitError, r"10,000 characters, more than the 2,000 allowed.*DYNAMICTRL_MAX_PROMPT_CHARS"),
+    "prompt_undecodable_text": error(
+        ValueError, r"not valid UTF-8 text \(character 31, '\\udce9'\).*Save the text as UTF-8"
+    ),
+    "prompt_10000_chars": error(
+        LimitError, r"10,000 characters, more than the 2,000 allowed.*DYNAMICTRL_MAX_PROMPT_CHARS"
+    ),
     "prompt_over_t5_window": error(ValueError, r"T5 tokens; the text encoder reads only 226.*Shorten it"),
     "prompt_emoji_and_controls": ok(emoji_prompt),
     "steps_negative": error(ValueError, r"steps must be 1\.\.200, got -1"),
@@ -337,24 +363,37 @@ def heic_read(image):
     return "HEIC read as 96x128, red stays red"
 
 
-PLAYLIST_VIDEO = r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not a video file: lists that name other files are refused"
+PLAYLIST_VIDEO = (
+    r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not a video file: lists that name other files are refused"
+)
 CHUNK_BOMB = r"holds a compressed metadata chunk .*decompression bomb.*re-save it as PNG or JPEG"
 PROBE_EXPECTED = {
     "hls_playlist_driving": error(VideoError, PLAYLIST_VIDEO),
     "hls_playlist_pose": error(VideoError, PLAYLIST_VIDEO),
     "hls_playlist_speech": error(AudioError, r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not an audio file"),
     "hls_playlist_lipsync": error(VideoError, PLAYLIST_VIDEO),
-    "hls_playlist_renamed_mp4": error(VideoError, r"playlist_renamed.mp4 is an HLS playlist \(\.m3u8\), not a video file"),
+    "hls_playlist_renamed_mp4": error(
+        VideoError, r"playlist_renamed.mp4 is an HLS playlist \(\.m3u8\), not a video file"
+    ),
     "ffconcat_list": error(VideoError, r"list.ffconcat is an ffconcat list, not a video file"),
     "ffconcat_list_speech": error(AudioError, r"list.ffconcat is an ffconcat list, not an audio file"),
-    "image_sequence_pattern": error(VideoError, r"seq_%03d.png is an image-sequence pattern, not a video file.*"
-                                                r"ffmpeg -framerate 16 -i seq_%03d.png"),
+    "image_sequence_pattern": error(
+        VideoError,
+        r"seq_%03d.png is an image-sequence pattern, not a video file.*"
+        r"ffmpeg -framerate 16 -i seq_%03d.png",
+    ),
     "image_as_video": error(VideoError, r"reference.png is an image \(PNG\), not a video"),
     "network_url": error(VideoError, r"http://127.0.0.1:9/dance.mp4 is a network URL, not a video file: download it"),
-    "spoofed_duration_video": error(VideoLimitError, r"eleven_minutes_titled.mp4 lasts 11 min 00.0 s, longer than the "
-                                                     r"10 min 00.0 s allowed"),
-    "spoofed_duration_audio": error(AudioTooLongError, r"eleven_minutes_titled.flac lasts 11 min 00 s; lip-sync takes "
-                                                       r"at most 10 min 00 s"),
+    "spoofed_duration_video": error(
+        VideoLimitError,
+        r"eleven_minutes_titled.mp4 lasts 11 min 00.0 s, longer than the "
+        r"10 min 00.0 s allowed",
+    ),
+    "spoofed_duration_audio": error(
+        AudioTooLongError,
+        r"eleven_minutes_titled.flac lasts 11 min 00 s; lip-sync takes "
+        r"at most 10 min 00 s",
+    ),
     "dev_zero_video": error(VideoError, r"^dev_zero.mp4 is a device, not a video file: give the path of a video file"),
     "dev_zero_speech": error(AudioError, r"^dev_zero.mp4 is a device, not an audio file"),
     "dev_zero_image": error(ImageError, r"^dev_zero.png is a device, not an image file"),
@@ -365,7 +404,9 @@ PROBE_EXPECTED = {
     "heic_photo": ok(generated(heic_read)),
     "png_huge_iccp": error(ImageError, "huge_iccp.png " + CHUNK_BOMB),
     "png_huge_ztxt": error(ImageError, "huge_ztxt.png " + CHUNK_BOMB),
-    "eps_as_image": error(ImageError, r"Could not read the image ghostscript.eps \(not an image in a format accepted here"),
+    "eps_as_image": error(
+        ImageError, r"Could not read the image ghostscript.eps \(not an image in a format accepted here"
+    ),
     "output_is_folder": error(OutputError, r"out_dir.mp4 is a folder: give a file name inside it"),
     "output_folder_unwritable": error(OutputError, r"dynamictrl-out.mp4: the folder /proc is not writable"),
     "pose_output_is_folder": error(OutputError, r"out_dir.mp4 is a folder: give a file name inside it"),
@@ -392,7 +433,9 @@ def test_bad_input_through_the_api(name, corpus, studio, tmp_path):
                     run_case(case, corpus, studio, tmp_path)
                 message = str(raised.value)
                 row["outcome"] = f"{type(raised.value).__name__}: {message}"
-                assert isinstance(raised.value, kind), f"{type(raised.value).__name__} is not a {kind.__name__}: {message}"
+                assert isinstance(raised.value, kind), (
+                    f"{type(raised.value).__name__} is not a {kind.__name__}: {message}"
+                )
                 # A ValueError is what the app shows as a user's error, one line, no traceback.
                 assert isinstance(raised.value, ValueError) and "Traceback" not in message and "\n" not in message
                 assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
@@ -435,8 +478,14 @@ def test_repeated_faults_leave_memory_flat(corpus, studio, tmp_path):
                     run_case(case, corpus, studio, out)
     gc.collect()
     after, files_after = rss_mb(), len(process.open_files())
-    MEMORY.update(calls=FAULT_ROUNDS * len(errors), before=round(before), after=round(after),
-                  files_before=files_before, files_after=files_after, ffmpeg=len(ffmpeg_processes()))
+    MEMORY.update(
+        calls=FAULT_ROUNDS * len(errors),
+        before=round(before),
+        after=round(after),
+        files_before=files_before,
+        files_after=files_after,
+        ffmpeg=len(ffmpeg_processes()),
+    )
     assert files_after <= files_before and MEMORY["ffmpeg"] == 0
     # A leak guard, not a performance bound: a leak of even one decoded 8K frame per call (100 MB) trips it.
     assert after - before < 100, MEMORY
@@ -463,13 +512,30 @@ def app_args(endpoint: str, corpus: Path, file: str | None, prompt: str = "a per
     size = dict(size_preset=TINY, width=768, height=1360)
     if endpoint == "/crop_preview":
         return dict(reference=upload(file), **size)
-    motion = dict(reference=upload("reference.png"), driving=upload(file or "dance.mp4"), is_pose_video=False, **size,
-                  start=0, frames=9, fps=16, retarget="global")
+    motion = dict(
+        reference=upload("reference.png"),
+        driving=upload(file or "dance.mp4"),
+        is_pose_video=False,
+        **size,
+        start=0,
+        frames=9,
+        fps=16,
+        retarget="global",
+    )
     if endpoint == "/extract_poses":
         return motion
     if endpoint == "/generate":
-        return dict(motion, mask_mode="none", prompt=prompt, negative_prompt="", steps=steps, guidance=3.0, seed=7,
-                    speed="tiny (2 steps)", offload="auto")
+        return dict(
+            motion,
+            mask_mode="none",
+            prompt=prompt,
+            negative_prompt="",
+            steps=steps,
+            guidance=3.0,
+            seed=7,
+            speed="tiny (2 steps)",
+            offload="auto",
+        )
     lipsync = dict(bbox_shift=0, extra_margin=10, parsing_mode="jaw", left_cheek=90, right_cheek=90)
     if endpoint == "/lipsync_audio":
         return dict(lipsync_video=upload("talk.mp4"), speech=upload(file), **lipsync)
@@ -491,12 +557,24 @@ APP_CASES = [
     ("exif_rotated_jpeg", "/crop_preview", "exif_rotated.jpg", {}, None),
     ("video_8k", "/extract_poses", "8k.mp4", {}, r"at most 4096 px"),
     # The API's message names the CLI's --frames/--loop; the page's names its own fields.
-    ("one_frame_video", "/extract_poses", "one_frame.mp4", {}, r"lower the fps or start earlier\. With this video use "
-                                                              r"a longer video"),
+    (
+        "one_frame_video",
+        "/extract_poses",
+        "one_frame.mp4",
+        {},
+        r"lower the fps or start earlier\. With this video use "
+        r"a longer video",
+    ),
     ("zero_frame_video", "/extract_poses", "zero_frames.mp4", {}, r"no frames|no video"),
     ("audio_renamed_mp4", "/extract_poses", "audio_only.mp4", {}, r"no video track"),
     ("video_vfr", "/extract_poses", "vfr.mp4", {}, None),
-    ("prompt_10000_chars", "/generate", None, {"prompt": ("a dancer " * 1200)[:10_000]}, r"10,000 characters, more than"),
+    (
+        "prompt_10000_chars",
+        "/generate",
+        None,
+        {"prompt": ("a dancer " * 1200)[:10_000]},
+        r"10,000 characters, more than",
+    ),
     # The page's number field (minimum 1) answers before the handler's own check.
     ("steps_negative", "/generate", None, {"steps": -1}, r"less than minimum value 1|steps must be 1\.\.200"),
     ("two_hour_audio", "/lipsync_audio", "two_hours.flac", {}, r"2 h 00 min.*at most 10 min"),
@@ -519,8 +597,14 @@ def test_bad_input_through_the_app(name, endpoint, file, options, pattern, clien
 
     case = CASES_BY_NAME[name]
     api_name = "/lipsync" if endpoint.startswith("/lipsync") else endpoint
-    row = {"case": name, "stage": case.stage, "what": case.what, "expected": case.expected, "via": f"app {api_name}",
-           "known_issue": KNOWN_APP_ISSUES.get(name)}
+    row = {
+        "case": name,
+        "stage": case.stage,
+        "what": case.what,
+        "expected": case.expected,
+        "via": f"app {api_name}",
+        "known_issue": KNOWN_APP_ISSUES.get(name),
+    }
     RESULTS.append(row)
     started = time.perf_counter()
     try:
@@ -582,6 +666,7 @@ def check_app_result(name: str, result) -> str:
 
 # ---------------------------------------------------------------------------- issue 15: the probe's cases through the CLI
 
+
 def cli_args(case, corpus: Path, out: Path, weights: Path) -> list[str]:
     """The `python -m dynamictrl ...` command a CLI user of the case's stage types."""
     path = str(corpus / case.file if case.file else value_path(case, corpus))
@@ -592,23 +677,49 @@ def cli_args(case, corpus: Path, out: Path, weights: Path) -> list[str]:
     stage = case.stage
     if stage == "output":
         target = str(output_target(case, corpus))
-        stage, path = {"generate": "pose video", "lipsync": "lip-sync video", "pose": "driving video"}[case.value["call"]], None
+        stage, path = (
+            {"generate": "pose video", "lipsync": "lip-sync video", "pose": "driving video"}[case.value["call"]],
+            None,
+        )
         out_file = target
     else:
         out_file = str(out / ("talk_out.mp4" if "audio" in stage or "lip-sync" in stage else "out.mp4"))
     if stage == "driving video":
-        return ["pose", "--image", str(corpus / "reference.png"), "--video", path or str(corpus / "dance.mp4"),
-                "--out", out_file, *size, *common]
+        return [
+            "pose",
+            "--image",
+            str(corpus / "reference.png"),
+            "--video",
+            path or str(corpus / "dance.mp4"),
+            "--out",
+            out_file,
+            *size,
+            *common,
+        ]
     if stage == "pose video":
-        return [*generate, "--image", str(corpus / "reference.png"), "--pose-video", path or str(corpus / "pose.mp4"),
-                "--out", out_file]
+        return [
+            *generate,
+            "--image",
+            str(corpus / "reference.png"),
+            "--pose-video",
+            path or str(corpus / "pose.mp4"),
+            "--out",
+            out_file,
+        ]
     if stage == "reference image":
         return [*generate, "--image", path, "--pose-video", str(corpus / "pose.mp4"), "--out", out_file]
     if stage == "speech audio":
         return [*lipsync, "--video", str(corpus / "talk.mp4"), "--audio", path, "--out", out_file]
     if stage == "lip-sync video":
-        return [*lipsync, "--video", path or str(corpus / "talk.mp4"), "--audio", str(corpus / "speech.wav"),
-                "--out", out_file]
+        return [
+            *lipsync,
+            "--video",
+            path or str(corpus / "talk.mp4"),
+            "--audio",
+            str(corpus / "speech.wav"),
+            "--out",
+            out_file,
+        ]
     raise AssertionError(stage)
 
 
@@ -633,7 +744,7 @@ def test_probe_case_through_the_cli(name, corpus, lipsync_weights, tmp_path, cap
         if expected[0] == "error":
             row["outcome"] = f"exit {status}: " + " / ".join(lines)
             assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
-            assert "Traceback" not in captured.err and re.search(expected[2], lines[0][len("error: "):]), lines
+            assert "Traceback" not in captured.err and re.search(expected[2], lines[0][len("error: ") :]), lines
             written = [p.name for p in out.rglob("*") if p.suffix in (".mp4", ".json") or ".partial" in p.name]
             assert not written, written
         else:
@@ -660,8 +771,15 @@ def test_outputs_are_checked_before_any_model_loads(corpus, tmp_path):
     assert not any(entry["loaded"] for entry in studio.manager.status()) and studio._t5_tokenizer is None
     case = CASES_BY_NAME["output_is_folder"]
     command = [sys.executable, "-m", "dynamictrl", *cli_args(case, corpus, tmp_path, tmp_path / "no-weights")]
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "out_dir.mp4 is a folder" in result.stderr, result.stderr
 
@@ -670,8 +788,13 @@ def test_heic_photo_through_the_app(client, corpus):
     """The app reads an iPhone photo: the upload widget hands the file over unopened
     (ui/uploads.py) and dynamictrl.images reads HEIC through pillow-heif."""
     case = CASES_BY_NAME["heic_photo"]
-    row = {"case": case.name, "stage": case.stage, "what": case.what, "expected": case.expected,
-           "via": "app /crop_preview"}
+    row = {
+        "case": case.name,
+        "stage": case.stage,
+        "what": case.what,
+        "expected": case.expected,
+        "via": "app /crop_preview",
+    }
     RESULTS.append(row)
     started = time.perf_counter()
     try:
@@ -691,6 +814,7 @@ def test_heic_photo_through_the_app(client, corpus):
 # The SERVED_CASES block of make_corpus: what `/gradio_api/file=` answers for an upload.
 # The same rule in a browser: tests/test_app_browser.py::test_uploaded_pages_and_scripts_never_run.
 
+
 def upload_to_app(app_url: str, path: Path) -> str:
     """Uploads a file the way the page does (gradio's upload route); its path on the server."""
     import httpx
@@ -705,17 +829,24 @@ def test_uploads_are_served_back_inert(name, tiny_app, corpus):
     import httpx
 
     case = next(case for case in SERVED_CASES if case.name == name)
-    row = {"case": name, "stage": case.stage, "what": case.what, "expected": case.expected,
-           "via": "app /gradio_api/file="}
+    row = {
+        "case": name,
+        "stage": case.stage,
+        "what": case.what,
+        "expected": case.expected,
+        "via": "app /gradio_api/file=",
+    }
     RESULTS.append(row)
     started = time.perf_counter()
     try:
         served_path = upload_to_app(tiny_app.url, corpus / case.file)
         response = httpx.get(f"{tiny_app.url}gradio_api/file={served_path}", timeout=30)
         headers = response.headers
-        row["outcome"] = (f"{response.status_code}, {headers.get('content-type')}, "
-                          f"{headers.get('content-disposition', 'no disposition')}, "
-                          f"nosniff: {headers.get('x-content-type-options') == 'nosniff'}")
+        row["outcome"] = (
+            f"{response.status_code}, {headers.get('content-type')}, "
+            f"{headers.get('content-disposition', 'no disposition')}, "
+            f"nosniff: {headers.get('x-content-type-options') == 'nosniff'}"
+        )
         assert headers.get("x-content-type-options") == "nosniff"
         if case.expected.startswith("refused"):
             assert response.status_code == 403 and headers["content-type"].startswith("text/plain")
@@ -744,12 +875,17 @@ def test_the_reference_cases_are_real_attacks(corpus):
         frames = sum(1 for _ in reader)
         assert frames >= 3 and meta["size"] in ((64, 48), (48, 64)), (name, frames, meta["size"])
     for name in ("eleven_minutes_titled.mp4", "eleven_minutes_titled.flac"):
-        log = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(corpus / name)],
-                             check=False, capture_output=True, text=True).stderr
+        log = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(corpus / name)],
+            check=False,
+            capture_output=True,
+            text=True,
+        ).stderr
         assert re.search(r"Duration: (\d+:\d+:\d+)", log).group(1) == "00:00:05", log
 
 
 # ---------------------------------------------------------------------------- report
+
 
 def _cell(text) -> str:
     text = "" if text is None else str(text)
@@ -780,13 +916,15 @@ def render_report(results: list[dict]) -> str:
         f"({slowest['via']}), {slowest['seconds']} s.",
         f"- Test process memory (RSS) after the API cases: {rss[0]:.0f} MB after the first, {rss[-1]:.0f} MB after "
         f"the last, peak {max(rss):.0f} MB (tiny models, loaded along the way, and the test harness included)."
-        if rss else "",
+        if rss
+        else "",
         "- ffmpeg processes left running after a case: "
         f"{sum(row.get('leaked_ffmpeg') or 0 for row in api)} (checked after every API case).",
         f"- Memory after faults: {MEMORY['calls']} more failing calls (every error case {FAULT_ROUNDS} more times, "
         f"models loaded): RSS {MEMORY['before']} MB before, {MEMORY['after']} MB after; open files "
         f"{MEMORY['files_before']} before, {MEMORY['files_after']} after; ffmpeg processes left: {MEMORY['ffmpeg']}."
-        if MEMORY else "",
+        if MEMORY
+        else "",
         "",
         "## Through the Python API",
         "",
@@ -794,36 +932,79 @@ def render_report(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in api:
-        lines.append(f"| {row['case']} | {row['stage']} | {_cell(row['what'])} | {_cell(row['expected'])} | "
-                     f"{_cell(row.get('outcome', 'FAILED'))}{'' if row.get('passed') else ' **(FAILED)**'} | "
-                     f"{row.get('seconds')} | {row.get('rss_mb')} |")
+        lines.append(
+            f"| {row['case']} | {row['stage']} | {_cell(row['what'])} | {_cell(row['expected'])} | "
+            f"{_cell(row.get('outcome', 'FAILED'))}{'' if row.get('passed') else ' **(FAILED)**'} | "
+            f"{row.get('seconds')} | {row.get('rss_mb')} |"
+        )
     if cli:
-        lines += ["", "## Through the CLI (`python -m dynamictrl ...`, the probe's cases)", "",
-                  "| case | stage | outcome the user sees | s |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Through the CLI (`python -m dynamictrl ...`, the probe's cases)",
+            "",
+            "| case | stage | outcome the user sees | s |",
+            "|---|---|---|---|",
+        ]
         for row in cli:
-            lines.append(f"| {row['case']} | {row['stage']} | {_cell(row.get('outcome', 'FAILED'))}"
-                         f"{'' if row.get('passed') else ' **(FAILED)**'} | {row.get('seconds')} |")
+            lines.append(
+                f"| {row['case']} | {row['stage']} | {_cell(row.get('outcome', 'FAILED'))}"
+                f"{'' if row.get('passed') else ' **(FAILED)**'} | {row.get('seconds')} |"
+            )
     if ray_rows:
-        lines += ["", "## Through the Ray gateway (`RemoteStudio` on the tiny service of tests/test_serve.py)", "",
-                  "| case | stage | how the file travels | outcome the caller sees | s |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Through the Ray gateway (`RemoteStudio` on the tiny service of tests/test_serve.py)",
+            "",
+            "| case | stage | how the file travels | outcome the caller sees | s |",
+            "|---|---|---|---|---|",
+        ]
         for row in ray_rows:
-            lines.append(f"| {row['case']} | {row['stage']} | {row['via'][4:]} | {_cell(row.get('outcome', 'FAILED'))}"
-                         f"{'' if row.get('passed') else ' **(FAILED)**'} | {row.get('seconds')} |")
-    lines += ["", "## Through the web app (gradio_client, `app.py --tiny`)", "",
-              "| case | endpoint | outcome the user sees | s |", "|---|---|---|---|"]
+            lines.append(
+                f"| {row['case']} | {row['stage']} | {row['via'][4:]} | {_cell(row.get('outcome', 'FAILED'))}"
+                f"{'' if row.get('passed') else ' **(FAILED)**'} | {row.get('seconds')} |"
+            )
+    lines += [
+        "",
+        "## Through the web app (gradio_client, `app.py --tiny`)",
+        "",
+        "| case | endpoint | outcome the user sees | s |",
+        "|---|---|---|---|",
+    ]
     for row in app:
         status = "" if row.get("passed") else " **(known issue)**" if row.get("known_issue") else " **(FAILED)**"
-        lines.append(f"| {row['case']} | {row['via'][4:]} | {_cell(row.get('outcome', 'FAILED'))}{status} | "
-                     f"{row.get('seconds')} |")
+        lines.append(
+            f"| {row['case']} | {row['via'][4:]} | {_cell(row.get('outcome', 'FAILED'))}{status} | "
+            f"{row.get('seconds')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def test_report_renders_every_row():
-    rows = [{"case": "a", "stage": "s", "what": "w|x", "expected": "e", "via": "API", "outcome": "ok: y",
-             "seconds": 1.0, "rss_mb": 100, "passed": True, "leaked_ffmpeg": 0},
-            {"case": "b", "stage": "s", "what": "w", "expected": "e", "via": "app /x", "seconds": 2.0, "rss_mb": None},
-            {"case": "c", "stage": "pose video", "what": "w", "expected": "e", "via": "Ray by value",
-             "outcome": "VideoError: p.m3u8 is an HLS playlist", "seconds": 0.5, "passed": True}]
+    rows = [
+        {
+            "case": "a",
+            "stage": "s",
+            "what": "w|x",
+            "expected": "e",
+            "via": "API",
+            "outcome": "ok: y",
+            "seconds": 1.0,
+            "rss_mb": 100,
+            "passed": True,
+            "leaked_ffmpeg": 0,
+        },
+        {"case": "b", "stage": "s", "what": "w", "expected": "e", "via": "app /x", "seconds": 2.0, "rss_mb": None},
+        {
+            "case": "c",
+            "stage": "pose video",
+            "what": "w",
+            "expected": "e",
+            "via": "Ray by value",
+            "outcome": "VideoError: p.m3u8 is an HLS playlist",
+            "seconds": 0.5,
+            "passed": True,
+        },
+    ]
     text = render_report(rows)
     assert "| c | pose video | by value | VideoError: p.m3u8 is an HLS playlist | 0.5 |" in text
     assert "1 through the Ray gateway" in text and "| c | /" not in text  # not among the app's rows

@@ -33,12 +33,15 @@ class TinyHub:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 if path.startswith("/api/models/"):
-                    repo = path[len("/api/models/"):]
+                    repo = path[len("/api/models/") :]
                     if repo not in hub.repos:
                         return self.send_error(404)
                     siblings = [
-                        {"rfilename": name, "size": len(data),
-                         "lfs": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 130}}
+                        {
+                            "rfilename": name,
+                            "size": len(data),
+                            "lfs": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 130},
+                        }
                         for name, data in hub.repos[repo].items()
                     ]
                     body = json.dumps({"id": repo, "sha": SHA, "siblings": siblings}).encode()
@@ -126,8 +129,14 @@ def test_download_reports_progress_and_checks_the_files(tmp_path, online):
     reports = []
     with TinyHub({MASK_B: files}) as hub:
         assert catalog.hub_download_bytes("mask_background", hub.endpoint) == sum(len(d) for d in files.values())
-        path = catalog.download_model("mask_background", tmp_path, progress=reports.append, endpoint=hub.endpoint,
-                                      chunk_bytes=16_384, report_every_s=0)
+        path = catalog.download_model(
+            "mask_background",
+            tmp_path,
+            progress=reports.append,
+            endpoint=hub.endpoint,
+            chunk_bytes=16_384,
+            report_every_s=0,
+        )
     assert path == tmp_path / "Dynamictrl-Mask_B01"
     for name, data in files.items():
         assert (path / name).read_bytes() == data
@@ -151,16 +160,24 @@ def test_cancel_keeps_the_partial_file_and_the_next_download_resumes_it(tmp_path
 
     with TinyHub({MASK_B: files}) as hub:
         with pytest.raises(weights.DownloadCancelled):
-            catalog.download_model("mask_background", tmp_path, progress=cancel_midway, cancel=cancel,
-                                   endpoint=hub.endpoint, chunk_bytes=16_384, report_every_s=0)
+            catalog.download_model(
+                "mask_background",
+                tmp_path,
+                progress=cancel_midway,
+                cancel=cancel,
+                endpoint=hub.endpoint,
+                chunk_bytes=16_384,
+                report_every_s=0,
+            )
         part = tmp_path / "Dynamictrl-Mask_B01" / (weights_file + ".part")
         kept = part.stat().st_size
         assert 0 < kept < len(files[weights_file])
         assert catalog.status("mask_background", tmp_path).state == catalog.PARTIAL
 
         reports = []
-        catalog.download_model("mask_background", tmp_path, progress=reports.append, endpoint=hub.endpoint,
-                               report_every_s=0)
+        catalog.download_model(
+            "mask_background", tmp_path, progress=reports.append, endpoint=hub.endpoint, report_every_s=0
+        )
         assert (weights_file, f"bytes={kept}-") in hub.ranges  # resumed, not restarted
     assert (tmp_path / "Dynamictrl-Mask_B01" / weights_file).read_bytes() == files[weights_file]
     assert not part.exists()
@@ -229,8 +246,12 @@ def test_missing_models_error_lists_all_with_sizes_and_one_command(tmp_path):
 
 
 def test_groups_and_unknown_names():
-    assert [s.name for s in catalog.expand(["lipsync", "musetalk"])] == ["musetalk", "sd_vae", "whisper_tiny",
-                                                                         "face_parsing"]
+    assert [s.name for s in catalog.expand(["lipsync", "musetalk"])] == [
+        "musetalk",
+        "sd_vae",
+        "whisper_tiny",
+        "face_parsing",
+    ]
     with pytest.raises(ValueError, match="Unknown model 'dwpos'"):
         catalog.expand(["dwpos"])
 
@@ -244,7 +265,12 @@ def test_studio_lists_every_missing_model_of_a_job_before_it_starts(tmp_path, mo
     studio = Studio(weights_dir=tmp_path / "weights", device="cpu")
     settings = GenerateSettings(prompt="", mask_mode="background", width=48, height=64, num_frames=9)
     assert studio.models_needed(settings, driving_video=True) == [
-        "base", "mask_background", "dwpose", "sam_vit_b", "qwen2vl_2b"]
+        "base",
+        "mask_background",
+        "dwpose",
+        "sam_vit_b",
+        "qwen2vl_2b",
+    ]
     assert studio.models_needed(GenerateSettings(prompt="a dancer")) == ["base"]
     image = tmp_path / "ref.png"
     Image.new("RGB", (48, 64)).save(image)
@@ -252,8 +278,13 @@ def test_studio_lists_every_missing_model_of_a_job_before_it_starts(tmp_path, mo
     out.parent.mkdir()
     with pytest.raises(catalog.MissingModelsError) as error:
         studio.generate(image, out, settings, driving_video_path=tmp_path / "dance.mp4")
-    assert [s.spec.name for s in error.value.missing] == ["base", "mask_background", "dwpose", "sam_vit_b",
-                                                          "qwen2vl_2b"]
+    assert [s.spec.name for s in error.value.missing] == [
+        "base",
+        "mask_background",
+        "dwpose",
+        "sam_vit_b",
+        "qwen2vl_2b",
+    ]
     assert "offline mode is on" in str(error.value)
     assert str(error.value).endswith("python -m dynamictrl download base mask_background dwpose sam_vit_b qwen2vl_2b")
     assert list(out.parent.iterdir()) == []
@@ -268,5 +299,7 @@ def test_studio_with_every_model_on_disk_misses_none(tiny_weights, lipsync_weigh
     from dynamictrl.studio import GenerateSettings, Studio
 
     studio = Studio(weights_dir=lipsync_weights, device="cpu", auto_download=False)
-    assert studio.missing_models(GenerateSettings(prompt="x", variant="mask_clothing"), driving_video=True,
-                                 lipsync=True) == []
+    assert (
+        studio.missing_models(GenerateSettings(prompt="x", variant="mask_clothing"), driving_video=True, lipsync=True)
+        == []
+    )

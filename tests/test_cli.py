@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args, env=None):
     environment = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "dynamictrl", *args], capture_output=True, text=True, cwd=ROOT, env=environment, timeout=300
+        [sys.executable, "-m", "dynamictrl", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environment,
+        timeout=300,
     )
 
 
@@ -30,9 +35,30 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     out = tmp_path / "out" / "dance.mp4"
 
     result = run_cli(
-        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing",
-        "--out", str(out), "--frames", "9", "--width", "48", "--height", "64", "--steps", "2",
-        "--seed", "5", "--weights-dir", str(tiny_weights), "--device", "cpu", "--t5-on-cpu",
+        "generate",
+        "--image",
+        str(image),
+        "--pose-video",
+        str(pose),
+        "--prompt",
+        "a person dancing",
+        "--out",
+        str(out),
+        "--frames",
+        "9",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+        "--t5-on-cpu",
     )
 
     assert result.returncode == 0, result.stderr
@@ -41,7 +67,11 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     video = read_video(out)
     assert video.num_frames == 9 and video.size == (64, 48)
     manifest = json.loads(out.with_suffix(".json").read_text())
-    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["seed"] == 5 and manifest["settings"]["memory"]["t5_on_cpu"]
+    assert (
+        manifest["settings"]["steps"] == 2
+        and manifest["settings"]["seed"] == 5
+        and manifest["settings"]["memory"]["t5_on_cpu"]
+    )
     assert manifest["inputs"]["image"]["path"] == str(image)
 
 
@@ -50,9 +80,25 @@ def test_bad_input_exits_2_with_one_clear_line(tiny_weights, tmp_path):
     Image.new("RGB", (48, 64)).save(image)
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), dtype=np.uint8))
     result = run_cli(
-        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "x", "--out",
-        str(tmp_path / "o.mp4"), "--frames", "9", "--width", "50", "--height", "64", "--weights-dir", str(tiny_weights),
-        "--device", "cpu",
+        "generate",
+        "--image",
+        str(image),
+        "--pose-video",
+        str(pose),
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "o.mp4"),
+        "--frames",
+        "9",
+        "--width",
+        "50",
+        "--height",
+        "64",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
     )
     assert result.returncode == 2
     assert "multiples of 16" in result.stderr and "Traceback" not in result.stderr
@@ -63,9 +109,27 @@ def test_missing_weights_offline_names_the_download_command(tmp_path):
     Image.new("RGB", (48, 64)).save(image)
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), dtype=np.uint8))
     result = run_cli(
-        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "x", "--out",
-        str(tmp_path / "o.mp4"), "--frames", "9", "--width", "48", "--height", "64",
-        "--weights-dir", str(tmp_path / "empty"), "--variant", "mask_background", "--device", "cpu",
+        "generate",
+        "--image",
+        str(image),
+        "--pose-video",
+        str(pose),
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "o.mp4"),
+        "--frames",
+        "9",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--weights-dir",
+        str(tmp_path / "empty"),
+        "--variant",
+        "mask_background",
+        "--device",
+        "cpu",
     )
     assert result.returncode == 2
     assert "python -m dynamictrl download" in result.stderr
@@ -90,10 +154,31 @@ def test_pose_command_writes_pose_video_preview_and_json(tiny_weights, tmp_path)
     out = tmp_path / "pose.mp4"
 
     result = run_cli(
-        "pose", "--image", str(image), "--video", str(dance), "--out", str(out), "--frames", "9",
-        "--width", "48", "--height", "64", "--fps", "8", "--retarget", "bones", "--preview",
-        str(tmp_path / "preview.mp4"), "--save-json", str(tmp_path / "poses.json"),
-        "--weights-dir", str(tiny_weights), "--device", "cpu",
+        "pose",
+        "--image",
+        str(image),
+        "--video",
+        str(dance),
+        "--out",
+        str(out),
+        "--frames",
+        "9",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--fps",
+        "8",
+        "--retarget",
+        "bones",
+        "--preview",
+        str(tmp_path / "preview.mp4"),
+        "--save-json",
+        str(tmp_path / "poses.json"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
     )
 
     assert result.returncode == 0, result.stderr
@@ -112,8 +197,21 @@ def test_pose_command_explains_a_too_short_video(tiny_weights, tmp_path):
     Image.new("RGB", (48, 64), (255, 0, 0)).save(image)
     dance = uniform_video(tmp_path / "short.mp4", [(255, 0, 0)] * 5)
     result = run_cli(
-        "pose", "--image", str(image), "--video", str(dance), "--out", str(tmp_path / "p.mp4"),
-        "--frames", "37", "--width", "48", "--height", "64", "--weights-dir", str(tiny_weights),
+        "pose",
+        "--image",
+        str(image),
+        "--video",
+        str(dance),
+        "--out",
+        str(tmp_path / "p.mp4"),
+        "--frames",
+        "37",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--weights-dir",
+        str(tiny_weights),
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "use --frames 5 or --loop" in result.stderr
@@ -125,9 +223,27 @@ def test_generate_from_a_driving_video(tiny_weights, tmp_path):
     dance = uniform_video(tmp_path / "dance.mp4", [(255, 8 * k, 0) for k in range(8)])
     out = tmp_path / "anim.mp4"
     result = run_cli(
-        "generate", "--image", str(image), "--driving-video", str(dance), "--prompt", "a person dancing",
-        "--out", str(out), "--frames", "5", "--width", "48", "--height", "64", "--steps", "1",
-        "--weights-dir", str(tiny_weights), "--device", "cpu",
+        "generate",
+        "--image",
+        str(image),
+        "--driving-video",
+        str(dance),
+        "--prompt",
+        "a person dancing",
+        "--out",
+        str(out),
+        "--frames",
+        "5",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--steps",
+        "1",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     assert read_video(out).num_frames == 5
@@ -144,8 +260,17 @@ def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path):
         save_tiny_qwen(tiny_weights)
     image = tmp_path / "ref.png"
     Image.new("RGB", (64, 64), (200, 100, 50)).save(image)
-    result = run_cli("caption", "--image", str(image), "--mask-mode", "background", "--weights-dir", str(tiny_weights),
-                     "--device", "cpu")
+    result = run_cli(
+        "caption",
+        "--image",
+        str(image),
+        "--mask-mode",
+        "background",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     assert "[Describe the new background here.]" in result.stdout
 
@@ -170,9 +295,29 @@ def test_mask_command_writes_the_masked_reference(tiny_weights, tmp_path, monkey
     image = tmp_path / "ref.png"
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
     out, mask = tmp_path / "masked.png", tmp_path / "mask.png"
-    code = cli.main(["mask", "--image", str(image), "--mode", "background", "--out", str(out), "--save-mask", str(mask),
-                     "--width", "48", "--height", "64", "--points", "24,30,+", "--weights-dir", str(folder),
-                     "--device", "cpu"])
+    code = cli.main(
+        [
+            "mask",
+            "--image",
+            str(image),
+            "--mode",
+            "background",
+            "--out",
+            str(out),
+            "--save-mask",
+            str(mask),
+            "--width",
+            "48",
+            "--height",
+            "64",
+            "--points",
+            "24,30,+",
+            "--weights-dir",
+            str(folder),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and "--mask-mode background" in capsys.readouterr().out
     assert np.asarray(Image.open(out)).shape == (64, 48, 3)
     assert set(np.unique(np.asarray(Image.open(mask)))) <= {0, 255}
@@ -188,8 +333,23 @@ def test_bad_points_are_explained():
 def test_missing_sam_checkpoint_offline_names_how_to_get_it(tiny_weights, tmp_path):
     image = tmp_path / "ref.png"
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
-    result = run_cli("mask", "--image", str(image), "--mode", "background", "--out", str(tmp_path / "m.png"),
-                     "--width", "48", "--height", "64", "--weights-dir", str(tiny_weights), "--device", "cpu")
+    result = run_cli(
+        "mask",
+        "--image",
+        str(image),
+        "--mode",
+        "background",
+        "--out",
+        str(tmp_path / "m.png"),
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "SAM ViT-B (375.0 MB)" in result.stderr and "python -m dynamictrl download sam_vit_b" in result.stderr
 
@@ -210,9 +370,31 @@ def test_generate_a_clip_longer_than_one_window(tiny_weights, tmp_path):
     pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (21, 64, 48, 3), dtype=np.uint8))
     out = tmp_path / "long.mp4"
     result = run_cli(
-        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing",
-        "--out", str(out), "--frames", "21", "--window-frames", "9", "--overlap", "1", "--width", "48",
-        "--height", "64", "--steps", "1", "--weights-dir", str(tiny_weights), "--device", "cpu",
+        "generate",
+        "--image",
+        str(image),
+        "--pose-video",
+        str(pose),
+        "--prompt",
+        "a person dancing",
+        "--out",
+        str(out),
+        "--frames",
+        "21",
+        "--window-frames",
+        "9",
+        "--overlap",
+        "1",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--steps",
+        "1",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     assert read_video(out).num_frames == 21
@@ -231,8 +413,20 @@ def test_lipsync_command(lipsync_weights, tmp_path):
     out = tmp_path / "synced.mp4"
     common = ["--weights-dir", str(lipsync_weights), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
 
-    result = run_cli("lipsync", "--video", str(video), "--audio", str(tmp_path / "speech.wav"), "--out", str(out),
-                     "--bbox-shift", "2", "--batch-size", "4", *common)
+    result = run_cli(
+        "lipsync",
+        "--video",
+        str(video),
+        "--audio",
+        str(tmp_path / "speech.wav"),
+        "--out",
+        str(out),
+        "--bbox-shift",
+        "2",
+        "--batch-size",
+        "4",
+        *common,
+    )
     assert result.returncode == 0, result.stderr
     assert "10 frames at 25 fps" in result.stdout and "forward and backward" in result.stdout
     assert "lip-sync" in result.stderr  # the progress bar
@@ -240,13 +434,16 @@ def test_lipsync_command(lipsync_weights, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["bbox_shift"] == 2
 
     wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
-    failed = run_cli("lipsync", "--video", str(video), "--audio", str(tmp_path / "silence.wav"), "--out", str(out), *common)
+    failed = run_cli(
+        "lipsync", "--video", str(video), "--audio", str(tmp_path / "silence.wav"), "--out", str(out), *common
+    )
     assert failed.returncode == 2 and "silent" in failed.stderr and "Traceback" not in failed.stderr
 
 
 def test_prepare_data_is_a_command(tmp_path):
-    result = run_cli("prepare-data", "--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "dataset"),
-                     "--no-caption")
+    result = run_cli(
+        "prepare-data", "--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "dataset"), "--no-caption"
+    )
     assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -263,8 +460,14 @@ def test_train_is_a_command(tmp_path):
 def imported_modules(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Runs the CLI under `python -X importtime` and returns the modules it imported."""
     environment = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "dynamictrl", *args], capture_output=True,
-                            text=True, cwd=ROOT, env=environment, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dynamictrl", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environment,
+        timeout=120,
+    )
     modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     return result, modules
 
@@ -298,8 +501,19 @@ def test_models_command_lists_every_model_with_its_state(tiny_weights):
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["base"]["state"] == "on disk" and rows["sam_vit_h"]["state"] == "missing"
     assert rows["qwen2vl_7b"]["to download"] == "16.6 GB"
-    assert set(rows) >= {"base", "mask_background", "mask_clothing", "dwpose", "sam_vit_b", "qwen2vl_2b", "qwen2vl_7b",
-                         "musetalk", "sd_vae", "whisper_tiny", "face_parsing"}
+    assert set(rows) >= {
+        "base",
+        "mask_background",
+        "mask_clothing",
+        "dwpose",
+        "sam_vit_b",
+        "qwen2vl_2b",
+        "qwen2vl_7b",
+        "musetalk",
+        "sd_vae",
+        "whisper_tiny",
+        "face_parsing",
+    }
 
 
 def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
@@ -309,16 +523,43 @@ def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
     pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8))
     out = tmp_path / "dance.mp4"
     result = run_cli(
-        "generate", "--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing",
-        "--out", str(out), "--frames", "9", "--width", "48", "--height", "64", "--speed", "draft", "--steps", "2",
-        "--seeds", "3,9", "--preview-every", "1", "--pose-strength", "0.5",
-        "--weights-dir", str(tiny_weights), "--device", "cpu",
+        "generate",
+        "--image",
+        str(image),
+        "--pose-video",
+        str(pose),
+        "--prompt",
+        "a person dancing",
+        "--out",
+        str(out),
+        "--frames",
+        "9",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--speed",
+        "draft",
+        "--steps",
+        "2",
+        "--seeds",
+        "3,9",
+        "--preview-every",
+        "1",
+        "--pose-strength",
+        "0.5",
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     for seed in (3, 9):
         manifest = json.loads((tmp_path / f"dance_seed{seed}.json").read_text())
         assert manifest["settings"]["seed"] == seed and manifest["settings"]["steps"] == 2
-        assert manifest["settings"]["memory"]["first_block_cache"] == 0.05 and manifest["settings"]["pose_strength"] == 0.5
+        assert (
+            manifest["settings"]["memory"]["first_block_cache"] == 0.05 and manifest["settings"]["pose_strength"] == 0.5
+        )
         assert read_video(tmp_path / f"dance_seed{seed}.mp4").num_frames == 9
     assert not out.exists()
     previews = sorted((tmp_path / "dance_preview").glob("step_*.png"))
@@ -327,9 +568,21 @@ def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
 
 
 def test_bad_seed_and_size_options_are_one_line(tmp_path):
-    result = run_cli("generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4"),
-                     "--seeds", "1,1")
+    result = run_cli(
+        "generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4"), "--seeds", "1,1"
+    )
     assert result.returncode == 2 and "Each seed once" in result.stderr and "Traceback" not in result.stderr
-    result = run_cli("generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4"),
-                     "--size", "portrait-draft", "--width", "512")
+    result = run_cli(
+        "generate",
+        "--image",
+        "x.png",
+        "--pose-video",
+        "p.mp4",
+        "--out",
+        str(tmp_path / "o.mp4"),
+        "--size",
+        "portrait-draft",
+        "--width",
+        "512",
+    )
     assert result.returncode == 2 and "either --size or --width/--height" in result.stderr

@@ -40,8 +40,26 @@ def generate_args(pose_video: Path, seed: int, steps: int = 2) -> list:
 
     # image, video, is_pose_video, preset, width, height, start, frames, fps, retarget,
     # mask_mode, prompt, negative, steps, guidance, seed, speed, offload
-    return [handle_file(str(REFERENCE)), handle_file(str(pose_video)), True, TINY, 768, 1360, 0, 9, 16, "global",
-            "none", "a person dancing", "", steps, 3.0, seed, "tiny (2 steps)", "auto"]
+    return [
+        handle_file(str(REFERENCE)),
+        handle_file(str(pose_video)),
+        True,
+        TINY,
+        768,
+        1360,
+        0,
+        9,
+        16,
+        "global",
+        "none",
+        "a person dancing",
+        "",
+        steps,
+        3.0,
+        seed,
+        "tiny (2 steps)",
+        "auto",
+    ]
 
 
 def new_clients(tiny_app, count: int) -> list:
@@ -128,16 +146,19 @@ def test_four_sessions_run_one_at_a_time_in_queue_order_into_their_own_folders(t
     assert sorted(timeline.finished, key=timeline.finished.get) == [0, 1, 2, 3]
     for earlier, later in zip(range(3), range(1, 4)):
         # One GPU slot: a job starts only when the one before it has finished.
-        assert timeline.started[later] >= timeline.finished[earlier] - DELIVERY_SLACK_S, (timeline.started,
-                                                                                         timeline.finished)
+        assert timeline.started[later] >= timeline.finished[earlier] - DELIVERY_SLACK_S, (
+            timeline.started,
+            timeline.finished,
+        )
 
     folders = [session_dir(tiny_app, client) for client in clients]
     assert len(set(folders)) == 4
     for i, (client, (video, manifest, _files, *_missing_models)) in enumerate(zip(clients, results)):
         assert manifest["settings"]["seed"] == 100 + i
         # Everything this session made is in its own folder, and only that.
-        assert sorted(p.name for p in folders[i].iterdir()) == sorted([manifest["output"],
-                                                                       Path(manifest["output"]).stem + ".json"])
+        assert sorted(p.name for p in folders[i].iterdir()) == sorted(
+            [manifest["output"], Path(manifest["output"]).stem + ".json"]
+        )
         # What the client received is the file in its folder, not another session's.
         assert sha256(video) == sha256(folders[i] / manifest["output"])
         assert history_outputs(client) == [manifest["output"]]

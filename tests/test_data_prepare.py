@@ -106,7 +106,13 @@ def test_layout_and_manifest(prepared):
     out, report, messages = prepared
     manifest = manifest_of(out)
     assert {k: manifest[k] for k in ("version", "width", "height", "fps", "caption", "mask_mode")} == {
-        "version": 1, "width": WIDTH, "height": HEIGHT, "fps": 16.0, "caption": True, "mask_mode": "background"}
+        "version": 1,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "fps": 16.0,
+        "caption": True,
+        "mask_mode": "background",
+    }
     items = {item["id"]: item for item in manifest["items"]}
     # Sorted names: walk.mov keeps the bare stem, walk.mp4 is numbered.
     assert [(i["id"], i["source"]) for i in manifest["items"]] == [("walk", "walk.mov"), ("walk_2", "walk.mp4")]
@@ -119,8 +125,18 @@ def test_layout_and_manifest(prepared):
         assert "[" not in item["prompt"]  # the unmasked frame is captioned: no placeholder
     assert report.prepared == ["walk", "walk_2"] and report.filled_frames == 1
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
-        ["manifest.json", "walk.mp4", "walk_2.mp4", "walk.mp4", "walk_2.mp4", "walk.json", "walk_2.json",
-         "walk.png", "walk_2.png"])  # nothing of the skipped videos, no partial files
+        [
+            "manifest.json",
+            "walk.mp4",
+            "walk_2.mp4",
+            "walk.mp4",
+            "walk_2.mp4",
+            "walk.json",
+            "walk_2.json",
+            "walk.png",
+            "walk_2.png",
+        ]
+    )  # nothing of the skipped videos, no partial files
     assert messages[-1] == (1.0, "done") and len(messages) == 6  # one per video (notes.txt is no video)
 
 
@@ -192,8 +208,9 @@ def test_resume_skips_finished_items(prepared, studio, sources, monkeypatch):
     detector = studio.manager.get("dwpose")
     calls = []
     original = detector.detect_video
-    monkeypatch.setattr(detector, "detect_video",
-                        lambda frames, **kwargs: calls.append(len(frames)) or original(frames, **kwargs))
+    monkeypatch.setattr(
+        detector, "detect_video", lambda frames, **kwargs: calls.append(len(frames)) or original(frames, **kwargs)
+    )
     report = prepare_dataset(studio, sources, out, SETTINGS)
     assert report.already_done == ["walk", "walk_2"] and report.prepared == []
     # Only the skipped videos are tried again, and only the personless one reaches the detector.
@@ -252,8 +269,21 @@ def test_cli_without_captions(studio, sources, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     data_cli.add_arguments(parser)
     out = tmp_path / "dataset"
-    args = parser.parse_args(["--videos", str(sources), "--out", str(out), "--width", str(WIDTH),
-                              "--height", str(HEIGHT), "--max-frames", "5", "--no-caption"])
+    args = parser.parse_args(
+        [
+            "--videos",
+            str(sources),
+            "--out",
+            str(out),
+            "--width",
+            str(WIDTH),
+            "--height",
+            str(HEIGHT),
+            "--max-frames",
+            "5",
+            "--no-caption",
+        ]
+    )
     assert (args.mask, args.caption, args.fps) == ("none", False, 16.0)
     assert data_cli.run(args, studio=studio) == 0
     manifest = manifest_of(out)
@@ -263,12 +293,15 @@ def test_cli_without_captions(studio, sources, tmp_path, capsys):
     assert "walk.mov (4/5)" in printed and "2 videos prepared, 0 already done, 3 skipped" in printed
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"width": 50}, "multiples of 16"),
-    ({"fps": 0}, "fps must be positive"),
-    ({"max_frames": 3}, "at least 5"),
-    ({"mask": "hair"}, "mask must be"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"width": 50}, "multiples of 16"),
+        ({"fps": 0}, "fps must be positive"),
+        ({"max_frames": 3}, "at least 5"),
+        ({"mask": "hair"}, "mask must be"),
+    ],
+)
 def test_bad_settings_fail_before_any_work(studio, sources, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         settings = PrepareSettings(**{"width": WIDTH, "height": HEIGHT, **overrides})

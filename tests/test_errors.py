@@ -30,7 +30,10 @@ def test_cancel_is_not_an_error_and_bugs_keep_their_traceback(caplog):
         errors.log_job_error(log, raised(DownloadCancelled("stopped")), "download")
         errors.log_job_error(log, raised(KeyError("boom")), "job 4")
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("INFO", "job 3: cancelled"), ("INFO", "download: cancelled"), ("ERROR", "job 4: 'boom'")]
+        ("INFO", "job 3: cancelled"),
+        ("INFO", "download: cancelled"),
+        ("ERROR", "job 4: 'boom'"),
+    ]
     assert caplog.records[-1].exc_info is not None
 
 

@@ -117,8 +117,9 @@ def test_results_equal_the_metrics_computed_directly(folders):
     assert result.metrics["lpips"] == pytest.approx(lpips, rel=1e-6)
     assert result.per_video["00335"]["psnr*"] == pytest.approx(fm.psnr_star_per_frame(*prep[335]).mean())
     backbone = models.fvd
-    expected_fvd = ev.distance_between([backbone.features(prep[i][0], 4, 1) for i in videos],
-                                       [backbone.features(prep[i][1], 4, 1) for i in videos])
+    expected_fvd = ev.distance_between(
+        [backbone.features(prep[i][0], 4, 1) for i in videos], [backbone.features(prep[i][1], 4, 1) for i in videos]
+    )
     assert result.metrics["fvd"] == pytest.approx(expected_fvd, rel=1e-9)
     assert list(result.metrics) == ["l1", "ssim", "psnr", "psnr*", "lpips", "fid-vid", "fvd"]
 
@@ -151,12 +152,14 @@ def test_first_frame_is_left_out_unless_asked(tmp_path):
 def test_video_files_are_read_like_frame_folders(tmp_path):
     frames = moving_square_video(9, 32, 32, seed=8)
     write_video(tmp_path / "a.mp4", frames, fps=8)
-    result = ev.evaluate(tmp_path / "a.mp4", tmp_path / "a.mp4", ("psnr*", "fvd"), PROTOCOL,
-                         models=ev.EvalModels(fvd=tiny_backbone()))
+    result = ev.evaluate(
+        tmp_path / "a.mp4", tmp_path / "a.mp4", ("psnr*", "fvd"), PROTOCOL, models=ev.EvalModels(fvd=tiny_backbone())
+    )
     assert result.metrics["psnr*"] == 100.0 and result.counts["clips"] == 5
     # 5 clips for 8-d features: said, not hidden.
-    assert result.notes == ["FVD: 5 clips for 8-d features, so the covariances are singular and the value is only "
-                            "a rough estimate."]
+    assert result.notes == [
+        "FVD: 5 clips for 8-d features, so the covariances are singular and the value is only a rough estimate."
+    ]
 
 
 def test_table_and_json(folders, tmp_path):
@@ -187,8 +190,9 @@ def parser():
 def test_cli_frame_metrics_write_table_and_json(folders, tmp_path, capsys):
     pred, gt, _ = folders
     out = tmp_path / "res" / "table.md"
-    args = parser().parse_args(["--pred", str(pred), "--gt", str(gt), "--metrics", "l1,ssim,psnr,psnr*",
-                                "--size", "32", "--out", str(out)])
+    args = parser().parse_args(
+        ["--pred", str(pred), "--gt", str(gt), "--metrics", "l1,ssim,psnr,psnr*", "--size", "32", "--out", str(out)]
+    )
     assert eval_cli.run(args) == 0
     printed = capsys.readouterr().out
     assert "**Ours (this run)**" in printed and out.read_text() in printed
@@ -206,9 +210,25 @@ def test_cli_all_metrics_loads_the_networks_once(folders, tmp_path, capsys, monk
         return tiny_models()
 
     monkeypatch.setattr(ev.EvalModels, "load", staticmethod(fake_load))
-    args = parser().parse_args(["--pred", str(pred), "--gt", str(gt), "--size", "32", "--clip-length", "4",
-                                "--weights-dir", str(tmp_path / "w"), "--lpips-scaling", "standard",
-                                "--compare-paper", "--device", "cpu"])
+    args = parser().parse_args(
+        [
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt),
+            "--size",
+            "32",
+            "--clip-length",
+            "4",
+            "--weights-dir",
+            str(tmp_path / "w"),
+            "--lpips-scaling",
+            "standard",
+            "--compare-paper",
+            "--device",
+            "cpu",
+        ]
+    )
     assert eval_cli.run(args) == 0
     assert loaded == [(ev.ALL_METRICS, str(tmp_path / "w"), "standard")]
     printed = capsys.readouterr().out

@@ -178,8 +178,7 @@ def test_from_pretrained_loads_a_torchvision_vgg16_file(tmp_path, clip):
     target.parent.mkdir()
     torch.save(state, target)
     metric = fm.LpipsMetric.from_pretrained(tmp_path, scaling="standard")
-    assert torch.equal(getattr(metric.model.net.slice3, "10").weight,
-                       state["features.10.weight"])
+    assert torch.equal(getattr(metric.model.net.slice3, "10").weight, state["features.10.weight"])
     assert metric.weights["trunk"] == str(target) and metric.weights["trunk_sha256"] == fm.sha256_of(target)
     # The linear layers are the wheel's calibrated ones, not random: non-negative weights.
     assert all((lin.model[-1].weight >= 0).all() for lin in metric.model.lins)

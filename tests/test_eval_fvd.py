@@ -33,7 +33,7 @@ def test_frechet_distance_known_cases():
     assert fvd.frechet_from_features(x, x) == pytest.approx(0.0, abs=1e-8)
     shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
     # Same covariance, shifted mean: exactly the squared shift.
-    assert fvd.frechet_from_features(x + shift, x) == pytest.approx((shift ** 2).sum(), rel=1e-9)
+    assert fvd.frechet_from_features(x + shift, x) == pytest.approx((shift**2).sum(), rel=1e-9)
     # Diagonal covariances: sum over dimensions of (sqrt(a) - sqrt(b))^2.
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])
     d = fvd.frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b))

@@ -74,8 +74,10 @@ def report_figures():
 
 def record(name: str, idle: dict, after: dict) -> None:
     FIGURES[name] = {
-        "idle_tensor_mb": idle["tensor_mb"], "after_tensor_mb": after["tensor_mb"],
-        "idle_rss_mb": idle["rss_mb"], "after_rss_mb": after["rss_mb"],
+        "idle_tensor_mb": idle["tensor_mb"],
+        "after_tensor_mb": after["tensor_mb"],
+        "idle_rss_mb": idle["rss_mb"],
+        "after_rss_mb": after["rss_mb"],
         "rss_delta_mb": round(after["rss_mb"] - idle["rss_mb"], 1),
     }
     assert after["tensor_mb"] <= idle["tensor_mb"] + TENSOR_SLACK_MB, FIGURES[name]
@@ -209,18 +211,24 @@ def test_out_of_memory_once_is_retried_in_the_next_tier(studio, inputs, idle, tm
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(cls, "forward", oom_once)
-    result = studio.generate(inputs[0], tmp_path / "retried.mp4", settings(), pose_video_path=inputs[1],
-                             return_frames=True)
+    result = studio.generate(
+        inputs[0], tmp_path / "retried.mp4", settings(), pose_video_path=inputs[1], return_frames=True
+    )
     monkeypatch.undo()
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["memory_tier"] == "model" and len(calls) == 4  # 2 in `none` (the 2nd failed), 2 in `model`
     assert read_video(result.video_path).num_frames == 9
     # The retry starts from the same seed: the frames equal those of an undisturbed job.
-    again = studio.generate(inputs[0], tmp_path / "undisturbed.mp4", settings(), pose_video_path=inputs[1],
-                            return_frames=True)
+    again = studio.generate(
+        inputs[0], tmp_path / "undisturbed.mp4", settings(), pose_video_path=inputs[1], return_frames=True
+    )
     np.testing.assert_array_equal(result.frames, again.frames)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["retried.json", "retried.mp4", "undisturbed.json",
-                                                          "undisturbed.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "retried.json",
+        "retried.mp4",
+        "undisturbed.json",
+        "undisturbed.mp4",
+    ]
 
 
 class FaultyWriter:

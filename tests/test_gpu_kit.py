@@ -32,8 +32,9 @@ def test_flop_formula_equals_torch_flop_counter(batch, text_tokens, frames, heig
     generator = torch.Generator().manual_seed(0)
     latent_shape = (batch, latent_frames, config["out_channels"], height // 8, width // 8)
     inputs = dict(
-        hidden_states=torch.randn(batch, latent_frames, config["in_channels"], height // 8, width // 8,
-                                  generator=generator),
+        hidden_states=torch.randn(
+            batch, latent_frames, config["in_channels"], height // 8, width // 8, generator=generator
+        ),
         pose_latents=torch.randn(latent_shape, generator=generator),
         encoder_hidden_states=torch.randn(batch, text_tokens, config["text_embed_dim"], generator=generator),
         timestep=torch.full((batch,), 500),
@@ -58,7 +59,13 @@ def test_real_size_step_flops_and_the_attention_share():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_refuses_clearly_without_a_gpu():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_kit.py")], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_kit.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert result.returncode == 2
     assert "no CUDA device is visible" in result.stderr and "Traceback" not in result.stderr

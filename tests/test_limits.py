@@ -33,10 +33,18 @@ def test_defaults_and_env_vars():
     assert (limits.max_video_seconds, limits.max_video_side, limits.max_audio_seconds) == (600, 4096, 600)
     assert (limits.max_image_pixels, limits.max_prompt_chars, limits.max_upload_mb) == (50_000_000, 2000, 200)
     assert env_name("max_video_seconds") == "DYNAMICTRL_MAX_VIDEO_SECONDS"
-    environ = {"DYNAMICTRL_MAX_VIDEO_SECONDS": "1200", "DYNAMICTRL_MAX_VIDEO_SIDE": " 8192 ", "DYNAMICTRL_MAX_FRAMES": ""}
+    environ = {
+        "DYNAMICTRL_MAX_VIDEO_SECONDS": "1200",
+        "DYNAMICTRL_MAX_VIDEO_SIDE": " 8192 ",
+        "DYNAMICTRL_MAX_FRAMES": "",
+    }
     limits = Limits.from_env(environ, max_prompt_chars=500)
-    assert (limits.max_video_seconds, limits.max_video_side, limits.max_frames, limits.max_prompt_chars) == \
-        (1200.0, 8192, Limits().max_frames, 500)
+    assert (limits.max_video_seconds, limits.max_video_side, limits.max_frames, limits.max_prompt_chars) == (
+        1200.0,
+        8192,
+        Limits().max_frames,
+        500,
+    )
     with pytest.raises(ValueError, match="DYNAMICTRL_MAX_VIDEO_SIDE='8k' is not an integer"):
         Limits.from_env({"DYNAMICTRL_MAX_VIDEO_SIDE": "8k"})
     for bad in (0, -1, math.nan, True):
@@ -70,9 +78,11 @@ def test_video_limits_are_judged_from_the_header(tmp_path):
         (Limits(max_video_frames=50), r"about 60 frames \(2.0 s at 30 fps\), more than the 50 allowed"),
     ]
     for limits, message in cases:
-        for call in (lambda limits=limits: read_video(path, limits=limits),
-                     lambda limits=limits: pick_frames(path, 5, limits=limits),
-                     lambda limits=limits: longest_pose_clip(path, limits=limits)):
+        for call in (
+            lambda limits=limits: read_video(path, limits=limits),
+            lambda limits=limits: pick_frames(path, 5, limits=limits),
+            lambda limits=limits: longest_pose_clip(path, limits=limits),
+        ):
             with pytest.raises(VideoLimitError, match=message):
                 call()
     with pytest.raises(VideoLimitError, match="at most 8 are allowed per job"):
@@ -86,8 +96,26 @@ def test_a_video_without_a_duration_stops_at_the_frame_limit(tmp_path):
 
     path = tmp_path / "streamed.mkv"  # matroska written to a pipe has no duration in its header
     with open(path, "wb") as handle:
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=32x32:r=30",
-                        "-frames:v", "90", "-pix_fmt", "yuv420p", "-f", "matroska", "pipe:1"], stdout=handle, check=True)
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=32x32:r=30",
+                "-frames:v",
+                "90",
+                "-pix_fmt",
+                "yuv420p",
+                "-f",
+                "matroska",
+                "pipe:1",
+            ],
+            stdout=handle,
+            check=True,
+        )
     assert probe_video(path).duration_s == 0
     with pytest.raises(VideoLimitError, match="more than 50 frames \\(its header did not say how many\\)"):
         read_video(path, limits=Limits(max_video_frames=50))
@@ -146,8 +174,24 @@ def test_audio_over_the_limit_is_refused_before_decoding(tmp_path):
     # No duration in the header: the decoder stops one second past the limit.
     streamed = tmp_path / "streamed.mka"
     with open(streamed, "wb") as handle:
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "sine=frequency=200:duration=30",
-                        "-c:a", "flac", "-f", "matroska", "pipe:1"], stdout=handle, check=True)
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=200:duration=30",
+                "-c:a",
+                "flac",
+                "-f",
+                "matroska",
+                "pipe:1",
+            ],
+            stdout=handle,
+            check=True,
+        )
     with pytest.raises(AudioTooLongError, match="lasts more than 2.0 s \\(its header did not say how long\\)"):
         load_audio(streamed, max_seconds=2)
 
@@ -157,11 +201,16 @@ def test_settings_checks():
     good = GenerateSettings(prompt="a dancer", num_frames=9, width=48, height=64)
     check_generate_settings(good, limits)
     refused = {
-        "prompt": (b"bytes", "bytes, not text"), "negative_prompt": ("x" * 2001, "negative prompt is 2,001 characters"),
-        "num_frames": (9.0, "num_frames must be a whole number"), "steps": (0, r"steps must be 1\.\.200"),
-        "guidance": (math.inf, "guidance must be a finite number"), "seed": (1.5, "seed must be a whole number"),
-        "fps": (0.0, r"fps must be 1\.\.120"), "window_frames": (-1, "window_frames must be"),
-        "overlap": (True, "overlap must be a whole number"), "dtype": ("bf8", "dtype must be one of auto, bf16"),
+        "prompt": (b"bytes", "bytes, not text"),
+        "negative_prompt": ("x" * 2001, "negative prompt is 2,001 characters"),
+        "num_frames": (9.0, "num_frames must be a whole number"),
+        "steps": (0, r"steps must be 1\.\.200"),
+        "guidance": (math.inf, "guidance must be a finite number"),
+        "seed": (1.5, "seed must be a whole number"),
+        "fps": (0.0, r"fps must be 1\.\.120"),
+        "window_frames": (-1, "window_frames must be"),
+        "overlap": (True, "overlap must be a whole number"),
+        "dtype": ("bf8", "dtype must be one of auto, bf16"),
     }
     for name, (value, message) in refused.items():
         with pytest.raises(ValueError, match=message):
@@ -179,9 +228,13 @@ def test_settings_checks():
 
     check_pose_settings(PoseSettings(fps=None), limits)
     check_pose_settings(PoseSettings(fps=0), limits)  # 0: every frame, as None
-    for overrides, message in [({"start_s": -1.0}, "start time"), ({"start_s": 601.0}, "start time"),
-                               ({"fps": math.nan}, "fps must be a finite"), ({"detect_every": 0}, "detect_every"),
-                               ({"width": 48.5}, "width must be a whole number")]:
+    for overrides, message in [
+        ({"start_s": -1.0}, "start time"),
+        ({"start_s": 601.0}, "start time"),
+        ({"fps": math.nan}, "fps must be a finite"),
+        ({"detect_every": 0}, "detect_every"),
+        ({"width": 48.5}, "width must be a whole number"),
+    ]:
         with pytest.raises(ValueError, match=message):
             check_pose_settings(PoseSettings(**overrides), limits)
 

@@ -54,6 +54,7 @@ def need_encoder(encoders: str, name: str) -> None:
 
 # ---------------------------------------------------------------------------- load_audio
 
+
 def test_wav_int16_at_16k_is_returned_unchanged(tmp_path):
     data = (sine(440, 1.3, 16000) * 32767).astype(np.int16)
     wavfile.write(tmp_path / "a.wav", 16000, data)
@@ -115,13 +116,16 @@ def stereo_source(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, codec, extra", [
-    ("a.flac", "flac", []),
-    ("a.mp3", "libmp3lame", ["-b:a", "128k"]),
-    ("a.ogg", "libvorbis", []),
-    ("a.opus", "libopus", ["-ar", "48000"]),
-    ("a.m4a", "aac", []),
-])
+@pytest.mark.parametrize(
+    "name, codec, extra",
+    [
+        ("a.flac", "flac", []),
+        ("a.mp3", "libmp3lame", ["-b:a", "128k"]),
+        ("a.ogg", "libvorbis", []),
+        ("a.opus", "libopus", ["-ar", "48000"]),
+        ("a.m4a", "aac", []),
+    ],
+)
 def test_compressed_formats(tmp_path, stereo_source, encoders, name, codec, extra):
     need_encoder(encoders, codec)
     ffmpeg("-i", str(stereo_source), "-c:a", codec, *extra, str(tmp_path / name))
@@ -140,8 +144,21 @@ def test_compressed_formats(tmp_path, stereo_source, encoders, name, codec, extr
 def test_audio_track_of_a_video(tmp_path, stereo_source, encoders, name, video_codec):
     need_encoder(encoders, video_codec)
     need_encoder(encoders, "aac")
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=1.3", "-i", str(stereo_source),
-           "-c:v", video_codec, "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp_path / name))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=25:duration=1.3",
+        "-i",
+        str(stereo_source),
+        "-c:v",
+        video_codec,
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        str(tmp_path / name),
+    )
     audio = load_audio(tmp_path / name)
     assert abs(len(audio) - 20800) <= 320
     assert dominant_frequency(audio) == pytest.approx(440, abs=2)
@@ -165,8 +182,17 @@ def test_text_file_named_wav(tmp_path):
 
 def test_video_without_audio(tmp_path, encoders):
     need_encoder(encoders, "libx264")
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=0.5", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", str(tmp_path / "mute.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=25:duration=0.5",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(tmp_path / "mute.mp4"),
+    )
     with pytest.raises(AudioError, match="mute.mp4 has no audio stream"):
         load_audio(tmp_path / "mute.mp4")
 
@@ -204,6 +230,7 @@ def test_quiet_speech_above_the_threshold_is_kept(tmp_path):
 
 # ---------------------------------------------------------------------------- whisper encoder
 
+
 @pytest.fixture(scope="module")
 def whisper_folder(tmp_path_factory) -> Path:
     return save_tiny_whisper(tmp_path_factory.mktemp("whisper-tiny"))
@@ -221,7 +248,7 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
 def test_loads_the_checkpoint_encoder_only(encoder, whisper_folder):
     saved = load_file(whisper_folder / "model.safetensors")
     state = encoder.encoder.state_dict()
-    expected = {k[len("model.encoder."):]: v for k, v in saved.items() if k.startswith("model.encoder.")}
+    expected = {k[len("model.encoder.") :]: v for k, v in saved.items() if k.startswith("model.encoder.")}
     assert state.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.equal(state[key], value), key
@@ -300,9 +327,18 @@ def test_encode_rejects_non_mono_or_empty(encoder, bad):
 
 # ---------------------------------------------------------------------------- frames and windows
 
-@pytest.mark.parametrize("samples, fps, frames", [
-    (20800, 25, 32), (16000, 25, 25), (32000, 29.97, 59), (15999, 25, 24), (0, 25, 0), (20800, 50, 65),
-])
+
+@pytest.mark.parametrize(
+    "samples, fps, frames",
+    [
+        (20800, 25, 32),
+        (16000, 25, 25),
+        (32000, 29.97, 59),
+        (15999, 25, 24),
+        (0, 25, 0),
+        (20800, 50, 65),
+    ],
+)
 def test_num_video_frames(samples, fps, frames):
     assert num_video_frames(samples, fps) == frames
 
@@ -331,15 +367,18 @@ def upstream_windows(features: torch.Tensor, num_samples: int, fps: int) -> torc
     whisper_idx_multiplier = 50 / fps
     num_frames = math.floor((num_samples / 16000) * fps)
     padding_nums = math.ceil(whisper_idx_multiplier)
-    whisper_feature = torch.cat([
-        torch.zeros_like(whisper_feature[:, :padding_nums * 2]),
-        whisper_feature,
-        torch.zeros_like(whisper_feature[:, :padding_nums * 3 * 2]),
-    ], 1)
+    whisper_feature = torch.cat(
+        [
+            torch.zeros_like(whisper_feature[:, : padding_nums * 2]),
+            whisper_feature,
+            torch.zeros_like(whisper_feature[:, : padding_nums * 3 * 2]),
+        ],
+        1,
+    )
     prompts = []
     for frame_index in range(num_frames):
         audio_index = math.floor(frame_index * whisper_idx_multiplier)
-        clip = whisper_feature[:, audio_index: audio_index + 10]
+        clip = whisper_feature[:, audio_index : audio_index + 10]
         assert clip.shape[1] == 10
         prompts.append(clip)
     prompts = torch.cat(prompts, dim=0)
@@ -353,7 +392,7 @@ def test_windows_at_25fps_cover_frames_2i_minus_4_to_2i_plus_5():
     assert windows.shape == (32, 10 * HIDDEN, 8)
     for i in range(32):
         torch.testing.assert_close(windows[i], expected_window(features, 2 * i - 4), atol=0, rtol=0)
-    assert windows[0, :4 * HIDDEN].abs().sum() == 0  # left edge: 4 zero frames
+    assert windows[0, : 4 * HIDDEN].abs().sum() == 0  # left edge: 4 zero frames
     assert windows[0, 4 * HIDDEN, 0] == 100  # then whisper frame 0, layer 0
     assert windows[0, 4 * HIDDEN + 1, 0] == 101  # time-major: layer 1 of the same frame next
     assert windows[-1, -1, 0] == 0  # right edge: frame 2*31+5 = 67 is past the 65 frames
@@ -391,8 +430,9 @@ def test_last_window_is_in_range_at_any_fps(fps, samples):
     windows = frame_windows(features, frames, fps)
     assert windows.shape == (frames, 10 * HIDDEN, 8)
     last = frames - 1
-    torch.testing.assert_close(windows[last], expected_window(features, math.floor(last * 50 / fps) - 4),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        windows[last], expected_window(features, math.floor(last * 50 / fps) - 4), atol=0, rtol=0
+    )
 
 
 def test_no_frames_gives_an_empty_batch():
@@ -400,6 +440,7 @@ def test_no_frames_gives_an_empty_batch():
 
 
 # ---------------------------------------------------------------------------- positional encoding
+
 
 def test_positional_encoding_formula():
     pe = positional_encoding(50, D_MODEL)

@@ -29,8 +29,10 @@ def test_expanded_crop_box():
     assert expanded_crop_box((10, 20, 111, 90), expand=1.2) == (0, -5, 120, 115)
 
 
-@pytest.mark.parametrize("side, fraction, size", [(300, 0.05, 15), (344, 0.05, 17), (400, 0.05, 21),
-                                                  (300, FEATHER_REALTIME, 31), (100, 0.05, 5), (300, 0.0, 1)])
+@pytest.mark.parametrize(
+    "side, fraction, size",
+    [(300, 0.05, 15), (344, 0.05, 17), (400, 0.05, 21), (300, FEATHER_REALTIME, 31), (100, 0.05, 5), (300, 0.0, 1)],
+)
 def test_feather_size(side, fraction, size):
     assert feather_size(side, fraction) == size
 
@@ -189,4 +191,6 @@ def test_paste_equals_the_whole_frame_upstream_paste(box):
     face = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     crop_box = expanded_crop_box(box)
     mask = rng.integers(0, 256, (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]), dtype=np.uint8)
-    assert np.array_equal(paste_face(frame, face, box, mask, crop_box), upstream_paste(frame, face, box, mask, crop_box))
+    assert np.array_equal(
+        paste_face(frame, face, box, mask, crop_box), upstream_paste(frame, face, box, mask, crop_box)
+    )

@@ -12,8 +12,9 @@ def make_avatar() -> Avatar:
     frames = np.random.default_rng(0).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8)
     boxes = [FaceBox(5, 6, 25, 30), None, FaceBox(7, 6, 27, 31)]
     masks = [np.full((24, 20), 200, np.uint8), None, np.arange(500, dtype=np.uint8).reshape(25, 20)]
-    return Avatar(frames, 25.0, boxes, torch.randn(2, 8, 32, 32), [0, None, 1], masks,
-                  [(-4, 0, 16, 24), None, (-3, 0, 17, 25)])
+    return Avatar(
+        frames, 25.0, boxes, torch.randn(2, 8, 32, 32), [0, None, 1], masks, [(-4, 0, 16, 24), None, (-3, 0, 17, 25)]
+    )
 
 
 def test_key_depends_on_video_settings_and_models():

@@ -16,10 +16,14 @@ from dynamictrl.pose.types import FramePose, PersonPose
 def person_with_face(face_pixels: np.ndarray, width: int, height: int, score: float = 0.9) -> PersonPose:
     zeros = np.zeros
     return PersonPose(
-        body=zeros((18, 2)), body_scores=zeros(18),
-        face=face_pixels / np.array([width, height]), face_scores=np.full(68, score),
-        left_hand=zeros((21, 2)), left_hand_scores=zeros(21),
-        right_hand=zeros((21, 2)), right_hand_scores=zeros(21),
+        body=zeros((18, 2)),
+        body_scores=zeros(18),
+        face=face_pixels / np.array([width, height]),
+        face_scores=np.full(68, score),
+        left_hand=zeros((21, 2)),
+        left_hand_scores=zeros(21),
+        right_hand=zeros((21, 2)),
+        right_hand_scores=zeros(21),
     )
 
 

@@ -80,10 +80,10 @@ def test_state_dict_has_the_official_79999_iter_layout():
 
 
 def test_backbone_keys_are_torchvision_resnet18_without_fc():
-    backbone = {k.removeprefix("cp.resnet."): v.shape for k, v in BiSeNet().state_dict().items()
-                if k.startswith("cp.resnet.")}
-    reference = {k: v.shape for k, v in torchvision.models.resnet18().state_dict().items()
-                 if not k.startswith("fc.")}
+    backbone = {
+        k.removeprefix("cp.resnet."): v.shape for k, v in BiSeNet().state_dict().items() if k.startswith("cp.resnet.")
+    }
+    reference = {k: v.shape for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
     assert backbone == reference
 
 
@@ -253,7 +253,7 @@ def class_stripes():
     """Rows 20c..20c+19 hold class c (0..18); rows 380.. are background."""
     labels = np.zeros((512, 512), dtype=np.uint8)
     for c in range(19):
-        labels[20 * c:20 * (c + 1)] = c
+        labels[20 * c : 20 * (c + 1)] = c
     return labels
 
 

@@ -19,8 +19,10 @@ def pipe(lipsync_weights):
 
 def video(num_frames: int, no_face=()) -> tuple[np.ndarray, list[FramePose]]:
     frames = np.random.default_rng(1).integers(0, 255, (num_frames, H, W, 3), dtype=np.uint8)
-    poses = [FramePose([] if i in no_face else [person_with_face(face_points(40 + 2 * i, 30, 60), W, H)], H, W)
-             for i in range(num_frames)]
+    poses = [
+        FramePose([] if i in no_face else [person_with_face(face_points(40 + 2 * i, 30, 60), W, H)], H, W)
+        for i in range(num_frames)
+    ]
     return frames, poses
 
 
@@ -92,7 +94,7 @@ def test_longer_audio_loops_the_video_and_keeps_faceless_frames(pipe, avatar):
             continue
         x_s, y_s, x_e, y_e = avatar.crop_boxes[source]
         outside = np.ones(original.shape[:2], bool)
-        outside[max(y_s, 0):y_e, max(x_s, 0):x_e] = False
+        outside[max(y_s, 0) : y_e, max(x_s, 0) : x_e] = False
         assert np.array_equal(frame[outside], original[outside])  # only the face region is repainted
         assert not np.array_equal(frame, original)
 

@@ -157,7 +157,9 @@ def to_uint8(frames):
 
 def drifting_windows(plan, batch=2, size=8, seed=0):
     """Each window's decoded frames (slot-0 frame first), later windows drifting in colour."""
-    clips = np.stack([smooth_clip(frames=plan.num_frames, height=size, width=size, seed=seed + b) for b in range(batch)])
+    clips = np.stack(
+        [smooth_clip(frames=plan.num_frames, height=size, width=size, seed=seed + b) for b in range(batch)]
+    )
     for w in plan.windows:
         frames = clips[:, plan.pixel_frames(w)]
         yield w, np.clip(frames * (1 - 0.07 * w.index) + 0.03 * w.index, 0, 1).astype(np.float32)
@@ -302,8 +304,16 @@ def test_a_clip_that_fits_one_window_gives_the_plain_uint8_video(tiny_pipe):
 
 @pytest.mark.slow  # several multi-window pipeline runs
 def test_three_windows_in_uint8_are_the_float_clip_converted(tiny_pipe, monkeypatch):
-    kwargs = dict(frames=29, height=32, width=32, window_frames=17, overlap_frames=2, seed=4,
-                  num_inference_steps=1, guidance_scale=1.0)
+    kwargs = dict(
+        frames=29,
+        height=32,
+        width=32,
+        window_frames=17,
+        overlap_frames=2,
+        seed=4,
+        num_inference_steps=1,
+        guidance_scale=1.0,
+    )
     assert plan_windows(29, 17, 2).num_windows == 3
     float_clip = run(tiny_pipe, output_type="np", **kwargs)
     stitchers = []

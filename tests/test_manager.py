@@ -143,8 +143,12 @@ def run(pipe, seed=0):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     pipe.set_progress_bar_config(disable=True)
     return pipe(
-        image=image, pose_video=torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1,
-        prompt="a person", num_inference_steps=3, generator=torch.Generator().manual_seed(seed), output_type="np",
+        image=image,
+        pose_video=torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1,
+        prompt="a person",
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
     ).frames
 
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = [*ROOT.glob("dynamictrl/**/*.py"), *ROOT.glob("ui/**/*.py"), *ROOT.glob("benchmarks/**/*.py"), ROOT / "app.py"]
+PRODUCT = [
+    *ROOT.glob("dynamictrl/**/*.py"),
+    *ROOT.glob("ui/**/*.py"),
+    *ROOT.glob("benchmarks/**/*.py"),
+    ROOT / "app.py",
+]
 TEST_SUITE_MODULES = {"tests", "conftest", "app_server", "ray_jobs", "badinputs"}
 
 
@@ -171,8 +176,12 @@ def test_the_core_and_the_app_import_without_the_extras_and_a_command_names_its_
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last == ("error: `serve` needs ray, from the optional extra `serve`: pip install 'dynamictrl-studio[serve]' "
-                    "(in a checkout: pip install -r requirements-dev.txt)")
+    assert last == (
+        "error: `serve` needs ray, from the optional extra `serve`: pip install 'dynamictrl-studio[serve]' "
+        "(in a checkout: pip install -r requirements-dev.txt)"
+    )

@@ -13,7 +13,9 @@ def test_padaln_is_eq3_with_gate_of_eq4():
 
     modulated, gate = padaln(pose, temb)
 
-    shift, scale, delta = torch.nn.functional.linear(torch.nn.functional.silu(temb), padaln.linear.weight, padaln.linear.bias).split(8, dim=1)
+    shift, scale, delta = torch.nn.functional.linear(
+        torch.nn.functional.silu(temb), padaln.linear.weight, padaln.linear.bias
+    ).split(8, dim=1)
     normed = torch.nn.functional.layer_norm(pose, (8,), padaln.norm.weight, padaln.norm.bias, eps=1e-5)
     torch.testing.assert_close(modulated, normed * (1 + scale[:, None]) + shift[:, None])
     torch.testing.assert_close(gate, delta[:, None])

@@ -38,8 +38,14 @@ def test_layout_syntax_any_subset_and_clear_errors():
     assert parallel.ParallelLayout.parse("cfg=2").as_dict() == {"ulysses": 1, "ring": 1, "cfg": 2}
     assert parallel.ParallelLayout.parse(" ring=4 ").world_size == 4
     assert parallel.ParallelLayout.parse("").world_size == 1
-    for bad, message in [("ulysses2", "name=N"), ("tp=2", "name=N"), ("cfg=3", "cfg is 1 or 2"),
-                         ("ring=0", ">= 1"), ("ring=x", "whole number"), ("cfg=2,cfg=2", "twice")]:
+    for bad, message in [
+        ("ulysses2", "name=N"),
+        ("tp=2", "name=N"),
+        ("cfg=3", "cfg is 1 or 2"),
+        ("ring=0", ">= 1"),
+        ("ring=x", "whole number"),
+        ("cfg=2,cfg=2", "twice"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parallel.ParallelLayout.parse(bad)
 
@@ -70,7 +76,9 @@ def test_processor_is_bitwise_the_cogvideox_processor(tiny_pipe):
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
     # The reference math kernel computes the same attention (within float noise).
-    math_kernel = DynamiCtrlAttnProcessor(resolve_attention_kernel("math", "cpu"))(attn, video, text, image_rotary_emb=rope)
+    math_kernel = DynamiCtrlAttnProcessor(resolve_attention_kernel("math", "cpu"))(
+        attn, video, text, image_rotary_emb=rope
+    )
     torch.testing.assert_close(math_kernel[0], ours[0], rtol=1e-5, atol=1e-5)
 
 
@@ -110,8 +118,10 @@ def test_fused_qkv_keeps_our_processor(tiny_weights):
     )
     before = model(**inputs).sample
     model.fuse_qkv_projections()
-    assert all(isinstance(b.attn1.processor, DynamiCtrlAttnProcessor) and b.attn1.fused_projections
-               for b in model.transformer_blocks)
+    assert all(
+        isinstance(b.attn1.processor, DynamiCtrlAttnProcessor) and b.attn1.fused_projections
+        for b in model.transformer_blocks
+    )
     torch.testing.assert_close(model(**inputs).sample, before, rtol=1e-5, atol=1e-6)
 
 
@@ -123,7 +133,9 @@ def single_process_frames(tiny_pipe):
     frames = {None: {clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.CLIPS}}
     undo = parallel_worker.apply_variant(tiny_pipe, "heads4")
     try:
-        frames["heads4"] = {clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.clips_for("heads4")}
+        frames["heads4"] = {
+            clip: parallel_worker.generate(tiny_pipe, clip) for clip in parallel_worker.clips_for("heads4")
+        }
     finally:
         undo()
     return frames
@@ -138,10 +150,19 @@ def single_process_frames(tiny_pipe):
         (4, ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2", "ulysses=4+heads4"]),
     ],
 )
-def test_processes_reproduce_the_single_process_video(tiny_weights, single_process_frames, tmp_path, world_size,
-                                                      layouts):
-    result = torchrun(world_size, "tests/parallel_worker.py", "--weights", str(tiny_weights), "--layouts",
-                      ";".join(layouts), "--out", str(tmp_path))
+def test_processes_reproduce_the_single_process_video(
+    tiny_weights, single_process_frames, tmp_path, world_size, layouts
+):
+    result = torchrun(
+        world_size,
+        "tests/parallel_worker.py",
+        "--weights",
+        str(tiny_weights),
+        "--layouts",
+        ";".join(layouts),
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for text in layouts:
         _layout, variant, name = parallel_worker.parse_entry(text)
@@ -157,8 +178,21 @@ def test_a_failing_rank_ends_every_rank_with_one_clear_error(tiny_weights, tmp_p
     marker = tmp_path / "failing-job"
     marker.mkdir()
     stamp = tmp_path / "failed_at"
-    result = torchrun(2, "tests/parallel_worker.py", "--weights", str(tiny_weights), "--layouts", "ulysses=2",
-                      "--out", str(marker), "--fail-rank", "1", "--fail-stamp", str(stamp), timeout=180)
+    result = torchrun(
+        2,
+        "tests/parallel_worker.py",
+        "--weights",
+        str(tiny_weights),
+        "--layouts",
+        "ulysses=2",
+        "--out",
+        str(marker),
+        "--fail-rank",
+        "1",
+        "--fail-stamp",
+        str(stamp),
+        timeout=180,
+    )
     ended = time.time()
     assert result.returncode != 0
     # Rank 0 was waiting for rank 1 in an all-to-all: torchrun ended it when rank 1 exited.
@@ -183,8 +217,28 @@ def cli_inputs(tmp_path: Path) -> list[str]:
     image = tmp_path / "ref.png"
     Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(image)
     pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 48, 48, 3), dtype=np.uint8))
-    return ["--image", str(image), "--pose-video", str(pose), "--prompt", "a person dancing", "--frames", "9",
-            "--width", "48", "--height", "48", "--steps", "2", "--seed", "5", "--dtype", "fp32", "--device", "cpu"]
+    return [
+        "--image",
+        str(image),
+        "--pose-video",
+        str(pose),
+        "--prompt",
+        "a person dancing",
+        "--frames",
+        "9",
+        "--width",
+        "48",
+        "--height",
+        "48",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.mark.slow
@@ -193,11 +247,16 @@ def test_torchrun_generate_writes_the_single_process_video_once(tiny_weights, tm
     common = cli_inputs(tmp_path) + ["--weights-dir", str(tiny_weights)]
     single = subprocess.run(
         [sys.executable, "-m", "dynamictrl", "generate", *common, "--out", str(tmp_path / "one" / "clip.mp4")],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    result = torchrun(2, "-m", "dynamictrl", "generate", *common, "--out", str(tmp_path / "many" / "clip.mp4"),
-                      "--parallel", layout)
+    result = torchrun(
+        2, "-m", "dynamictrl", "generate", *common, "--out", str(tmp_path / "many" / "clip.mp4"), "--parallel", layout
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Wrote") == 1  # rank 0 reports, once
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["clip.json", "clip.mp4"]

@@ -99,7 +99,9 @@ def test_prompt_embeddings_are_computed_once_per_call(tiny_pipe, monkeypatch):
     assert len(calls) == 2  # positive and negative, not per step
 
 
-@pytest.mark.parametrize("frames", [9, 13, pytest.param(17, marks=pytest.mark.slow), pytest.param(37, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "frames", [9, 13, pytest.param(17, marks=pytest.mark.slow), pytest.param(37, marks=pytest.mark.slow)]
+)
 def test_frame_counts_including_odd_latent_counts(tiny_pipe, frames):
     layout = latent_layout(frames, 4, 2)
     video = run(tiny_pipe, frames=frames, height=32, width=32, output_type="pt")
@@ -276,7 +278,9 @@ def test_unknown_variant_is_a_value_error(tiny_weights):
 
 
 @pytest.mark.slow  # full pipeline runs
-@pytest.mark.parametrize("variant,folder", [("mask_background", "Dynamictrl-Mask_B01"), ("mask_clothing", "Dynamictrl-Mask_C01")])
+@pytest.mark.parametrize(
+    "variant,folder", [("mask_background", "Dynamictrl-Mask_B01"), ("mask_clothing", "Dynamictrl-Mask_C01")]
+)
 def test_variant_swaps_only_the_transformer(tiny_pipe, tiny_weights, variant, folder):
     from safetensors.torch import load_file as load
 
@@ -320,7 +324,9 @@ def test_windowed_run_from_image_list_equals_tensor(tiny_pipe):
     frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(13)]
     as_tensor = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
     kwargs = dict(frames=13, height=32, width=32, window_frames=9, overlap_frames=1)
-    np.testing.assert_array_equal(run(tiny_pipe, pose_video=frames, **kwargs), run(tiny_pipe, pose_video=as_tensor, **kwargs))
+    np.testing.assert_array_equal(
+        run(tiny_pipe, pose_video=frames, **kwargs), run(tiny_pipe, pose_video=as_tensor, **kwargs)
+    )
 
 
 def test_pose_strength_in_the_pipeline(tiny_pipe):
@@ -330,8 +336,15 @@ def test_pose_strength_in_the_pipeline(tiny_pipe):
     poses = [list(rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8)) for _ in range(2)]
 
     def run(pose, **kwargs):
-        return tiny_pipe(image=image, pose_video=pose, prompt="a dancer", num_inference_steps=2,
-                         generator=torch.Generator().manual_seed(7), output_type="np", **kwargs).frames
+        return tiny_pipe(
+            image=image,
+            pose_video=pose,
+            prompt="a dancer",
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(7),
+            output_type="np",
+            **kwargs,
+        ).frames
 
     default = run(poses[0])
     assert np.array_equal(run(poses[0], pose_strength=1.0), default)

@@ -94,7 +94,9 @@ def test_crop_maps_the_box_onto_the_model_input():
         ys, xs = np.mgrid[:384, :288]
         centroid = (np.sum(xs * weight) / weight.sum(), np.sum(ys * weight) / weight.sum())
         np.testing.assert_allclose(centroid, expected, atol=0.6)
-        np.testing.assert_allclose(crop[:, 0, 0], (0 - np.array([123.675, 116.28, 103.53])) / [58.395, 57.12, 57.375], rtol=1e-6)
+        np.testing.assert_allclose(
+            crop[:, 0, 0], (0 - np.array([123.675, 116.28, 103.53])) / [58.395, 57.12, 57.375], rtol=1e-6
+        )
 
 
 def test_openpose_conversion_on_a_handmade_wholebody_array():

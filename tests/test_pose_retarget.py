@@ -210,7 +210,9 @@ def test_bones_keeps_foreshortening_and_handles_hidden_joints():
 
     out_px = [frame.people[0].body * size for frame in result.frames]
     aligned_px = [frame.people[0].body * size for frame in aligned.frames]
-    assert np.linalg.norm(limb_vectors(out_px[2])[right_forearm]) == pytest.approx(0.5 * REFERENCE_LENGTHS[(3, 4)], abs=1e-3)
+    assert np.linalg.norm(limb_vectors(out_px[2])[right_forearm]) == pytest.approx(
+        0.5 * REFERENCE_LENGTHS[(3, 4)], abs=1e-3
+    )
     assert np.linalg.norm(limb_vectors(out_px[0])[right_forearm]) == pytest.approx(REFERENCE_LENGTHS[(3, 4)], abs=1e-3)
     for t in range(len(driving)):  # hidden reference end: the globally fitted driving length
         assert np.linalg.norm(limb_vectors(out_px[t])[left_shin]) == pytest.approx(

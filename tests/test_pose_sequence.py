@@ -52,13 +52,17 @@ def test_sequence_has_reference_pose_first_and_pipeline_ready_tensor(detector):
     assert sequence.poses[0] is sequence.reference_pose
     tensor = sequence.pose_tensor()
     assert tensor.shape == (9, 3, HEIGHT, WIDTH) and tensor.min() >= -1 and tensor.max() <= 1
-    torch.testing.assert_close(tensor[0], torch.from_numpy(sequence.pose_frames[0]).permute(2, 0, 1).float() / 127.5 - 1)
+    torch.testing.assert_close(
+        tensor[0], torch.from_numpy(sequence.pose_frames[0]).permute(2, 0, 1).float() / 127.5 - 1
+    )
     assert sequence.filled_frames == 0 and sequence.retarget_mode == "global"
     assert sequence.pose_frames[1:].any()  # skeletons were drawn
 
 
 def test_driving_motion_moves_the_skeletons(detector):
-    sequence = build_pose_sequence(uniform((255, 0, 0), 480, 360), driving_clip(8), detector, WIDTH, HEIGHT, retarget="none")
+    sequence = build_pose_sequence(
+        uniform((255, 0, 0), 480, 360), driving_clip(8), detector, WIDTH, HEIGHT, retarget="none"
+    )
     xs = [frame.people[0].body[1, 0] for frame in sequence.poses[1:]]
     assert all(b > a for a, b in zip(xs, xs[1:]))  # the green channel shifts the people right
 
@@ -97,7 +101,9 @@ def test_overlay_and_preview(detector):
 
 @pytest.mark.parametrize("mode", ["global", "bones", "none"])
 def test_every_retarget_mode_builds(detector, mode):
-    sequence = build_pose_sequence(uniform((255, 0, 0), 480, 360), driving_clip(4), detector, WIDTH, HEIGHT, retarget=mode)
+    sequence = build_pose_sequence(
+        uniform((255, 0, 0), 480, 360), driving_clip(4), detector, WIDTH, HEIGHT, retarget=mode
+    )
     assert sequence.num_frames == 5 and sequence.retarget_mode == mode
 
 

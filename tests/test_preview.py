@@ -66,8 +66,9 @@ def test_preview_maker_schedule_and_frames(projection):
         PreviewMaker(projection, got.append, every=0, steps=5, latent_frames=3)
 
 
-def test_previews_during_a_tiny_generation_leave_the_video_unchanged(tiny_weights, tmp_path, cache_dir, projection,
-                                                                      monkeypatch):
+def test_previews_during_a_tiny_generation_leave_the_video_unchanged(
+    tiny_weights, tmp_path, cache_dir, projection, monkeypatch
+):
     from dynamictrl.studio import GenerateSettings, Studio
     from dynamictrl.video import write_video
 
@@ -80,8 +81,9 @@ def test_previews_during_a_tiny_generation_leave_the_video_unchanged(tiny_weight
     studio = Studio(weights_dir=tiny_weights, device="cpu", cache_dir=cache_dir)
     settings = GenerateSettings(prompt="a dancer", num_frames=9, width=48, height=64, steps=3, seed=4)
     previews: list[Preview] = []
-    with_previews = studio.generate(image, tmp_path / "a.mp4", settings, pose_video_path=pose,
-                                    preview=previews.append, preview_every=1)
+    with_previews = studio.generate(
+        image, tmp_path / "a.mp4", settings, pose_video_path=pose, preview=previews.append, preview_every=1
+    )
     without = studio.generate(image, tmp_path / "b.mp4", settings, pose_video_path=pose)
     assert np.array_equal(with_previews.frames, without.frames)
     assert [p.step for p in previews] == [1, 2, 3] and all(p.steps == 3 for p in previews)

@@ -25,7 +25,9 @@ def ffmpeg(*args) -> None:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("probe")
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=32x24:r=8", "-frames:v", "8", "-pix_fmt", "yuv420p", str(folder / "clip.mp4"))
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=s=32x24:r=8", "-frames:v", "8", "-pix_fmt", "yuv420p", str(folder / "clip.mp4")
+    )
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=1", str(folder / "tone.wav"))
     playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{folder / 'clip.mp4'}\n#EXT-X-ENDLIST\n"
     (folder / "list.m3u8").write_text(playlist)
@@ -68,8 +70,17 @@ def test_audio_muxed_into_an_output_is_probed_first(files, tmp_path):
 
 def test_numbers_come_from_the_stream_not_the_log(files, tmp_path):
     spoofed = tmp_path / "titled.mp4"
-    ffmpeg("-i", str(files / "clip.mp4"), "-c", "copy", "-metadata", "title=Duration: 10:00:00.00, start: 0",
-           "-metadata:s:v", "title=Stream #0:0: Video: h264, yuv420p, 9999x9999, 1000 fps", str(spoofed))
+    ffmpeg(
+        "-i",
+        str(files / "clip.mp4"),
+        "-c",
+        "copy",
+        "-metadata",
+        "title=Duration: 10:00:00.00, start: 0",
+        "-metadata:s:v",
+        "title=Stream #0:0: Video: h264, yuv420p, 9999x9999, 1000 fps",
+        str(spoofed),
+    )
     info = probe_video(spoofed)
     assert (info.width, info.height, info.fps, info.duration_s, info.frames) == (32, 24, 8.0, 1.0, 8)
     assert read_video(spoofed).frames.shape == (8, 24, 32, 3)
@@ -101,8 +112,16 @@ def test_odd_local_names_are_files_not_protocols(files, tmp_path):
 
 def test_allowed_video_containers_read(tmp_path):
     """Containers of the video allow-list (mp4 is everywhere else) read back."""
-    outputs = {"clip.mov": [], "clip.mkv": [], "clip.webm": ["-c:v", "libvpx-vp9"], "clip.avi": ["-c:v", "mpeg4"],
-               "clip.gif": [], "clip.ts": [], "clip.flv": ["-c:v", "flv"], "clip.ogv": ["-c:v", "libtheora"]}
+    outputs = {
+        "clip.mov": [],
+        "clip.mkv": [],
+        "clip.webm": ["-c:v", "libvpx-vp9"],
+        "clip.avi": ["-c:v", "mpeg4"],
+        "clip.gif": [],
+        "clip.ts": [],
+        "clip.flv": ["-c:v", "flv"],
+        "clip.ogv": ["-c:v", "libtheora"],
+    }
     for name, codec in outputs.items():
         ffmpeg("-f", "lavfi", "-i", "testsrc2=s=32x24:r=8", "-frames:v", "4", *codec, str(tmp_path / name))
         assert read_video(tmp_path / name).num_frames == 4, name

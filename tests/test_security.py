@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [*ROOT.glob("dynamictrl/**/*.py"), *ROOT.glob("ui/**/*.py"), *ROOT.glob("benchmarks/**/*.py"), ROOT / "app.py"]
+SOURCES = [
+    *ROOT.glob("dynamictrl/**/*.py"),
+    *ROOT.glob("ui/**/*.py"),
+    *ROOT.glob("benchmarks/**/*.py"),
+    ROOT / "app.py",
+]
 
 
 def calls(tree: ast.AST):
@@ -105,9 +110,17 @@ def test_no_file_outside_the_upload_cache_is_served(tiny_app, tmp_path):
     cached = upload(tiny_app.url, "photo.png", (ROOT / "assets" / "reference_figure.png").read_bytes())
     try:
         assert fetch_status(base + cached) == 200  # the checks below are not just "everything fails"
-        for path in (str(secret), str(link), str(result), f"{outputs}/../{secret.name}", f"{outputs}/../../../etc/passwd",
-                     "../../etc/passwd", str(ROOT / "weights" / "README.md"), "https://example.com/photo.png",
-                     f"{cached}/../../../../etc/passwd"):
+        for path in (
+            str(secret),
+            str(link),
+            str(result),
+            f"{outputs}/../{secret.name}",
+            f"{outputs}/../../../etc/passwd",
+            "../../etc/passwd",
+            str(ROOT / "weights" / "README.md"),
+            "https://example.com/photo.png",
+            f"{cached}/../../../../etc/passwd",
+        ):
             assert fetch_status(base + path) in (403, 404), path
         assert fetch_status(f"{tiny_app.url}gradio_api/proxy=https://example.com/") == 403
     finally:
@@ -169,14 +182,27 @@ def test_a_full_queue_says_how_many_wait_and_when_to_retry():
         button.click(lambda: release.wait(30) and "done", None, text, api_name="hold", concurrency_limit=1)
     demo.queue(max_size=1)
     port = free_port()
-    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                app_kwargs={"middleware": [Middleware(QueueFullMessage, queue_size=1)]})
+    demo.launch(
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        app_kwargs={"middleware": [Middleware(QueueFullMessage, queue_size=1)]},
+    )
     try:
         answers = []
         for index in range(4):
-            response = httpx.post(f"http://127.0.0.1:{port}/gradio_api/queue/join",
-                                  json={"data": [], "fn_index": 0, "session_hash": f"visitor{index}",
-                                        "event_data": None, "trigger_id": button._id}, timeout=10)
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/gradio_api/queue/join",
+                json={
+                    "data": [],
+                    "fn_index": 0,
+                    "session_hash": f"visitor{index}",
+                    "event_data": None,
+                    "trigger_id": button._id,
+                },
+                timeout=10,
+            )
             answers.append(response)
             if response.status_code != 200:
                 break
@@ -212,8 +238,14 @@ def built_page(tmp_path, admin_actions: bool):
     from ui.handlers import AppConfig
     from ui.layout import build_app
 
-    studio = SimpleNamespace(extract_poses=None, mask=None, caption=None, lipsync=None, limits=None,
-                             manager=SimpleNamespace(unload_all=lambda: None, unload=lambda name: None))
+    studio = SimpleNamespace(
+        extract_poses=None,
+        mask=None,
+        caption=None,
+        lipsync=None,
+        limits=None,
+        manager=SimpleNamespace(unload_all=lambda: None, unload=lambda name: None),
+    )
     config = AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work", admin_actions=admin_actions)
     return build_app(studio, config), config, studio
 
@@ -254,14 +286,17 @@ def test_error_messages_show_private_files_by_name_only(tmp_path):
 
     cache = tmp_path / "app" / "gradio"
     message = f"Could not decode {cache}/9f3e/my dance.mp4: bad data; see {cache}/9f3e/x.json or /etc/hosts"
-    assert without_private_paths(message, [tmp_path / "app"]) == ("Could not decode my dance.mp4: bad data; see "
-                                                                   "x.json or /etc/hosts")
+    assert without_private_paths(message, [tmp_path / "app"]) == (
+        "Could not decode my dance.mp4: bad data; see x.json or /etc/hosts"
+    )
 
     class FailingStudio:
         extract_poses = mask = caption = lipsync = None
         limits = None
 
-    config = AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "app" / "jobs", private_dirs=(tmp_path / "app",))
+    config = AppConfig(
+        outputs_dir=tmp_path / "out", work_dir=tmp_path / "app" / "jobs", private_dirs=(tmp_path / "app",)
+    )
     handlers = Handlers(FailingStudio(), config)
     image = cache / "ab" / "photo.png"
     image.parent.mkdir(parents=True)
@@ -284,8 +319,11 @@ def test_upload_widgets_hand_over_the_file_unopened(tmp_path):
     assert AudioUpload().preprocess(FileData(path=str(not_an_image))) == str(not_an_image)
     assert ImageUpload().preprocess(None) is None
     # drawn by gradio's own image/video/audio widgets in the page, with every setting sent to it
-    assert [widget().get_block_name() for widget in (ImageUpload, VideoUpload, AudioUpload)] == ["image", "video",
-                                                                                                  "audio"]
+    assert [widget().get_block_name() for widget in (ImageUpload, VideoUpload, AudioUpload)] == [
+        "image",
+        "video",
+        "audio",
+    ]
     for widget, plain in ((ImageUpload, gr.Image), (VideoUpload, gr.Video), (AudioUpload, gr.Audio)):
         settings = widget(label="x", elem_id="y").get_config()
         assert settings["label"] == "x" and settings["elem_id"] == "y" and set(settings) == set(plain().get_config())
@@ -299,11 +337,16 @@ def test_upload_widgets_hand_over_the_file_unopened(tmp_path):
 def test_messages_speak_of_the_page_not_of_cli_flags():
     from ui.handlers import in_app_terms
 
-    api = ("dance.mp4 is 0.5 s long (8 frames at 16 fps); from 0 s at 16 fps it gives 8 frames but 12 are needed. "
-           "Lower the frame count, lower the fps, start earlier, or loop the video. With this video use --frames 9 "
-           "or --loop.")
-    assert in_app_terms(api) == ("dance.mp4 is 0.5 s long (8 frames at 16 fps); from 0 s at 16 fps it gives 8 frames "
-                                 "but 12 are needed. Lower the frame count, lower the fps or start earlier. With this "
-                                 "video set Frames to 9.")
-    assert in_app_terms("The pose video has 1 frames, fewer than the 9 asked for: use --frames 1 or a longer pose "
-                        "video.").endswith("set Frames to 1 or use a longer pose video.")
+    api = (
+        "dance.mp4 is 0.5 s long (8 frames at 16 fps); from 0 s at 16 fps it gives 8 frames but 12 are needed. "
+        "Lower the frame count, lower the fps, start earlier, or loop the video. With this video use --frames 9 "
+        "or --loop."
+    )
+    assert in_app_terms(api) == (
+        "dance.mp4 is 0.5 s long (8 frames at 16 fps); from 0 s at 16 fps it gives 8 frames "
+        "but 12 are needed. Lower the frame count, lower the fps or start earlier. With this "
+        "video set Frames to 9."
+    )
+    assert in_app_terms(
+        "The pose video has 1 frames, fewer than the 9 asked for: use --frames 1 or a longer pose video."
+    ).endswith("set Frames to 1 or use a longer pose video.")

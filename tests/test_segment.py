@@ -354,7 +354,11 @@ def part_rectangles(person, margin=0.2) -> np.ndarray:
     out = np.zeros((HEIGHT, WIDTH), dtype=bool)
     head = [0, 14, 15, 16, 17]
     parts = [
-        (np.vstack([person.face, person.body[head]]), np.concatenate([person.face_scores, person.body_scores[head]]), True),
+        (
+            np.vstack([person.face, person.body[head]]),
+            np.concatenate([person.face_scores, person.body_scores[head]]),
+            True,
+        ),
         (person.left_hand, person.left_hand_scores, False),
         (person.right_hand, person.right_hand_scores, False),
     ]
@@ -472,7 +476,10 @@ def test_no_person_or_a_pose_of_another_image(segmenter, detector, red_pose):
         segmenter.person_mask(np.zeros((WIDTH, HEIGHT, 3), np.uint8), red_pose)
     # a resized copy of the same picture is fine: coordinates are normalised
     seg = box_filling_segmenter(segmenter)
-    assert seg.person_mask(np.zeros((HEIGHT // 2, WIDTH // 2, 3), np.uint8), red_pose).shape == (HEIGHT // 2, WIDTH // 2)
+    assert seg.person_mask(np.zeros((HEIGHT // 2, WIDTH // 2, 3), np.uint8), red_pose).shape == (
+        HEIGHT // 2,
+        WIDTH // 2,
+    )
 
 
 def test_mask_modes_map_to_the_variants():

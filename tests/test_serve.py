@@ -69,9 +69,19 @@ def ray_session():
     test job kinds (tests/ray_jobs.py) through PYTHONPATH."""
     from ray import serve
 
-    serve_cli.start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="dynamictrl-tests",
-                              runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1",
-                                                        "TOKENIZERS_PARALLELISM": "false"}})
+    serve_cli.start_local_ray(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="dynamictrl-tests",
+        runtime_env={
+            "env_vars": {
+                "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        },
+    )
     try:
         yield
     finally:
@@ -116,8 +126,14 @@ def reference_run(serve_root) -> tuple[np.ndarray, list]:
     torch.set_num_threads(1)  # as in a replica with num_cpus=1 (Ray sets OMP_NUM_THREADS=1)
     previews = []
     try:
-        studio.generate(serve_root / "ref.png", serve_root / "local" / "ref_run.mp4", tiny_settings(),
-                        pose_video_path=serve_root / "pose.mp4", preview=previews.append, preview_every=1)
+        studio.generate(
+            serve_root / "ref.png",
+            serve_root / "local" / "ref_run.mp4",
+            tiny_settings(),
+            pose_video_path=serve_root / "pose.mp4",
+            preview=previews.append,
+            preview_every=1,
+        )
     finally:
         torch.set_num_threads(threads)
     return read_video(serve_root / "local" / "ref_run.mp4").frames, previews
@@ -146,9 +162,16 @@ class TestService:
         from dynamictrl.serve.deployment import deploy
         from tests.ray_jobs import KINDS
 
-        config = ServeConfig(weights_dir=str(serve_root / "weights"), tiny=True, outputs_dir=str(serve_root / "outputs"),
-                             shared_dirs=[str(serve_root)], extra_kinds=KINDS, job_timeout_s=JOB_TIMEOUT_S,
-                             token_sha256=token_digest(TOKEN), max_request_bytes=MAX_REQUEST_BYTES)
+        config = ServeConfig(
+            weights_dir=str(serve_root / "weights"),
+            tiny=True,
+            outputs_dir=str(serve_root / "outputs"),
+            shared_dirs=[str(serve_root)],
+            extra_kinds=KINDS,
+            job_timeout_s=JOB_TIMEOUT_S,
+            token_sha256=token_digest(TOKEN),
+            max_request_bytes=MAX_REQUEST_BYTES,
+        )
         port = free_port()
         deploy(config, name=APP, port=port, replicas=2, gpus_per_replica=0, timeout_s=240)
         try:
@@ -167,8 +190,14 @@ class TestService:
         def job(i):
             studio = shared if i == 3 else client  # three by value, one through the shared folder
             out = (serve_root / "outputs" / "shared.mp4") if i == 3 else (serve_root / "client" / f"c{i}.mp4")
-            return studio.generate(serve_root / "ref.png", out, tiny_settings(), pose_video_path=serve_root / "pose.mp4",
-                                   progress=lambda f, m: messages[i].append((f, m)), return_frames=True)
+            return studio.generate(
+                serve_root / "ref.png",
+                out,
+                tiny_settings(),
+                pose_video_path=serve_root / "pose.mp4",
+                progress=lambda f, m: messages[i].append((f, m)),
+                return_frames=True,
+            )
 
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(job, range(4), timeout=2 * JOB_TIMEOUT_S))
@@ -219,25 +248,40 @@ class TestService:
         assert time.monotonic() - started < 15  # stopped at the next step, not after 30 s
 
     def test_bad_inputs_are_clear_errors_and_not_retried(self, client, serve_root, tmp_path):
-        with pytest.raises(ValueError, match=r"settings\.width: Input should be less than or equal to 2048 \(got 8000\)"):
-            client.generate(serve_root / "ref.png", tmp_path / "x.mp4", tiny_settings(width=8000),
-                            pose_video_path=serve_root / "pose.mp4")
+        with pytest.raises(
+            ValueError, match=r"settings\.width: Input should be less than or equal to 2048 \(got 8000\)"
+        ):
+            client.generate(
+                serve_root / "ref.png",
+                tmp_path / "x.mp4",
+                tiny_settings(width=8000),
+                pose_video_path=serve_root / "pose.mp4",
+            )
         with pytest.raises(ValueError, match="Unknown job kind"):
             client.submit({"kind": "paint"})
         outside = RemoteStudio(app_name=APP, transfer="shared", poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
         Image.new("RGB", (48, 64)).save(tmp_path / "elsewhere.png")
         with pytest.raises(ValueError, match="outside the folders"):
-            outside.generate(tmp_path / "elsewhere.png", serve_root / "outputs" / "x.mp4", tiny_settings(),
-                             pose_video_path=serve_root / "pose.mp4")
+            outside.generate(
+                tmp_path / "elsewhere.png",
+                serve_root / "outputs" / "x.mp4",
+                tiny_settings(),
+                pose_video_path=serve_root / "pose.mp4",
+            )
         assert not (tmp_path / "x.mp4").exists()
 
     def test_pose_lipsync_mask_and_caption_come_back_like_local_results(self, client, serve_root, tmp_path):
         from dynamictrl.pose.types import load_poses
         from dynamictrl.studio import PoseSettings
 
-        pose = client.extract_poses(serve_root / "ref.png", serve_root / "pose.mp4",
-                                    PoseSettings(num_frames=5, width=48, height=64), out_path=tmp_path / "p.mp4",
-                                    preview_path=tmp_path / "overlay.mp4", json_path=tmp_path / "p.json")
+        pose = client.extract_poses(
+            serve_root / "ref.png",
+            serve_root / "pose.mp4",
+            PoseSettings(num_frames=5, width=48, height=64),
+            out_path=tmp_path / "p.mp4",
+            preview_path=tmp_path / "overlay.mp4",
+            json_path=tmp_path / "p.json",
+        )
         assert pose.sequence.num_frames == 5 and read_video(pose.pose_video_path).num_frames == 5
         assert pose.preview_path.is_file() and len(load_poses(pose.json_path)[0]) == 5
 
@@ -264,8 +308,12 @@ class TestService:
         with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
             assert json.loads(response.read()) == {"ok": True}
         remote = RemoteStudio(url=url, poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, token=TOKEN)
-        result = remote.generate(serve_root / "ref.png", serve_root / "http" / "h.mp4", tiny_settings(),
-                                 pose_video_path=serve_root / "pose.mp4")
+        result = remote.generate(
+            serve_root / "ref.png",
+            serve_root / "http" / "h.mp4",
+            tiny_settings(),
+            pose_video_path=serve_root / "pose.mp4",
+        )
         np.testing.assert_array_equal(read_video(result.video_path).frames, reference_frames)
         with pytest.raises(KeyError, match="Unknown job"):
             remote.status("nope")
@@ -280,8 +328,12 @@ class TestService:
         url = service["url"]
         assert call("GET", url + "/healthz")[0] == 200
         for method, path in (("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/abc"), ("POST", "/jobs/abc/cancel")):
-            code, answer = call(method, url + path, body={"kind": "sleep", "seconds": 0} if method == "POST" else None,
-                                headers={"X-Owner-Key": "k" * 20})
+            code, answer = call(
+                method,
+                url + path,
+                body={"kind": "sleep", "seconds": 0} if method == "POST" else None,
+                headers={"X-Owner-Key": "k" * 20},
+            )
             assert code == 401 and "Bearer" in answer["detail"], (path, code, answer)
             assert call(method, url + path, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
         with pytest.raises(PermissionError, match="token"):
@@ -306,17 +358,36 @@ class TestService:
 
     def test_bad_fields_are_422_naming_the_field(self, service, serve_root):
         url, auth = service["url"], {"Authorization": f"Bearer {TOKEN}", "X-Owner-Key": "o" * 20}
-        job = {"kind": "generate", "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"),
-               "out": "x.mp4", "settings": {"prompt": "a", "steps": "many"}}
-        for settings, field in (({"prompt": "a", "steps": "many"}, "steps"), ({"prompt": "a", "sead": 1}, "sead"),
-                                ({"prompt": "a", "guidance": float("inf")}, "guidance"),
-                                ({"prompt": "a", "num_frames": 10}, "4k+1")):
+        job = {
+            "kind": "generate",
+            "image": str(serve_root / "ref.png"),
+            "pose_video": str(serve_root / "pose.mp4"),
+            "out": "x.mp4",
+            "settings": {"prompt": "a", "steps": "many"},
+        }
+        for settings, field in (
+            ({"prompt": "a", "steps": "many"}, "steps"),
+            ({"prompt": "a", "sead": 1}, "sead"),
+            ({"prompt": "a", "guidance": float("inf")}, "guidance"),
+            ({"prompt": "a", "num_frames": 10}, "4k+1"),
+        ):
             code, answer = call("POST", url + "/jobs", body={**job, "settings": settings}, headers=auth)
             assert code == 422 and field in json.dumps(answer["detail"]), (settings, code, answer)
         code, answer = call("POST", url + "/jobs", body={**job, "kind": "paint"}, headers=auth)
         assert code == 422 and "paint" in json.dumps(answer["detail"])
-        code, answer = call("POST", url + "/jobs", body={"kind": "mask", "image": "a.png", "mode": "background",
-                                                         "width": 48, "height": 64, "points": [["x", 1, 1]]}, headers=auth)
+        code, answer = call(
+            "POST",
+            url + "/jobs",
+            body={
+                "kind": "mask",
+                "image": "a.png",
+                "mode": "background",
+                "width": 48,
+                "height": 64,
+                "points": [["x", 1, 1]],
+            },
+            headers=auth,
+        )
         assert code == 422 and "points" in json.dumps(answer["detail"])
         remote = RemoteStudio(url=url, token=TOKEN)
         with pytest.raises(ValueError, match="steps"):
@@ -344,7 +415,9 @@ class TestService:
         mine = {**headers, "X-Owner-Key": submitted["owner_key"]}
         assert call("GET", f"{url}/jobs/{submitted['job_id']}", headers=mine)[0] == 200
         assert call("GET", f"{url}/jobs/{submitted['job_id']}", headers={**headers, "X-Owner-Key": "x" * 20})[0] == 404
-        code, answer = call("POST", url + "/jobs", body={"kind": "sleep", "seconds": 0}, headers={**headers, "X-Owner-Key": "short"})
+        code, answer = call(
+            "POST", url + "/jobs", body={"kind": "sleep", "seconds": 0}, headers={**headers, "X-Owner-Key": "short"}
+        )
         assert code == 422 and "16" in answer["detail"]
 
     def test_oversized_bodies_are_refused_before_they_are_read(self, service):
@@ -352,8 +425,10 @@ class TestService:
         auth = f"Authorization: Bearer {TOKEN}\r\nX-Owner-Key: {'o' * 20}\r\n"
         # Declared: refused from the headers alone (the body is never sent).
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
-                         f"Content-Length: 146000000\r\n\r\n".encode())
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                f"Content-Length: 146000000\r\n\r\n".encode()
+            )
             status, body = read_response(sock)
         assert status == 413 and "1 MB" in body
         # Chunked (no length): refused with 411 from the headers too (Ray Serve's proxy would
@@ -361,13 +436,16 @@ class TestService:
         # does not grow by what the client pushes meanwhile.
         import psutil
 
-        gateway = psutil.Process(call("GET", service["url"] + "/status",
-                                      headers={"Authorization": f"Bearer {TOKEN}"})[1]["gateway"]["pid"])
+        gateway = psutil.Process(
+            call("GET", service["url"] + "/status", headers={"Authorization": f"Bearer {TOKEN}"})[1]["gateway"]["pid"]
+        )
         rss_before = gateway.memory_info().rss
         total, chunk = 64 * MAX_REQUEST_BYTES, b"x" * 65536
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
-                         "Transfer-Encoding: chunked\r\n\r\n".encode())
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n".encode()
+            )
             sent = 0
             while sent < total and not select.select([sock], [], [], 0)[0]:
                 try:
@@ -390,8 +468,21 @@ class TestService:
         assert code == 200 and public["replicas"] and public["jobs"]["done"] >= 1
         assert str(serve_root) not in json.dumps(public)
         assert socket.gethostname() not in [str(value) for replica in public["replicas"] for value in replica.values()]
-        assert all(set(replica) <= {"replica", "device", "gpu", "vram_free_gb", "vram_total_gb", "vram_allocated_gb",
-                                    "models", "seen_s_ago", "busy"} for replica in public["replicas"])
+        assert all(
+            set(replica)
+            <= {
+                "replica",
+                "device",
+                "gpu",
+                "vram_free_gb",
+                "vram_total_gb",
+                "vram_allocated_gb",
+                "models",
+                "seen_s_ago",
+                "busy",
+            }
+            for replica in public["replicas"]
+        )
         code, full = call("GET", url + "/status", headers={"Authorization": f"Bearer {TOKEN}"})
         assert code == 200 and full["outputs_dir"] == str(serve_root / "outputs")
         assert all("pid" in replica and "node" in replica for replica in full["replicas"])
@@ -415,10 +506,22 @@ class TestService:
 
     def test_replica_killed_mid_job_is_retried_on_the_other(self, client, serve_root, reference_frames):
         out = serve_root / "outputs" / "after_crash.mp4"
-        job = {"kind": "crash_once", "then": "generate", "marker": str(serve_root / "crash.marker"),
-               "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"), "out": str(out),
-               "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2,
-                            "seed": 7}}
+        job = {
+            "kind": "crash_once",
+            "then": "generate",
+            "marker": str(serve_root / "crash.marker"),
+            "image": str(serve_root / "ref.png"),
+            "pose_video": str(serve_root / "pose.mp4"),
+            "out": str(out),
+            "settings": {
+                "prompt": "a person dancing",
+                "num_frames": 9,
+                "width": 48,
+                "height": 64,
+                "steps": 2,
+                "seed": 7,
+            },
+        }
         job_id = client.submit(job)
         answer = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
         status = client.status(job_id)
@@ -433,8 +536,14 @@ class TestService:
         over_http = RemoteStudio(url=service["url"], poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S, token=TOKEN)
         for name, studio in (("handle", client), ("http", over_http)):
             seen = []
-            studio.generate(serve_root / "ref.png", tmp_path / f"{name}.mp4", tiny_settings(),
-                            pose_video_path=serve_root / "pose.mp4", preview=seen.append, preview_every=1)
+            studio.generate(
+                serve_root / "ref.png",
+                tmp_path / f"{name}.mp4",
+                tiny_settings(),
+                pose_video_path=serve_root / "pose.mp4",
+                preview=seen.append,
+                preview_every=1,
+            )
             assert seen and [p.step for p in seen] == sorted({p.step for p in seen}), name  # each picture once
             last = seen[-1]
             assert (last.step, last.steps) == (2, 2) and last.frames.shape == local.frames.shape == (3, 8, 6, 3)
@@ -458,13 +567,23 @@ class TestService:
             for transfer, studio in (("by value", client), ("shared folder", shared)):
                 out = (serve_root / "outputs" if transfer == "shared folder" else tmp_path) / f"{name}.mp4"
                 started = time.monotonic()
-                with pytest.raises(ValueError, match=r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not a video file") as error:
+                with pytest.raises(
+                    ValueError, match=r"playlist.m3u8 is an HLS playlist \(\.m3u8\), not a video file"
+                ) as error:
                     studio.generate(serve_root / "ref.png", out, tiny_settings(), **{role: playlist})
                 assert not out.exists() and not out.with_suffix(".json").exists()
-                test_badinputs.RESULTS.append({
-                    "case": name, "stage": cases[name].stage, "what": cases[name].what, "expected": cases[name].expected,
-                    "via": f"Ray {transfer}", "outcome": f"{type(error.value).__name__}: {error.value}",
-                    "seconds": round(time.monotonic() - started, 2), "passed": True})
+                test_badinputs.RESULTS.append(
+                    {
+                        "case": name,
+                        "stage": cases[name].stage,
+                        "what": cases[name].what,
+                        "expected": cases[name].expected,
+                        "via": f"Ray {transfer}",
+                        "outcome": f"{type(error.value).__name__}: {error.value}",
+                        "seconds": round(time.monotonic() - started, 2),
+                        "passed": True,
+                    }
+                )
 
     def test_replica_dying_every_time_is_a_clear_error_not_a_hang(self, client):
         started = time.monotonic()
@@ -476,8 +595,9 @@ class TestService:
 def call(method: str, url: str, body=None, headers=None) -> tuple[int, dict]:
     """(HTTP status, JSON answer) of one request; error statuses are answers too."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -494,7 +614,9 @@ def read_response(sock: socket.socket) -> tuple[int, str]:
             break
         data += piece
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+    )
     while len(body) < length:
         piece = sock.recv(65536)
         if not piece:
@@ -513,12 +635,36 @@ class TestBatch:
     def write_jobs(self, folder: Path, serve_root: Path) -> Path:
         (folder / "broken.png").write_bytes(b"not an image")
         settings = {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2}
-        lines = [{"kind": "generate", "image": str(serve_root / "ref.png"), "pose_video": str(serve_root / "pose.mp4"),
-                  "out": f"out/g{seed}.mp4", "settings": {**settings, "seed": seed}} for seed in range(4)]
-        lines.insert(2, {"kind": "generate", "id": "the-bad-one", "image": "broken.png",
-                         "pose_video": str(serve_root / "pose.mp4"), "out": "out/bad.mp4", "settings": settings})
-        lines.append({"kind": "pose", "image": str(serve_root / "ref.png"), "driving_video": str(serve_root / "pose.mp4"),
-                      "out": "out/pose.mp4", "settings": {"num_frames": 5, "width": 48, "height": 64}})
+        lines = [
+            {
+                "kind": "generate",
+                "image": str(serve_root / "ref.png"),
+                "pose_video": str(serve_root / "pose.mp4"),
+                "out": f"out/g{seed}.mp4",
+                "settings": {**settings, "seed": seed},
+            }
+            for seed in range(4)
+        ]
+        lines.insert(
+            2,
+            {
+                "kind": "generate",
+                "id": "the-bad-one",
+                "image": "broken.png",
+                "pose_video": str(serve_root / "pose.mp4"),
+                "out": "out/bad.mp4",
+                "settings": settings,
+            },
+        )
+        lines.append(
+            {
+                "kind": "pose",
+                "image": str(serve_root / "ref.png"),
+                "driving_video": str(serve_root / "pose.mp4"),
+                "out": "out/pose.mp4",
+                "settings": {"num_frames": 5, "width": 48, "height": 64},
+            }
+        )
         path = folder / "jobs.jsonl"
         path.write_text("# six jobs, one with a broken image\n" + "\n".join(json.dumps(line) for line in lines) + "\n")
         return path
@@ -526,8 +672,20 @@ class TestBatch:
     def run_cli(self, jobs: Path, serve_root: Path) -> int:
         parser = argparse.ArgumentParser()
         serve_cli.add_batch_arguments(parser)
-        args = parser.parse_args(["--jobs", str(jobs), "--tiny", "--weights-dir", str(serve_root / "weights"),
-                                  "--workers", "2", "--job-timeout", str(JOB_TIMEOUT_S), "--no-progress"])
+        args = parser.parse_args(
+            [
+                "--jobs",
+                str(jobs),
+                "--tiny",
+                "--weights-dir",
+                str(serve_root / "weights"),
+                "--workers",
+                "2",
+                "--job-timeout",
+                str(JOB_TIMEOUT_S),
+                "--no-progress",
+            ]
+        )
         return serve_cli.run_batch(args)
 
     def test_batch_reports_the_bad_job_and_a_rerun_skips_the_done_ones(self, ray_session, serve_root, tmp_path, capsys):
@@ -560,20 +718,34 @@ class TestProcessGroupReplica:
         from dynamictrl.serve.deployment import deploy
         from tests.ray_jobs import KINDS
 
-        config = ServeConfig(weights_dir=str(serve_root / "weights"), tiny=True, device="cpu",
-                             outputs_dir=str(serve_root / "outputs"), shared_dirs=[str(serve_root)], extra_kinds=KINDS,
-                             job_timeout_s=JOB_TIMEOUT_S, processes_per_replica=2)
+        config = ServeConfig(
+            weights_dir=str(serve_root / "weights"),
+            tiny=True,
+            device="cpu",
+            outputs_dir=str(serve_root / "outputs"),
+            shared_dirs=[str(serve_root)],
+            extra_kinds=KINDS,
+            job_timeout_s=JOB_TIMEOUT_S,
+            processes_per_replica=2,
+        )
         deploy(config, name=APP + "-group", port=free_port(), replicas=1, gpus_per_replica=None, timeout_s=240)
         try:
             yield RemoteStudio(app_name=APP + "-group", poll_s=0.2, job_timeout_s=JOB_TIMEOUT_S)
         finally:
             serve.delete(APP + "-group")  # frees the two CPUs for the batch tests
 
-    def test_one_job_on_two_processes_gives_the_single_process_video(self, group_client, serve_root, reference_run,
-                                                                     tmp_path):
+    def test_one_job_on_two_processes_gives_the_single_process_video(
+        self, group_client, serve_root, reference_run, tmp_path
+    ):
         seen = []
-        result = group_client.generate(serve_root / "ref.png", tmp_path / "group.mp4", tiny_settings(),
-                                       pose_video_path=serve_root / "pose.mp4", preview=seen.append, preview_every=1)
+        result = group_client.generate(
+            serve_root / "ref.png",
+            tmp_path / "group.mp4",
+            tiny_settings(),
+            pose_video_path=serve_root / "pose.mp4",
+            preview=seen.append,
+            preview_every=1,
+        )
         assert close_to(read_video(result.video_path).frames, reference_run[0])
         manifest = json.loads(result.manifest_path.read_text())
         assert manifest["parallel"] == {"ulysses": 2, "ring": 1, "cfg": 1}
@@ -595,11 +767,19 @@ class TestProcessGroupReplica:
     # Runs after the cancel above: the replica starts a new group for it.
     def test_a_failing_rank_ends_the_job_and_its_processes(self, group_client, serve_root, tmp_path):
         pids = tmp_path / "pids"
-        job = {"kind": "fail_on_rank", "rank": 1, "pids": str(pids), "image": str(serve_root / "ref.png"),
-               "pose_video": str(serve_root / "pose.mp4"), "out": "fail_on_rank.mp4",
-               "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2}}
+        job = {
+            "kind": "fail_on_rank",
+            "rank": 1,
+            "pids": str(pids),
+            "image": str(serve_root / "ref.png"),
+            "pose_video": str(serve_root / "pose.mp4"),
+            "out": "fail_on_rank.mp4",
+            "settings": {"prompt": "a person dancing", "num_frames": 9, "width": 48, "height": 64, "steps": 2},
+        }
         started = time.monotonic()
-        with pytest.raises(RemoteJobError, match="Process 1 of the replica's 2 failed: RuntimeError: injected failure on rank 1"):
+        with pytest.raises(
+            RemoteJobError, match="Process 1 of the replica's 2 failed: RuntimeError: injected failure on rank 1"
+        ):
             group_client.wait(group_client.submit(job), timeout_s=JOB_TIMEOUT_S)
         assert time.monotonic() - started < 60
         ranks = {int(path.name): int(path.read_text()) for path in pids.iterdir()}
@@ -663,18 +843,19 @@ def test_jobs_file_errors_name_the_line(tmp_path):
     from dynamictrl.serve.jobs import load_jobs
 
     path = tmp_path / "jobs.jsonl"
-    path.write_text('{"kind": "generate", "image": "a.png", "out": "a.mp4", "settings": {"prompt": ""}}\n'
-                    "\n{not json\n"
-                    '{"kind": "pose", "image": "a.png", "driving_video": "d.mp4", "out": "p.mp4", "settings": {"fps": 8}}\n'
-                    '{"kind": "generate", "image": "a.png", "pose_video": "p.mp4", "out": "b.mp4", '
-                    '"settings": {"prompt": "", "sead": 1}}\n')
+    path.write_text(
+        '{"kind": "generate", "image": "a.png", "out": "a.mp4", "settings": {"prompt": ""}}\n'
+        "\n{not json\n"
+        '{"kind": "pose", "image": "a.png", "driving_video": "d.mp4", "out": "p.mp4", "settings": {"fps": 8}}\n'
+        '{"kind": "generate", "image": "a.png", "pose_video": "p.mp4", "out": "b.mp4", '
+        '"settings": {"prompt": "", "sead": 1}}\n'
+    )
     records = load_jobs(path)
     assert [r["line"] for r in records] == [1, 3, 4, 5]
     assert "needs exactly one" in records[0]["error"] and records[1]["error"].startswith("line 3:")
     assert records[2]["job"]["json"] == str(tmp_path / "p.json")  # what marks a pose job done
     assert records[2]["job"]["image"] == str(tmp_path / "a.png")
     assert "settings.sead: unknown field" in records[3]["error"]
-
 
 
 def test_replica_options_follow_the_flags():
@@ -687,7 +868,9 @@ def test_replica_options_follow_the_flags():
     assert worker._deployment_config.max_ongoing_requests == 1
     assert fixed._bound_deployment.ray_actor_options["num_cpus"] == 0  # the gateway takes no CPU from the replicas
 
-    scaled = build_app(ServeConfig(), min_replicas=0, max_replicas=4, gpus_per_replica=0, runtime_env={"py_modules": ["x"]})
+    scaled = build_app(
+        ServeConfig(), min_replicas=0, max_replicas=4, gpus_per_replica=0, runtime_env={"py_modules": ["x"]}
+    )
     worker = scaled._bound_deployment.init_args[0]._bound_deployment
     bounds = worker._deployment_config.autoscaling_config
     assert (bounds.min_replicas, bounds.initial_replicas, bounds.max_replicas) == (0, 1, 4)
@@ -724,8 +907,18 @@ def test_body_limit_counts_a_body_as_it_arrives():
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
-                 "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("x", 80), "root_path": ""}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/echo",
+            "raw_path": b"/echo",
+            "query_string": b"",
+            "headers": headers,
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("x", 80),
+            "root_path": "",
+        }
         pulled.clear()
         asyncio.run(BodyLimit(app, max_bytes=5000)(scope, receive, send))
         body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
@@ -768,10 +961,13 @@ def test_job_schema_follows_the_settings_dataclasses():
     schema = model.model_json_schema()
     assert schema["$defs"]["Memory"]["properties"]["offload"]["enum"] == ["auto", "none"]
     assert schema["$defs"]["Memory"]["properties"]["blocks"]["maximum"] == 8
-    for bad, where in (({"prompt": "p", "memory": {"blocks": 9}}, ("memory", "blocks")),
-                       ({"prompt": "p", "memory": {"offload": "gpu"}}, ("memory", "offload")),
-                       ({"prompt": "p", "memory": {"speed": 1}}, ("memory", "speed")),
-                       ({}, ("prompt",)), ({"prompt": "p", "ratio": 2}, ())):
+    for bad, where in (
+        ({"prompt": "p", "memory": {"blocks": 9}}, ("memory", "blocks")),
+        ({"prompt": "p", "memory": {"offload": "gpu"}}, ("memory", "offload")),
+        ({"prompt": "p", "memory": {"speed": 1}}, ("memory", "speed")),
+        ({}, ("prompt",)),
+        ({"prompt": "p", "ratio": 2}, ()),
+    ):
         with pytest.raises(ValidationError) as error:
             model.model_validate(bad)
         assert error.value.errors()[0]["loc"] == where, bad

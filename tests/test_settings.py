@@ -56,8 +56,9 @@ def test_every_field_has_help_and_every_default_is_in_its_own_range():
 def test_cli_arguments_are_the_settings_fields():
     from dynamictrl.cli import PRESET_FLAGS, build_parser, settings_from_args, size_and_speed
 
-    args = build_parser(["generate"]).parse_args(["generate", "--image", "a.png", "--pose-video", "p.mp4",
-                                                   "--out", "o.mp4"])
+    args = build_parser(["generate"]).parse_args(
+        ["generate", "--image", "a.png", "--pose-video", "p.mp4", "--out", "o.mp4"]
+    )
     parser = build_parser(["generate"])._subparsers._group_actions[0].choices["generate"]
     actions = {action.dest: action for action in parser._actions}
     for item, _cls in flagged_fields(GenerateSettings):
@@ -72,30 +73,57 @@ def test_cli_arguments_are_the_settings_fields():
 
     def generate_settings(args):  # as `run_generate`: the preset fields resolved first
         width, height, steps, cache = size_and_speed(args, GenerateSettings(prompt=""))
-        return settings_from_args(GenerateSettings, args, width=width, height=height, steps=steps,
-                                  first_block_cache=cache)
+        return settings_from_args(
+            GenerateSettings, args, width=width, height=height, steps=steps, first_block_cache=cache
+        )
 
     assert generate_settings(args) == GenerateSettings(prompt="")  # nothing on the command line: every default
 
     pose_args = build_parser(["pose"]).parse_args(["pose", "--image", "a.png", "--video", "d.mp4", "--out", "o.mp4"])
     assert settings_from_args(PoseSettings, pose_args) == PoseSettings()
     flags = build_parser(["generate"]).parse_args(
-        ["generate", "--image", "a.png", "--pose-video", "p.mp4", "--out", "o.mp4", "--frames", "41", "--offload",
-         "model", "--pab", "--no-color-match", "--fill", "a beach", "--start", "1.5"])
+        [
+            "generate",
+            "--image",
+            "a.png",
+            "--pose-video",
+            "p.mp4",
+            "--out",
+            "o.mp4",
+            "--frames",
+            "41",
+            "--offload",
+            "model",
+            "--pab",
+            "--no-color-match",
+            "--fill",
+            "a beach",
+            "--start",
+            "1.5",
+        ]
+    )
     settings = generate_settings(flags)
-    assert (settings.num_frames, settings.memory.offload, settings.memory.pyramid_attention_broadcast,
-            settings.color_match, settings.mask_fill) == (41, "model", True, False, "a beach")
+    assert (
+        settings.num_frames,
+        settings.memory.offload,
+        settings.memory.pyramid_attention_broadcast,
+        settings.color_match,
+        settings.mask_fill,
+    ) == (41, "model", True, False, "a beach")
     assert settings_from_args(PoseSettings, flags).start_s == 1.5
     from dynamictrl.lipsync.settings import LipSyncSettings
 
-    lip_args = build_parser(["lipsync"]).parse_args(["lipsync", "--video", "v.mp4", "--audio", "a.wav", "--out", "o.mp4",
-                                                    "--left-cheek-width", "70"])
+    lip_args = build_parser(["lipsync"]).parse_args(
+        ["lipsync", "--video", "v.mp4", "--audio", "a.wav", "--out", "o.mp4", "--left-cheek-width", "70"]
+    )
     assert settings_from_args(LipSyncSettings, lip_args) == LipSyncSettings(left_cheek_width=70)
 
 
 def test_help_of_generate_is_fast_and_does_not_import_torch():
-    code = ("import sys\nfrom dynamictrl.cli import build_parser\n"
-            "build_parser(['generate', 'pose'])\nprint(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))")
+    code = (
+        "import sys\nfrom dynamictrl.cli import build_parser\n"
+        "build_parser(['generate', 'pose'])\nprint(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -134,10 +162,15 @@ def test_app_widgets_show_the_settings(tmp_path):
     for component in blocks.get_config_file()["components"]:
         p = component.get("props", {})
         props[p.get("elem_id") or p.get("label")] = p
-    expected = {"steps": widget_spec("steps"), "Guidance": widget_spec("guidance"),
-                "Width (multiple of 16)": widget_spec("width"), "Height (multiple of 16)": widget_spec("height"),
-                "frames": widget_spec("num_frames", PoseSettings), "fps (0 = every frame)": widget_spec("fps", PoseSettings),
-                "Start (s)": widget_spec("start_s", PoseSettings)}
+    expected = {
+        "steps": widget_spec("steps"),
+        "Guidance": widget_spec("guidance"),
+        "Width (multiple of 16)": widget_spec("width"),
+        "Height (multiple of 16)": widget_spec("height"),
+        "frames": widget_spec("num_frames", PoseSettings),
+        "fps (0 = every frame)": widget_spec("fps", PoseSettings),
+        "Start (s)": widget_spec("start_s", PoseSettings),
+    }
     for key, spec in expected.items():
         widget = props[key]
         assert widget["value"] == spec.default, key
@@ -145,29 +178,44 @@ def test_app_widgets_show_the_settings(tmp_path):
         if key != "Start (s)" and not key.startswith("fps"):
             assert widget["step"] == spec.step, key
     assert props["seed"]["value"] == widget_spec("seed").default
-    for label, spec in (("Offload (memory tier)", widget_spec("offload")),
-                        ("Retargeting", widget_spec("retarget", PoseSettings))):
+    for label, spec in (
+        ("Offload (memory tier)", widget_spec("offload")),
+        ("Retargeting", widget_spec("retarget", PoseSettings)),
+    ):
         assert [value for value, _ in props[label]["choices"]] == list(spec.choices), label
         assert props[label]["value"] == spec.default
     from dynamictrl.lipsync.settings import LipSyncSettings
 
-    for label, name in (("Mouth region shift (px; positive opens the mouth more)", "bbox_shift"),
-                        ("Chin margin (px below the chin in the face crop)", "extra_margin"),
-                        ("Left cheek width", "left_cheek_width"), ("Right cheek width", "right_cheek_width")):
+    for label, name in (
+        ("Mouth region shift (px; positive opens the mouth more)", "bbox_shift"),
+        ("Chin margin (px below the chin in the face crop)", "extra_margin"),
+        ("Left cheek width", "left_cheek_width"),
+        ("Right cheek width", "right_cheek_width"),
+    ):
         spec = widget_spec(name, LipSyncSettings)
         assert (props[label]["value"], props[label]["minimum"], props[label]["maximum"]) == spec[:3], label
-    assert (config.default_frames, config.default_steps) == (widget_spec("num_frames").default,
-                                                             widget_spec("steps").default)
+    assert (config.default_frames, config.default_steps) == (
+        widget_spec("num_frames").default,
+        widget_spec("steps").default,
+    )
 
 
 def test_flat_manifests_of_older_versions_still_read():
     from dynamictrl.studio import settings_from_manifest
 
-    flat = {"prompt": "a dancer", "steps": 30, "offload": "model", "fp8": True, "first_block_cache": 0.05,
-            "t5_on_cpu": True, "removed_in_a_later_version": 1}
+    flat = {
+        "prompt": "a dancer",
+        "steps": 30,
+        "offload": "model",
+        "fp8": True,
+        "first_block_cache": 0.05,
+        "t5_on_cpu": True,
+        "removed_in_a_later_version": 1,
+    }
     settings = settings_from_manifest({"settings": flat})
-    assert settings.steps == 30 and settings.memory == PipelineOptions(offload="model", fp8=True,
-                                                                     first_block_cache=0.05, t5_on_cpu=True)
+    assert settings.steps == 30 and settings.memory == PipelineOptions(
+        offload="model", fp8=True, first_block_cache=0.05, t5_on_cpu=True
+    )
     # Today's manifests nest the options; both forms give the same object back.
     assert settings_from_manifest({"settings": asdict(settings)}) == settings
     with pytest.raises(ValueError, match="no setting 'stepz'"):
@@ -193,8 +241,11 @@ def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tm
     studio_message = "The frame count " + FRAMES_36
     with pytest.raises(ValueError) as studio_error:
         Studio(weights_dir=tiny_weights, device="cpu").generate(
-            tmp_path / "ref.png", tmp_path / "out.mp4", GenerateSettings(prompt="a dancer", num_frames=36),
-            pose_video_path=tmp_path / "pose.mp4")
+            tmp_path / "ref.png",
+            tmp_path / "out.mp4",
+            GenerateSettings(prompt="a dancer", num_frames=36),
+            pose_video_path=tmp_path / "pose.mp4",
+        )
     assert str(studio_error.value) == studio_message
     with pytest.raises(ValueError) as pipe_error:
         tiny_pipe(image=None, pose_video=torch.zeros(36, 3, 64, 48), prompt="a dancer", num_frames=36)
@@ -203,8 +254,15 @@ def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tm
         plan_windows(36, 37, 2)
     assert str(window_error.value) == studio_message
     with pytest.raises(JobError) as job_error:
-        validate_job({"kind": "generate", "image": "a.png", "pose_video": "p.mp4", "out": "o.mp4",
-                      "settings": {"prompt": "a dancer", "num_frames": 36}})
+        validate_job(
+            {
+                "kind": "generate",
+                "image": "a.png",
+                "pose_video": "p.mp4",
+                "out": "o.mp4",
+                "settings": {"prompt": "a dancer", "num_frames": 36},
+            }
+        )
     assert str(job_error.value) == "settings: " + studio_message
     with pytest.raises(ValueError) as app_error:
         Handlers._frames(36)
@@ -212,10 +270,29 @@ def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tm
     with pytest.raises(ConfigError) as train_error:
         load_config(overrides=["data.num_frames=36"])
     assert str(train_error.value) == "data.num_frames " + FRAMES_36
-    cli = subprocess.run([sys.executable, "-m", "dynamictrl", "generate", "--image", str(tmp_path / "ref.png"),
-                          "--pose-video", str(tmp_path / "p.mp4"), "--out", str(tmp_path / "o.mp4"), "--frames", "36",
-                          "--weights-dir", str(tiny_weights), "--device", "cpu"],
-                         capture_output=True, text=True, cwd=ROOT)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynamictrl",
+            "generate",
+            "--image",
+            str(tmp_path / "ref.png"),
+            "--pose-video",
+            str(tmp_path / "p.mp4"),
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--frames",
+            "36",
+            "--weights-dir",
+            str(tiny_weights),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert cli.returncode == 2 and studio_message in cli.stderr
 
 
@@ -232,8 +309,15 @@ def test_the_ranges_answer_the_same_everywhere():
     with pytest.raises(ValueError, match=rf"steps must be 1\.\.{ceiling}"):
         check_setting(GenerateSettings, "steps", ceiling + 1)
     with pytest.raises(JobError, match=rf"settings\.steps: Input should be less than or equal to {ceiling}"):
-        validate_job({"kind": "generate", "image": "a.png", "pose_video": "p.mp4", "out": "o.mp4",
-                      "settings": {"prompt": "a dancer", "steps": ceiling + 1}})
+        validate_job(
+            {
+                "kind": "generate",
+                "image": "a.png",
+                "pose_video": "p.mp4",
+                "out": "o.mp4",
+                "settings": {"prompt": "a dancer", "steps": ceiling + 1},
+            }
+        )
     check_generate_settings(GenerateSettings(prompt="a dancer", steps=ceiling), Limits())
 
 

@@ -31,7 +31,8 @@ def growth(rows: list[dict], key: str, frames_per_step: int = 1) -> float:
 def describe(rows: list[dict]) -> str:
     return "; ".join(
         f"{row['length']}: peak RSS +{(row['peak_rss'] - row['rss_before']) / MIB:.1f} MiB, "
-        f"traced {row['traced_peak'] / MIB:.2f} MiB" for row in rows
+        f"traced {row['traced_peak'] / MIB:.2f} MiB"
+        for row in rows
     )
 
 

@@ -41,8 +41,9 @@ def whole_frame_overlay(image, pose, alpha=0.6):
 
 
 # ------------------------------------------------------------------ decoding
-@pytest.mark.parametrize("fps,start_s,loop,count", [(None, 0.0, False, 20), (10.0, 0.2, False, 12),
-                                                    (24.0, 0.5, True, 70)])
+@pytest.mark.parametrize(
+    "fps,start_s,loop,count", [(None, 0.0, False, 20), (10.0, 0.2, False, 12), (24.0, 0.5, True, 70)]
+)
 def test_picked_frames_stream_the_frames_pick_frames_returns(tmp_path, fps, start_s, loop, count):
     path = dancer_video(tmp_path / "d.mp4")
     picked = PickedFrames(path, count, fps=fps, start_s=start_s, loop=loop)
@@ -135,8 +136,9 @@ def test_extract_poses_writes_the_files_the_arrays_gave(lipsync_weights, tmp_pat
     reference[:8, :8] = (255, 0, 0)
     Image.fromarray(reference).save(tmp_path / "ref.png")
     settings = PoseSettings(num_frames=17, width=WIDTH, height=HEIGHT, fps=12)
-    result = studio.extract_poses(tmp_path / "ref.png", path, settings, out_path=tmp_path / "pose.mp4",
-                                  preview_path=tmp_path / "preview.mp4")
+    result = studio.extract_poses(
+        tmp_path / "ref.png", path, settings, out_path=tmp_path / "pose.mp4", preview_path=tmp_path / "preview.mp4"
+    )
     clip = pick_frames(path, 16, fps=12).frames
     with studio.manager.use("dwpose") as detector:
         whole = build_pose_sequence(reference, clip, detector, WIDTH, HEIGHT)
@@ -157,8 +159,15 @@ def test_lazy_pose_frames_and_the_frame_sink_give_the_uint8_video(tiny_pipe, tmp
     path = write_video(tmp_path / "pose.mp4", pose)
     lazy = VideoFrames(path, keep=9)
     as_tensor = torch.from_numpy(read_video(path).frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-    kwargs = dict(frames=13, height=32, width=32, window_frames=window_frames, overlap_frames=1, output_type="uint8",
-                  image=make_image(32, 32))
+    kwargs = dict(
+        frames=13,
+        height=32,
+        width=32,
+        window_frames=window_frames,
+        overlap_frames=1,
+        output_type="uint8",
+        image=make_image(32, 32),
+    )
     expected = run(tiny_pipe, pose_video=as_tensor, **kwargs)
     np.testing.assert_array_equal(run(tiny_pipe, pose_video=lazy, **kwargs), expected)
     runs = []
@@ -183,20 +192,31 @@ def test_generate_streams_to_the_mp4_the_frames_it_returns(lipsync_weights, tmp_
     reference = np.zeros((90, 70, 3), dtype=np.uint8)
     reference[:8, :8] = (255, 0, 0)
     Image.fromarray(reference).save(tmp_path / "ref.png")
-    settings = GenerateSettings(prompt="a dancer", num_frames=17, width=WIDTH, height=HEIGHT, steps=2, seed=4,
-                                window_frames=9, overlap=1)
-    result = studio.generate(tmp_path / "ref.png", tmp_path / "out.mp4", settings, driving_video_path=driving,
-                             return_frames=True)
+    settings = GenerateSettings(
+        prompt="a dancer", num_frames=17, width=WIDTH, height=HEIGHT, steps=2, seed=4, window_frames=9, overlap=1
+    )
+    result = studio.generate(
+        tmp_path / "ref.png", tmp_path / "out.mp4", settings, driving_video_path=driving, return_frames=True
+    )
     assert result.num_frames == 17 and result.frames.shape == (17, HEIGHT, WIDTH, 3)
     write_video(tmp_path / "again.mp4", result.frames, fps=settings.fps)
     assert (tmp_path / "out.mp4").read_bytes() == (tmp_path / "again.mp4").read_bytes()
 
     poses = np.stack(list(result.pose.sequence.pose_frames))
     with studio.dynamictrl("auto").use(None, studio_options(), "none") as pipe:
-        expected = pipe(image=result.pose.sequence.reference_pil(), pose_video=list(poses), prompt="a dancer",
-                        height=HEIGHT, width=WIDTH, num_frames=17, num_inference_steps=2,
-                        generator=torch.Generator().manual_seed(4), output_type="uint8", window_frames=9,
-                        overlap_frames=1).frames[0]
+        expected = pipe(
+            image=result.pose.sequence.reference_pil(),
+            pose_video=list(poses),
+            prompt="a dancer",
+            height=HEIGHT,
+            width=WIDTH,
+            num_frames=17,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(4),
+            output_type="uint8",
+            window_frames=9,
+            overlap_frames=1,
+        ).frames[0]
     np.testing.assert_array_equal(result.frames, expected)
     streamed_only = studio.generate(tmp_path / "ref.png", tmp_path / "lean.mp4", settings, driving_video_path=driving)
     assert streamed_only.frames is None and streamed_only.num_frames == 17
@@ -240,7 +260,6 @@ def test_lipsync_streams_the_bits_of_the_decoded_video(lipsync_weights, tmp_path
     assert stream.passes > 2  # playing backwards re-decoded, 3 frames at a time
 
 
-
 def test_extract_poses_leaves_no_pose_video_when_a_later_output_fails(lipsync_weights, tmp_path, monkeypatch):
     from PIL import Image
 
@@ -259,6 +278,12 @@ def test_extract_poses_leaves_no_pose_video_when_a_later_output_fails(lipsync_we
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(OSError, match="No space"):
-        studio.extract_poses(tmp_path / "ref.png", path, PoseSettings(num_frames=5, width=WIDTH, height=HEIGHT, fps=12),
-                             out_path=out / "pose.mp4", preview_path=out / "preview.mp4", json_path=out / "pose.json")
+        studio.extract_poses(
+            tmp_path / "ref.png",
+            path,
+            PoseSettings(num_frames=5, width=WIDTH, height=HEIGHT, fps=12),
+            out_path=out / "pose.mp4",
+            preview_path=out / "preview.mp4",
+            json_path=out / "pose.json",
+        )
     assert list(out.iterdir()) == []

@@ -33,7 +33,9 @@ def settings(**overrides):
 def test_generate_writes_video_and_manifest(studio, inputs, tmp_path):
     image, pose = inputs
     steps = []
-    result = studio.generate(image, tmp_path / "out.mp4", settings(), pose_video_path=pose, progress=lambda f, m: steps.append(f))
+    result = studio.generate(
+        image, tmp_path / "out.mp4", settings(), pose_video_path=pose, progress=lambda f, m: steps.append(f)
+    )
     video = read_video(result.video_path)
     assert video.num_frames == 9 and video.size == (64, 48) and video.fps == pytest.approx(16)
     assert steps == [0.5, 1.0]
@@ -121,7 +123,10 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
 def test_dtype_switch_and_speed_settings_reach_the_pipeline(studio, inputs, tmp_path):
     image, pose = inputs
     result = studio.generate(
-        image, tmp_path / "bf.mp4", settings(dtype="bf16", memory=PipelineOptions(first_block_cache=0.05)), pose_video_path=pose
+        image,
+        tmp_path / "bf.mp4",
+        settings(dtype="bf16", memory=PipelineOptions(first_block_cache=0.05)),
+        pose_video_path=pose,
     )
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["torch_dtype"] == "bfloat16" and manifest["settings"]["memory"]["first_block_cache"] == 0.05
@@ -189,8 +194,10 @@ def test_caption_fits_t5_and_masked_caption_has_a_placeholder(tool_studio, red_r
 def test_generate_with_mask_mode_picks_the_variant_and_auto_captions(tool_studio, red_reference, tmp_path):
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), np.uint8), fps=16)
     result = tool_studio.generate(
-        red_reference, tmp_path / "masked.mp4",
-        settings(prompt="", mask_mode="background", mask_fill="a sunny beach"), pose_video_path=pose,
+        red_reference,
+        tmp_path / "masked.mp4",
+        settings(prompt="", mask_mode="background", mask_fill="a sunny beach"),
+        pose_video_path=pose,
     )
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["models"]["transformer"] == "gulucaptain/Dynamictrl-Mask_B01"
@@ -202,14 +209,23 @@ def test_generate_with_mask_mode_picks_the_variant_and_auto_captions(tool_studio
 def test_masked_caption_without_fill_stops_with_the_caption(tool_studio, red_reference, tmp_path):
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), np.uint8), fps=16)
     with pytest.raises(ValueError, match="Auto caption: .*--fill"):
-        tool_studio.generate(red_reference, tmp_path / "x.mp4", settings(prompt="", mask_mode="clothing"),
-                             pose_video_path=pose)
+        tool_studio.generate(
+            red_reference, tmp_path / "x.mp4", settings(prompt="", mask_mode="clothing"), pose_video_path=pose
+        )
     with pytest.raises(ValueError, match="placeholder"):
-        tool_studio.generate(red_reference, tmp_path / "x.mp4",
-                             settings(prompt="A man. [Describe the new clothing here.]"), pose_video_path=pose)
+        tool_studio.generate(
+            red_reference,
+            tmp_path / "x.mp4",
+            settings(prompt="A man. [Describe the new clothing here.]"),
+            pose_video_path=pose,
+        )
     with pytest.raises(ValueError, match="goes with variant 'mask_clothing'"):
-        tool_studio.generate(red_reference, tmp_path / "x.mp4",
-                             settings(mask_mode="clothing", variant="mask_background"), pose_video_path=pose)
+        tool_studio.generate(
+            red_reference,
+            tmp_path / "x.mp4",
+            settings(mask_mode="clothing", variant="mask_background"),
+            pose_video_path=pose,
+        )
 
 
 @pytest.mark.slow  # several studio jobs end to end
@@ -327,8 +343,9 @@ def test_cancelling_a_lipsync_writes_nothing(lip_studio, tmp_path):
             raise Cancelled()
 
     with pytest.raises(Cancelled):
-        lip_studio.lipsync(video, wav(tmp_path / "a.wav", 0.9), tmp_path / "out.mp4",
-                           LipSyncSettings(batch_size=4), progress=progress)
+        lip_studio.lipsync(
+            video, wav(tmp_path / "a.wav", 0.9), tmp_path / "out.mp4", LipSyncSettings(batch_size=4), progress=progress
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "talk.mp4"]
     assert any(m.startswith("DWPose") for m in seen) and any(m.startswith("Lip-sync: preparing") for m in seen)
     assert not any(entry["in_use"] for entry in lip_studio.manager.status())
@@ -373,8 +390,14 @@ def test_a_cancelled_generation_leaves_nothing_beside_its_output(studio, tmp_pat
             raise Cancelled()
 
     with pytest.raises(Cancelled):
-        studio.generate(image, out, settings(), driving_video_path=driving, pose_settings=PoseSettings(),
-                        progress=cancel_at_denoising)
+        studio.generate(
+            image,
+            out,
+            settings(),
+            driving_video_path=driving,
+            pose_settings=PoseSettings(),
+            progress=cancel_at_denoising,
+        )
     assert sorted(p.name for p in out.parent.iterdir()) == ["clip_reference.png"]  # ...and removed; the old file kept
 
 

@@ -70,7 +70,9 @@ def train_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sft_run(tiny_weights, train_data, tmp_path_factory):
     config = make_config(
-        tiny_weights, train_data, tmp_path_factory.mktemp("sft"),
+        tiny_weights,
+        train_data,
+        tmp_path_factory.mktemp("sft"),
         validation={"every_steps": 15, "num_inference_steps": 2},
     )
     return config, train(config)
@@ -151,8 +153,13 @@ def test_trained_transformer_reloads_and_runs_in_the_pipeline(sft_run, tiny_weig
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
     assert any(".control_norm1." in k for k in changed) and any(".attn1." in k for k in changed)
 
-    pipe = DynamiCtrlPipeline(tokenizer=tiny_pipe.tokenizer, text_encoder=tiny_pipe.text_encoder, vae=tiny_pipe.vae,
-                              transformer=trained, scheduler=tiny_pipe.scheduler)
+    pipe = DynamiCtrlPipeline(
+        tokenizer=tiny_pipe.tokenizer,
+        text_encoder=tiny_pipe.text_encoder,
+        vae=tiny_pipe.vae,
+        transformer=trained,
+        scheduler=tiny_pipe.scheduler,
+    )
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(
         image=torch.zeros(1, 3, 32, 32),
@@ -168,7 +175,9 @@ def test_trained_transformer_reloads_and_runs_in_the_pipeline(sft_run, tiny_weig
 def test_resume_continues_exactly(sft_run, tiny_weights, train_data, tmp_path):
     config, result = sft_run
     resumed = make_config(
-        tiny_weights, train_data, tmp_path / "resumed",
+        tiny_weights,
+        train_data,
+        tmp_path / "resumed",
         {"resume_from_checkpoint": str(result.checkpoints[-1])},
         data={"cache_dir": str(config.cache_dir)},
     )
@@ -187,9 +196,17 @@ def test_latent_cache_changes_nothing_but_speed(tiny_weights, tmp_path):
     results = []
     for cache in (True, False):
         config = make_config(
-            tiny_weights, data, tmp_path / f"cache-{cache}",
-            {"max_steps": 2, "batch_size": 2, "gradient_accumulation_steps": 2, "checkpointing_steps": 0,
-             "image_dropout": 0.5, "gradient_checkpointing": False},
+            tiny_weights,
+            data,
+            tmp_path / f"cache-{cache}",
+            {
+                "max_steps": 2,
+                "batch_size": 2,
+                "gradient_accumulation_steps": 2,
+                "checkpointing_steps": 0,
+                "image_dropout": 0.5,
+                "gradient_checkpointing": False,
+            },
             data={"cache_latents": cache, "use_masks": True, "prompt_dropout": 0.5},
         )
         results.append(train(config))
@@ -200,7 +217,9 @@ def test_latent_cache_changes_nothing_but_speed(tiny_weights, tmp_path):
 
 def test_lora_saves_only_adapters_that_load_back(tiny_weights, tiny_pipe, train_data, tmp_path):
     config = make_config(
-        tiny_weights, train_data, tmp_path / "lora",
+        tiny_weights,
+        train_data,
+        tmp_path / "lora",
         {"max_steps": 10, "learning_rate": 1e-2, "checkpointing_steps": 5},
         lora={"enabled": True, "rank": 4, "alpha": 8},
     )
@@ -231,8 +250,13 @@ def test_lora_saves_only_adapters_that_load_back(tiny_weights, tiny_pipe, train_
     assert any(float(v.abs().max()) > 0 for v in loaded.values())  # lora_B started at zero
 
     # The pipeline's own LoRA loader reads the same file.
-    pipe = DynamiCtrlPipeline(tokenizer=tiny_pipe.tokenizer, text_encoder=tiny_pipe.text_encoder, vae=tiny_pipe.vae,
-                              transformer=load_transformer(base_dir(tiny_weights)), scheduler=tiny_pipe.scheduler)
+    pipe = DynamiCtrlPipeline(
+        tokenizer=tiny_pipe.tokenizer,
+        text_encoder=tiny_pipe.text_encoder,
+        vae=tiny_pipe.vae,
+        transformer=load_transformer(base_dir(tiny_weights)),
+        scheduler=tiny_pipe.scheduler,
+    )
     pipe.load_lora_weights(str(result.weights_path))
     with torch.no_grad():
         torch.testing.assert_close(pipe.transformer(**model_inputs())[0], after)

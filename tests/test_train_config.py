@@ -71,11 +71,22 @@ def test_command_line(tmp_path, capsys):
     root = make_dataset(tmp_path / "d", items=(("a", 9), ("b", 13)))
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
-    args = parser.parse_args([
-        "--config", str(CONFIGS / "lora.yaml"), "--set", f"data.data_dir={root}",
-        "--set", "data.num_frames=9", "--set", "data.clip_stride=4",
-        "--output-dir", str(tmp_path / "out"), "--resume", "--check",
-    ])
+    args = parser.parse_args(
+        [
+            "--config",
+            str(CONFIGS / "lora.yaml"),
+            "--set",
+            f"data.data_dir={root}",
+            "--set",
+            "data.num_frames=9",
+            "--set",
+            "data.clip_stride=4",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--resume",
+            "--check",
+        ]
+    )
     config = train_cli.build_config(args)
     assert config.train.resume_from_checkpoint == "latest" and config.train.output_dir == str(tmp_path / "out")
     assert train_cli.run(args) == 0

@@ -44,16 +44,24 @@ def make_dataset(root, items=(("clip001", 9),), width=32, height=32, fps=8, mask
             (root / "masks").mkdir(parents=True, exist_ok=True)
             PIL.Image.fromarray(image).save(root / "masks" / f"{item_id}.png")
             mask = f"masks/{item_id}.png"
-        entries.append({
-            "id": item_id,
-            "video": f"videos/{item_id}.mp4",
-            "pose": f"poses/{item_id}.mp4",
-            "prompt": (prompts or {}).get(item_id, PROMPT),
-            "mask": mask,
-            "num_frames": frames,
-        })
-    manifest = {"version": 1, "width": width, "height": height, "fps": fps, "items": entries,
-                "skipped": [{"video": "raw/broken.mp4", "reason": "no person found"}]}
+        entries.append(
+            {
+                "id": item_id,
+                "video": f"videos/{item_id}.mp4",
+                "pose": f"poses/{item_id}.mp4",
+                "prompt": (prompts or {}).get(item_id, PROMPT),
+                "mask": mask,
+                "num_frames": frames,
+            }
+        )
+    manifest = {
+        "version": 1,
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "items": entries,
+        "skipped": [{"video": "raw/broken.mp4", "reason": "no person found"}],
+    }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
 

@@ -35,7 +35,9 @@ def test_released_folder_loads_through_from_pretrained():
 def official_tiny():
     config = json.loads(official_fixture("official_tiny", "config.json").read_text())
     model = DynamiCtrlTransformerModel.from_config(config).eval()
-    missing, unexpected = model.load_state_dict(load_file(official_fixture("official_tiny", "weights.safetensors")), strict=True)
+    missing, unexpected = model.load_state_dict(
+        load_file(official_fixture("official_tiny", "weights.safetensors")), strict=True
+    )
     assert not missing and not unexpected
     return model, load_file(official_fixture("official_tiny", "case_a.safetensors"))
 
@@ -118,9 +120,15 @@ def test_pose_strength_one_is_the_trained_model_bit_for_bit(official_tiny, monke
     model, case = official_tiny
     with torch.no_grad():
         default = run_case(model, case)
-        one = model(hidden_states=case["in.hidden_states"], encoder_hidden_states=case["in.encoder_hidden_states"],
-                    timestep=case["in.timestep"], pose_latents=case["in.pose_latents"], ofs=case["in.ofs"],
-                    image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]), pose_strength=1.0).sample
+        one = model(
+            hidden_states=case["in.hidden_states"],
+            encoder_hidden_states=case["in.encoder_hidden_states"],
+            timestep=case["in.timestep"],
+            pose_latents=case["in.pose_latents"],
+            ofs=case["in.ofs"],
+            image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]),
+            pose_strength=1.0,
+        ).sample
         # The official injection, written out: norm1(video) + n.
         monkeypatch.setattr(transformer_module, "pose_injection", lambda hidden, pose, strength: hidden + pose)
         official = run_case(model, case)
@@ -130,9 +138,15 @@ def test_pose_strength_one_is_the_trained_model_bit_for_bit(official_tiny, monke
 
 def run_with_strength(model, case, pose_latents, strength):
     with torch.no_grad():
-        return model(hidden_states=case["in.hidden_states"], encoder_hidden_states=case["in.encoder_hidden_states"],
-                     timestep=case["in.timestep"], pose_latents=pose_latents, ofs=case["in.ofs"],
-                     image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]), pose_strength=strength).sample
+        return model(
+            hidden_states=case["in.hidden_states"],
+            encoder_hidden_states=case["in.encoder_hidden_states"],
+            timestep=case["in.timestep"],
+            pose_latents=pose_latents,
+            ofs=case["in.ofs"],
+            image_rotary_emb=(case["in.rope_cos"], case["in.rope_sin"]),
+            pose_strength=strength,
+        ).sample
 
 
 def test_pose_strength_zero_removes_the_pose_from_the_video_stream(official_tiny):

@@ -128,7 +128,8 @@ def test_audio_only_file_has_no_video_frames(tmp_path):
     audio = tmp_path / "only_audio.mp4"
     subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", str(audio)],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     )
     with pytest.raises(VideoError, match="no video track"):
         read_video(audio)

@@ -138,9 +138,12 @@ def page_manifest(value, private_dirs):
     server. The manifest file in the download keeps the paths. A `"path"` key would also make
     gradio_client take the entry for a file of the server to download."""
     if isinstance(value, dict):
-        return {("file" if key == "path" else key): (Path(item).name if key == "path" and isinstance(item, str)
-                                                     else page_manifest(item, private_dirs))
-                for key, item in value.items()}
+        return {
+            ("file" if key == "path" else key): (
+                Path(item).name if key == "path" and isinstance(item, str) else page_manifest(item, private_dirs)
+            )
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [page_manifest(item, private_dirs) for item in value]
     if isinstance(value, str) and private_dirs:
@@ -164,7 +167,9 @@ def friendly_errors(handler):
             raise
         except Cancelled as error:
             errors.log_job_error(logger, error, handler.__name__)
-            raise gr.Error("Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled") from None
+            raise gr.Error(
+                "Cancelled: the job stopped before finishing; nothing was written.", title="Cancelled"
+            ) from None
         except USER_ERRORS as error:
             # The server log: one line (the raw cause of a failed download is logged by the
             # catalog); the traceback at DEBUG level only.
@@ -318,8 +323,10 @@ class Handlers:
         keeps what it showed (the previous result stays). API clients get the error instead,
         so a script knows the job did not finish."""
         # An info note: the page's toast shows its kind ("Info") as the heading, so the message says it.
-        gr.Info("Cancelled: the job stopped before finishing; nothing was written. The previous result is kept.",
-                title="Cancelled")
+        gr.Info(
+            "Cancelled: the job stopped before finishing; nothing was written. The previous result is kept.",
+            title="Cancelled",
+        )
         return {}
 
     def _drop_if_empty(self, folder: Path) -> None:
@@ -367,12 +374,17 @@ class Handlers:
     def crop_preview(self, reference, size_preset, width, height):
         """What the model will see: the reference cover-cropped to the target size."""
         if not reference:
-            return {"crop": None, "crop_info": "Upload a reference image: one person, clearly visible, ideally full body."}
+            return {
+                "crop": None,
+                "crop_info": "Upload a reference image: one person, clearly visible, ideally full body.",
+            }
         size = self.target_size(size_preset, width, height)
         crop = studio_api.crop_reference(reference, *size, limits=self._limits)
         note = _crop_note(studio_api.load_image(reference).size, size)
-        return {"crop": crop,
-                "crop_info": f"The model sees this {size[0]}x{size[1]} crop: {note}. Click on it to add mask points."}
+        return {
+            "crop": crop,
+            "crop_info": f"The model sees this {size[0]}x{size[1]} crop: {note}. Click on it to add mask points.",
+        }
 
     @staticmethod
     def size_fields(size_preset):
@@ -398,12 +410,22 @@ class Handlers:
         crop = np.asarray(studio_api.crop_reference(image_path, *size, limits=self._limits))
         overlay = self._overlay(crop, result.mask, points)
         what = "the background" if mode == "background" else "the clothing"
-        info = (f"**{mode.capitalize()} preview:** {what} would be blacked out for the model (tinted). "
-                + ("Clicks on the crop preview mark the person. " if mode == "background"
-                   else "Clicks on the crop preview mark the clothes. ")
-                + "Generate does not use it until you press **Use this mask**.")
-        return {"mask_preview": overlay, "masked_preview": result.masked, "preview_mode": mode,
-                "preview_points": [list(p) for p in points], "mask_info": info}
+        info = (
+            f"**{mode.capitalize()} preview:** {what} would be blacked out for the model (tinted). "
+            + (
+                "Clicks on the crop preview mark the person. "
+                if mode == "background"
+                else "Clicks on the crop preview mark the clothes. "
+            )
+            + "Generate does not use it until you press **Use this mask**."
+        )
+        return {
+            "mask_preview": overlay,
+            "masked_preview": result.masked,
+            "preview_mode": mode,
+            "preview_points": [list(p) for p in points],
+            "mask_info": info,
+        }
 
     @friendly_errors
     def mask_start(self, kind, reference, size_preset, width, height):
@@ -419,15 +441,23 @@ class Handlers:
         # The background mask's complement is the person as SAM found it: shown, not applied.
         person = ~self._mask(reference, "background", size, []).mask
         crop = np.asarray(studio_api.crop_reference(reference, *size, limits=self._limits))
-        info = ("**Person check:** the tinted region is the person SAM found; nothing is blacked out. If it misses "
-                "a limb or takes in the background, click on the crop preview (a background mask from those "
-                "points) or press Background to preview replacing the background.")
-        return {"mask_preview": self._overlay(crop, person, []), "masked_preview": crop, "preview_mode": "none",
-                "preview_points": [], "mask_info": info}
+        info = (
+            "**Person check:** the tinted region is the person SAM found; nothing is blacked out. If it misses "
+            "a limb or takes in the background, click on the crop preview (a background mask from those "
+            "points) or press Background to preview replacing the background."
+        )
+        return {
+            "mask_preview": self._overlay(crop, person, []),
+            "masked_preview": crop,
+            "preview_mode": "none",
+            "preview_points": [],
+            "mask_info": info,
+        }
 
     @friendly_errors
-    def mask_click(self, reference, size_preset, width, height, preview_mode, click_label, preview_points,
-                   evt: gr.SelectData):
+    def mask_click(
+        self, reference, size_preset, width, height, preview_mode, click_label, preview_points, evt: gr.SelectData
+    ):
         """A click on the crop adds a SAM point to the previewed mask: on the person
         (background, also from no mask or the person check) or on the clothes (clothing);
         "remove" clicks mark what must stay out. Generate's mask is not changed."""
@@ -441,9 +471,16 @@ class Handlers:
     @staticmethod
     def clear_mask():
         """Clears the preview and Generate's mask: the model sees the whole crop."""
-        return {"mask_preview": None, "masked_preview": None, "preview_mode": "none", "preview_points": [],
-                "mask_mode": "none", "mask_points": [], "mask_status": mask_status_text("none", []),
-                "mask_info": "No mask: the model sees the whole crop."}
+        return {
+            "mask_preview": None,
+            "masked_preview": None,
+            "preview_mode": "none",
+            "preview_points": [],
+            "mask_mode": "none",
+            "mask_points": [],
+            "mask_status": mask_status_text("none", []),
+            "mask_info": "No mask: the model sees the whole crop.",
+        }
 
     @staticmethod
     def use_mask(preview_mode, preview_points):
@@ -468,8 +505,14 @@ class Handlers:
         fps, start = float(fps or 0), float(start or 0)
         for name, value in (("retarget", retarget), ("fps", fps), ("start_s", start)):
             check_setting(PoseSettings, name, value)
-        return PoseSettings(num_frames=self._frames(frames), width=size[0], height=size[1], fps=fps or None,
-                            start_s=start, retarget=retarget)
+        return PoseSettings(
+            num_frames=self._frames(frames),
+            width=size[0],
+            height=size[1],
+            fps=fps or None,
+            start_s=start,
+            retarget=retarget,
+        )
 
     @staticmethod
     def _pose_key(image_path, video_path, settings: PoseSettings) -> str:
@@ -484,22 +527,44 @@ class Handlers:
         return {"frames": frames, "pose_info": f"The whole clip: {frames} frames ({windows})."}
 
     @friendly_errors
-    def extract_poses(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps,
-                      retarget, progress=gr.Progress()):
+    def extract_poses(
+        self,
+        reference,
+        driving,
+        is_pose_video,
+        size_preset,
+        width,
+        height,
+        start,
+        frames,
+        fps,
+        retarget,
+        progress=gr.Progress(),
+    ):
         _require(reference, "Upload a reference image first (step 1).")
         _require(driving, "Upload a driving video (a dance) or a ready pose video first.")
         image_path, video_path = reference, driving
         if is_pose_video:
-            return {"pose_video": video_path, "pose_overlay": None,
-                    "pose_info": "Using the uploaded video as the pose video as it is.", "pose_state": {}}
+            return {
+                "pose_video": video_path,
+                "pose_overlay": None,
+                "pose_info": "Using the uploaded video as the pose video as it is.",
+                "pose_state": {},
+            }
         settings = self._pose_settings(size_preset, width, height, start, frames, fps, retarget)
         reporter = ProgressReporter(progress, threading.Event())
         result = self._extract_on_gpu(
-            image_path, video_path, settings, out_path=self._work_path("pose.mp4"),
-            preview_path=self._work_path("pose_overlay.mp4"), progress=reporter,
+            image_path,
+            video_path,
+            settings,
+            out_path=self._work_path("pose.mp4"),
+            preview_path=self._work_path("pose_overlay.mp4"),
+            progress=reporter,
         )
-        info = (f"{result.sequence.num_frames} pose frames at {settings.width}x{settings.height} in "
-                f"{result.elapsed_s:.1f} s; frames without a person (previous pose reused): {result.filled_frames}.")
+        info = (
+            f"{result.sequence.num_frames} pose frames at {settings.width}x{settings.height} in "
+            f"{result.elapsed_s:.1f} s; frames without a person (previous pose reused): {result.filled_frames}."
+        )
         state = {
             "key": self._pose_key(image_path, video_path, settings),
             "path": str(result.pose_video_path),
@@ -510,8 +575,12 @@ class Handlers:
                 "retarget": result.sequence.retarget_info,
             },
         }
-        return {"pose_video": str(result.pose_video_path), "pose_overlay": str(result.preview_path), "pose_info": info,
-                "pose_state": state}
+        return {
+            "pose_video": str(result.pose_video_path),
+            "pose_overlay": str(result.preview_path),
+            "pose_info": info,
+            "pose_state": state,
+        }
 
     # ------------------------------------------------------------------ prompt
     def _model_view(self, image_path, size, mask_mode, points):
@@ -527,7 +596,11 @@ class Handlers:
         progress(0.1, desc="captioning the reference")
         image = self._model_view(reference, size, mask_mode, mask_points)
         caption = self._caption_on_gpu(image, mask_mode if mask_mode in ("background", "clothing") else None)
-        return {"prompt": caption.text, "auto_caption_text": caption.text, "hint": self.hint(caption.text, caption.text)}
+        return {
+            "prompt": caption.text,
+            "auto_caption_text": caption.text,
+            "hint": self.hint(caption.text, caption.text),
+        }
 
     @classmethod
     def prompt_hint(cls, auto_caption_text, prompt):
@@ -541,8 +614,11 @@ class Handlers:
         if auto_caption and prompt:
             dropped = consistency_hint(auto_caption, prompt)
             if dropped:
-                notes.append("The prompt no longer mentions: " + ", ".join(f"*{word}*" for word in dropped)
-                             + ". A prompt that contradicts the image degrades the video.")
+                notes.append(
+                    "The prompt no longer mentions: "
+                    + ", ".join(f"*{word}*" for word in dropped)
+                    + ". A prompt that contradicts the image degrades the video."
+                )
         return "\n\n".join(notes) or ("The prompt matches the auto caption." if auto_caption else "")
 
     # ------------------------------------------------------------------ generate
@@ -564,24 +640,66 @@ class Handlers:
         return {"speed": CUSTOM_SPEED}
 
     def _speed_for(self, steps: int, first_block_cache: float) -> str:
-        return next((label for label, preset in self.config.speed_presets.items()
-                     if preset == (steps, first_block_cache)), CUSTOM_SPEED)
+        return next(
+            (label for label, preset in self.config.speed_presets.items() if preset == (steps, first_block_cache)),
+            CUSTOM_SPEED,
+        )
 
     @staticmethod
     def _generation_seconds(image_path, out_path, settings, *args, **kwargs) -> int:
         return estimate_generation_seconds(settings.steps, settings.num_frames, settings.width, settings.height)
 
-    def _generate_job(self, image_path, out_path, settings, pose_video_path, driving_video_path, pose_settings, progress,
-                      pose_provenance=None, preview=None, preview_every=DEFAULT_EVERY):
+    def _generate_job(
+        self,
+        image_path,
+        out_path,
+        settings,
+        pose_video_path,
+        driving_video_path,
+        pose_settings,
+        progress,
+        pose_provenance=None,
+        preview=None,
+        preview_every=DEFAULT_EVERY,
+    ):
         extra = {}
         if preview is not None and "preview" in inspect.signature(self.studio.generate).parameters:
             extra = {"preview": preview, "preview_every": preview_every}  # a remote studio has none
-        return self.studio.generate(image_path, out_path, settings, pose_video_path=pose_video_path,
-                                    driving_video_path=driving_video_path, pose_settings=pose_settings, progress=progress,
-                                    pose_provenance=pose_provenance, **extra)
+        return self.studio.generate(
+            image_path,
+            out_path,
+            settings,
+            pose_video_path=pose_video_path,
+            driving_video_path=driving_video_path,
+            pose_settings=pose_settings,
+            progress=progress,
+            pose_provenance=pose_provenance,
+            **extra,
+        )
 
-    def _job(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
-             mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state) -> "Job":
+    def _job(
+        self,
+        reference,
+        driving,
+        is_pose_video,
+        size_preset,
+        width,
+        height,
+        start,
+        frames,
+        fps,
+        retarget,
+        mask_mode,
+        mask_points,
+        prompt,
+        negative_prompt,
+        steps,
+        guidance,
+        seed,
+        speed,
+        offload,
+        pose_state,
+    ) -> "Job":
         """The page's values checked and turned into one generation job."""
         _require(reference, "Upload a reference image first (step 1: Character).")
         _require(driving, "Upload a driving video or a pose video first (step 2: Motion).")
@@ -593,15 +711,25 @@ class Handlers:
         mask_mode = mask_mode if mask_mode in ("background", "clothing") else None
         prompt = (prompt or "").strip()
         if prompt and has_placeholder(prompt):
-            raise gr.Error("The prompt still has a [Describe ...] placeholder: replace it with what the masked "
-                           "region should show.")
+            raise gr.Error(
+                "The prompt still has a [Describe ...] placeholder: replace it with what the masked region should show."
+            )
         pose_settings = self._pose_settings(size_preset, width, height, start, frames, fps, retarget, size=size)
         settings = GenerateSettings(
-            prompt=prompt, negative_prompt=(negative_prompt or "").strip(), num_frames=num_frames, width=size[0],
-            height=size[1], steps=steps, guidance=float(guidance), seed=int(seed) % (MAX_SEED + 1),
-            fps=pose_settings.fps or widget_spec("fps").default, mask_mode=mask_mode,
+            prompt=prompt,
+            negative_prompt=(negative_prompt or "").strip(),
+            num_frames=num_frames,
+            width=size[0],
+            height=size[1],
+            steps=steps,
+            guidance=float(guidance),
+            seed=int(seed) % (MAX_SEED + 1),
+            fps=pose_settings.fps or widget_spec("fps").default,
+            mask_mode=mask_mode,
             mask_points=[list(p) for p in points] if (mask_mode and points) else None,
-            memory=PipelineOptions(offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1]),
+            memory=PipelineOptions(
+                offload=offload, first_block_cache=self.config.speed_presets.get(speed, (0, 0.0))[1]
+            ),
         )
         # Reuse the poses extracted (and looked at) in step 2 when nothing changed since.
         job = Job(image_path, settings, pose_settings)
@@ -623,13 +751,18 @@ class Handlers:
         """The one message before a job starts: every missing model with its size, the
         command, and (where downloads are allowed) one button that fetches them all."""
         if not missing:
-            return {"missing_models": gr.update(value="", visible=False), "missing_names": [],
-                    "download_missing": gr.update(visible=False)}
+            return {
+                "missing_models": gr.update(value="", visible=False),
+                "missing_names": [],
+                "download_missing": gr.update(visible=False),
+            }
         total = catalog.format_bytes(sum(s.bytes_to_download for s in missing))
         what = "it" if len(missing) == 1 else f"all {len(missing)}"
-        return {"missing_models": gr.update(value="⚠️ " + catalog.missing_message(missing), visible=True),
-                "missing_names": [s.spec.name for s in missing],
-                "download_missing": gr.update(value=f"Download {what} ({total})", visible=self._can_download())}
+        return {
+            "missing_models": gr.update(value="⚠️ " + catalog.missing_message(missing), visible=True),
+            "missing_names": [s.spec.name for s in missing],
+            "download_missing": gr.update(value=f"Download {what} ({total})", visible=self._can_download()),
+        }
 
     def _run_job(self, job: "Job", request, progress, preview_every, label: str, from_page_cancel):
         """Runs one generation into the session folder; the result, or None when the page
@@ -640,10 +773,18 @@ class Handlers:
         every = int(preview_every or 0)
         preview = self._preview_sink(_session_key(request)) if every > 0 else None
         try:
-            result = self._generate_on_gpu(job.image_path, out_path, job.settings, job.pose_video_path,
-                                           job.driving_video_path, job.pose_settings,
-                                           ProgressReporter(progress, cancel), job.provenance, preview,
-                                           max(every, 1))
+            result = self._generate_on_gpu(
+                job.image_path,
+                out_path,
+                job.settings,
+                job.pose_video_path,
+                job.driving_video_path,
+                job.pose_settings,
+                ProgressReporter(progress, cancel),
+                job.provenance,
+                preview,
+                max(every, 1),
+            )
         except Exception as error:
             self._drop_if_empty(out_dir)  # the studio already removed what the job had written
             if isinstance(error, Cancelled) and from_page:
@@ -670,23 +811,69 @@ class Handlers:
 
     def _result_view(self, result) -> dict:
         manifest = page_manifest(json.loads(result.manifest_path.read_text()), self.config.private_dirs)
-        return {"result_video": str(result.video_path), "manifest": manifest,
-                "result_files": [str(result.video_path), str(result.manifest_path)]}
+        return {
+            "result_video": str(result.video_path),
+            "manifest": manifest,
+            "result_files": [str(result.video_path), str(result.manifest_path)],
+        }
 
     @friendly_errors
-    def generate(self, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
-                 mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload, pose_state,
-                 request: gr.Request, preview_every=DEFAULT_EVERY, progress=gr.Progress()):
-        job = self._job(reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
-                        mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload,
-                        pose_state)
+    def generate(
+        self,
+        reference,
+        driving,
+        is_pose_video,
+        size_preset,
+        width,
+        height,
+        start,
+        frames,
+        fps,
+        retarget,
+        mask_mode,
+        mask_points,
+        prompt,
+        negative_prompt,
+        steps,
+        guidance,
+        seed,
+        speed,
+        offload,
+        pose_state,
+        request: gr.Request,
+        preview_every=DEFAULT_EVERY,
+        progress=gr.Progress(),
+    ):
+        job = self._job(
+            reference,
+            driving,
+            is_pose_video,
+            size_preset,
+            width,
+            height,
+            start,
+            frames,
+            fps,
+            retarget,
+            mask_mode,
+            mask_points,
+            prompt,
+            negative_prompt,
+            steps,
+            guidance,
+            seed,
+            speed,
+            offload,
+            pose_state,
+        )
         cancel, from_page = self._job_cancel(request)
         try:
             missing = self._missing(job)
             if missing:  # nothing starts: one message lists them all
                 return self._missing_view(missing)
-            result = self._run_job(job, request, progress, preview_every, f"seed{job.settings.seed}",
-                                   (cancel, from_page))
+            result = self._run_job(
+                job, request, progress, preview_every, f"seed{job.settings.seed}", (cancel, from_page)
+            )
         finally:
             cancel.clear()
         if result is None:
@@ -702,25 +889,74 @@ class Handlers:
             raise gr.Error(f"Variations: 1 to {MAX_VARIATIONS} seeds.")
         key = _session_key(request)
         first = int(seed or 0) % (MAX_SEED + 1)
-        self._batches[key] = {"id": uuid.uuid4().hex, "count": count, "seeds": [(first + i) % (MAX_SEED + 1)
-                                                                               for i in range(count)],
-                              "cancelled": False, "results": [], "pose": None, "prompt": None}
+        self._batches[key] = {
+            "id": uuid.uuid4().hex,
+            "count": count,
+            "seeds": [(first + i) % (MAX_SEED + 1) for i in range(count)],
+            "cancelled": False,
+            "results": [],
+            "pose": None,
+            "prompt": None,
+        }
         self.arm_cancel(request)
         return {"variations_gallery": [], "variation_pick": None, **self.start_preview(request)}
 
     @friendly_errors
-    def variation(self, index, reference, driving, is_pose_video, size_preset, width, height, start, frames, fps,
-                  retarget, mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload,
-                  pose_state, request: gr.Request, preview_every=DEFAULT_EVERY, progress=gr.Progress()):
+    def variation(
+        self,
+        index,
+        reference,
+        driving,
+        is_pose_video,
+        size_preset,
+        width,
+        height,
+        start,
+        frames,
+        fps,
+        retarget,
+        mask_mode,
+        mask_points,
+        prompt,
+        negative_prompt,
+        steps,
+        guidance,
+        seed,
+        speed,
+        offload,
+        pose_state,
+        request: gr.Request,
+        preview_every=DEFAULT_EVERY,
+        progress=gr.Progress(),
+    ):
         """Seed `index` of the session's batch (nothing past its count, nothing after a Cancel).
         The first seed extracts the poses and captions; the others reuse them."""
         key = _session_key(request)
         batch = self._batches.get(key)
         if batch is None or index >= batch["count"] or batch["cancelled"]:
             return {}
-        job = self._job(reference, driving, is_pose_video, size_preset, width, height, start, frames, fps, retarget,
-                        mask_mode, mask_points, prompt, negative_prompt, steps, guidance, seed, speed, offload,
-                        pose_state)
+        job = self._job(
+            reference,
+            driving,
+            is_pose_video,
+            size_preset,
+            width,
+            height,
+            start,
+            frames,
+            fps,
+            retarget,
+            mask_mode,
+            mask_points,
+            prompt,
+            negative_prompt,
+            steps,
+            guidance,
+            seed,
+            speed,
+            offload,
+            pose_state,
+        )
         job.settings.seed = batch["seeds"][index]
         if batch["pose"] is not None:
             job.pose_video_path, job.driving_video_path, job.provenance = batch["pose"]
@@ -733,8 +969,14 @@ class Handlers:
                 if missing:
                     batch["cancelled"] = True  # the other seeds would need them too
                     return self._missing_view(missing)
-            result = self._run_job(job, request, progress, preview_every,
-                                   f"seed{job.settings.seed}_var{index + 1}of{batch['count']}", (cancel, from_page))
+            result = self._run_job(
+                job,
+                request,
+                progress,
+                preview_every,
+                f"seed{job.settings.seed}_var{index + 1}of{batch['count']}",
+                (cancel, from_page),
+            )
         except Exception:
             batch["cancelled"] = True  # a failed seed stops the batch: the others would fail alike
             raise
@@ -748,8 +990,9 @@ class Handlers:
             batch["prompt"] = manifest["prompt_used"]
             pose_path = Path(f"{result.video_path.with_suffix('')}{POSE_SUFFIX}")
             batch["pose"] = (str(pose_path), None, manifest["inputs"].get("pose_extraction"))
-        batch["results"].append({"video": str(result.video_path), "manifest": str(result.manifest_path),
-                                 "seed": job.settings.seed})
+        batch["results"].append(
+            {"video": str(result.video_path), "manifest": str(result.manifest_path), "seed": job.settings.seed}
+        )
         gallery = [(item["video"], f"seed {item['seed']}") for item in batch["results"]]
         return {"variations_gallery": gallery, **self._missing_view([])}
 
@@ -769,8 +1012,12 @@ class Handlers:
         item = self._picked(request, variation_pick)
         manifest_path = Path(item["manifest"])
         manifest = page_manifest(json.loads(manifest_path.read_text()), self.config.private_dirs)
-        return {"result_video": item["video"], "manifest": manifest, "result_files": [item["video"], str(manifest_path)],
-                "seed": item["seed"]}
+        return {
+            "result_video": item["video"],
+            "manifest": manifest,
+            "result_files": [item["video"], str(manifest_path)],
+            "seed": item["seed"],
+        }
 
     @friendly_errors
     def lipsync_variation(self, variation_pick, request: gr.Request):
@@ -780,8 +1027,10 @@ class Handlers:
     # ------------------------------------------------------------------ live previews
     def _preview_sink(self, key: str):
         """The studio's preview callback for a session: keeps the newest preview for `live_preview`."""
+
         def keep(preview) -> None:
             self._previews[key] = (time.monotonic_ns(), preview.step, preview.steps, preview.strip())
+
         return keep
 
     def start_preview(self, request: gr.Request):
@@ -844,20 +1093,35 @@ class Handlers:
         return {"lipsync_video": result_video}
 
     @friendly_errors
-    def lipsync(self, lipsync_video, speech, bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek,
-                request: gr.Request, progress=gr.Progress()):
+    def lipsync(
+        self,
+        lipsync_video,
+        speech,
+        bbox_shift,
+        extra_margin,
+        parsing_mode,
+        left_cheek,
+        right_cheek,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
         _require(lipsync_video, "Upload a video with a visible face, or click 'Use the latest result'.")
         _require(speech, "Upload or record the speech first.")
         video_path, audio_path = lipsync_video, speech
-        settings = LipSyncSettings(bbox_shift=int(bbox_shift), extra_margin=int(extra_margin),
-                                   parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
-                                   right_cheek_width=int(right_cheek))
+        settings = LipSyncSettings(
+            bbox_shift=int(bbox_shift),
+            extra_margin=int(extra_margin),
+            parsing_mode=parsing_mode,
+            left_cheek_width=int(left_cheek),
+            right_cheek_width=int(right_cheek),
+        )
         cancel, from_page = self._job_cancel(request)
         out_dir, out_path = self._new_result(request, "lipsync")
         progress(0.0, desc="loading models")
         try:
-            result = self._lipsync_on_gpu(video_path, audio_path, out_path, settings,
-                                          progress=ProgressReporter(progress, cancel))
+            result = self._lipsync_on_gpu(
+                video_path, audio_path, out_path, settings, progress=ProgressReporter(progress, cancel)
+            )
         except Exception as error:
             self._drop_if_empty(out_dir)
             if isinstance(error, Cancelled) and from_page:
@@ -867,8 +1131,11 @@ class Handlers:
             cancel.clear()
         reused = ", video analysis reused from the cache" if result.report.avatar_cached else ""
         report = f"{result.report.summary()} ({result.elapsed_s:.1f} s{reused})"
-        return {"lipsync_result": str(result.video_path), "lipsync_report": report,
-                "lipsync_files": [str(result.video_path), str(result.manifest_path)]}
+        return {
+            "lipsync_result": str(result.video_path),
+            "lipsync_report": report,
+            "lipsync_files": [str(result.video_path), str(result.manifest_path)],
+        }
 
     # ------------------------------------------------------------------ history
     @friendly_errors
@@ -878,8 +1145,13 @@ class Handlers:
         zone = self._time_zones.get(getattr(request, "session_hash", None) or "")
         gallery = [(entry["video_path"], _history_label(entry, zone)) for entry in entries]
         rows = [[self._thumbnail(entry["video_path"]), *_history_row(entry, zone)] for entry in entries]
-        return {"gallery": gallery, "history_table": rows, "history_paths": [entry["manifest_path"] for entry in entries],
-                "history_manifest": None, "history_index": None}
+        return {
+            "gallery": gallery,
+            "history_table": rows,
+            "history_paths": [entry["manifest_path"] for entry in entries],
+            "history_manifest": None,
+            "history_index": None,
+        }
 
     def _thumbnail(self, video_path: str) -> str:
         """The first frame, small, as an inline image for the table (cached per file version;
@@ -925,12 +1197,21 @@ class Handlers:
         mask_mode = settings.mask_mode or "none"
         values = {
             # The custom fields' visibility follows the preset (its change event).
-            "size_preset": preset, "width": settings.width, "height": settings.height, "frames": settings.num_frames,
-            "fps": settings.fps, "mask_mode": mask_mode, "mask_points": settings.mask_points or [],
+            "size_preset": preset,
+            "width": settings.width,
+            "height": settings.height,
+            "frames": settings.num_frames,
+            "fps": settings.fps,
+            "mask_mode": mask_mode,
+            "mask_points": settings.mask_points or [],
             "mask_status": mask_status_text(mask_mode, settings.mask_points),
-            "prompt": settings.prompt or manifest.get("prompt_used", ""), "negative_prompt": settings.negative_prompt,
-            "steps": settings.steps, "speed": self._speed_for(settings.steps, settings.memory.first_block_cache),
-            "guidance": settings.guidance, "seed": settings.seed, "offload": settings.memory.offload,
+            "prompt": settings.prompt or manifest.get("prompt_used", ""),
+            "negative_prompt": settings.negative_prompt,
+            "steps": settings.steps,
+            "speed": self._speed_for(settings.steps, settings.memory.first_block_cache),
+            "guidance": settings.guidance,
+            "seed": settings.seed,
+            "offload": settings.memory.offload,
             "tabs": gr.Tabs(selected="create"),
         }
         restored = []
@@ -945,8 +1226,11 @@ class Handlers:
             restored.append("the pose video")
         if settings.mask_mode:
             restored.append(f"the {settings.mask_mode} mask")
-        kept = (f"; restored {', '.join(restored)}" if restored
-                else "; its inputs are not beside it, the reference image and the motion stay as they are")
+        kept = (
+            f"; restored {', '.join(restored)}"
+            if restored
+            else "; its inputs are not beside it, the reference image and the motion stay as they are"
+        )
         gr.Info(f"Loaded the settings of {manifest['output']} into the Create tab{kept}.")
         return values
 
@@ -967,9 +1251,9 @@ class Handlers:
         return (
             f'<div class="model-row" data-state="{html.escape(status.state)}">'
             f'<b>{html.escape(row["model"])}</b> <span class="model-state">{html.escape(status.state)}</span>'
-            f' · {html.escape(row["used for"])}<br>{html.escape(sizes)} · <code>{html.escape(row["folder"])}</code>'
+            f" · {html.escape(row['used for'])}<br>{html.escape(sizes)} · <code>{html.escape(row['folder'])}</code>"
             f' · licence: <a href="{html.escape(row["licence_url"])}" target="_blank" rel="noopener noreferrer">'
-            f'{html.escape(row["licence"])}</a> · <code>{html.escape(row["command"])}</code></div>'
+            f"{html.escape(row['licence'])}</a> · <code>{html.escape(row['command'])}</code></div>"
         )
 
     def models_view(self):
@@ -979,16 +1263,19 @@ class Handlers:
         """Fetches `names` through the catalog with the progress bar (bytes, speed, time left);
         False when Cancel download stopped it (the part fetched stays: Download resumes)."""
         if not self._can_download():
-            raise gr.Error("Downloading models is an admin action, off on a server without a login (--auth): "
-                           f"run `{catalog.COMMAND} {' '.join(names)}` on the server.")
+            raise gr.Error(
+                "Downloading models is an admin action, off on a server without a login (--auth): "
+                f"run `{catalog.COMMAND} {' '.join(names)}` on the server."
+            )
         if not self._download_lock.acquire(blocking=False):
             raise gr.Error("Another download is running: wait for it to finish, or cancel it.")
         cancel = self._download_cancels.setdefault(_session_key(request), threading.Event())
         cancel.clear()
         try:
             progress(0.0, desc=f"asking the hub for the files of {', '.join(names)}")
-            catalog.download(names, self._weights_dir(), progress=lambda p: progress(p.fraction, desc=p.text()),
-                             cancel=cancel)
+            catalog.download(
+                names, self._weights_dir(), progress=lambda p: progress(p.fraction, desc=p.text()), cancel=cancel
+            )
         except DownloadCancelled as error:
             errors.log_job_error(logger, error, "download")
             gr.Info("Download cancelled: what was fetched is kept; Download again resumes it.", title="Cancelled")
@@ -1023,17 +1310,31 @@ class Handlers:
     @friendly_errors
     def system_status(self):
         status = self.studio.system_status()
-        rows = [[m["name"], "yes" if m["loaded"] else "no", m["device"] or "", m["gb"], "yes" if m["in_use"] else "",
-                 m["load_seconds"]] for m in status["models"]]
+        rows = [
+            [
+                m["name"],
+                "yes" if m["loaded"] else "no",
+                m["device"] or "",
+                m["gb"],
+                "yes" if m["in_use"] else "",
+                m["load_seconds"],
+            ]
+            for m in status["models"]
+        ]
         lines = [f"**Device:** {status['device']}" + (f" ({status['gpu']})" if status.get("gpu") else "")]
         if status.get("vram_total_gb"):
-            lines.append(f"**VRAM:** {status['vram_free_gb']} GB free of {status['vram_total_gb']} GB "
-                         f"({status['vram_allocated_gb']} GB allocated by this process)")
+            lines.append(
+                f"**VRAM:** {status['vram_free_gb']} GB free of {status['vram_total_gb']} GB "
+                f"({status['vram_allocated_gb']} GB allocated by this process)"
+            )
         if status.get("process_ram_gb") is not None:
             lines.append(f"**Process RAM:** {status['process_ram_gb']} GB")
         names = [m["name"] for m in status["models"] if m["loaded"]]
-        return {"system_info": "\n\n".join(lines), "models_table": rows,
-                "loaded_models": gr.update(choices=names, value=names[0] if names else None)}
+        return {
+            "system_info": "\n\n".join(lines),
+            "models_table": rows,
+            "loaded_models": gr.update(choices=names, value=names[0] if names else None),
+        }
 
     def _require_admin(self):
         if not self.config.admin_actions:  # the buttons are not built then; an API call gets this
@@ -1067,7 +1368,7 @@ def mask_status_text(mask_mode, mask_points) -> str:
         return f"**Transformer:** {transformer_title(None)} · **Mask:** none (the model sees the whole crop)"
     clicks = len(mask_points or [])
     source = f"{clicks} click{'s' if clicks != 1 else ''} on the crop" if clicks else "from the person box"
-    return (f"**Transformer:** {transformer_title(mask_mode)} · **Mask:** the {mask_mode} blacked out ({source})")
+    return f"**Transformer:** {transformer_title(mask_mode)} · **Mask:** the {mask_mode} blacked out ({source})"
 
 
 HISTORY_HEADERS = ["", "when", "prompt", "size", "frames", "duration", "seed", "steps", "variant", "output"]
@@ -1079,8 +1380,12 @@ def manifest_settings(manifest) -> GenerateSettings:
     output = manifest.get("output") if isinstance(manifest, dict) else None
     name = output if isinstance(output, str) else "this result"
     problem = None
-    if not isinstance(manifest, dict) or not isinstance(output, str) or Path(output).name != output \
-            or not output.endswith(".mp4"):
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(output, str)
+        or Path(output).name != output
+        or not output.endswith(".mp4")
+    ):
         problem = "no output video name"
     elif manifest.get("kind") == "lipsync":
         return studio_api.settings_from_manifest(manifest)  # says it is a lip-sync result
@@ -1095,8 +1400,10 @@ def manifest_settings(manifest) -> GenerateSettings:
         if raw.get("mask_mode") not in (None, "background", "clothing"):
             bad.append("mask_mode")
         points = raw.get("mask_points")
-        if points is not None and not (isinstance(points, list) and all(
-                isinstance(p, list) and len(p) == 3 and all(isinstance(v, (int, float)) for v in p) for p in points)):
+        if points is not None and not (
+            isinstance(points, list)
+            and all(isinstance(p, list) and len(p) == 3 and all(isinstance(v, (int, float)) for v in p) for p in points)
+        ):
             bad.append("mask_points")
         if bad:
             problem = "bad " + ", ".join(bad)
@@ -1108,8 +1415,7 @@ def manifest_settings(manifest) -> GenerateSettings:
                 return settings
             except (TypeError, ValueError) as error:
                 problem = str(error)
-    raise gr.Error(f"The manifest of {name} is malformed ({problem}): its settings cannot be reused.",
-                   title="Reuse")
+    raise gr.Error(f"The manifest of {name} is malformed ({problem}): its settings cannot be reused.", title="Reuse")
 
 
 def _local_time(created: str, zone: str | None) -> str:
@@ -1134,8 +1440,17 @@ def _history_row(entry: dict, zone: str | None = None) -> list:
     duration = f"{frames / fps:.1f} s" if isinstance(frames, int) and isinstance(fps, (int, float)) and fps else ""
     mask_mode = settings.get("mask_mode")
     variant = transformer_title(mask_mode if mask_mode in ("background", "clothing") else None)
-    return [when, entry.get("prompt_used", ""), f'{settings.get("width")}x{settings.get("height")}', frames, duration,
-            settings.get("seed"), settings.get("steps"), variant, entry["output"]]
+    return [
+        when,
+        entry.get("prompt_used", ""),
+        f"{settings.get('width')}x{settings.get('height')}",
+        frames,
+        duration,
+        settings.get("seed"),
+        settings.get("steps"),
+        variant,
+        entry["output"],
+    ]
 
 
 def _history_label(entry: dict, zone: str | None = None) -> str:
@@ -1144,7 +1459,7 @@ def _history_label(entry: dict, zone: str | None = None) -> str:
     created = _local_time(entry.get("created", ""), zone)
     if entry.get("kind") == "lipsync":
         return f"{created} · lip-sync"
-    return f'{created} · seed {settings.get("seed")}'
+    return f"{created} · seed {settings.get('seed')}"
 
 
 def _crop_note(photo_size: tuple[int, int], size: tuple[int, int]) -> str:
@@ -1167,4 +1482,3 @@ def _draw_point(image: np.ndarray, x: float, y: float, include: bool) -> None:
     x0, x1 = max(int(x) - radius, 0), min(int(x) + radius + 1, width)
     y0, y1 = max(int(y) - radius, 0), min(int(y) + radius + 1, height)
     image[y0:y1, x0:x1] = (0, 220, 0) if include else (230, 0, 0)
-

@@ -104,8 +104,9 @@ class ServedFiles:
 
         async def send_as_attachment(message):
             if message["type"] == "http.response.start":
-                headers = [(key, value) for key, value in message.get("headers", [])
-                           if key.lower() not in REPLACED_HEADERS]
+                headers = [
+                    (key, value) for key, value in message.get("headers", []) if key.lower() not in REPLACED_HEADERS
+                ]
                 headers.append((b"x-content-type-options", b"nosniff"))
                 if message["status"] < 400:
                     headers += [
@@ -129,12 +130,17 @@ def _attachment(name: str) -> bytes:
 
 async def _refuse(send, status: int, text: str) -> None:
     body = text.encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-                    (b"x-content-type-options", b"nosniff")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -176,12 +182,17 @@ class QueueFullMessage:
                 await send({"type": "http.response.body", "body": body})
                 return
             detail = json.dumps({"detail": queue_full_message(self.queue_size)}).encode()
-            await send({
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(detail)).encode()),
-                            (b"retry-after", str(self.RETRY_AFTER_S).encode())],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(detail)).encode()),
+                        (b"retry-after", str(self.RETRY_AFTER_S).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": detail})
 
         await self.app(scope, receive, rewrite_full_queue)

@@ -23,8 +23,9 @@ def _uploaded_path(payload, what: str, formats: str) -> str | None:
         raise gr.Error(f"Send the {what} as a file upload ({formats}), not as inline data.", title="Upload")
     if not Path(path).is_file():
         name = Path(getattr(payload, "orig_name", None) or path).name
-        raise gr.Error(f"The upload {name} is gone from the server (expired or removed): upload the {what} again.",
-                       title="Upload")
+        raise gr.Error(
+            f"The upload {name} is gone from the server (expired or removed): upload the {what} again.", title="Upload"
+        )
     return str(path)
 
 

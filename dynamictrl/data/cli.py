@@ -1,6 +1,6 @@
 """The `prepare-data` subcommand: `add_arguments(parser)` declares it, `run(args)` runs it.
 
-    python -m dynamictrl prepare-data --videos clips/ --out dataset/ [--mask background] [--no-caption]
+python -m dynamictrl prepare-data --videos clips/ --out dataset/ [--mask background] [--no-caption]
 """
 
 import argparse
@@ -13,17 +13,32 @@ HELP = "make a training dataset (clips, poses, prompts, masks, manifest) from a 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = PrepareSettings()
     parser.add_argument("--videos", required=True, help="folder of source videos (mp4, mov, webm, mkv, avi, gif)")
-    parser.add_argument("--out", required=True,
-                        help="dataset folder (manifest.json, videos/, poses/, masks/); an earlier run there is resumed")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="dataset folder (manifest.json, videos/, poses/, masks/); an earlier run there is resumed",
+    )
     parser.add_argument("--width", type=int, default=defaults.width)
     parser.add_argument("--height", type=int, default=defaults.height)
     parser.add_argument("--fps", type=float, default=defaults.fps, help="every clip is resampled to this fps")
-    parser.add_argument("--max-frames", type=int, default=None,
-                        help=f"keep at most N frames of each video (at least {MIN_FRAMES}; default: all)")
-    parser.add_argument("--mask", choices=("none", "background", "clothing"), default="none",
-                        help="also write masks/<id>.png: the region of the first frame SAM blacks out")
-    parser.add_argument("--caption", action=argparse.BooleanOptionalAction, default=defaults.caption,
-                        help="caption each first frame with Qwen2-VL (--no-caption: empty prompts)")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help=f"keep at most N frames of each video (at least {MIN_FRAMES}; default: all)",
+    )
+    parser.add_argument(
+        "--mask",
+        choices=("none", "background", "clothing"),
+        default="none",
+        help="also write masks/<id>.png: the region of the first frame SAM blacks out",
+    )
+    parser.add_argument(
+        "--caption",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.caption,
+        help="caption each first frame with Qwen2-VL (--no-caption: empty prompts)",
+    )
     parser.add_argument("--caption-model", choices=("2b", "7b"), default="2b")
     parser.add_argument("--weights-dir", default=None, help="where weights live (default: ./weights)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")

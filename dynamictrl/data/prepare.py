@@ -76,8 +76,10 @@ class PrepareReport:
     elapsed_s: float = 0.0
 
     def summary(self) -> str:
-        counts = (f"{len(self.prepared)} videos prepared, {len(self.already_done)} already done, "
-                  f"{len(self.skipped)} skipped in {self.elapsed_s:.1f} s; dataset: {self.manifest_path}")
+        counts = (
+            f"{len(self.prepared)} videos prepared, {len(self.already_done)} already done, "
+            f"{len(self.skipped)} skipped in {self.elapsed_s:.1f} s; dataset: {self.manifest_path}"
+        )
         lines = [counts]
         if self.filled_frames:
             lines.append(f"{self.filled_frames} frames had no person and reuse the previous pose.")
@@ -93,8 +95,13 @@ class SkipVideo(Exception):
 
 # ------------------------------------------------------------------ manifest
 def _dataset_settings(settings: PrepareSettings) -> dict:
-    return {"width": settings.width, "height": settings.height, "fps": float(settings.fps),
-            "caption": settings.caption, "mask_mode": settings.mask}
+    return {
+        "width": settings.width,
+        "height": settings.height,
+        "fps": float(settings.fps),
+        "caption": settings.caption,
+        "mask_mode": settings.mask,
+    }
 
 
 def load_manifest(out_dir: Path, settings: PrepareSettings) -> dict:
@@ -108,13 +115,16 @@ def load_manifest(out_dir: Path, settings: PrepareSettings) -> dict:
         manifest = json.loads(path.read_text())
         items, skipped = list(manifest["items"]), list(manifest["skipped"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a readable dataset manifest ({error}); move it away or pick another --out.") \
-            from error
+        raise ValueError(
+            f"{path} is not a readable dataset manifest ({error}); move it away or pick another --out."
+        ) from error
     if not all(isinstance(item, dict) and ITEM_KEYS <= item.keys() for item in items):
         keys = ", ".join(sorted(ITEM_KEYS))
         raise ValueError(f"{path} has items without {keys}; move it away or pick another --out.")
     if manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{path} has version {manifest.get('version')!r}; this tool writes version {MANIFEST_VERSION}.")
+        raise ValueError(
+            f"{path} has version {manifest.get('version')!r}; this tool writes version {MANIFEST_VERSION}."
+        )
     earlier = {key: manifest.get(key) for key in DATASET_KEYS}
     if earlier != wanted:
         differ = ", ".join(
@@ -152,7 +162,8 @@ def list_videos(videos_dir: Path) -> list[Path]:
     if not videos_dir.is_dir():
         raise ValueError(f"--videos must be a folder of videos; {videos_dir} is not a folder.")
     return sorted(
-        path for path in videos_dir.iterdir()
+        path
+        for path in videos_dir.iterdir()
         if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
     )
 
@@ -288,19 +299,35 @@ def prepare_video(studio, source: Path, item_id: str, out_dir: Path, settings: P
         with studio.manager.use("dwpose") as detector:
             clip = write_clip_and_detect(source, out_dir / paths["video"], detector, settings)
         poses, filled = fill_poses(clip.detections)
-        write_video(out_dir / paths["pose"], (draw_pose(pose, settings.height, settings.width) for pose in poses),
-                    fps=settings.fps)
-        save_poses(out_dir / paths["pose_json"], poses, source=source.name, width=settings.width,
-                   height=settings.height, fps=float(settings.fps), filled_frames=filled,
-                   filled=[i for i, frame in enumerate(clip.detections) if not frame.people])
+        write_video(
+            out_dir / paths["pose"],
+            (draw_pose(pose, settings.height, settings.width) for pose in poses),
+            fps=settings.fps,
+        )
+        save_poses(
+            out_dir / paths["pose_json"],
+            poses,
+            source=source.name,
+            width=settings.width,
+            height=settings.height,
+            fps=float(settings.fps),
+            filled_frames=filled,
+            filled=[i for i, frame in enumerate(clip.detections) if not frame.people],
+        )
         if settings.mask:
             save_mask(studio, out_dir / paths["mask"], clip.first_frame, poses[0], settings.mask)
         prompt = caption_first_frame(studio, clip.first_frame) if settings.caption else ""
     except BaseException:
         remove_files(out_dir, [name for name in paths.values() if name])
         raise
-    return {"id": item_id, **paths, "prompt": prompt, "num_frames": clip.num_frames, "filled_frames": filled,
-            "source": source.name}
+    return {
+        "id": item_id,
+        **paths,
+        "prompt": prompt,
+        "num_frames": clip.num_frames,
+        "filled_frames": filled,
+        "source": source.name,
+    }
 
 
 def remove_files(out_dir: Path, names: list[str]) -> None:
@@ -316,8 +343,9 @@ def _drop_incomplete(out_dir: Path, manifest: dict, report: PrepareReport) -> No
     manifest["items"] = complete
 
 
-def prepare_dataset(studio, videos_dir, out_dir, settings: PrepareSettings | None = None,
-                    progress: ProgressCallback | None = None) -> PrepareReport:
+def prepare_dataset(
+    studio, videos_dir, out_dir, settings: PrepareSettings | None = None, progress: ProgressCallback | None = None
+) -> PrepareReport:
     """Prepares every video in `videos_dir` into the dataset at `out_dir`; see the module
     docstring for the layout. `manifest.json` is rewritten atomically after each video, so
     an interrupted run keeps what it finished and a new run resumes: items whose files all
@@ -337,8 +365,9 @@ def prepare_dataset(studio, videos_dir, out_dir, settings: PrepareSettings | Non
     report = PrepareReport(out_dir=out_dir, manifest_path=out_dir / MANIFEST_NAME)
     _drop_incomplete(out_dir, manifest, report)
     done = {item["source"]: item for item in manifest["items"] if item.get("source")}
-    ids = assign_ids(sources, {name: item["id"] for name, item in done.items()},
-                     reserved={item["id"] for item in manifest["items"]})
+    ids = assign_ids(
+        sources, {name: item["id"] for name, item in done.items()}, reserved={item["id"] for item in manifest["items"]}
+    )
 
     for position, source in enumerate(sources):
         if progress is not None:

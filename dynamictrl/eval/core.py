@@ -99,7 +99,11 @@ def _natural_key(path: Path):
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        ),
         key=_natural_key,
     )
 
@@ -227,8 +231,9 @@ def pair_sources(pred: str | Path, gt: str | Path) -> list[tuple[str, Source, So
         if only_pred:
             parts.append(f"no ground truth in {gt} for {', '.join(only_pred)}")
         raise EvalInputError(
-            "Predictions and ground truth do not pair up: " + "; ".join(parts) +
-            ". Each prediction must have the name of its ground-truth video (e.g. pred/00335.mp4 and gt/00335/)."
+            "Predictions and ground truth do not pair up: "
+            + "; ".join(parts)
+            + ". Each prediction must have the name of its ground-truth video (e.g. pred/00335.mp4 and gt/00335/)."
         )
     keys = sorted(gt_keys, key=lambda k: (isinstance(k, str), k))
     return [(gt_keys[k].name, pred_keys[k], gt_keys[k]) for k in keys]
@@ -278,12 +283,19 @@ class EvalModels:
     fvd: VideoBackbone | None = None
 
     @classmethod
-    def load(cls, metrics, weights_dir=None, device: str = "cpu", lpips_scaling: str = "disco",
-             local_files_only: bool = False) -> "EvalModels":
+    def load(
+        cls,
+        metrics,
+        weights_dir=None,
+        device: str = "cpu",
+        lpips_scaling: str = "disco",
+        local_files_only: bool = False,
+    ) -> "EvalModels":
         """Loads (downloading into weights/ unless offline) only what `metrics` need."""
         return cls(
             lpips=LpipsMetric.from_pretrained(weights_dir, device, lpips_scaling, local_files_only)
-            if "lpips" in metrics else None,
+            if "lpips" in metrics
+            else None,
             fid_vid=fid_vid_backbone(weights_dir, device, local_files_only) if "fid-vid" in metrics else None,
             fvd=fvd_backbone(weights_dir, device, local_files_only) if "fvd" in metrics else None,
         )
@@ -302,19 +314,29 @@ class EvalModels:
         }
 
     def require(self, metrics) -> None:
-        missing = [m for m, have in (("lpips", self.lpips), ("fid-vid", self.fid_vid), ("fvd", self.fvd))
-                   if m in metrics and have is None]
+        missing = [
+            m
+            for m, have in (("lpips", self.lpips), ("fid-vid", self.fid_vid), ("fvd", self.fvd))
+            if m in metrics and have is None
+        ]
         if missing:
             raise ValueError(f"No network given for {', '.join(missing)}.")
 
     def describe(self) -> dict:
         info = {}
         if self.lpips is not None:
-            info["lpips"] = {"net": "vgg", "version": "0.1", "scaling": self.lpips.scaling, **(self.lpips.weights or {})}
+            info["lpips"] = {
+                "net": "vgg",
+                "version": "0.1",
+                "scaling": self.lpips.scaling,
+                **(self.lpips.weights or {}),
+            }
         for backbone in (self.fid_vid, self.fvd):
             if backbone is not None:
                 info[backbone.metric] = {
-                    "network": type(backbone.network).__name__, "size": backbone.size, "scaling": backbone.scaling,
+                    "network": type(backbone.network).__name__,
+                    "size": backbone.size,
+                    "scaling": backbone.scaling,
                     **backbone.weights,
                 }
         return info
@@ -376,7 +398,9 @@ def evaluate_frames(
             raise EvalInputError(f"{name}: prediction frames are {pred.shape[1:]}, ground truth {gt.shape[1:]}.")
         if len(pred) != len(gt):
             if not protocol.trim:
-                raise EvalInputError(f"{name}: {len(pred)} predicted frames, {len(gt)} ground-truth frames; use --trim.")
+                raise EvalInputError(
+                    f"{name}: {len(pred)} predicted frames, {len(gt)} ground-truth frames; use --trim."
+                )
             count = min(len(pred), len(gt))
             pred, gt = pred[:count], gt[:count]
         _check_length(len(pred), protocol, metrics, name)
@@ -467,16 +491,18 @@ def _cell(metric: str, value) -> str:
     return dict((key, fmt) for key, _, fmt in COLUMNS)[metric](value)
 
 
-def markdown_table(result: EvalResult, reference_rows: dict | None = None, label: str = "Ours (this run)",
-                   reference_note: str = "") -> str:
+def markdown_table(
+    result: EvalResult, reference_rows: dict | None = None, label: str = "Ours (this run)", reference_note: str = ""
+) -> str:
     """Paper-style table: published rows (values as printed, L1 already x1e4), then ours;
     below it the per-video breakdown and the protocol."""
     shown = [c for c in COLUMNS if c[0] in result.metrics or reference_rows]
-    lines = ["| Method | " + " | ".join(header for _, header, _ in shown) + " |",
-             "|---|" + "---|" * len(shown)]
+    lines = ["| Method | " + " | ".join(header for _, header, _ in shown) + " |", "|---|" + "---|" * len(shown)]
     for method, row in (reference_rows or {}).items():
-        cells = ["-" if row.get(key) is None else (f"{row[key]:.2f}" if key == "l1" else _cell(key, row[key]))
-                 for key, _, _ in shown]
+        cells = [
+            "-" if row.get(key) is None else (f"{row[key]:.2f}" if key == "l1" else _cell(key, row[key]))
+            for key, _, _ in shown
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append(f"| **{label}** | " + " | ".join(_cell(key, result.metrics.get(key)) for key, _, _ in shown) + " |")
     out = ["\n".join(lines), ""]
@@ -485,8 +511,10 @@ def markdown_table(result: EvalResult, reference_rows: dict | None = None, label
     frame_keys = [key for key, _, _ in COLUMNS if key in result.metrics and key in FRAME_METRICS]
     if frame_keys:
         headers = {key: header for key, header, _ in COLUMNS}
-        rows = ["| Video | Frames | " + " | ".join(headers[k] for k in frame_keys) + " |",
-                "|---|---|" + "---|" * len(frame_keys)]
+        rows = [
+            "| Video | Frames | " + " | ".join(headers[k] for k in frame_keys) + " |",
+            "|---|---|" + "---|" * len(frame_keys),
+        ]
         for name, row in result.per_video.items():
             rows.append(f"| {name} | {row['frames']} | " + " | ".join(_cell(k, row.get(k)) for k in frame_keys) + " |")
         out += ["Per video (frame metrics):", "", "\n".join(rows), ""]
@@ -505,8 +533,10 @@ def protocol_text(result: EvalResult) -> str:
         + f"; LPIPS inputs {'[0, 1] as DisCo' if p.lpips_scaling == 'disco' else '[-1, 1]'}."
         + " PSNR is DisCo's uint8 (overflowing) formula, PSNR* the float one."
     )
-    weights = [f"{name}: {info.get('file') or info.get('trunk')} (sha256 {info.get('sha256') or info.get('trunk_sha256') or 'n/a'})"
-               for name, info in result.models.items()]
+    weights = [
+        f"{name}: {info.get('file') or info.get('trunk')} (sha256 {info.get('sha256') or info.get('trunk_sha256') or 'n/a'})"
+        for name, info in result.models.items()
+    ]
     if weights:
         text += " Weights: " + "; ".join(weights) + "."
     for note in result.notes:
@@ -514,8 +544,14 @@ def protocol_text(result: EvalResult) -> str:
     return text
 
 
-def write_outputs(result: EvalResult, table_path=None, json_path=None, reference_rows=None, label="Ours (this run)",
-                  reference_note: str = "") -> None:
+def write_outputs(
+    result: EvalResult,
+    table_path=None,
+    json_path=None,
+    reference_rows=None,
+    label="Ours (this run)",
+    reference_note: str = "",
+) -> None:
     if table_path is not None:
         Path(table_path).parent.mkdir(parents=True, exist_ok=True)
         Path(table_path).write_text(markdown_table(result, reference_rows, label, reference_note))

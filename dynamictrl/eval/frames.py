@@ -57,7 +57,7 @@ def prepare_frames(frames: np.ndarray, size: int, crop: str = "center") -> np.nd
     top, left = (height - side) // 2, (width - side) // 2
     for index, frame in enumerate(frames):
         if crop == "center":
-            frame = frame[top:top + side, left:left + side]
+            frame = frame[top : top + side, left : left + side]
         out[index] = np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
     return out
 
@@ -137,6 +137,7 @@ def resolve_vgg16(weights_dir: str | os.PathLike | None = None, local_files_only
     target = Path(weights_dir or weights.default_weights_dir()) / LPIPS_SUBDIR / filename
     if target.is_file():
         return target
+
     def missing(reason: str) -> "weights.WeightsNotFoundError":
         return weights.WeightsNotFoundError(
             f"The LPIPS VGG-16 trunk is not in {target} and could not be downloaded ({reason}). On a machine "
@@ -153,7 +154,9 @@ def resolve_vgg16(weights_dir: str | os.PathLike | None = None, local_files_only
     prefix = filename.rsplit("-", 1)[-1].split(".")[0]
     if not digest.startswith(prefix):
         path.unlink()
-        raise ValueError(f"{url} arrived with SHA-256 {digest}, which does not start with {prefix}; the file was removed.")
+        raise ValueError(
+            f"{url} arrived with SHA-256 {digest}, which does not start with {prefix}; the file was removed."
+        )
     return path
 
 
@@ -196,8 +199,9 @@ class LpipsMetric:
             pretrained_networks.tv = saved
 
     @classmethod
-    def from_pretrained(cls, weights_dir=None, device: str = "cpu", scaling: str = "disco",
-                        local_files_only: bool = False) -> "LpipsMetric":
+    def from_pretrained(
+        cls, weights_dir=None, device: str = "cpu", scaling: str = "disco", local_files_only: bool = False
+    ) -> "LpipsMetric":
         """The real LPIPS-VGG: linear layers from the `lpips` wheel, VGG-16 trunk from
         torchvision's ImageNet checkpoint (weights/lpips/vgg16-397923af.pth)."""
         import torch
@@ -226,8 +230,8 @@ class LpipsMetric:
         scores = []
         with torch.no_grad():
             for start in range(0, len(pred), self.batch_size):
-                a = torch.from_numpy(pred[start:start + self.batch_size]).permute(0, 3, 1, 2).float().div(255.0)
-                b = torch.from_numpy(gt[start:start + self.batch_size]).permute(0, 3, 1, 2).float().div(255.0)
+                a = torch.from_numpy(pred[start : start + self.batch_size]).permute(0, 3, 1, 2).float().div(255.0)
+                b = torch.from_numpy(gt[start : start + self.batch_size]).permute(0, 3, 1, 2).float().div(255.0)
                 a, b = a.to(self.device), b.to(self.device)
                 value = self.model(a, b, normalize=self.scaling == "standard")
                 scores.append(value.reshape(-1).double().cpu().numpy())

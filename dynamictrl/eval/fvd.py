@@ -69,7 +69,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
             covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"The Fréchet distance is ill-conditioned (imaginary part {np.abs(covmean.imag).max():.3g}).")
+            raise ValueError(
+                f"The Fréchet distance is ill-conditioned (imaginary part {np.abs(covmean.imag).max():.3g})."
+            )
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
@@ -97,8 +99,16 @@ def _pad_same(x: torch.Tensor, kernel, stride) -> torch.Tensor:
 
 
 class Unit3D(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel=(1, 1, 1), stride=(1, 1, 1),
-                 activation: bool = True, batch_norm: bool = True, bias: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel=(1, 1, 1),
+        stride=(1, 1, 1),
+        activation: bool = True,
+        batch_norm: bool = True,
+        bias: bool = False,
+    ):
         super().__init__()
         self.kernel, self.stride, self.activation = tuple(kernel), tuple(stride), activation
         self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, stride=self.stride, padding=0, bias=bias)
@@ -161,9 +171,24 @@ class InceptionI3d(nn.Module):
         self.logits = Unit3D(1024, num_classes, activation=False, batch_norm=False, bias=True)
 
     def forward(self, x):
-        for name in ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-                     "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-                     "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c"):
+        for name in (
+            "Conv3d_1a_7x7",
+            "MaxPool3d_2a_3x3",
+            "Conv3d_2b_1x1",
+            "Conv3d_2c_3x3",
+            "MaxPool3d_3a_3x3",
+            "Mixed_3b",
+            "Mixed_3c",
+            "MaxPool3d_4a_3x3",
+            "Mixed_4b",
+            "Mixed_4c",
+            "Mixed_4d",
+            "Mixed_4e",
+            "Mixed_4f",
+            "MaxPool3d_5a_2x2",
+            "Mixed_5b",
+            "Mixed_5c",
+        ):
             x = getattr(self, name)(x)
         # The port averages 7x7 at 224 px (the whole map) then the logits over time; the
         # logits layer is linear, so pooling space here and time after is the same number.
@@ -284,8 +309,11 @@ def resolve_weight_file(spec: WeightFile, weights_dir=None, local_files_only: bo
         return target
 
     def missing(reason: str) -> "weights.WeightsNotFoundError":
-        fix = (f"On a machine with internet access run:  curl -L --fail -o {target} '{spec.url}'" if spec.url
-               else f"Copy {spec.filename} into {target.parent}.")
+        fix = (
+            f"On a machine with internet access run:  curl -L --fail -o {target} '{spec.url}'"
+            if spec.url
+            else f"Copy {spec.filename} into {target.parent}."
+        )
         return weights.WeightsNotFoundError(
             f"{spec.filename} ({spec.origin}) is not in {target.parent} and could not be downloaded ({reason}). {fix}"
         )
@@ -376,7 +404,7 @@ class VideoBackbone:
         out = []
         with torch.no_grad():
             for first in range(0, len(starts), self.batch_size):
-                batch = np.stack([resized[s:s + clip_length] for s in starts[first:first + self.batch_size]])
+                batch = np.stack([resized[s : s + clip_length] for s in starts[first : first + self.batch_size]])
                 feats = self.network(self._normalize(batch).to(self.device))
                 out.append(feats.reshape(len(batch), -1).double().cpu().numpy())
         return np.concatenate(out)

@@ -43,18 +43,106 @@ PAPER_SOURCE = (
 )
 # metric -> value as printed in the paper (L1 in units of 1e-4); None where the paper has "-".
 PAPER_TIKTOK = {
-    "MagicAnimate": {"l1": 3.13, "ssim": 0.714, "psnr": 29.16, "psnr*": None, "lpips": 0.239, "fid-vid": 21.75, "fvd": 179.07},
-    "Animate Anyone": {"l1": None, "ssim": 0.718, "psnr": 29.56, "psnr*": None, "lpips": 0.285, "fid-vid": None, "fvd": 171.90},
+    "MagicAnimate": {
+        "l1": 3.13,
+        "ssim": 0.714,
+        "psnr": 29.16,
+        "psnr*": None,
+        "lpips": 0.239,
+        "fid-vid": 21.75,
+        "fvd": 179.07,
+    },
+    "Animate Anyone": {
+        "l1": None,
+        "ssim": 0.718,
+        "psnr": 29.56,
+        "psnr*": None,
+        "lpips": 0.285,
+        "fid-vid": None,
+        "fvd": 171.90,
+    },
     "Champ": {"l1": 2.94, "ssim": 0.802, "psnr": 29.91, "psnr*": None, "lpips": 0.231, "fid-vid": 21.07, "fvd": 160.82},
-    "UniAnimate": {"l1": 2.66, "ssim": 0.811, "psnr": 30.77, "psnr*": 20.58, "lpips": 0.231, "fid-vid": None, "fvd": 148.06},
-    "MimicMotion": {"l1": 5.85, "ssim": 0.601, "psnr": None, "psnr*": 14.44, "lpips": 0.414, "fid-vid": None, "fvd": 232.95},
-    "ControlNext": {"l1": 6.20, "ssim": 0.615, "psnr": None, "psnr*": 13.83, "lpips": 0.416, "fid-vid": None, "fvd": 326.57},
-    "StableAnimator": {"l1": 2.87, "ssim": 0.801, "psnr": 30.81, "psnr*": 20.66, "lpips": 0.232, "fid-vid": None, "fvd": 140.62},
-    "Animate-X": {"l1": 2.70, "ssim": 0.806, "psnr": 30.78, "psnr*": 20.77, "lpips": 0.232, "fid-vid": None, "fvd": 139.01},
-    "Baseline-2B": {"l1": 7.22, "ssim": 0.756, "psnr": 28.43, "psnr*": 18.60, "lpips": 0.223, "fid-vid": 18.99, "fvd": 176.47},
-    "DynamiCtrl-2B": {"l1": 5.57, "ssim": 0.773, "psnr": 29.91, "psnr*": 19.30, "lpips": 0.201, "fid-vid": 17.90, "fvd": 172.31},
-    "Baseline-5B": {"l1": 4.41, "ssim": 0.745, "psnr": 29.31, "psnr*": 19.54, "lpips": 0.192, "fid-vid": 14.73, "fvd": 163.45},
-    "DynamiCtrl-5B (paper)": {"l1": 2.34, "ssim": 0.766, "psnr": 30.22, "psnr*": 20.41, "lpips": 0.166, "fid-vid": 13.77, "fvd": 152.31},
+    "UniAnimate": {
+        "l1": 2.66,
+        "ssim": 0.811,
+        "psnr": 30.77,
+        "psnr*": 20.58,
+        "lpips": 0.231,
+        "fid-vid": None,
+        "fvd": 148.06,
+    },
+    "MimicMotion": {
+        "l1": 5.85,
+        "ssim": 0.601,
+        "psnr": None,
+        "psnr*": 14.44,
+        "lpips": 0.414,
+        "fid-vid": None,
+        "fvd": 232.95,
+    },
+    "ControlNext": {
+        "l1": 6.20,
+        "ssim": 0.615,
+        "psnr": None,
+        "psnr*": 13.83,
+        "lpips": 0.416,
+        "fid-vid": None,
+        "fvd": 326.57,
+    },
+    "StableAnimator": {
+        "l1": 2.87,
+        "ssim": 0.801,
+        "psnr": 30.81,
+        "psnr*": 20.66,
+        "lpips": 0.232,
+        "fid-vid": None,
+        "fvd": 140.62,
+    },
+    "Animate-X": {
+        "l1": 2.70,
+        "ssim": 0.806,
+        "psnr": 30.78,
+        "psnr*": 20.77,
+        "lpips": 0.232,
+        "fid-vid": None,
+        "fvd": 139.01,
+    },
+    "Baseline-2B": {
+        "l1": 7.22,
+        "ssim": 0.756,
+        "psnr": 28.43,
+        "psnr*": 18.60,
+        "lpips": 0.223,
+        "fid-vid": 18.99,
+        "fvd": 176.47,
+    },
+    "DynamiCtrl-2B": {
+        "l1": 5.57,
+        "ssim": 0.773,
+        "psnr": 29.91,
+        "psnr*": 19.30,
+        "lpips": 0.201,
+        "fid-vid": 17.90,
+        "fvd": 172.31,
+    },
+    "Baseline-5B": {
+        "l1": 4.41,
+        "ssim": 0.745,
+        "psnr": 29.31,
+        "psnr*": 19.54,
+        "lpips": 0.192,
+        "fid-vid": 14.73,
+        "fvd": 163.45,
+    },
+    "DynamiCtrl-5B (paper)": {
+        "l1": 2.34,
+        "ssim": 0.766,
+        "psnr": 30.22,
+        "psnr*": 20.41,
+        "lpips": 0.166,
+        "fid-vid": 13.77,
+        "fvd": 152.31,
+    },
 }
 
 
@@ -160,8 +248,9 @@ def run_tiktok(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        models = EvalModels.load(metrics, weights_dir=studio.weights_dir, device=device,
-                                 lpips_scaling=protocol.lpips_scaling)
+        models = EvalModels.load(
+            metrics, weights_dir=studio.weights_dir, device=device, lpips_scaling=protocol.lpips_scaling
+        )
     models.require(metrics)
 
     generated, names = [], []
@@ -174,7 +263,9 @@ def run_tiktok(
         pred_frames_dir, gt_frames_dir = out_dir / "frames" / "pred" / name, out_dir / "frames" / "gt" / name
         stamp_path = work / "settings.json"
         # JSON round trip so tuples compare equal to the lists read back.
-        stamp = json.loads(json.dumps({"generate": asdict(video_settings), "size": protocol.size, "crop": protocol.crop}))
+        stamp = json.loads(
+            json.dumps({"generate": asdict(video_settings), "size": protocol.size, "crop": protocol.crop})
+        )
         if settings.resume and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
             if _frame_count(pred_frames_dir) == _frame_count(gt_frames_dir) == num_frames:
                 say(f"{name}: kept from an earlier run ({num_frames} frames)")
@@ -219,7 +310,9 @@ def run_tiktok(
     table_path, json_path = out_dir / "table.md", out_dir / "results.json"
     complete = set(sources) == set(TIKTOK_TEST_VIDEOS)
     note = PAPER_SOURCE + (
-        "" if complete else f" This run covers only video(s) {', '.join(str(i) for i in sorted(sources))}: "
+        ""
+        if complete
+        else f" This run covers only video(s) {', '.join(str(i) for i in sorted(sources))}: "
         "not comparable to the published rows."
     )
     write_outputs(result, table_path, json_path, reference_rows=PAPER_TIKTOK, reference_note=note)

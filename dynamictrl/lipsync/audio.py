@@ -55,6 +55,7 @@ PROBE_TIMEOUT_S = media.PROBE_TIMEOUT_S
 
 # ---------------------------------------------------------------------------- loading
 
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """The audio of `path` as float32 mono at `sample_rate`, equal to
     `librosa.load(path, sr=sample_rate)[0]` (librosa 0.11 defaults).
@@ -124,11 +125,15 @@ def probe_audio(path: str | Path) -> media.MediaProbe:
     probed = media.probe(path, media.AUDIO, AudioError, unreadable=_unreadable)
     if not probed.has_audio:
         name = Path(os.fspath(path)).name
-        raise AudioError(f"{name} has no audio stream (e.g. a silent video). Use a file with speech: {ACCEPTED_FORMATS}.")
+        raise AudioError(
+            f"{name} has no audio stream (e.g. a silent video). Use a file with speech: {ACCEPTED_FORMATS}."
+        )
     return probed
 
 
-def _decode(path: Path, max_seconds: float = math.inf, probed: media.MediaProbe | None = None) -> tuple[np.ndarray, int]:
+def _decode(
+    path: Path, max_seconds: float = math.inf, probed: media.MediaProbe | None = None
+) -> tuple[np.ndarray, int]:
     """All channels of the default audio stream as float32, (samples,) or (samples, channels),
     at the native rate. ffmpeg picks the stream the same way librosa's audioread fallback does.
     With a finite `max_seconds` the decoder stops one second past it (enough to tell that
@@ -139,13 +144,33 @@ def _decode(path: Path, max_seconds: float = math.inf, probed: media.MediaProbe 
     with tempfile.TemporaryDirectory(prefix="dynamictrl-audio-") as folder:
         target = Path(folder) / "decoded.wav"
         command = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats",
-            *probed.ffmpeg_input_options(), "-i", str(probed.path), *limit,
-            "-vn", "-sn", "-dn",
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-nostdin",
+            "-hide_banner",
+            "-nostats",
+            *probed.ffmpeg_input_options(),
+            "-i",
+            str(probed.path),
+            *limit,
+            "-vn",
+            "-sn",
+            "-dn",
             # No metadata chunk in the wav (scipy warns about chunks it does not know).
-            "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
+            "-map_metadata",
+            "-1",
+            "-fflags",
+            "+bitexact",
+            "-flags:a",
+            "+bitexact",
             # 32-bit float keeps every decoded bit; rf64 lifts the 4 GiB wav limit for long clips.
-            "-c:a", "pcm_f32le", "-rf64", "auto", "-f", "wav", "-y", str(target),
+            "-c:a",
+            "pcm_f32le",
+            "-rf64",
+            "auto",
+            "-f",
+            "wav",
+            "-y",
+            str(target),
         ]
         result = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace")
         if result.returncode != 0 or not target.is_file():
@@ -201,6 +226,7 @@ def _resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray
 
 # ---------------------------------------------------------------------------- whisper
 
+
 class WhisperAudioEncoder:
     """whisper-tiny's feature extractor and encoder (the decoder is dropped after loading).
 
@@ -213,8 +239,9 @@ class WhisperAudioEncoder:
         self.encoder = encoder.eval().requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "WhisperAudioEncoder":
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "WhisperAudioEncoder":
         """Loads a local `openai/whisper-tiny` folder (config.json, weights, preprocessor_config.json)."""
         folder = Path(folder)
         if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
@@ -262,7 +289,7 @@ class WhisperAudioEncoder:
         features = []
         for start in range(0, audio.size, segment):
             mel = self.feature_extractor(
-                audio[start:start + segment], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+                audio[start : start + segment], sampling_rate=SAMPLE_RATE, return_tensors="pt"
             ).input_features
             output = self.encoder(mel.to(self.device, self.dtype), output_hidden_states=True)
             states = list(output.hidden_states)
@@ -275,10 +302,11 @@ class WhisperAudioEncoder:
             # output; pin that here instead of relying on the library's tie_last_hidden_states default.
             states[-1] = output.last_hidden_state
             features.append(torch.stack(states, dim=2)[0].cpu())
-        return torch.cat(features, dim=0)[:num_video_frames(audio.size, WHISPER_FPS)]
+        return torch.cat(features, dim=0)[: num_video_frames(audio.size, WHISPER_FPS)]
 
 
 # ---------------------------------------------------------------------------- per-frame windows
+
 
 def num_video_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
     """floor(duration * fps): the number of frames `num_samples` of audio last (upstream's formula)."""
@@ -307,17 +335,20 @@ def frame_windows(features: torch.Tensor, num_frames: int, fps: float) -> torch.
     # the window late at lower fps (a known lip-offset bug). We keep the trained alignment,
     # 4 whisper frames (80 ms) before the frame start, at every fps.
     right_pad = max(0, int(starts[-1]) + WINDOW_FRAMES - (LEFT_PAD_FRAMES + length))
-    padded = torch.cat([
-        features.new_zeros(LEFT_PAD_FRAMES, states, width),
-        features,
-        features.new_zeros(right_pad, states, width),
-    ])
+    padded = torch.cat(
+        [
+            features.new_zeros(LEFT_PAD_FRAMES, states, width),
+            features,
+            features.new_zeros(right_pad, states, width),
+        ]
+    )
     index = starts[:, None] + torch.arange(WINDOW_FRAMES)[None, :]
     return padded[index].reshape(num_frames, WINDOW_FRAMES * states, width)
 
 
-def positional_encoding(length: int, d_model: int, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+def positional_encoding(
+    length: int, d_model: int, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+) -> torch.Tensor:
     """[length, d_model] sinusoidal PE: pe[p, 2k] = sin(p * 10000^(-2k/d)), pe[p, 2k+1] = cos(same).
 
     Computed in float32 with upstream's exact operations, then cast, so the fp16 table is

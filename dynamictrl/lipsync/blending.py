@@ -45,9 +45,16 @@ def face_large(frame: np.ndarray, box: Box, expand: float = EXPAND) -> tuple[Ima
     return Image.fromarray(_rgb(frame)).crop(crop_box), crop_box
 
 
-def blend_mask(labels: np.ndarray, box: Box, crop_box: Box, mode: str = "jaw", left_cheek_width: int = 90,
-               right_cheek_width: int = 90, feather: float = FEATHER_OFFLINE,
-               upper_boundary_ratio: float = 0.5) -> np.ndarray:
+def blend_mask(
+    labels: np.ndarray,
+    box: Box,
+    crop_box: Box,
+    mode: str = "jaw",
+    left_cheek_width: int = 90,
+    right_cheek_width: int = 90,
+    feather: float = FEATHER_OFFLINE,
+    upper_boundary_ratio: float = 0.5,
+) -> np.ndarray:
     """(crop height, crop width) uint8 alpha for `paste_face`: the parsed region, only inside
     the face box and below the box centre (the half MuseTalk repaints), feathered."""
     x1, y1, x2, y2 = box
@@ -91,9 +98,9 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: Box, mask: np.ndarray, 
     sx0, sy0 = max(0, -fx), max(0, -fy)
     sx1, sy1 = min(resized.shape[1], large.shape[1] - fx), min(resized.shape[0], large.shape[0] - fy)
     if sx1 > sx0 and sy1 > sy0:
-        large[fy + sy0:fy + sy1, fx + sx0:fx + sx1] = resized[sy0:sy1, sx0:sx1]
+        large[fy + sy0 : fy + sy1, fx + sx0 : fx + sx1] = resized[sy0:sy1, sx0:sx1]
     region = Image.fromarray(frame[fy0:fy1, fx0:fx1])
-    alpha = np.ascontiguousarray(mask[fy0 - ys:fy1 - ys, fx0 - xs:fx1 - xs], dtype=np.uint8)
+    alpha = np.ascontiguousarray(mask[fy0 - ys : fy1 - ys, fx0 - xs : fx1 - xs], dtype=np.uint8)
     # PIL's masked paste is an integer alpha blend: mask 0 keeps the frame, 255 takes `large`.
     region.paste(Image.fromarray(large), (0, 0), Image.fromarray(alpha))
     out = frame.copy()

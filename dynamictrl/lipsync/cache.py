@@ -34,14 +34,17 @@ logger = logging.getLogger(__name__)
 
 
 def avatar_key(video_sha256: str, settings: LipSyncSettings, fingerprint: str) -> str:
-    payload = json.dumps({"video": video_sha256, "settings": settings.avatar_fields(), "models": fingerprint,
-                          "version": FORMAT_VERSION}, sort_keys=True)
+    payload = json.dumps(
+        {"video": video_sha256, "settings": settings.avatar_fields(), "models": fingerprint, "version": FORMAT_VERSION},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def _boxes_to_array(boxes) -> torch.Tensor:
-    rows = [(-1, -1, -1, -1) if box is None else tuple(box.as_tuple() if isinstance(box, FaceBox) else box)
-            for box in boxes]
+    rows = [
+        (-1, -1, -1, -1) if box is None else tuple(box.as_tuple() if isinstance(box, FaceBox) else box) for box in boxes
+    ]
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
 
 
@@ -106,8 +109,13 @@ class AvatarCache:
                     with archive.open(f"{i}.npy", "w", force_zip64=True) as entry:
                         np.lib.format.write_array(entry, np.asarray(mask), allow_pickle=False)
         height, width = avatar.frames.shape[1:3]
-        meta = {"version": FORMAT_VERSION, "fps": avatar.fps, "num_frames": avatar.num_frames,
-                "height": height, "width": width}
+        meta = {
+            "version": FORMAT_VERSION,
+            "fps": avatar.fps,
+            "num_frames": avatar.num_frames,
+            "height": height,
+            "width": width,
+        }
         (partial / "meta.json").write_text(json.dumps(meta))
         # Written under another name and renamed, so a crash never leaves half an avatar.
         shutil.rmtree(target, ignore_errors=True)
@@ -136,9 +144,17 @@ class AvatarCache:
         boxes = _boxes_from_array(tensors["boxes"])
         # Blend-crop boxes may start left of or above the frame (padded), so they are
         # present exactly where a face box is.
-        crop_boxes = [None if box is None else tuple(int(v) for v in row)
-                      for box, row in zip(boxes, tensors["crop_boxes"])]
+        crop_boxes = [
+            None if box is None else tuple(int(v) for v in row) for box, row in zip(boxes, tensors["crop_boxes"])
+        ]
         faced = [i for i, box in enumerate(boxes) if box is not None]
         rows = {frame: row for row, frame in enumerate(faced)}
-        return Avatar(frames, float(meta["fps"]), boxes, tensors["latents"],
-                      [rows.get(i) for i in range(len(boxes))], masks, crop_boxes)
+        return Avatar(
+            frames,
+            float(meta["fps"]),
+            boxes,
+            tensors["latents"],
+            [rows.get(i) for i in range(len(boxes))],
+            masks,
+            crop_boxes,
+        )

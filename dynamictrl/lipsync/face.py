@@ -59,8 +59,13 @@ def face_landmarks(pose: FramePose, width: int, height: int) -> np.ndarray | Non
     return None if best is None else best.astype(np.int32)
 
 
-def landmark_box(landmarks: np.ndarray, frame_height: int, frame_width: int, bbox_shift: int = 0,
-                 extra_margin: int = DEFAULT_EXTRA_MARGIN) -> FaceBox | None:
+def landmark_box(
+    landmarks: np.ndarray,
+    frame_height: int,
+    frame_width: int,
+    bbox_shift: int = 0,
+    extra_margin: int = DEFAULT_EXTRA_MARGIN,
+) -> FaceBox | None:
     """MuseTalk's box: vertically centred on the nose bridge so the masked lower half of
     the crop starts near the nose; `bbox_shift` moves that centre (positive: down);
     v1.5 extends the bottom by `extra_margin` px.
@@ -81,20 +86,26 @@ def landmark_box(landmarks: np.ndarray, frame_height: int, frame_width: int, bbo
     return FaceBox(x1, y1, x2, y2)
 
 
-def face_boxes(poses: list[FramePose], frame_height: int, frame_width: int, bbox_shift: int = 0,
-               extra_margin: int = DEFAULT_EXTRA_MARGIN) -> list[FaceBox | None]:
+def face_boxes(
+    poses: list[FramePose],
+    frame_height: int,
+    frame_width: int,
+    bbox_shift: int = 0,
+    extra_margin: int = DEFAULT_EXTRA_MARGIN,
+) -> list[FaceBox | None]:
     """One box per frame; None where no confident face was found."""
     boxes = []
     for pose in poses:
         landmarks = face_landmarks(pose, frame_width, frame_height)
-        boxes.append(None if landmarks is None else
-                     landmark_box(landmarks, frame_height, frame_width, bbox_shift, extra_margin))
+        boxes.append(
+            None if landmarks is None else landmark_box(landmarks, frame_height, frame_width, bbox_shift, extra_margin)
+        )
     return boxes
 
 
 def crop_face(frame: np.ndarray, box: FaceBox) -> np.ndarray:
     """The (256, 256, 3) uint8 crop of `box` (not square before resizing), Lanczos as upstream."""
-    crop = frame[box.y1:box.y2, box.x1:box.x2]
+    crop = frame[box.y1 : box.y2, box.x1 : box.x2]
     return cv2.resize(crop, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LANCZOS4)
 
 
@@ -106,5 +117,5 @@ def unet_inputs(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     reference = crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     masked = reference.copy()
-    masked[:, :, CROP_SIZE // 2:, :] = 0.0
+    masked[:, :, CROP_SIZE // 2 :, :] = 0.0
     return (masked - 0.5) / 0.5, (reference - 0.5) / 0.5

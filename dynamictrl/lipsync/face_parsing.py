@@ -167,7 +167,8 @@ def _check_fits(path: Path, state: dict[str, torch.Tensor], net: nn.Module) -> N
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items() if k in state and state[k].shape != v.shape
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
     ]
     problems = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
@@ -194,8 +195,9 @@ class FaceParser:
         return next(self.net.parameters()).device
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> "FaceParser":
+    def from_file(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "FaceParser":
         path = Path(path)
         state = _read_state_dict(path)
         net = BiSeNet()
@@ -227,9 +229,9 @@ class FaceParser:
         labels = np.zeros((len(images), PARSE_SIZE, PARSE_SIZE), dtype=np.uint8)
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = torch.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+                batch = torch.stack([self.preprocess(im) for im in images[start : start + batch_size]])
                 logits = self.net(batch.to(self.device, self.dtype))
-                labels[start:start + len(batch)] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                labels[start : start + len(batch)] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return labels
 
 
@@ -243,8 +245,8 @@ def jaw_dilation_kernel() -> np.ndarray:
     kernel = np.zeros((size, size), dtype=np.uint8)
     for row in range(cone_rows // 2, cone_rows):
         half = row - cone_rows // 2
-        kernel[row, center - half:center + half + 1] = 1
-    kernel[cone_rows:, center - 10:center + 11] = 1
+        kernel[row, center - half : center + half + 1] = 1
+    kernel[cone_rows:, center - 10 : center + 11] = 1
     return kernel
 
 
@@ -264,8 +266,9 @@ def cheek_mask(left_cheek_width: int = 90, right_cheek_width: int = 90) -> np.nd
     return mask
 
 
-def region_mask(labels: np.ndarray, mode: str = "jaw", left_cheek_width: int = 90,
-                right_cheek_width: int = 90) -> np.ndarray:
+def region_mask(
+    labels: np.ndarray, mode: str = "jaw", left_cheek_width: int = 90, right_cheek_width: int = 90
+) -> np.ndarray:
     """(512, 512) uint8 {0, 255}: the parsed pixels that may take the generated face.
 
     raw: skin + mouth + lips (v1.0). neck: raw + neck. jaw (v1.5): skin dilated downwards

@@ -82,8 +82,9 @@ class MuseTalkModels:
     fingerprint: str = ""  # which weight files, in which dtype: part of the avatar cache key
 
     @classmethod
-    def from_pretrained(cls, weights_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                        local_files_only: bool = False) -> "MuseTalkModels":
+    def from_pretrained(
+        cls, weights_dir: str | Path | None = None, dtype: torch.dtype = torch.float32, local_files_only: bool = False
+    ) -> "MuseTalkModels":
         folders = {
             repo: weights.resolve_files(repo, files, weights_dir, local_files_only)
             for repo, files in weights.LIPSYNC_WEIGHTS.items()

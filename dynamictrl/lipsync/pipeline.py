@@ -112,13 +112,17 @@ class LipSyncReport:
         video_s = self.video_frames / self.fps
         lines = [f"{self.output_frames} frames at {self.fps:g} fps for {self.audio_seconds:.2f} s of audio."]
         if self.looped:
-            lines.append(f"The audio is longer than the video ({video_s:.2f} s): the video plays forward and "
-                         "backward until the audio ends.")
+            lines.append(
+                f"The audio is longer than the video ({video_s:.2f} s): the video plays forward and "
+                "backward until the audio ends."
+            )
         elif self.trimmed:
             lines.append(f"The audio is shorter than the video ({video_s:.2f} s): the video was cut to the audio.")
         if self.frames_without_face:
-            lines.append(f"No face in {len(self.frames_without_face)} frame(s) ({describe_frames(self.frames_without_face)}); "
-                         "they are kept unchanged.")
+            lines.append(
+                f"No face in {len(self.frames_without_face)} frame(s) ({describe_frames(self.frames_without_face)}); "
+                "they are kept unchanged."
+            )
         return " ".join(lines)
 
 
@@ -141,7 +145,7 @@ def _report(progress: ProgressCallback | None, fraction: float, message: str) ->
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 class LipSyncPipeline:
@@ -170,8 +174,14 @@ class LipSyncPipeline:
         count = len(crops)
         return torch.cat([latents[:count], latents[count:]], dim=1).float().cpu()
 
-    def prepare_avatar(self, frames, fps: float, poses: list[FramePose], settings: LipSyncSettings,
-                       progress: ProgressCallback | None = None) -> Avatar:
+    def prepare_avatar(
+        self,
+        frames,
+        fps: float,
+        poses: list[FramePose],
+        settings: LipSyncSettings,
+        progress: ProgressCallback | None = None,
+    ) -> Avatar:
         """Boxes, latents and blend masks of every frame (`poses` from our DWPose detector).
 
         `frames`: an (N, H, W, 3) array or a sequence with `len` and indexing
@@ -202,16 +212,28 @@ class LipSyncPipeline:
             for i, (_, crop_box), label in zip(batch, large, labels):
                 while len(masks) < i:  # frames without a face before this one
                     masks.append(None)
-                masks.append(blend_mask(label, boxes[i].as_tuple(), crop_box, settings.parsing_mode,
-                                        settings.left_cheek_width, settings.right_cheek_width))
+                masks.append(
+                    blend_mask(
+                        label,
+                        boxes[i].as_tuple(),
+                        crop_box,
+                        settings.parsing_mode,
+                        settings.left_cheek_width,
+                        settings.right_cheek_width,
+                    )
+                )
                 crop_boxes[i] = crop_box
-            _report(progress, min(1.0, (done + 1) * settings.batch_size / len(faced)),
-                    f"Lip-sync: preparing faces {min(len(faced), (done + 1) * settings.batch_size)}/{len(faced)}")
+            _report(
+                progress,
+                min(1.0, (done + 1) * settings.batch_size / len(faced)),
+                f"Lip-sync: preparing faces {min(len(faced), (done + 1) * settings.batch_size)}/{len(faced)}",
+            )
         rows = {frame: row for row, frame in enumerate(faced)}
         while len(masks) < len(frames):
             masks.append(None)
-        return Avatar(frames, float(fps), boxes, torch.cat(latents), [rows.get(i) for i in range(len(frames))],
-                      masks, crop_boxes)
+        return Avatar(
+            frames, float(fps), boxes, torch.cat(latents), [rows.get(i) for i in range(len(frames))], masks, crop_boxes
+        )
 
     # ------------------------------------------------------------------ audio side
     @torch.inference_mode()
@@ -219,7 +241,9 @@ class LipSyncPipeline:
         """(T, 50, 384) UNet conditions for the T frames the audio lasts, PE included, on the CPU."""
         num_frames = num_video_frames(len(audio), fps)
         if num_frames == 0:
-            raise ValueError(f"The audio lasts {len(audio) / 16000:.3f} s, shorter than one video frame at {fps:g} fps.")
+            raise ValueError(
+                f"The audio lasts {len(audio) / 16000:.3f} s, shorter than one video frame at {fps:g} fps."
+            )
         features = self.models.audio.encode(audio)
         windows = frame_windows(features, num_frames, fps)
         return windows.to(self.dtype) + positional_encoding(windows.shape[1], windows.shape[2], self.dtype)
@@ -237,8 +261,9 @@ class LipSyncPipeline:
         # Rounded on the device: a quarter of the bytes cross to the host.
         return (images * 255).round().to(torch.uint8).cpu().numpy()
 
-    def __call__(self, avatar: Avatar, audio: np.ndarray, settings: LipSyncSettings,
-                 progress: ProgressCallback | None = None) -> tuple[Iterator[np.ndarray], LipSyncReport]:
+    def __call__(
+        self, avatar: Avatar, audio: np.ndarray, settings: LipSyncSettings, progress: ProgressCallback | None = None
+    ) -> tuple[Iterator[np.ndarray], LipSyncReport]:
         """The lip-synced frames (a generator, so long clips never sit in memory) and a report.
 
         The output lasts as long as the audio: a shorter video plays forward and backward
@@ -267,8 +292,13 @@ class LipSyncPipeline:
                     source = sources[i]
                     frame = avatar.frames[source]
                     if i in generated:
-                        frame = paste_face(frame, generated[i], avatar.boxes[source].as_tuple(),
-                                           avatar.masks[source], avatar.crop_boxes[source])
+                        frame = paste_face(
+                            frame,
+                            generated[i],
+                            avatar.boxes[source].as_tuple(),
+                            avatar.masks[source],
+                            avatar.crop_boxes[source],
+                        )
                     yield frame
                 _report(progress, (batch[-1] + 1) / total, f"Lip-sync: frame {batch[-1] + 1}/{total}")
 

@@ -292,7 +292,13 @@ class DynamiCtrlTransformerModel(CogVideoXTransformer3DModel):
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 outputs = self._gradient_checkpointing_func(
-                    block, hidden_states, encoder_hidden_states, emb, pose_tokens, image_rotary_emb, attention_kwargs,
+                    block,
+                    hidden_states,
+                    encoder_hidden_states,
+                    emb,
+                    pose_tokens,
+                    image_rotary_emb,
+                    attention_kwargs,
                     pose_strength,
                 )
             else:

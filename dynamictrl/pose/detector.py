@@ -124,7 +124,9 @@ def decode_detections(raw: np.ndarray, ratio: float, size: tuple[int, int] = DET
     raw = np.asarray(raw, dtype=np.float32)  # decoded in float32, like the official code
     cells, strides = _anchor_grid(size)
     if raw.shape[0] != cells.shape[0]:
-        raise ValueError(f"detector output has {raw.shape[0]} anchors; a {size[1]}x{size[0]} input needs {cells.shape[0]}.")
+        raise ValueError(
+            f"detector output has {raw.shape[0]} anchors; a {size[1]}x{size[0]} input needs {cells.shape[0]}."
+        )
     # Class-wise NMS keeps each class separate, and only the person class is used, so
     # running it on the person scores alone gives the same boxes in the same order.
     scores = raw[:, 4] * raw[:, 5 + PERSON_CLASS]

@@ -506,4 +506,3 @@ def _map_pose_dict(pose: dict, linear_map: LinearMap) -> dict:
     out = {key: np.array(value) for key, value in pose.items() if key not in ("bodies", "hands", "faces")}
     out.update(bodies=out_bodies, hands=mapped(pose["hands"]), faces=mapped(pose["faces"]))
     return out
-

@@ -113,7 +113,9 @@ def pose_to_dict(frame: FramePose) -> dict:
             "score": stack("body_scores", (NUM_BODY,)),
         },
         "hands": np.concatenate([stack("left_hand", (NUM_HAND, 2)), stack("right_hand", (NUM_HAND, 2))]),
-        "hands_score": np.concatenate([stack("left_hand_scores", (NUM_HAND,)), stack("right_hand_scores", (NUM_HAND,))]),
+        "hands_score": np.concatenate(
+            [stack("left_hand_scores", (NUM_HAND,)), stack("right_hand_scores", (NUM_HAND,))]
+        ),
         "faces": stack("face", (NUM_FACE, 2)),
         "faces_score": stack("face_scores", (NUM_FACE,)),
     }

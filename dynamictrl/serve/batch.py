@@ -51,8 +51,10 @@ class BatchSummary:
     elapsed_s: float = 0.0
 
     def text(self) -> str:
-        lines = [f"{self.total} job(s): {self.done} done, {self.skipped} skipped (already done), "
-                 f"{len(self.failed)} failed, in {self.elapsed_s:.1f} s."]
+        lines = [
+            f"{self.total} job(s): {self.done} done, {self.skipped} skipped (already done), "
+            f"{len(self.failed)} failed, in {self.elapsed_s:.1f} s."
+        ]
         lines += [f"  FAILED {job_id}: {message}" for job_id, message in self.failed]
         return "\n".join(lines)
 
@@ -72,9 +74,17 @@ def default_workers(gpus_per_worker: float) -> int:
     return 1  # each CPU worker holds a whole Studio in RAM: more only when asked for
 
 
-def run_batch(jobs_path: str | Path, config: ServeConfig, workers: int | None = None,
-              gpus_per_worker: float | None = None, cpus_per_worker: float = 1.0, max_retries: int = 1,
-              job_timeout_s: float = 3 * 3600.0, transfer: str = "shared", show_progress: bool = True) -> BatchSummary:
+def run_batch(
+    jobs_path: str | Path,
+    config: ServeConfig,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float = 1.0,
+    max_retries: int = 1,
+    job_timeout_s: float = 3 * 3600.0,
+    transfer: str = "shared",
+    show_progress: bool = True,
+) -> BatchSummary:
     """Runs the jobs file on the Ray cluster this process is connected to (`ray.init` first)."""
     import ray
     from tqdm.auto import tqdm
@@ -101,8 +111,14 @@ def run_batch(jobs_path: str | Path, config: ServeConfig, workers: int | None = 
             summary.skipped += 1
         else:
             pending.append(_Task(record["id"], job))
-    bar = tqdm(total=summary.total, initial=summary.skipped + len(summary.failed), desc="batch", unit="job",
-               disable=not show_progress, file=sys.stderr)
+    bar = tqdm(
+        total=summary.total,
+        initial=summary.skipped + len(summary.failed),
+        desc="batch",
+        unit="job",
+        disable=not show_progress,
+        file=sys.stderr,
+    )
     bar.set_postfix(failed=len(summary.failed))
     if not pending:
         bar.close()
@@ -112,8 +128,9 @@ def run_batch(jobs_path: str | Path, config: ServeConfig, workers: int | None = 
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     count = min(len(pending), workers or default_workers(gpus_per_worker))
-    actor_class = ray.remote(BatchWorker).options(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker,
-                                                  max_restarts=0, max_task_retries=0)
+    actor_class = ray.remote(BatchWorker).options(
+        num_gpus=gpus_per_worker, num_cpus=cpus_per_worker, max_restarts=0, max_task_retries=0
+    )
 
     def start_workers(n: int) -> list:
         actors = [actor_class.remote(config.to_dict()) for _ in range(n)]
@@ -122,9 +139,11 @@ def run_batch(jobs_path: str | Path, config: ServeConfig, workers: int | None = 
         if waiting:
             for actor in actors:
                 ray.kill(actor)
-            raise TimeoutError(f"{len(waiting)} of {n} batch worker(s) could not start within {READY_TIMEOUT_S:.0f} s "
-                               f"(each asks for {gpus_per_worker:g} GPU, {cpus_per_worker:g} CPU; free: "
-                               f"{ray.available_resources()}).")
+            raise TimeoutError(
+                f"{len(waiting)} of {n} batch worker(s) could not start within {READY_TIMEOUT_S:.0f} s "
+                f"(each asks for {gpus_per_worker:g} GPU, {cpus_per_worker:g} CPU; free: "
+                f"{ray.available_resources()})."
+            )
         try:
             ray.get(ready, timeout=60)
         except ray.exceptions.RayError as error:

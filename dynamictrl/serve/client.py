@@ -168,8 +168,12 @@ def _detail(text: str) -> str:
         return text
     detail = payload.get("detail", text)
     if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(str(part) for part in item.get('loc', [])[1:])}: {item.get('msg')}"
-                         if isinstance(item, dict) else str(item) for item in detail)
+        return "; ".join(
+            f"{'.'.join(str(part) for part in item.get('loc', [])[1:])}: {item.get('msg')}"
+            if isinstance(item, dict)
+            else str(item)
+            for item in detail
+        )
     return str(detail)
 
 
@@ -180,9 +184,16 @@ def _error_for(status: dict) -> Exception:
     from ..weights import WeightsNotFoundError
 
     message = status.get("error") or "the job failed"
-    kinds = {"ValueError": ValueError, "JobError": ValueError, "VideoTooShortError": ValueError, "KeyError": KeyError,
-             "FileNotFoundError": FileNotFoundError, "OutOfMemory": OutOfMemory, "WeightsNotFoundError": WeightsNotFoundError,
-             "TimeoutError": TimeoutError}
+    kinds = {
+        "ValueError": ValueError,
+        "JobError": ValueError,
+        "VideoTooShortError": ValueError,
+        "KeyError": KeyError,
+        "FileNotFoundError": FileNotFoundError,
+        "OutOfMemory": OutOfMemory,
+        "WeightsNotFoundError": WeightsNotFoundError,
+        "TimeoutError": TimeoutError,
+    }
     kind = kinds.get(status.get("error_type"))
     if kind is not None:
         return kind(message)
@@ -195,16 +206,26 @@ class RemoteManager:
     """`studio.manager` for the app's System tab: models live on the replicas."""
 
     def unload(self, name: str) -> None:
-        raise ValueError("The models live on the Ray Serve replicas: scale the deployment down or redeploy to free them.")
+        raise ValueError(
+            "The models live on the Ray Serve replicas: scale the deployment down or redeploy to free them."
+        )
 
     def unload_all(self) -> None:
         self.unload("")
 
 
 class RemoteStudio:
-    def __init__(self, address: str | None = None, url: str | None = None, app_name: str = APP_NAME,
-                 transfer: str = "bytes", job_timeout_s: float = 3 * 3600.0, poll_s: float = 0.5,
-                 token: str | None = None, owner_key: str | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        url: str | None = None,
+        app_name: str = APP_NAME,
+        transfer: str = "bytes",
+        job_timeout_s: float = 3 * 3600.0,
+        poll_s: float = 0.5,
+        token: str | None = None,
+        owner_key: str | None = None,
+    ):
         """`token`: the service's shared token over HTTP (default: $DYNAMICTRL_SERVE_TOKEN).
         `owner_key`: the secret this client's jobs belong to (default: a new random one;
         pass the same one to see the same jobs from another process)."""
@@ -253,8 +274,10 @@ class RemoteStudio:
             except Exception as error:  # transport trouble: retried until LOST_CONTACT_S
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > LOST_CONTACT_S:
-                    raise RemoteJobError(f"Lost contact with {self.transport.where} for {LOST_CONTACT_S:.0f} s "
-                                         f"while job {job_id} ran ({error}).") from error
+                    raise RemoteJobError(
+                        f"Lost contact with {self.transport.where} for {LOST_CONTACT_S:.0f} s "
+                        f"while job {job_id} ran ({error})."
+                    ) from error
                 time.sleep(self.poll_s)
                 continue
             state = status["state"]
@@ -281,8 +304,9 @@ class RemoteStudio:
                     raise
             if time.monotonic() > deadline:
                 self.transport.cancel(job_id)
-                raise TimeoutError(f"Job {job_id} did not finish within {timeout_s or self.job_timeout_s:.0f} s; "
-                                   "it was cancelled.")
+                raise TimeoutError(
+                    f"Job {job_id} did not finish within {timeout_s or self.job_timeout_s:.0f} s; it was cancelled."
+                )
             time.sleep(self.poll_s)
 
     @staticmethod
@@ -307,7 +331,10 @@ class RemoteStudio:
         if self.transfer == "bytes":
             job = {**pack_inputs(job), "return_files": job["kind"] in ("generate", "pose", "lipsync")}
         else:
-            job = {key: (str(Path(value).resolve()) if key in _PATH_KEYS and value else value) for key, value in job.items()}
+            job = {
+                key: (str(Path(value).resolve()) if key in _PATH_KEYS and value else value)
+                for key, value in job.items()
+            }
         return self.wait(self.submit(job), progress, preview=preview)
 
     def _check_local_outputs(self, *paths, suffix: str | None = None) -> None:
@@ -322,25 +349,48 @@ class RemoteStudio:
 
     def _write_back(self, answer: dict, destinations: dict[str, Path], default_dir: Path) -> None:
         if self.transfer == "bytes":
-            write_returned_files(answer, {safe_name(path.name, path.name): path for path in destinations.values()}, default_dir)
+            write_returned_files(
+                answer, {safe_name(path.name, path.name): path for path in destinations.values()}, default_dir
+            )
 
     # ------------------------------------------------------------ the Studio methods the app calls
-    def generate(self, image_path, out_path, settings, pose_video_path=None, driving_video_path=None,
-                 pose_settings=None, progress=None, pose_provenance=None, preview=None,
-                 preview_every: int = 5, return_frames: bool = False) -> GenerateResult:
+    def generate(
+        self,
+        image_path,
+        out_path,
+        settings,
+        pose_video_path=None,
+        driving_video_path=None,
+        pose_settings=None,
+        progress=None,
+        pose_provenance=None,
+        preview=None,
+        preview_every: int = 5,
+        return_frames: bool = False,
+    ) -> GenerateResult:
         from dataclasses import asdict
 
         from ..video import read_video
 
         out_path = Path(out_path)
-        self._check_local_outputs(out_path, out_path.with_suffix(".json"),
-                                  *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS), suffix=".mp4")
+        self._check_local_outputs(
+            out_path,
+            out_path.with_suffix(".json"),
+            *(out_path.with_name(out_path.stem + suffix) for suffix in SIDE_OUTPUTS),
+            suffix=".mp4",
+        )
         if preview is not None and preview_every < 1:
             raise ValueError(f"preview_every must be >= 1 (denoising steps between previews), got {preview_every}.")
-        job = {"kind": "generate", "image": str(image_path), "out": str(out_path), "settings": asdict(settings),
-               "pose_video": str(pose_video_path) if pose_video_path else None,
-               "driving_video": str(driving_video_path) if driving_video_path else None,
-               "pose_settings": asdict(pose_settings) if pose_settings else None, "pose_provenance": pose_provenance}
+        job = {
+            "kind": "generate",
+            "image": str(image_path),
+            "out": str(out_path),
+            "settings": asdict(settings),
+            "pose_video": str(pose_video_path) if pose_video_path else None,
+            "driving_video": str(driving_video_path) if driving_video_path else None,
+            "pose_settings": asdict(pose_settings) if pose_settings else None,
+            "pose_provenance": pose_provenance,
+        }
         if preview is not None:
             job["preview_every"] = int(preview_every)
         answer = self.run(job, progress, preview=preview)
@@ -352,37 +402,63 @@ class RemoteStudio:
         if "pose" in answer["details"]:
             summary = answer["details"]["pose"]
             pose_path = out_path.with_name(summary["pose_video"]) if summary.get("pose_video") else None
-            pose = PoseResult(sequence=_pose_sequence(summary), pose_video_path=pose_path, preview_path=None,
-                              json_path=None, filled_frames=summary["filled_frames"], elapsed_s=summary["elapsed_s"])
+            pose = PoseResult(
+                sequence=_pose_sequence(summary),
+                pose_video_path=pose_path,
+                preview_path=None,
+                json_path=None,
+                filled_frames=summary["filled_frames"],
+                elapsed_s=summary["elapsed_s"],
+            )
         # As `Studio.generate`: frames only when asked for (then decoded from the mp4 the
         # replica wrote; the exact frames stay on the replica).
         frames = read_video(out_path).frames if return_frames else None
-        num_frames = len(frames) if frames is not None else json.loads(manifest_path.read_text())["settings"]["num_frames"]
+        num_frames = (
+            len(frames) if frames is not None else json.loads(manifest_path.read_text())["settings"]["num_frames"]
+        )
         return GenerateResult(out_path, manifest_path, frames, answer["elapsed_s"], pose, num_frames=num_frames)
 
-    def extract_poses(self, image_path, driving_video_path, settings, out_path=None, preview_path=None,
-                      json_path=None, progress=None) -> PoseResult:
+    def extract_poses(
+        self, image_path, driving_video_path, settings, out_path=None, preview_path=None, json_path=None, progress=None
+    ) -> PoseResult:
         from dataclasses import asdict
 
         if out_path is None:
             raise ValueError("A remote pose extraction needs out_path (the pose video is how the poses come back).")
-        paths = {"out": Path(out_path), "preview": Path(preview_path) if preview_path else None,
-                 "json": Path(json_path) if json_path else None}
+        paths = {
+            "out": Path(out_path),
+            "preview": Path(preview_path) if preview_path else None,
+            "json": Path(json_path) if json_path else None,
+        }
         self._check_local_outputs(*paths.values())
         given = [path for path in paths.values() if path]
         if self.transfer == "bytes" and len({path.name for path in given}) < len(given):
             raise ValueError("The pose video, preview and JSON need different file names.")
-        job = {"kind": "pose", "image": str(image_path), "driving_video": str(driving_video_path),
-               "settings": asdict(settings), **{key: str(path) if path else None for key, path in paths.items()}}
+        job = {
+            "kind": "pose",
+            "image": str(image_path),
+            "driving_video": str(driving_video_path),
+            "settings": asdict(settings),
+            **{key: str(path) if path else None for key, path in paths.items()},
+        }
         answer = self.run(job, progress)
         self._write_back(answer, {key: path for key, path in paths.items() if path}, paths["out"].parent)
         outputs = answer["outputs"]
         if self.transfer == "shared":
-            paths = {"out": Path(outputs["pose_video"]), "preview": Path(outputs["preview"]) if outputs.get("preview") else None,
-                     "json": Path(outputs["json"]) if outputs.get("json") else None}
+            paths = {
+                "out": Path(outputs["pose_video"]),
+                "preview": Path(outputs["preview"]) if outputs.get("preview") else None,
+                "json": Path(outputs["json"]) if outputs.get("json") else None,
+            }
         summary = answer["details"]
-        return PoseResult(sequence=_pose_sequence(summary), pose_video_path=paths["out"], preview_path=paths["preview"],
-                          json_path=paths["json"], filled_frames=summary["filled_frames"], elapsed_s=summary["elapsed_s"])
+        return PoseResult(
+            sequence=_pose_sequence(summary),
+            pose_video_path=paths["out"],
+            preview_path=paths["preview"],
+            json_path=paths["json"],
+            filled_frames=summary["filled_frames"],
+            elapsed_s=summary["elapsed_s"],
+        )
 
     def lipsync(self, video_path, audio_path, out_path, settings=None, progress=None) -> LipSyncResult:
         from dataclasses import asdict
@@ -392,8 +468,13 @@ class RemoteStudio:
 
         out_path = Path(out_path)
         self._check_local_outputs(out_path, out_path.with_suffix(".json"), suffix=".mp4")
-        job = {"kind": "lipsync", "video": str(video_path), "audio": str(audio_path), "out": str(out_path),
-               "settings": asdict(settings or LipSyncSettings())}
+        job = {
+            "kind": "lipsync",
+            "video": str(video_path),
+            "audio": str(audio_path),
+            "out": str(out_path),
+            "settings": asdict(settings or LipSyncSettings()),
+        }
         answer = self.run(job, progress)
         manifest_path = out_path.with_suffix(".json")
         self._write_back(answer, {"video": out_path, "manifest": manifest_path}, out_path.parent)
@@ -403,10 +484,26 @@ class RemoteStudio:
         report = LipSyncReport(**{key: value for key, value in answer["details"]["report"].items() if key in known})
         return LipSyncResult(out_path, manifest_path, report, answer["elapsed_s"])
 
-    def mask(self, image_path, mode: str, width: int, height: int, out_path=None, mask_path=None, points=None,
-             dilate_px: int = 0) -> MaskedReference:
-        job = {"kind": "mask", "image": str(image_path), "mode": mode, "width": int(width), "height": int(height),
-               "points": [list(point) for point in points] if points else None, "dilate_px": int(dilate_px)}
+    def mask(
+        self,
+        image_path,
+        mode: str,
+        width: int,
+        height: int,
+        out_path=None,
+        mask_path=None,
+        points=None,
+        dilate_px: int = 0,
+    ) -> MaskedReference:
+        job = {
+            "kind": "mask",
+            "image": str(image_path),
+            "mode": mode,
+            "width": int(width),
+            "height": int(height),
+            "points": [list(point) for point in points] if points else None,
+            "dilate_px": int(dilate_px),
+        }
         answer = self.run(job)
         masked = np.asarray(Image.open(io.BytesIO(answer["files"]["masked.png"])).convert("RGB"))
         mask = np.asarray(Image.open(io.BytesIO(answer["files"]["mask.png"])).convert("L")) > 127
@@ -423,8 +520,11 @@ class RemoteStudio:
         else:
             buffer = io.BytesIO()
             (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(buffer, format="PNG")
-            job = {"kind": "caption", "files": {"image": {"name": "reference.png", "data": buffer.getvalue()}},
-                   "mask_mode": mask_mode}
+            job = {
+                "kind": "caption",
+                "files": {"image": {"name": "reference.png", "data": buffer.getvalue()}},
+                "mask_mode": mask_mode,
+            }
         answer = self.wait(self.submit(job))
         return RemoteCaption(**answer["details"]["caption"])
 
@@ -437,11 +537,15 @@ class RemoteStudio:
         running = status.get("running_replicas")
         count = running if running is not None else len(replicas)
         jobs = status.get("jobs", {})
-        models = [{**row, "name": f"{replica['replica']}: {row['name']}"}
-                  for replica in replicas for row in replica.get("models", [])]
+        models = [
+            {**row, "name": f"{replica['replica']}: {row['name']}"}
+            for replica in replicas
+            for row in replica.get("models", [])
+        ]
         return {
-            "device": f"{count} Ray Serve replica(s) at {self.transport.where}" + (f" ({', '.join(devices)})" if devices else "")
-                      + f"; jobs queued {jobs.get('queued', 0)}, running {jobs.get('running', 0)}",
+            "device": f"{count} Ray Serve replica(s) at {self.transport.where}"
+            + (f" ({', '.join(devices)})" if devices else "")
+            + f"; jobs queued {jobs.get('queued', 0)}, running {jobs.get('running', 0)}",
             "models": models,
             "process_ram_gb": None,
             "replicas": replicas,
@@ -465,5 +569,9 @@ def preview_of(shown: dict):
 
 
 def _pose_sequence(summary: dict) -> RemotePoseSequence:
-    return RemotePoseSequence(num_frames=summary["num_frames"], filled_frames=summary["filled_frames"],
-                              retarget_mode=summary["retarget_mode"], retarget_info=summary.get("retarget_info") or {})
+    return RemotePoseSequence(
+        num_frames=summary["num_frames"],
+        filled_frames=summary["filled_frames"],
+        retarget_mode=summary["retarget_mode"],
+        retarget_info=summary.get("retarget_info") or {},
+    )

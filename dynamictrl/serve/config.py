@@ -70,14 +70,18 @@ class ServeConfig:
 
     def check_layout(self) -> None:
         if not isinstance(self.processes_per_replica, int) or self.processes_per_replica < 1:
-            raise ValueError(f"processes_per_replica (--gpus-per-replica) must be a whole number >= 1, "
-                             f"got {self.processes_per_replica!r}.")
+            raise ValueError(
+                f"processes_per_replica (--gpus-per-replica) must be a whole number >= 1, "
+                f"got {self.processes_per_replica!r}."
+            )
         if self.processes_per_replica == 1 and not self.parallel:
             return  # one process: nothing to lay out (and torch stays unimported in the gateway)
         layout = self.layout
         if layout.world_size != self.processes_per_replica:
-            raise ValueError(f"--parallel {layout} needs {layout.world_size} processes, but each replica has "
-                             f"{self.processes_per_replica} (--gpus-per-replica): make them equal.")
+            raise ValueError(
+                f"--parallel {layout} needs {layout.world_size} processes, but each replica has "
+                f"{self.processes_per_replica} (--gpus-per-replica): make them equal."
+            )
 
     @property
     def layout(self):
@@ -99,8 +103,10 @@ def token_digest(token: str) -> str:
     """What the service keeps of a shared token (SHA-256 hex); refuses guessable tokens."""
     token = (token or "").strip()
     if len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"The serve token must be at least {MIN_TOKEN_CHARS} characters; make one with "
-                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+        raise ValueError(
+            f"The serve token must be at least {MIN_TOKEN_CHARS} characters; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'."
+        )
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -124,8 +130,10 @@ def check_exposure(host: str, config: ServeConfig) -> None:
     """Serving beyond this machine needs a token, or `insecure` said out loud."""
     if is_loopback(host) or config.token_sha256 or config.insecure:
         return
-    raise ValueError(f"Serving on {host} lets other machines submit jobs: set a token ({TOKEN_ENV}=... or "
-                     "--token; clients send it too) or pass --insecure to serve without one.")
+    raise ValueError(
+        f"Serving on {host} lets other machines submit jobs: set a token ({TOKEN_ENV}=... or "
+        "--token; clients send it too) or pass --insecure to serve without one."
+    )
 
 
 def build_studio(config: ServeConfig, parallel=None):
@@ -138,8 +146,13 @@ def build_studio(config: ServeConfig, parallel=None):
         return tiny_studio(config.weights_dir, parallel=parallel)
     from ..studio import Studio
 
-    return Studio(model=config.model, weights_dir=config.weights_dir, device=config.device, cache_dir=config.cache_dir,
-                  parallel=parallel)
+    return Studio(
+        model=config.model,
+        weights_dir=config.weights_dir,
+        device=config.device,
+        cache_dir=config.cache_dir,
+        parallel=parallel,
+    )
 
 
 def load_extra_kinds(config: ServeConfig) -> dict:

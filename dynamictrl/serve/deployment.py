@@ -62,8 +62,16 @@ BUSY_WAIT_S = 900.0  # a cancelled job stops at its next step; one 5B step at 13
 KEEP_FINISHED = 1000  # finished job records kept (results are dropped earlier, see result_ttl_s)
 MIN_OWNER_KEY_CHARS = 16
 # What /status shows of a replica without the token (no host names, PIDs or job ids).
-PUBLIC_REPLICA_FIELDS = ("replica", "device", "gpu", "vram_free_gb", "vram_total_gb", "vram_allocated_gb", "models",
-                         "seen_s_ago")
+PUBLIC_REPLICA_FIELDS = (
+    "replica",
+    "device",
+    "gpu",
+    "vram_free_gb",
+    "vram_total_gb",
+    "vram_allocated_gb",
+    "models",
+    "seen_s_ago",
+)
 
 
 def user_error(error: BaseException) -> bool:
@@ -76,8 +84,12 @@ def user_error(error: BaseException) -> bool:
 
 def replica_lost(error: BaseException) -> bool:
     """The replica (its process or its node) went away: the job is not at fault."""
-    lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-            ray.exceptions.LocalRayletDiedError)
+    lost = (
+        ray.exceptions.RayActorError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.LocalRayletDiedError,
+    )
     return isinstance(error, lost) or isinstance(getattr(error, "cause", None), lost)
 
 
@@ -196,8 +208,12 @@ class StudioWorker:
             status = self.studio.system_status()
         else:  # the ranks cannot be asked while they run a job: what the replica knows itself
             device = "cpu" if (self.config.device or "").startswith("cpu") else "cuda"
-            status = {"device": f"{self.group.size} processes ({self.group.layout}) on {device}", "models": [],
-                      "process_ram_gb": None, "group_pids": self.group.pids}
+            status = {
+                "device": f"{self.group.size} processes ({self.group.layout}) on {device}",
+                "models": [],
+                "process_ram_gb": None,
+                "group_pids": self.group.pids,
+            }
         return {**status, "replica": self.replica, "node": self.node, "busy_job": self.busy_job, "pid": os.getpid()}
 
     def _heartbeat(self):
@@ -223,9 +239,14 @@ class StudioWorker:
         try:
             if self.group is not None:
                 return self.group.run(job, progress=reporter, preview=reporter.preview)
-            context = JobContext(self.studio, progress=reporter, outputs_dir=Path(self.config.outputs_dir),
-                                 allowed_roots=self.config.allowed_roots, extra_kinds=self.extra_kinds,
-                                 preview=reporter.preview)
+            context = JobContext(
+                self.studio,
+                progress=reporter,
+                outputs_dir=Path(self.config.outputs_dir),
+                allowed_roots=self.config.allowed_roots,
+                extra_kinds=self.extra_kinds,
+                preview=reporter.preview,
+            )
             return run_job(job, context)
         finally:
             self.busy_job = None
@@ -316,8 +337,10 @@ class Gateway:
         """The job, if `owner_key` owns it; anyone else learns nothing (not even that it exists)."""
         record = self.jobs.get(job_id)
         if record is None or not owner_key or not hmac.compare_digest(record.owner, owner_digest(owner_key)):
-            raise KeyError(f"Unknown job {job_id!r} (finished long ago, the service restarted, or it was submitted "
-                           "with another owner key).")
+            raise KeyError(
+                f"Unknown job {job_id!r} (finished long ago, the service restarted, or it was submitted "
+                "with another owner key)."
+            )
         return record
 
     def _queue_position(self, record: JobRecord) -> int | None:
@@ -335,8 +358,14 @@ class Gateway:
         for _, job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.jobs[job_id]
 
-    def _finish(self, record: JobRecord, state: str, message: str, error: BaseException | None = None,
-                result: dict | None = None) -> None:
+    def _finish(
+        self,
+        record: JobRecord,
+        state: str,
+        message: str,
+        error: BaseException | None = None,
+        result: dict | None = None,
+    ) -> None:
         record.state, record.message, record.finished = state, message, time.time()
         record.spec = {}  # inputs by value are no longer needed
         record.response = None
@@ -356,8 +385,14 @@ class Gateway:
                 answer = await asyncio.wait_for(_wait(record.response), timeout=max(1.0, deadline - time.time()))
             except TimeoutError:
                 record.cancel = True  # the worker stops at its next step
-                self._finish(record, "failed", "timed out", error=TimeoutError(
-                    f"The job did not finish within {self.config.job_timeout_s:.0f} s (queue time included)."))
+                self._finish(
+                    record,
+                    "failed",
+                    "timed out",
+                    error=TimeoutError(
+                        f"The job did not finish within {self.config.job_timeout_s:.0f} s (queue time included)."
+                    ),
+                )
                 return
             except (asyncio.CancelledError, RequestCancelledError):
                 if not record.cancel:
@@ -373,16 +408,28 @@ class Gateway:
                     return
                 if record.runs > runs_before:
                     if record.runs > record.max_retries:
-                        self._finish(record, "failed", "replica lost", error=RuntimeError(
-                            f"The replica running this job died {record.runs} time(s) (last on {record.node}: "
-                            f"{describe(error).splitlines()[0]}); not retrying. Too little GPU/CPU memory for "
-                            "these settings is the usual cause."))
+                        self._finish(
+                            record,
+                            "failed",
+                            "replica lost",
+                            error=RuntimeError(
+                                f"The replica running this job died {record.runs} time(s) (last on {record.node}: "
+                                f"{describe(error).splitlines()[0]}); not retrying. Too little GPU/CPU memory for "
+                                "these settings is the usual cause."
+                            ),
+                        )
                         return
                 else:
                     record.lost += 1
                     if record.lost > MAX_LOST_BEFORE_START:
-                        self._finish(record, "failed", "no replica", error=RuntimeError(
-                            f"{record.lost} replicas died before the job could start; is the cluster healthy?"))
+                        self._finish(
+                            record,
+                            "failed",
+                            "no replica",
+                            error=RuntimeError(
+                                f"{record.lost} replicas died before the job could start; is the cluster healthy?"
+                            ),
+                        )
                         return
                 record.state, record.fraction = "queued", 0.0
                 record.message = "its replica was lost; retrying on another replica"
@@ -402,8 +449,10 @@ class Gateway:
         if owner_key is None:
             owner_key = secrets.token_urlsafe(24)
         elif not isinstance(owner_key, str) or len(owner_key) < MIN_OWNER_KEY_CHARS:
-            raise JobError(f"The owner key must be a secret of at least {MIN_OWNER_KEY_CHARS} characters "
-                           "(or none: the service makes one and returns it).")
+            raise JobError(
+                f"The owner key must be a secret of at least {MIN_OWNER_KEY_CHARS} characters "
+                "(or none: the service makes one and returns it)."
+            )
         check_job(job, self.extra_kinds)
         job = {**job, "files": decode_files(job.get("files"))}
         self._sweep()
@@ -411,8 +460,14 @@ class Gateway:
         if waiting >= self.config.max_queued_jobs:
             raise QueueFull(f"{waiting} jobs are already waiting (max_queued_jobs); try again later or add replicas.")
         retries = job.pop("max_retries", self.config.max_retries)
-        record = JobRecord(id=uuid.uuid4().hex[:12], kind=job["kind"], spec=job, owner=owner_digest(owner_key),
-                           submitted=time.time(), max_retries=max(0, min(int(retries), self.config.max_retries)))
+        record = JobRecord(
+            id=uuid.uuid4().hex[:12],
+            kind=job["kind"],
+            spec=job,
+            owner=owner_digest(owner_key),
+            submitted=time.time(),
+            max_retries=max(0, min(int(retries), self.config.max_retries)),
+        )
         self.jobs[record.id] = record
         task = asyncio.get_running_loop().create_task(self._run(record))
         self.tasks.add(task)
@@ -431,9 +486,17 @@ class Gateway:
     def _status(self, record: JobRecord) -> dict:
         now = time.time()
         return {
-            "id": record.id, "kind": record.kind, "state": record.state, "fraction": record.fraction,
-            "message": record.message, "queue_position": self._queue_position(record), "replica": record.replica,
-            "node": record.node, "runs": record.runs, "error": record.error, "error_type": record.error_type,
+            "id": record.id,
+            "kind": record.kind,
+            "state": record.state,
+            "fraction": record.fraction,
+            "message": record.message,
+            "queue_position": self._queue_position(record),
+            "replica": record.replica,
+            "node": record.node,
+            "runs": record.runs,
+            "error": record.error,
+            "error_type": record.error_type,
             "user_error": record.user_error,
             "waited_s": round((record.started or now) - record.submitted, 3),
             "elapsed_s": round((record.finished or now) - (record.started or now), 3) if record.started else 0.0,
@@ -445,7 +508,9 @@ class Gateway:
         """The finished job's answer (once: file bytes are not kept after it is fetched)."""
         record = self._record(job_id, owner_key)
         if record.state != "done":
-            raise ValueError(f"Job {job_id} is {record.state}, not done" + (f": {record.error}" if record.error else "."))
+            raise ValueError(
+                f"Job {job_id} is {record.state}, not done" + (f": {record.error}" if record.error else ".")
+            )
         if record.result is None:
             raise KeyError(f"The result of job {job_id} was already fetched or expired.")
         answer, record.result, record.result_fetched = record.result, None, True
@@ -465,7 +530,9 @@ class Gateway:
         if not owner_key:
             return []
         digest = owner_digest(owner_key)
-        return [self._status(record) for record in list(self.jobs.values()) if hmac.compare_digest(record.owner, digest)]
+        return [
+            self._status(record) for record in list(self.jobs.values()) if hmac.compare_digest(record.owner, digest)
+        ]
 
     # ------------------------------------------------------------ from the workers
     async def started(self, job_id: str, replica: str, node: str) -> bool:
@@ -507,18 +574,32 @@ class Gateway:
                 live = app.deployments[WORKER].replica_states.get("RUNNING", 0)
         except (ray.exceptions.RayError, RuntimeError) as error:
             logger.warning("serve.status failed: %s", error)
-        replicas = [{**status, "seen_s_ago": round(now - status["seen"], 1)} for status in self.replicas.values()
-                    if now - status["seen"] < 6 * HEARTBEAT_S]
-        counts = {state: sum(1 for r in self.jobs.values() if r.state == state) for state in
-                  ("queued", "running", "done", "failed", "cancelled")}
+        replicas = [
+            {**status, "seen_s_ago": round(now - status["seen"], 1)}
+            for status in self.replicas.values()
+            if now - status["seen"] < 6 * HEARTBEAT_S
+        ]
+        counts = {
+            state: sum(1 for r in self.jobs.values() if r.state == state)
+            for state in ("queued", "running", "done", "failed", "cancelled")
+        }
         if not full:
-            replicas = [{**{key: r[key] for key in PUBLIC_REPLICA_FIELDS if key in r}, "busy": bool(r.get("busy_job"))}
-                        for r in replicas]
-        status = {"replicas": sorted(replicas, key=lambda r: r["replica"]), "running_replicas": live, "jobs": counts,
-                  "max_queued_jobs": self.config.max_queued_jobs}
+            replicas = [
+                {**{key: r[key] for key in PUBLIC_REPLICA_FIELDS if key in r}, "busy": bool(r.get("busy_job"))}
+                for r in replicas
+            ]
+        status = {
+            "replicas": sorted(replicas, key=lambda r: r["replica"]),
+            "running_replicas": live,
+            "jobs": counts,
+            "max_queued_jobs": self.config.max_queued_jobs,
+        }
         if full:
-            status.update(outputs_dir=self.config.outputs_dir, shared_dirs=self.config.shared_dirs,
-                          gateway={"node": socket.gethostname(), "pid": os.getpid()})
+            status.update(
+                outputs_dir=self.config.outputs_dir,
+                shared_dirs=self.config.shared_dirs,
+                gateway={"node": socket.gethostname(), "pid": os.getpid()},
+            )
         return status
 
 
@@ -535,16 +616,24 @@ def replica_gpus(config: ServeConfig, asked: float | None, available: float) -> 
     if asked is not None and asked != processes:
         raise ValueError(f"A replica of {processes} processes takes {processes} GPUs, not {asked:g}.")
     if available == 0:
-        raise ValueError(f"--gpus-per-replica {processes}: the Ray cluster has no GPUs. Add --device cpu to run the "
-                         f"{processes} processes of each replica on CPUs (gloo), or connect to a cluster with GPUs.")
+        raise ValueError(
+            f"--gpus-per-replica {processes}: the Ray cluster has no GPUs. Add --device cpu to run the "
+            f"{processes} processes of each replica on CPUs (gloo), or connect to a cluster with GPUs."
+        )
     if available < processes:
         raise ValueError(f"--gpus-per-replica {processes}: the Ray cluster has only {available:g} GPU(s).")
     return float(processes)
 
 
-def build_app(config: ServeConfig, replicas: int | None = None, min_replicas: int | None = None,
-              max_replicas: int | None = None, gpus_per_replica: float | None = None, cpus_per_replica: float = 1.0,
-              runtime_env: dict | None = None):
+def build_app(
+    config: ServeConfig,
+    replicas: int | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    gpus_per_replica: float | None = None,
+    cpus_per_replica: float = 1.0,
+    runtime_env: dict | None = None,
+):
     """The application (not yet running). Fixed `replicas`, or autoscaling between
     `min_replicas` and `max_replicas` (one job per replica: Serve adds a replica while
     jobs wait). `gpus_per_replica` None: 1 when the cluster has GPUs, else 0.
@@ -577,8 +666,11 @@ def build_app(config: ServeConfig, replicas: int | None = None, min_replicas: in
         if not 0 <= low <= high or high < 1:
             raise ValueError(f"Need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got {low}..{high}.")
         options["autoscaling_config"] = {
-            "min_replicas": low, "max_replicas": high, "initial_replicas": max(low, 1),
-            "target_ongoing_requests": 1, "upscale_delay_s": 5.0,
+            "min_replicas": low,
+            "max_replicas": high,
+            "initial_replicas": max(low, 1),
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 5.0,
             # Models take minutes to load: keep an idle replica a while before letting it go.
             "downscale_delay_s": 600.0,
         }
@@ -589,12 +681,20 @@ def build_app(config: ServeConfig, replicas: int | None = None, min_replicas: in
             raise ValueError(f"replicas must be >= 1, got {replicas}.")
         options["num_replicas"] = replicas
     worker = StudioWorker.options(**options).bind(config.to_dict())
-    return Gateway.options(ray_actor_options={"num_cpus": 0, **extra},
-                           logging_config={"enable_access_log": False}).bind(worker, config.to_dict())
+    return Gateway.options(
+        ray_actor_options={"num_cpus": 0, **extra}, logging_config={"enable_access_log": False}
+    ).bind(worker, config.to_dict())
 
 
-def deploy(config: ServeConfig, name: str = APP_NAME, route_prefix: str | None = ROUTE_PREFIX,
-           host: str = "127.0.0.1", port: int = 8000, timeout_s: float = 600.0, **scale):
+def deploy(
+    config: ServeConfig,
+    name: str = APP_NAME,
+    route_prefix: str | None = ROUTE_PREFIX,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    timeout_s: float = 600.0,
+    **scale,
+):
     """Starts Serve (HTTP on host:port) and the application; returns the gateway handle
     once every replica is up. Raises TimeoutError if that takes longer than `timeout_s`
     (e.g. the replicas ask for GPUs the cluster does not have). Serving on a non-loopback
@@ -627,10 +727,14 @@ def wait_until_running(name: str, timeout_s: float) -> None:
         time.sleep(1.0)
     details = ""
     if last is not None:
-        details = " " + "; ".join(f"{dep}: {info.replica_states} {info.message}" for dep, info in last.deployments.items())
+        details = " " + "; ".join(
+            f"{dep}: {info.replica_states} {info.message}" for dep, info in last.deployments.items()
+        )
     resources = ray.available_resources()
-    raise TimeoutError(f"The Serve application {name!r} was not running after {timeout_s:.0f} s.{details} "
-                       f"Free cluster resources: CPU {resources.get('CPU', 0):g}, GPU {resources.get('GPU', 0):g}.")
+    raise TimeoutError(
+        f"The Serve application {name!r} was not running after {timeout_s:.0f} s.{details} "
+        f"Free cluster resources: CPU {resources.get('CPU', 0):g}, GPU {resources.get('GPU', 0):g}."
+    )
 
 
 def endpoint(host: str, port: int, route_prefix: str = ROUTE_PREFIX) -> str:

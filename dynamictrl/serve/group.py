@@ -110,11 +110,22 @@ class ProcessGroupReplica:
         port = _free_port()
         for rank in range(self.size):
             ours, theirs = socket.socketpair()
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(self.size),
-                       LOCAL_WORLD_SIZE=str(self.size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       TMPDIR=self.tmp, DYNAMICTRL_GROUP_PARENT=str(os.getpid()))
-            process = subprocess.Popen([sys.executable, "-m", "dynamictrl.serve.group", str(theirs.fileno())],
-                                       env=env, pass_fds=(theirs.fileno(),))
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(self.size),
+                LOCAL_WORLD_SIZE=str(self.size),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                TMPDIR=self.tmp,
+                DYNAMICTRL_GROUP_PARENT=str(os.getpid()),
+            )
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dynamictrl.serve.group", str(theirs.fileno())],
+                env=env,
+                pass_fds=(theirs.fileno(),),
+            )
             theirs.close()
             self.processes.append(process)
             self.connections.append(Connection(ours.detach()))
@@ -126,14 +137,18 @@ class ProcessGroupReplica:
             while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise GroupError(f"{len(waiting)} of the replica's {self.size} processes did not start within "
-                                     f"{START_TIMEOUT_S:.0f} s (DYNAMICTRL_GROUP_START_TIMEOUT_S).")
+                    raise GroupError(
+                        f"{len(waiting)} of the replica's {self.size} processes did not start within "
+                        f"{START_TIMEOUT_S:.0f} s (DYNAMICTRL_GROUP_START_TIMEOUT_S)."
+                    )
                 for connection in wait([self.connections[rank] for rank in waiting], timeout=min(remaining, 1.0)):
                     rank = self.connections.index(connection)
                     message = self._receive(rank)
                     if message[0] == "failed":
-                        raise GroupError(f"Process {rank} of the replica's {self.size} could not start: "
-                                         f"{type(message[1]).__name__}: {message[1]}") from message[1]
+                        raise GroupError(
+                            f"Process {rank} of the replica's {self.size} could not start: "
+                            f"{type(message[1]).__name__}: {message[1]}"
+                        ) from message[1]
                     waiting.discard(rank)
         except BaseException:
             self.stop()
@@ -148,10 +163,16 @@ class ProcessGroupReplica:
                 code = self.processes[rank].wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 code = None
-            how = ("closed its connection" if code is None else f"was killed by signal {-code}" if code < 0
-                   else f"exited with code {code}")
-            raise GroupError(f"Process {rank} of the replica's {self.size} {how} (out of memory? its log is in the "
-                             "replica's log).") from None
+            how = (
+                "closed its connection"
+                if code is None
+                else f"was killed by signal {-code}"
+                if code < 0
+                else f"exited with code {code}"
+            )
+            raise GroupError(
+                f"Process {rank} of the replica's {self.size} {how} (out of memory? its log is in the replica's log)."
+            ) from None
 
     def stop(self) -> None:
         """Ends every process (SIGTERM, SIGKILL after STOP_GRACE_S) and removes their files."""
@@ -289,9 +310,15 @@ def _rank_main(fd: int) -> int:
         job = message[1]
         main = rank == 0
         # The other ranks report nothing, but get a callable: job kinds call progress unguarded.
-        context = JobContext(studio, progress=progress if main else (lambda fraction, message: None), outputs_dir=Path(config.outputs_dir),
-                             allowed_roots=config.allowed_roots, extra_kinds=extra_kinds,
-                             preview=preview if main else None, rank=rank)
+        context = JobContext(
+            studio,
+            progress=progress if main else (lambda fraction, message: None),
+            outputs_dir=Path(config.outputs_dir),
+            allowed_roots=config.allowed_roots,
+            extra_kinds=extra_kinds,
+            preview=preview if main else None,
+            rank=rank,
+        )
         try:
             answer = run_job(job, context)
         except BaseException as error:  # every failure goes to the replica, which decides the group's fate

@@ -48,15 +48,25 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def too_large(self) -> str:
-        return (f"The request body is larger than this service's limit of {self.max_bytes / MB:g} MB "
-                "(serve --max-request-mb). Send large files by path on a shared folder, or raise the limit.")
+        return (
+            f"The request body is larger than this service's limit of {self.max_bytes / MB:g} MB "
+            "(serve --max-request-mb). Send large files by path on a shared folder, or raise the limit."
+        )
 
     @staticmethod
     async def refuse(send, status: int, message: str) -> None:
         body = json.dumps({"detail": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
@@ -67,8 +77,12 @@ class BodyLimit:
         if declared is not None and (not declared.strip().isdigit() or int(declared) > self.max_bytes):
             return await self.refuse(send, 413, self.too_large())
         if declared is None and b"transfer-encoding" in headers:
-            return await self.refuse(send, 411, "Send the body with a Content-Length header (chunked bodies are "
-                                                f"refused); the limit is {self.max_bytes / MB:g} MB.")
+            return await self.refuse(
+                send,
+                411,
+                "Send the body with a Content-Length header (chunked bodies are "
+                f"refused); the limit is {self.max_bytes / MB:g} MB.",
+            )
         received = 0
 
         async def counted_receive():
@@ -90,10 +104,13 @@ def build_http_app(gateway) -> FastAPI:
     JobBody = job_model(tuple(config.extra_kinds))
     bearer = HTTPBearer(auto_error=False, description=f"the service's shared token ({TOKEN_ENV})")
 
-    app = FastAPI(title="DynamiCtrl Studio jobs", version="1",
-                  description="Pose-guided image animation, pose extraction, lip-sync, masks and captions as jobs. "
-                              f"Send `{OWNER_HEADER}` with every job request (any secret of 16+ characters, or the "
-                              "`owner_key` the first submission returned): jobs are visible to their owner only.")
+    app = FastAPI(
+        title="DynamiCtrl Studio jobs",
+        version="1",
+        description="Pose-guided image animation, pose extraction, lip-sync, masks and captions as jobs. "
+        f"Send `{OWNER_HEADER}` with every job request (any secret of 16+ characters, or the "
+        "`owner_key` the first submission returned): jobs are visible to their owner only.",
+    )
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -101,8 +118,10 @@ def build_http_app(gateway) -> FastAPI:
         """422 with each bad field's path and message; the offending input is not echoed
         back (it may be megabytes of base64, or a NaN that JSON cannot carry)."""
         kinds = (*KINDS, *config.extra_kinds)
-        detail = [{"loc": [str(part) for part in item["loc"]], "msg": message_of(item, kinds), "type": item["type"]}
-                  for item in error.errors()]
+        detail = [
+            {"loc": [str(part) for part in item["loc"]], "msg": message_of(item, kinds), "type": item["type"]}
+            for item in error.errors()
+        ]
         return JSONResponse(status_code=422, content={"detail": detail})
 
     def token_ok(credentials: HTTPAuthorizationCredentials | None) -> bool:
@@ -113,9 +132,12 @@ def build_http_app(gateway) -> FastAPI:
 
     def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if config.token_sha256 and not token_ok(credentials):
-            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"},
-                                detail=f"This service needs its token: send 'Authorization: Bearer <token>' "
-                                       f"(RemoteStudio reads {TOKEN_ENV}).")
+            raise HTTPException(
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+                detail=f"This service needs its token: send 'Authorization: Bearer <token>' "
+                f"(RemoteStudio reads {TOKEN_ENV}).",
+            )
 
     protected = [Depends(require_token)]
 
@@ -133,10 +155,17 @@ def build_http_app(gateway) -> FastAPI:
         return await gateway.jobs_list(owner_key)
 
     @app.get("/jobs/{job_id}", dependencies=protected, summary="A job's state and progress")
-    async def status(job_id: str, owner_key: OwnerKey = None,
-                     preview_after: int | None = Query(None, ge=-1, description=(
-                         "add the latest live preview (base64 PNG, frames side by side) if it is newer than this "
-                         "step; -1: any"))) -> dict:
+    async def status(
+        job_id: str,
+        owner_key: OwnerKey = None,
+        preview_after: int | None = Query(
+            None,
+            ge=-1,
+            description=(
+                "add the latest live preview (base64 PNG, frames side by side) if it is newer than this step; -1: any"
+            ),
+        ),
+    ) -> dict:
         try:
             return await gateway.status(job_id, owner_key, preview_after)
         except Exception as error:

@@ -149,8 +149,10 @@ def _resolve(value, context: JobContext, what: str) -> Path:
     path = path.resolve()
     if context.allowed_roots is not None and not _inside(path, context.allowed_roots):
         roots = ", ".join(str(root) for root in context.allowed_roots)
-        raise JobError(f"{what} {value!r} is outside the folders this service shares ({roots}); "
-                       "send the file by value or use a shared folder.")
+        raise JobError(
+            f"{what} {value!r} is outside the folders this service shares ({roots}); "
+            "send the file by value or use a shared folder."
+        )
     return path
 
 
@@ -232,17 +234,28 @@ def run_job(job: dict, context: JobContext) -> dict:
         outputs, manifest, details = {}, None, {}
         if kind == "generate":
             settings = settings_from(GenerateSettings, job["settings"], "settings")
-            pose_settings = settings_from(PoseSettings, job["pose_settings"], "pose_settings") if job.get("pose_settings") else None
+            pose_settings = (
+                settings_from(PoseSettings, job["pose_settings"], "pose_settings") if job.get("pose_settings") else None
+            )
             out = _output(job, "out", context, out_dir)
             previews = {}
             if job.get("preview_every") and context.preview is not None:
+
                 def forward(shown):  # a Preview -> plain data (it crosses processes and Ray)
                     context.preview(shown.step, shown.steps, shown.frames)
 
                 previews = {"preview": forward, "preview_every": int(job["preview_every"])}
-            result = studio.generate(inputs["image"], out, settings, pose_video_path=inputs.get("pose_video"),
-                                     driving_video_path=inputs.get("driving_video"), pose_settings=pose_settings,
-                                     progress=progress, pose_provenance=job.get("pose_provenance"), **previews)
+            result = studio.generate(
+                inputs["image"],
+                out,
+                settings,
+                pose_video_path=inputs.get("pose_video"),
+                driving_video_path=inputs.get("driving_video"),
+                pose_settings=pose_settings,
+                progress=progress,
+                pose_provenance=job.get("pose_provenance"),
+                **previews,
+            )
             if not result.written:  # another rank of a multi-process replica: rank 0 answers
                 return {"kind": kind, "outputs": {}, "manifest": None, "details": {}, "elapsed_s": result.elapsed_s}
             manifest = _rewrite_input_names(result.manifest_path, names)
@@ -253,10 +266,19 @@ def run_job(job: dict, context: JobContext) -> dict:
         elif kind == "pose":
             settings = settings_from(PoseSettings, job.get("settings"), "settings")
             paths = {key: _output(job, key, context, out_dir) for key in ("out", "preview", "json")}
-            if out_dir is not None and len({p.name for p in paths.values() if p}) < len([p for p in paths.values() if p]):
+            if out_dir is not None and len({p.name for p in paths.values() if p}) < len(
+                [p for p in paths.values() if p]
+            ):
                 raise JobError("'out', 'preview' and 'json' need different file names.")
-            result = studio.extract_poses(inputs["image"], inputs["driving_video"], settings, out_path=paths["out"],
-                                          preview_path=paths["preview"], json_path=paths["json"], progress=progress)
+            result = studio.extract_poses(
+                inputs["image"],
+                inputs["driving_video"],
+                settings,
+                out_path=paths["out"],
+                preview_path=paths["preview"],
+                json_path=paths["json"],
+                progress=progress,
+            )
             outputs = {"pose_video": result.pose_video_path, "preview": result.preview_path, "json": result.json_path}
             details = _pose_summary(result)
         elif kind == "lipsync":
@@ -268,9 +290,16 @@ def run_job(job: dict, context: JobContext) -> dict:
             details = {"report": asdict(result.report), "summary": result.report.summary()}
         elif kind == "mask":
             points = [tuple(point) for point in job["points"]] if job.get("points") else None
-            result = studio.mask(inputs["image"], job["mode"], int(job["width"]), int(job["height"]),
-                                 out_path=out_dir / "masked.png", mask_path=out_dir / "mask.png", points=points,
-                                 dilate_px=int(job.get("dilate_px", 0)))
+            result = studio.mask(
+                inputs["image"],
+                job["mode"],
+                int(job["width"]),
+                int(job["height"]),
+                out_path=out_dir / "masked.png",
+                mask_path=out_dir / "mask.png",
+                points=points,
+                dilate_px=int(job.get("dilate_px", 0)),
+            )
             details = {"mode": result.mode, "masked_fraction": round(float(result.mask.mean()), 4)}
         elif kind == "caption":
             caption = studio.caption(str(inputs["image"]), job.get("mask_mode"))

@@ -43,8 +43,13 @@ INPUT_ROLES = {
     "mask": ("image",),
     "caption": ("image",),
 }
-REQUIRED_INPUTS = {"generate": ("image",), "pose": ("image", "driving_video"), "lipsync": ("video", "audio"),
-                   "mask": ("image",), "caption": ("image",)}
+REQUIRED_INPUTS = {
+    "generate": ("image",),
+    "pose": ("image", "driving_video"),
+    "lipsync": ("video", "audio"),
+    "mask": ("image",),
+    "caption": ("image",),
+}
 # The kinds that write an mp4 + manifest (and can be skipped when both exist).
 FILE_KINDS = ("generate", "pose", "lipsync")
 
@@ -97,8 +102,9 @@ def settings_model(cls: type) -> type[BaseModel]:
     """The pydantic model of a settings dataclass: the same fields, types and defaults;
     unknown names refused; valid values also pass the dataclass's own rules."""
     hints = typing.get_type_hints(cls)
-    definitions = {field.name: _field(field, _annotation(hints[field.name]))
-                   for field in dataclasses.fields(cls) if field.init}
+    definitions = {
+        field.name: _field(field, _annotation(hints[field.name])) for field in dataclasses.fields(cls) if field.init
+    }
 
     def check(model):
         try:
@@ -112,9 +118,16 @@ def settings_model(cls: type) -> type[BaseModel]:
     def nest(_model, values):  # before the fields are read: older flat settings nested
         return nest_flat(cls, values) if isinstance(values, dict) else values
 
-    return create_model(cls.__name__, __config__=ConfigDict(extra="forbid"), __doc__=cls.__doc__,
-                        __validators__={"nest": model_validator(mode="before")(classmethod(nest)),
-                                        "rules": model_validator(mode="after")(check)}, **definitions)
+    return create_model(
+        cls.__name__,
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=cls.__doc__,
+        __validators__={
+            "nest": model_validator(mode="before")(classmethod(nest)),
+            "rules": model_validator(mode="after")(check),
+        },
+        **definitions,
+    )
 
 
 def to_dataclass(cls: type, values):
@@ -131,7 +144,9 @@ def to_dataclass(cls: type, values):
 
 def _build(tp, value):
     if isinstance(value, BaseModel) or isinstance(value, dict):
-        target = next((t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t) and isinstance(t, type)), None)
+        target = next(
+            (t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t) and isinstance(t, type)), None
+        )
         if target is not None:
             return to_dataclass(target, value)
     return value
@@ -181,8 +196,9 @@ class _Job(BaseModel):
         files = self.files or {}
         for role in files:
             if role not in INPUT_ROLES[kind]:
-                raise ValueError(f"files.{role}: a {kind} job has no input {role!r} "
-                                 f"(inputs: {', '.join(INPUT_ROLES[kind])}).")
+                raise ValueError(
+                    f"files.{role}: a {kind} job has no input {role!r} (inputs: {', '.join(INPUT_ROLES[kind])})."
+                )
 
         def given(role):
             return bool(getattr(self, role, None)) or role in files
@@ -199,9 +215,14 @@ class _Job(BaseModel):
 
 def _input_fields(kind: str) -> dict:
     """One optional path per input role, and `files` keyed by those roles."""
-    paths = {role: (str | None, Field(None, description=f"{role} file: a path the replicas can read"))
-             for role in INPUT_ROLES[kind]}
-    return {**paths, "files": (dict[str, FileByValue] | None, Field(None, description="inputs by value, keyed by role"))}
+    paths = {
+        role: (str | None, Field(None, description=f"{role} file: a path the replicas can read"))
+        for role in INPUT_ROLES[kind]
+    }
+    return {
+        **paths,
+        "files": (dict[str, FileByValue] | None, Field(None, description="inputs by value, keyed by role")),
+    }
 
 
 @cache
@@ -212,29 +233,66 @@ def _builtin_job_models() -> tuple[type[BaseModel], ...]:
 
     out = (str, Field(..., description="the .mp4 to write (relative: in the service's outputs folder)"))
     generate = create_model(
-        "GenerateJob", __base__=_Job, kind=(Literal["generate"], ...), **_input_fields("generate"), out=out,
-        settings=(settings_model(GenerateSettings), ...), pose_settings=(settings_model(PoseSettings) | None, None),
+        "GenerateJob",
+        __base__=_Job,
+        kind=(Literal["generate"], ...),
+        **_input_fields("generate"),
+        out=out,
+        settings=(settings_model(GenerateSettings), ...),
+        pose_settings=(settings_model(PoseSettings) | None, None),
         pose_provenance=(dict[str, Any] | None, None),
-        preview_every=(int | None, Field(None, ge=1, le=1000, description=(
-            "live previews every N denoising steps (and at the last): the job's status carries the latest "
-            "(`preview`, asked for with preview_after)"))))
+        preview_every=(
+            int | None,
+            Field(
+                None,
+                ge=1,
+                le=1000,
+                description=(
+                    "live previews every N denoising steps (and at the last): the job's status carries the latest "
+                    "(`preview`, asked for with preview_after)"
+                ),
+            ),
+        ),
+    )
     pose = create_model(
-        "PoseJob", __base__=_Job, kind=(Literal["pose"], ...), **_input_fields("pose"), out=out,
-        preview=(str | None, None), json_path=(str | None, Field(None, alias="json")),
-        settings=(settings_model(PoseSettings) | None, None))
+        "PoseJob",
+        __base__=_Job,
+        kind=(Literal["pose"], ...),
+        **_input_fields("pose"),
+        out=out,
+        preview=(str | None, None),
+        json_path=(str | None, Field(None, alias="json")),
+        settings=(settings_model(PoseSettings) | None, None),
+    )
     lipsync = create_model(
-        "LipSyncJob", __base__=_Job, kind=(Literal["lipsync"], ...), **_input_fields("lipsync"), out=out,
-        settings=(settings_model(LipSyncSettings) | None, None))
+        "LipSyncJob",
+        __base__=_Job,
+        kind=(Literal["lipsync"], ...),
+        **_input_fields("lipsync"),
+        out=out,
+        settings=(settings_model(LipSyncSettings) | None, None),
+    )
     mask = create_model(
-        "MaskJob", __base__=_Job, kind=(Literal["mask"], ...), **_input_fields("mask"),
-        mode=(Literal[MASK_MODES], ...), width=(int, Field(..., ge=MIN_SIDE, le=MAX_SIDE)),
+        "MaskJob",
+        __base__=_Job,
+        kind=(Literal["mask"], ...),
+        **_input_fields("mask"),
+        mode=(Literal[MASK_MODES], ...),
+        width=(int, Field(..., ge=MIN_SIDE, le=MAX_SIDE)),
         height=(int, Field(..., ge=MIN_SIDE, le=MAX_SIDE)),
-        points=(list[tuple[float, float, Literal[0, 1]]] | None, Field(None, max_length=64,
-                                                                       description="SAM clicks [x, y, 1 include / 0 exclude]")),
-        dilate_px=(int, Field(0, ge=0, le=256)))
+        points=(
+            list[tuple[float, float, Literal[0, 1]]] | None,
+            Field(None, max_length=64, description="SAM clicks [x, y, 1 include / 0 exclude]"),
+        ),
+        dilate_px=(int, Field(0, ge=0, le=256)),
+    )
     caption = create_model(
-        "CaptionJob", __base__=_Job, kind=(Literal["caption"], ...), **_input_fields("caption"),
-        mask_mode=(Literal[MASK_MODES] | None, None))
+        "CaptionJob",
+        __base__=_Job,
+        kind=(Literal["caption"], ...),
+        **_input_fields("caption"),
+        mask_mode=(Literal[MASK_MODES] | None, None),
+    )
     return generate, pose, lipsync, mask, caption
 
 
@@ -251,10 +309,16 @@ def job_model(extra_kinds: tuple[str, ...] = ()) -> type[RootModel]:
     by `kind` (`.root` is the job's own model)."""
     members = list(_builtin_job_models())
     if extra_kinds:
-        members.append(create_model("CustomJob_" + "_".join(extra_kinds), __base__=CustomJob,
-                                    kind=(Literal[tuple(extra_kinds)], ...)))
-    return type("Job", (RootModel[Annotated[tuple(members), Discriminator("kind")]],),
-                {"__doc__": "A job: its `kind` says which fields it has."})
+        members.append(
+            create_model(
+                "CustomJob_" + "_".join(extra_kinds), __base__=CustomJob, kind=(Literal[tuple(extra_kinds)], ...)
+            )
+        )
+    return type(
+        "Job",
+        (RootModel[Annotated[tuple(members), Discriminator("kind")]],),
+        {"__doc__": "A job: its `kind` says which fields it has."},
+    )
 
 
 def validate_job(job, extra_kinds=()) -> BaseModel:
@@ -281,8 +345,12 @@ def describe(error: ValidationError, prefix: str = "", kinds=KINDS) -> str:
             loc = loc[1:]  # the union's tag: the kind is in the job already
         where = ".".join(part for part in ([prefix] if prefix else []) + loc)
         message = message_of(item, kinds)
-        if "input" in item and item["type"] not in ("missing", "extra_forbidden", "value_error") \
-                and not item["type"].startswith("union_tag") and not isinstance(item["input"], dict):
+        if (
+            "input" in item
+            and item["type"] not in ("missing", "extra_forbidden", "value_error")
+            and not item["type"].startswith("union_tag")
+            and not isinstance(item["input"], dict)
+        ):
             message += f" (got {_short(item['input'])})"
         lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
@@ -292,8 +360,9 @@ def message_of(item: dict, kinds=KINDS) -> str:
     """A pydantic error's message in this project's words (the input is not repeated)."""
     if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
         given = item.get("ctx", {}).get("tag")
-        return (f"Unknown job kind {given!r}" if given is not None else "A job needs 'kind'") + \
-            f": use one of {', '.join(kinds)}."
+        return (
+            f"Unknown job kind {given!r}" if given is not None else "A job needs 'kind'"
+        ) + f": use one of {', '.join(kinds)}."
     if item["type"] == "extra_forbidden":
         return "unknown field (misspelt? the service's /docs page lists every field)"
     if item["type"] == "value_error" and "ctx" in item:

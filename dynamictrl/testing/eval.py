@@ -54,8 +54,15 @@ def tiny_models(lpips: bool = True) -> EvalModels:
     )
 
 
-def moving_square_video(frames: int = 12, height: int = 64, width: int = 48, seed: int = 0,
-                        background=None, square=(30, 90, 220), start_row: int = 24) -> np.ndarray:
+def moving_square_video(
+    frames: int = 12,
+    height: int = 64,
+    width: int = 48,
+    seed: int = 0,
+    background=None,
+    square=(30, 90, 220),
+    start_row: int = 24,
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = np.empty((height, width, 3), dtype=np.uint8)
     if background is None:
@@ -66,7 +73,7 @@ def moving_square_video(frames: int = 12, height: int = 64, width: int = 48, see
     for t in range(frames):
         top = start_row + (t % 6)
         left = 4 + 3 * t % (width - 14)
-        out[t, top:top + 10, left:left + 10] = square
+        out[t, top : top + 10, left : left + 10] = square
     return out
 
 

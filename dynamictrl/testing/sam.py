@@ -14,8 +14,16 @@ def build_tiny_sam(checkpoint=None):
     dim = 32  # prompt/decoder width; must be divisible by 8 (the decoder upscales to dim // 8)
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=1024, patch_size=16, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, out_chans=dim,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=8,
+            img_size=1024,
+            patch_size=16,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+            mlp_ratio=2.0,
+            out_chans=dim,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=8,
         ),
         prompt_encoder=PromptEncoder(
             embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=8
@@ -23,6 +31,8 @@ def build_tiny_sam(checkpoint=None):
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=32, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=16,
+            transformer_dim=dim,
+            iou_head_depth=2,
+            iou_head_hidden_dim=16,
         ),
     ).eval()

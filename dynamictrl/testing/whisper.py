@@ -17,8 +17,13 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-ENCODER_SHAPE = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "num_mel_bins": 80,
-                 "max_source_positions": 1500}
+ENCODER_SHAPE = {
+    "d_model": 384,
+    "encoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+}
 
 
 def save_tiny_whisper(folder: str | Path, seed: int = 0) -> Path:

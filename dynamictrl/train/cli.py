@@ -10,15 +10,31 @@ import logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True,
-                        help="training config (YAML), e.g. configs/sft.yaml or configs/lora.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the newest checkpoint of the output folder, or from CHECKPOINT")
+    parser.add_argument(
+        "--config", required=True, help="training config (YAML), e.g. configs/sft.yaml or configs/lora.yaml"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.max_steps=100 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the newest checkpoint of the output folder, or from CHECKPOINT",
+    )
     parser.add_argument("--output-dir", default=None, help="shortcut for --set train.output_dir=...")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config and the data folder, print the plan, and exit (loads no model)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and the data folder, print the plan, and exit (loads no model)",
+    )
 
 
 def build_config(args):

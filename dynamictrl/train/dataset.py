@@ -166,9 +166,7 @@ class ClipDataset(Dataset):
     Sample: `index`, `key`, `prompt`, `video` (T, 3, H, W), `pose` (T, 3, H, W),
     `reference` (3, H, W) = video frame 0, blacked out where the mask says so."""
 
-    def __init__(
-        self, data_dir: str | Path, num_frames: int, clip_stride: int | None = None, use_masks: bool = False
-    ):
+    def __init__(self, data_dir: str | Path, num_frames: int, clip_stride: int | None = None, use_masks: bool = False):
         self.manifest = Manifest.load(data_dir)
         self.num_frames = num_frames
         self.clips, self.too_short = plan_clips(self.manifest, num_frames, clip_stride or num_frames, use_masks)

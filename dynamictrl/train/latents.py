@@ -101,14 +101,16 @@ class LatentCache:
 
     @classmethod
     def for_run(cls, cache_dir: Path, vae, dataset: ClipDataset, extra: dict) -> "LatentCache":
-        key = fingerprint({
-            "vae": dict(vae.config),
-            "dtype": str(vae.dtype),
-            "num_frames": dataset.num_frames,
-            "size": dataset.size,
-            "data": str(dataset.manifest.root.resolve()),
-            **extra,
-        })
+        key = fingerprint(
+            {
+                "vae": dict(vae.config),
+                "dtype": str(vae.dtype),
+                "num_frames": dataset.num_frames,
+                "size": dataset.size,
+                "data": str(dataset.manifest.root.resolve()),
+                **extra,
+            }
+        )
         return cls(Path(cache_dir) / f"latents-{key}")
 
     @staticmethod

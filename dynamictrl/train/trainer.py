@@ -93,8 +93,14 @@ class CachedPromptPipeline(DynamiCtrlPipeline):
 
     prompt_cache: PromptCache | None = None
 
-    def _get_t5_prompt_embeds(self, prompt=None, num_videos_per_prompt: int = 1, max_sequence_length: int = 226,
-                              device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _get_t5_prompt_embeds(
+        self,
+        prompt=None,
+        num_videos_per_prompt: int = 1,
+        max_sequence_length: int = 226,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         embeds = torch.stack([self.prompt_cache.load(p) for p in prompts])
         embeds = embeds.to(device=device or self._execution_device, dtype=dtype)
@@ -234,8 +240,11 @@ class Trainer:
         c = self.config
         self.train_clips = ClipDataset(c.data.data_dir, c.data.num_frames, c.clip_stride, c.data.use_masks)
         if self.train_clips.too_short:
-            self._log("%d items are shorter than %d frames and are left out.", len(self.train_clips.too_short),
-                      c.data.num_frames)
+            self._log(
+                "%d items are shorter than %d frames and are left out.",
+                len(self.train_clips.too_short),
+                c.data.num_frames,
+            )
         self.validation_clips = None
         if c.validation.every_steps:
             data_dir = c.validation.data_dir or c.data.data_dir
@@ -265,7 +274,8 @@ class Trainer:
             self._log(
                 "train.image_latent_scale = %g but the pipeline feeds the image latent x%g at inference: the trained "
                 "model will see different image latents when sampling (the official training's mismatch).",
-                c.train.image_latent_scale, pipeline_scale,
+                c.train.image_latent_scale,
+                pipeline_scale,
             )
 
         self._cache_prompts(base)
@@ -285,13 +295,19 @@ class Trainer:
         if self.accelerator.is_main_process:
             missing = self.prompt_cache.missing(prompts)
             if missing:
-                logger.info("Encoding %d distinct prompts with T5 (cached in %s).", len(missing),
-                            self.prompt_cache.folder)
+                logger.info(
+                    "Encoding %d distinct prompts with T5 (cached in %s).", len(missing), self.prompt_cache.folder
+                )
                 tokenizer = T5Tokenizer.from_pretrained(base, subfolder="tokenizer")
                 text_encoder = T5EncoderModel.from_pretrained(base, subfolder="text_encoder", dtype=self.weight_dtype)
                 text_encoder.requires_grad_(False).eval().to(self.device)
-                pipe = DynamiCtrlPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=self.vae,
-                                          transformer=None, scheduler=self.scheduler)
+                pipe = DynamiCtrlPipeline(
+                    tokenizer=tokenizer,
+                    text_encoder=text_encoder,
+                    vae=self.vae,
+                    transformer=None,
+                    scheduler=self.scheduler,
+                )
                 self.prompt_cache.fill(pipe, missing, c.data.max_sequence_length, self.device, self.weight_dtype)
                 # T5 is needed only for these embeddings: free it before the transformer loads.
                 del pipe, text_encoder, tokenizer
@@ -306,8 +322,13 @@ class Trainer:
         started = time.perf_counter()
         done = cache.fill(self.train_clips, self.vae, indices)
         if done:
-            logger.info("Process %d cached the VAE posteriors of %d clips in %.1f s (%s).", a.process_index, done,
-                        time.perf_counter() - started, cache.folder)
+            logger.info(
+                "Process %d cached the VAE posteriors of %d clips in %.1f s (%s).",
+                a.process_index,
+                done,
+                time.perf_counter() - started,
+                cache.folder,
+            )
         a.wait_for_everyone()
 
     def _prepare_model(self, base: Path) -> None:
@@ -324,8 +345,11 @@ class Trainer:
             transformer.requires_grad_(True)
         transformer.train()
         params = [p for p in transformer.parameters() if p.requires_grad]
-        self._log("Training %s parameters (%s).", f"{sum(p.numel() for p in params):,}",
-                  "LoRA adapters" if self.is_lora else "full transformer")
+        self._log(
+            "Training %s parameters (%s).",
+            f"{sum(p.numel() for p in params):,}",
+            "LoRA adapters" if self.is_lora else "full transformer",
+        )
         t = c.train
         optimizer = torch.optim.AdamW(
             params,
@@ -356,9 +380,13 @@ class Trainer:
         )
         self.accelerator.register_save_state_pre_hook(self._save_hook)
         self.accelerator.register_load_state_pre_hook(self._load_hook)
-        self.pipe = CachedPromptPipeline(tokenizer=None, text_encoder=None, vae=self.vae,
-                                         transformer=self.unwrapped, scheduler=CogVideoXDPMScheduler.from_config(
-                                             self.scheduler.config))
+        self.pipe = CachedPromptPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            vae=self.vae,
+            transformer=self.unwrapped,
+            scheduler=CogVideoXDPMScheduler.from_config(self.scheduler.config),
+        )
         self.pipe.prompt_cache = self.prompt_cache
         self.pipe.set_progress_bar_config(disable=True)
 
@@ -523,8 +551,10 @@ class Trainer:
             return 0
         state = read_state(checkpoint)
         if bool(state.get("lora")) != self.is_lora:
-            raise ConfigError(f"{checkpoint} is a {'LoRA' if state.get('lora') else 'full'} checkpoint; "
-                              f"lora.enabled is {self.is_lora}.")
+            raise ConfigError(
+                f"{checkpoint} is a {'LoRA' if state.get('lora') else 'full'} checkpoint; "
+                f"lora.enabled is {self.is_lora}."
+            )
         self.accelerator.load_state(str(checkpoint))
         self.global_step = int(state["global_step"])
         self._log("Resumed from %s at step %d.", checkpoint, self.global_step)
@@ -551,8 +581,13 @@ class Trainer:
         epoch = start_step // steps_per_epoch
         skip = (start_step % steps_per_epoch) * accum
         log_path = self.output_dir / "train_log.jsonl"
-        self._log("%d clips, %d optimizer steps per epoch, training steps %d -> %d.", len(self.train_clips),
-                  steps_per_epoch, start_step, c.train.max_steps)
+        self._log(
+            "%d clips, %d optimizer steps per epoch, training steps %d -> %d.",
+            len(self.train_clips),
+            steps_per_epoch,
+            start_step,
+            c.train.max_steps,
+        )
 
         micro, accumulated, started = 0, 0.0, time.perf_counter()
         while self.global_step < c.train.max_steps:
@@ -592,8 +627,9 @@ class Trainer:
             logger.info("Wrote %s", weights_path)
         a.wait_for_everyone()
         a.end_training()
-        return TrainResult(self.global_step, self.losses, self.output_dir, weights_path, self.checkpoints,
-                           self.validation_videos)
+        return TrainResult(
+            self.global_step, self.losses, self.output_dir, weights_path, self.checkpoints, self.validation_videos
+        )
 
     def _after_step(self, loss: float, log_path: Path, started: float) -> None:
         c, a, step = self.config, self.accelerator, self.global_step
@@ -602,8 +638,14 @@ class Trainer:
             with log_path.open("a") as log:
                 log.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
             if step % c.train.log_every == 0 or step == c.train.max_steps:
-                logger.info("step %d/%d  loss %.5f  lr %.3g  %.2f s/step", step, c.train.max_steps, loss, lr,
-                            (time.perf_counter() - started) / max(1, len(self.losses)))
+                logger.info(
+                    "step %d/%d  loss %.5f  lr %.3g  %.2f s/step",
+                    step,
+                    c.train.max_steps,
+                    loss,
+                    lr,
+                    (time.perf_counter() - started) / max(1, len(self.losses)),
+                )
         if c.train.report_to:
             a.log({"loss": loss, "lr": lr}, step=step)
         every = c.train.checkpointing_steps
