@@ -127,7 +127,7 @@ def sha256(path) -> str:
 
 def history_outputs(client) -> list[str]:
     _gallery, table, _manifest = client.predict(api_name="/history")
-    return [row[1] for row in table["data"]]
+    return [row[-1] for row in table["data"]]  # the output's name is the last column
 
 
 def test_four_sessions_run_one_at_a_time_in_queue_order_into_their_own_folders(tiny_app, pose_video):
@@ -156,8 +156,10 @@ def test_four_sessions_run_one_at_a_time_in_queue_order_into_their_own_folders(t
     for i, (client, (video, manifest, _files, *_missing_models)) in enumerate(zip(clients, results)):
         assert manifest["settings"]["seed"] == 100 + i
         # Everything this session made is in its own folder, and only that.
+        stem = Path(manifest["output"]).stem
+        # (the video, its manifest, and the inputs Reuse restores: reference and pose video)
         assert sorted(p.name for p in folders[i].iterdir()) == sorted(
-            [manifest["output"], Path(manifest["output"]).stem + ".json"]
+            [manifest["output"], stem + ".json", stem + "_input.png", stem + "_pose.mp4"]
         )
         # What the client received is the file in its folder, not another session's.
         assert sha256(video) == sha256(folders[i] / manifest["output"])
