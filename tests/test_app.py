@@ -526,3 +526,31 @@ def test_one_cancel_stops_the_rest_of_a_variations_batch(tmp_path):
 
     with pytest.raises(gr.Error, match="1 to 8"):
         handlers.arm_variations(9, 40, request=None)
+
+
+def test_speed_presets_show_their_estimated_gpu_time_for_the_size_and_length(tmp_path):
+    """Issue #18 item 7: each speed preset is labelled with its estimated time on a GPU
+    (`presets.estimate_gpu_seconds`), for the size and length on the page; custom Steps too."""
+    from dynamictrl import presets
+    from ui.handlers import CUSTOM_SPEED, SIZE_PRESETS, AppConfig, Handlers
+
+    class NoStudio:  # the estimate needs no model
+        extract_poses = mask = caption = lipsync = generate = None
+
+    handlers = Handlers(NoStudio(), AppConfig(outputs_dir=tmp_path / "out", work_dir=tmp_path / "work"))
+    portrait = next(label for label, size in SIZE_PRESETS.items() if size == (768, 1360))
+    draft_size = next(label for label, size in SIZE_PRESETS.items() if size == (576, 1024))
+    quality, draft = presets.SPEED_PRESETS
+    text = handlers.speed_estimate(portrait, None, None, 37, 25, quality.label, 3.0)["speed_estimate"]
+    assert text.startswith("Estimated for 768x1360, 37 frames: ")
+    for preset in (quality, draft):
+        seconds = presets.estimate_gpu_seconds(768, 1360, 37, preset.steps, 3.0, preset.first_block_cache)
+        assert f"{preset.label.split(':')[0]} {presets.time_label(seconds)}" in text
+    # A smaller size is estimated as faster; a custom Steps count gets its own entry.
+    small = handlers.speed_estimate(draft_size, None, None, 37, 25, quality.label, 3.0)["speed_estimate"]
+    assert "576x1024" in small and small != text
+    custom = handlers.speed_estimate(portrait, None, None, 37, 60, CUSTOM_SPEED, 3.0)["speed_estimate"]
+    seconds = presets.estimate_gpu_seconds(768, 1360, 37, 60, 3.0, 0.0)
+    assert f"Custom {presets.time_label(seconds)}" in custom
+    # While a field is being typed there is nothing to estimate (no error toast for a hint).
+    assert handlers.speed_estimate(presets.CUSTOM, "", 1360, 37, 25, quality.label, 3.0) == {"speed_estimate": ""}

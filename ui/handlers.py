@@ -639,6 +639,24 @@ class Handlers:
             return {}
         return {"speed": CUSTOM_SPEED}
 
+    def speed_estimate(self, size_preset, width, height, frames, steps, speed, guidance) -> dict:
+        """What each speed preset (and Steps, when custom) would take for this size and length
+        on an H100-class GPU: `presets.estimate_gpu_seconds`, an estimate (+-50 %), not a measurement."""
+        size = self.config.size_presets.get(size_preset) or (width, height)
+        try:
+            width, height, frames, steps = int(size[0]), int(size[1]), int(frames), int(steps)
+            guidance = float(guidance)
+        except (TypeError, ValueError):
+            return {"speed_estimate": ""}  # a field is being typed: nothing to estimate until it is a number
+        runs = {label: preset for label, preset in self.config.speed_presets.items()}
+        if speed not in runs:
+            runs[f"Custom: {steps} steps"] = (steps, 0.0)
+        parts = []
+        for label, (preset_steps, cache) in runs.items():
+            seconds = presets.estimate_gpu_seconds(width, height, frames, preset_steps, guidance, cache)
+            parts.append(f"{label.split(':')[0]} {presets.time_label(seconds)}")
+        return {"speed_estimate": f"Estimated for {width}x{height}, {frames} frames: " + " · ".join(parts)}
+
     def _speed_for(self, steps: int, first_block_cache: float) -> str:
         return next(
             (label for label, preset in self.config.speed_presets.items() if preset == (steps, first_block_cache)),

@@ -18,7 +18,7 @@ import gradio as gr
 
 from dynamictrl import catalog
 from dynamictrl.lipsync.settings import LipSyncSettings
-from dynamictrl.settings import PoseSettings, widget_spec
+from dynamictrl.settings import GenerateSettings, PoseSettings, widget_spec
 
 from .handlers import (
     CUSTOM_SIZE,
@@ -394,6 +394,19 @@ def build_generate(page: Page, config: AppConfig, handlers: Handlers) -> None:
             elem_id="steps",
             min_width=160,
         )
+    defaults = GenerateSettings(prompt="")
+    page.speed_estimate = gr.Markdown(
+        handlers.speed_estimate(
+            config.default_size,
+            defaults.width,
+            defaults.height,
+            config.default_frames,
+            config.default_steps,
+            config.default_speed,
+            defaults.guidance,
+        )["speed_estimate"],
+        elem_id="speed-estimate",
+    )
     with gr.Row():
         page.seed = gr.Number(widget_spec("seed").default, label="Seed", precision=0, scale=4, elem_id="seed")
         page.dice = gr.Button("Random seed", scale=1, min_width=80)
@@ -692,6 +705,18 @@ def wire_generate(page: Page, handlers: Handlers) -> None:
     # `input`: the user's own changes only (a preset setting Steps must not turn the label to custom).
     wire(page, page.steps.input, handlers.speed_label, ["steps", "speed"], ["speed"], api_name=False, queue=False)
     wire(page, page.dice.click, handlers.dice, [], ["seed"], api_name=False, queue=False)
+    # The presets' estimated GPU time follows the size, length, steps and guidance.
+    estimate_inputs = ["size_preset", "width", "height", "frames", "steps", "speed", "guidance"]
+    for name in estimate_inputs:
+        wire(
+            page,
+            getattr(page, name).change,
+            handlers.speed_estimate,
+            estimate_inputs,
+            ["speed_estimate"],
+            api_name=False,
+            queue=False,
+        )
     wire(
         page,
         page.mask_mode.input,
