@@ -141,6 +141,7 @@ def single_process_frames(tiny_pipe):
     return frames
 
 
+@pytest.mark.slow  # starts 2 and 4 processes
 @pytest.mark.parametrize(
     "world_size,layouts",
     [
@@ -174,6 +175,7 @@ def test_processes_reproduce_the_single_process_video(
             assert rel_l2(frames, expected) < 1e-5, (text, clip)
 
 
+@pytest.mark.slow  # starts 2 processes
 def test_a_failing_rank_ends_every_rank_with_one_clear_error(tiny_weights, tmp_path):
     marker = tmp_path / "failing-job"
     marker.mkdir()

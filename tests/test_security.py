@@ -95,6 +95,7 @@ def upload(app_url: str, name: str, data: bytes) -> str:
     return response.json()[0]
 
 
+@pytest.mark.slow  # starts the tiny app server
 def test_no_file_outside_the_upload_cache_is_served(tiny_app, tmp_path):
     """Only gradio's cache (uploads, and gradio's copies of the app's results) is served: not
     the outputs folder itself, not a symlink out of it, not a URL to fetch."""
@@ -128,6 +129,7 @@ def test_no_file_outside_the_upload_cache_is_served(tiny_app, tmp_path):
         result.unlink()
 
 
+@pytest.mark.slow  # starts the tiny app server
 def test_served_files_are_attachments_with_their_media_type(tiny_app):
     import httpx
 

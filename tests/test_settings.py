@@ -227,6 +227,7 @@ def test_flat_manifests_of_older_versions_still_read():
     assert settings_from(GenerateSettings, known, "settings") == settings
 
 
+@pytest.mark.slow  # the CLI in a subprocess, the pipeline and the app handler
 def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tmp_path):
     """4k+1 lives in `validation.check_frames`: Studio, the pipeline, long videos, the job
     schema, the CLI, the app and the training config all refuse 36 frames with its words."""

@@ -36,6 +36,7 @@ def describe(rows: list[dict]) -> str:
     )
 
 
+@pytest.mark.slow  # a measuring subprocess
 def test_pose_extraction_memory_does_not_grow_with_the_driving_video(lipsync_weights):
     """720p driving frames, pose video + preview + JSON written: < 1 MiB peak RSS and
     < 64 KiB traced per driving frame (the materialising code added 2.6 MiB of decoded

@@ -180,6 +180,7 @@ def test_lazy_pose_frames_and_the_frame_sink_give_the_uint8_video(tiny_pipe, tmp
         run(tiny_pipe, pose_video=lazy, frame_sink=runs.append, **{**kwargs, "output_type": "np"})
 
 
+@pytest.mark.slow  # end-to-end jobs on the tiny models, 10-20 s
 def test_generate_streams_to_the_mp4_the_frames_it_returns(lipsync_weights, tmp_path):
     """From a raw driving video in three windows: the mp4 written while sampling is the mp4
     of the returned frames, and those are the pipeline's "uint8" video of the drawn poses."""
@@ -230,6 +231,7 @@ def studio_options():
 
 
 # ------------------------------------------------------------------ lip-sync
+@pytest.mark.slow  # end-to-end jobs on the tiny models, 10-20 s
 def test_lipsync_streams_the_bits_of_the_decoded_video(lipsync_weights, tmp_path):
     """Preparation and blending from a `VideoFrames` that keeps 3 frames give the avatar and
     the frames of the whole decoded video, including playing it backwards (ping-pong)."""
