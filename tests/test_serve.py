@@ -994,3 +994,29 @@ def test_serving_beyond_loopback_needs_a_token_or_insecure(monkeypatch):
     check_exposure("0.0.0.0", ServeConfig(token_sha256=token_digest(TOKEN)))
     check_exposure("0.0.0.0", ServeConfig(insecure=True))
     check_exposure("127.0.0.1", ServeConfig())
+
+
+def test_a_ranks_error_crosses_to_the_replica_as_data_and_keeps_its_kind():
+    """No exception object is unpickled by the replica: a rank sends module, class and text,
+    and the replica rebuilds the class (or its nearest builtin base), so input errors stay
+    input errors (HTTP 4xx) and Cancelled stays Cancelled."""
+    import json
+
+    from dynamictrl.serve.group import _described, _rebuilt
+    from dynamictrl.studio import Cancelled
+    from dynamictrl.video import VideoTooShortError
+
+    class Foreign(Exception):
+        pass
+
+    cases = [
+        (ValueError("bad width"), ValueError, "bad width"),
+        (Cancelled("cancelled by the user"), Cancelled, "cancelled by the user"),
+        (VideoTooShortError("too short", 3), ValueError, "too short"),  # needs 2 arguments
+        (Foreign("odd"), RuntimeError, "Foreign: odd"),
+    ]
+    for error, kind, text in cases:
+        sent = _described(error)
+        assert json.loads(json.dumps(sent)) == sent  # plain data
+        rebuilt = _rebuilt(sent)
+        assert type(rebuilt) is kind and str(rebuilt) == text

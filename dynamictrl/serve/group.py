@@ -22,6 +22,8 @@ each child over a socket pair carrying pickled messages:
     child -> replica: ("ready", pid) | ("failed", error) | ("progress", fraction, message)
                       | ("preview", step, steps, frames) | ("done", answer) | ("error", error)
 
+(an error travels as plain data, its module, class name and text; see `_rebuilt`).
+
 Failures: when a rank raises, the others are usually waiting for it in a collective. The
 replica waits `FAILURE_GRACE_S` for every rank to report; if they all do (an input error
 raised everywhere before any collective) the group is kept, else it is ended (SIGTERM,
@@ -32,10 +34,9 @@ others in a collective): the cancel takes effect at once and the next job reload
 models.
 """
 
-import copy
+import importlib
 import logging
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -68,17 +69,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _portable(error: BaseException) -> BaseException:
-    """`error` if it survives pickling (the replica re-raises it with its type, so the
-    gateway still tells input errors from the service's), else a RuntimeError with its text.
-    The rebuild is tried with `copy.deepcopy`, which goes through the same reduce protocol
-    as unpickling (a custom __init__ that the protocol cannot call fails the same way)."""
-    try:
-        pickle.dumps(error)
-        copy.deepcopy(error)
-        return error
-    except Exception:  # any pickling failure (custom __init__, unpicklable attributes) loses only the type
-        return RuntimeError(f"{type(error).__name__}: {error}")
+def _described(error: BaseException) -> dict:
+    """An error as plain data: no exception object crosses from a rank to the replica, so
+    nothing of a rank's own making is unpickled there (`_rebuilt` turns it back)."""
+    return {"module": type(error).__module__, "type": type(error).__name__, "text": str(error)}
+
+
+def _rebuilt(described: dict) -> BaseException:
+    """The rank's error with its own class when that is a builtin or one of ours taking a
+    message, else its nearest builtin base (the gateway still tells input errors from the
+    service's); a class from elsewhere becomes a RuntimeError naming it."""
+    module, name, text = described["module"], described["type"], described["text"]
+    cls = None
+    if module == "builtins" or module.startswith("dynamictrl."):
+        cls = getattr(importlib.import_module(module), name, None)
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            return cls(text)
+        except TypeError:  # a constructor that needs more than the message: its nearest builtin base
+            base = next(c for c in cls.__mro__ if c.__module__ == "builtins")
+            return base(text)
+    return RuntimeError(f"{name}: {text}")
 
 
 class ProcessGroupReplica:
@@ -145,10 +156,11 @@ class ProcessGroupReplica:
                     rank = self.connections.index(connection)
                     message = self._receive(rank)
                     if message[0] == "failed":
+                        error = _rebuilt(message[1])
                         raise GroupError(
                             f"Process {rank} of the replica's {self.size} could not start: "
-                            f"{type(message[1]).__name__}: {message[1]}"
-                        ) from message[1]
+                            f"{type(error).__name__}: {error}"
+                        ) from error
                     waiting.discard(rank)
         except BaseException:
             self.stop()
@@ -244,7 +256,7 @@ class ProcessGroupReplica:
                 elif kind == "error":
                     pending.discard(rank)
                     if failure is None:
-                        failure, failed_at = self._failure(rank, message[1]), time.monotonic()
+                        failure, failed_at = self._failure(rank, _rebuilt(message[1])), time.monotonic()
         return answer, failure, True
 
     def _failure(self, rank: int, error: BaseException) -> BaseException:
@@ -290,7 +302,7 @@ def _rank_main(fd: int) -> int:
         studio = build_studio(config, parallel=config.layout)
         extra_kinds = load_extra_kinds(config)
     except BaseException as error:  # reported to the replica, which fails the deployment or the job with it
-        connection.send(("failed", _portable(error)))
+        connection.send(("failed", _described(error)))
         return 1
     connection.send(("ready", os.getpid()))
 
@@ -325,7 +337,7 @@ def _rank_main(fd: int) -> int:
             import traceback
 
             traceback.print_exc()
-            connection.send(("error", _portable(error)))
+            connection.send(("error", _described(error)))
             continue
         connection.send(("done", answer if main else None))
 
