@@ -84,6 +84,23 @@ def test_a_model_in_use_is_never_evicted_or_unloaded():
     assert manager.loaded_bytes() == 0
 
 
+def test_memory_is_collected_only_when_a_model_is_let_go(monkeypatch):
+    """A full garbage collection costs a big process ~0.3 s or more: a job that frees
+    nothing (the variants not loaded, nothing on a GPU) must not pay for three."""
+    collections = []
+    monkeypatch.setattr("dynamictrl.manager.free_gpu_memory", lambda: collections.append(1))
+    manager = ModelManager(device="cpu")
+    manager.register("a", lambda: Blob(1))
+    manager.register("b", lambda: Blob(1))
+    manager.unload("a")
+    manager.offload_all_except({"a"})
+    with manager.use("a"):
+        pass
+    assert collections == []
+    manager.unload("a")
+    assert collections == [1]
+
+
 def test_the_gpu_lock_serialises_two_jobs():
     manager = ModelManager(device="cpu")
     manager.register("m", lambda: Blob(1))
