@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dynamictrl import cli
 from dynamictrl.video import read_video, write_video
-
-pytestmark = pytest.mark.slow  # every test runs the CLI in a fresh interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, env=None):
+    """`python -m dynamictrl ...` in a fresh interpreter (~5 s of imports each)."""
     environment = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "dynamictrl", *args],
@@ -27,6 +27,20 @@ def run_cli(*args, env=None):
     )
 
 
+def cli_here(capsys, *args) -> subprocess.CompletedProcess:
+    """The same `main` as `python -m dynamictrl ...`, in this interpreter: what it prints
+    and its exit status, without a fresh interpreter's imports. The end-to-end test and
+    the import checks below still start real processes."""
+    capsys.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["dynamictrl", *args], code, captured.out, captured.err)
+
+
+@pytest.mark.slow  # a fresh interpreter
 def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_path):
     rng = np.random.default_rng(1)
     image = tmp_path / "ref.png"
@@ -75,11 +89,12 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
     assert manifest["inputs"]["image"]["path"] == str(image)
 
 
-def test_bad_input_exits_2_with_one_clear_line(tiny_weights, tmp_path):
+def test_bad_input_exits_2_with_one_clear_line(tiny_weights, tmp_path, capsys):
     image = tmp_path / "ref.png"
     Image.new("RGB", (48, 64)).save(image)
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), dtype=np.uint8))
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "generate",
         "--image",
         str(image),
@@ -104,11 +119,12 @@ def test_bad_input_exits_2_with_one_clear_line(tiny_weights, tmp_path):
     assert "multiples of 16" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_weights_offline_names_the_download_command(tmp_path):
+def test_missing_weights_offline_names_the_download_command(tmp_path, capsys):
     image = tmp_path / "ref.png"
     Image.new("RGB", (48, 64)).save(image)
     pose = write_video(tmp_path / "pose.mp4", np.zeros((9, 64, 48, 3), dtype=np.uint8))
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "generate",
         "--image",
         str(image),
@@ -135,8 +151,8 @@ def test_missing_weights_offline_names_the_download_command(tmp_path):
     assert "python -m dynamictrl download" in result.stderr
 
 
-def test_download_offline_fails_clearly(tmp_path):
-    result = run_cli("download", "--weights-dir", str(tmp_path))
+def test_download_offline_fails_clearly(tmp_path, capsys):
+    result = cli_here(capsys, "download", "--weights-dir", str(tmp_path))
     assert result.returncode == 2
     assert "download base --weights-dir weights" in result.stderr and "Traceback" not in result.stderr
     assert "copy DynamiCtrl from its weights/ folder" in result.stderr
@@ -147,13 +163,14 @@ def uniform_video(path, colors, height=240, width=320, fps=16):
     return write_video(path, frames, fps=fps)
 
 
-def test_pose_command_writes_pose_video_preview_and_json(tiny_weights, tmp_path):
+def test_pose_command_writes_pose_video_preview_and_json(tiny_weights, tmp_path, capsys):
     image = tmp_path / "ref.png"
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)  # the tiny detector sees people in red
     dance = uniform_video(tmp_path / "dance.mov", [(255, 8 * k, 0) for k in range(20)])
     out = tmp_path / "pose.mp4"
 
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "pose",
         "--image",
         str(image),
@@ -192,11 +209,12 @@ def test_pose_command_writes_pose_video_preview_and_json(tiny_weights, tmp_path)
     assert len(metadata["driving_detections"]) == 8
 
 
-def test_pose_command_explains_a_too_short_video(tiny_weights, tmp_path):
+def test_pose_command_explains_a_too_short_video(tiny_weights, tmp_path, capsys):
     image = tmp_path / "ref.png"
     Image.new("RGB", (48, 64), (255, 0, 0)).save(image)
     dance = uniform_video(tmp_path / "short.mp4", [(255, 0, 0)] * 5)
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "pose",
         "--image",
         str(image),
@@ -217,12 +235,13 @@ def test_pose_command_explains_a_too_short_video(tiny_weights, tmp_path):
     assert "use --frames 5 or --loop" in result.stderr
 
 
-def test_generate_from_a_driving_video(tiny_weights, tmp_path):
+def test_generate_from_a_driving_video(tiny_weights, tmp_path, capsys):
     image = tmp_path / "ref.png"
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
     dance = uniform_video(tmp_path / "dance.mp4", [(255, 8 * k, 0) for k in range(8)])
     out = tmp_path / "anim.mp4"
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "generate",
         "--image",
         str(image),
@@ -253,14 +272,15 @@ def test_generate_from_a_driving_video(tiny_weights, tmp_path):
     assert manifest["inputs"]["pose_extraction"]["filled_frames"] == 0
 
 
-def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path):
+def test_caption_command_prints_an_editable_caption(tiny_weights, tmp_path, capsys):
     from dynamictrl.testing.qwen import save_tiny_qwen
 
     if not (tiny_weights / "Qwen2-VL-2B-Instruct").exists():
         save_tiny_qwen(tiny_weights)
     image = tmp_path / "ref.png"
     Image.new("RGB", (64, 64), (200, 100, 50)).save(image)
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "caption",
         "--image",
         str(image),
@@ -330,10 +350,11 @@ def test_bad_points_are_explained():
     assert main(["mask", "--image", "x.png", "--mode", "clothing", "--out", "o.png", "--points", "10,20"]) == 2
 
 
-def test_missing_sam_checkpoint_offline_names_how_to_get_it(tiny_weights, tmp_path):
+def test_missing_sam_checkpoint_offline_names_how_to_get_it(tiny_weights, tmp_path, capsys):
     image = tmp_path / "ref.png"
     Image.new("RGB", (360, 480), (255, 0, 0)).save(image)
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "mask",
         "--image",
         str(image),
@@ -363,13 +384,14 @@ def test_duration_rounds_to_4k_plus_1():
     assert all((frames_for_duration(s, 16) - 1) % 4 == 0 for s in (0.5, 1, 3.3, 60))
 
 
-def test_generate_a_clip_longer_than_one_window(tiny_weights, tmp_path):
+def test_generate_a_clip_longer_than_one_window(tiny_weights, tmp_path, capsys):
     rng = np.random.default_rng(2)
     image = tmp_path / "ref.png"
     Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(image)
     pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (21, 64, 48, 3), dtype=np.uint8))
     out = tmp_path / "long.mp4"
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "generate",
         "--image",
         str(image),
@@ -402,7 +424,7 @@ def test_generate_a_clip_longer_than_one_window(tiny_weights, tmp_path):
     assert manifest["settings"]["window_frames"] == 9 and manifest["settings"]["overlap"] == 1
 
 
-def test_lipsync_command(lipsync_weights, tmp_path):
+def test_lipsync_command(lipsync_weights, tmp_path, capsys):
     from scipy.io import wavfile
 
     frames = np.random.default_rng(3).integers(0, 255, (5, 240, 320, 3), dtype=np.uint8)
@@ -413,7 +435,8 @@ def test_lipsync_command(lipsync_weights, tmp_path):
     out = tmp_path / "synced.mp4"
     common = ["--weights-dir", str(lipsync_weights), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
 
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "lipsync",
         "--video",
         str(video),
@@ -434,26 +457,32 @@ def test_lipsync_command(lipsync_weights, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["bbox_shift"] == 2
 
     wavfile.write(tmp_path / "silence.wav", 16000, np.zeros(8000, np.int16))
-    failed = run_cli(
-        "lipsync", "--video", str(video), "--audio", str(tmp_path / "silence.wav"), "--out", str(out), *common
+    failed = cli_here(
+        capsys, "lipsync", "--video", str(video), "--audio", str(tmp_path / "silence.wav"), "--out", str(out), *common
     )
     assert failed.returncode == 2 and "silent" in failed.stderr and "Traceback" not in failed.stderr
 
 
-def test_prepare_data_is_a_command(tmp_path):
-    result = run_cli(
-        "prepare-data", "--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "dataset"), "--no-caption"
+def test_prepare_data_is_a_command(tmp_path, capsys):
+    result = cli_here(
+        capsys,
+        "prepare-data",
+        "--videos",
+        str(tmp_path / "missing"),
+        "--out",
+        str(tmp_path / "dataset"),
+        "--no-caption",
     )
     assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_evaluate_is_a_command(tmp_path):
-    result = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path / "nope2"))
+def test_evaluate_is_a_command(tmp_path, capsys):
+    result = cli_here(capsys, "evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path / "nope2"))
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_train_is_a_command(tmp_path):
-    result = run_cli("train", "--config", str(tmp_path / "missing.yaml"))
+def test_train_is_a_command(tmp_path, capsys):
+    result = cli_here(capsys, "train", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "missing.yaml" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -485,18 +514,18 @@ def test_help_and_argument_errors_do_not_import_torch(tmp_path):
     assert result.returncode == 0 and "missing" in result.stdout and "torch" not in modules
 
 
-def test_user_errors_are_one_line_and_the_traceback_needs_debug(tmp_path):
-    result = run_cli("download", "dwpose", "--weights-dir", str(tmp_path))
+def test_user_errors_are_one_line_and_the_traceback_needs_debug(tmp_path, capsys):
+    result = cli_here(capsys, "download", "dwpose", "--weights-dir", str(tmp_path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Cannot download here: offline mode is on")
     assert "python -m dynamictrl download dwpose --weights-dir weights" in lines[0]
-    debug = run_cli("--debug", "download", "dwpose", "--weights-dir", str(tmp_path))
+    debug = cli_here(capsys, "--debug", "download", "dwpose", "--weights-dir", str(tmp_path))
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
-def test_models_command_lists_every_model_with_its_state(tiny_weights):
-    result = run_cli("models", "--weights-dir", str(tiny_weights), "--json")
+def test_models_command_lists_every_model_with_its_state(tiny_weights, capsys):
+    result = cli_here(capsys, "models", "--weights-dir", str(tiny_weights), "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["base"]["state"] == "on disk" and rows["sam_vit_h"]["state"] == "missing"
@@ -516,13 +545,14 @@ def test_models_command_lists_every_model_with_its_state(tiny_weights):
     }
 
 
-def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
+def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path, capsys):
     rng = np.random.default_rng(4)
     image = tmp_path / "ref.png"
     Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(image)
     pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8))
     out = tmp_path / "dance.mp4"
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "generate",
         "--image",
         str(image),
@@ -567,12 +597,22 @@ def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path):
     assert Image.open(previews[0]).size == (6 * 3, 8)  # 3 latent frames of 48/8 x 64/8 side by side
 
 
-def test_bad_seed_and_size_options_are_one_line(tmp_path):
-    result = run_cli(
-        "generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4"), "--seeds", "1,1"
+def test_bad_seed_and_size_options_are_one_line(tmp_path, capsys):
+    result = cli_here(
+        capsys,
+        "generate",
+        "--image",
+        "x.png",
+        "--pose-video",
+        "p.mp4",
+        "--out",
+        str(tmp_path / "o.mp4"),
+        "--seeds",
+        "1,1",
     )
     assert result.returncode == 2 and "Each seed once" in result.stderr and "Traceback" not in result.stderr
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "generate",
         "--image",
         "x.png",
