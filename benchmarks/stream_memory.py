@@ -124,12 +124,15 @@ def run_generate(studio, folder: Path, windows: int, width: int, height: int):
     )
 
 
-def run_lipsync(studio, folder: Path, length: int, width: int, height: int):
+def run_lipsync(studio, folder: Path, length: int, width: int, height: int, batch_size: int | None = None):
+    from dynamictrl.lipsync.settings import LipSyncSettings
+
     video = folder / f"talk_{length}.mp4"
     if not video.exists():
         write_clip(video, length, fps=25.0)
     audio = write_tone(folder / f"tone_{length}.wav", length / 25.0)
-    return lambda: studio.lipsync(video, audio, folder / f"lip_{length}.mp4")
+    settings = LipSyncSettings() if batch_size is None else LipSyncSettings(batch_size=batch_size)
+    return lambda: studio.lipsync(video, audio, folder / f"lip_{length}.mp4", settings)
 
 
 RUNNERS = {"pose": run_pose, "generate": run_generate, "lipsync": run_lipsync}
@@ -143,8 +146,11 @@ def worker(
     height: int,
     warm: int,
     frame_budget_mb: float | None = None,
+    lipsync_batch_size: int | None = None,
 ) -> list[dict]:
     """In this process: warm up on `warm`, then measure each length (see the module doc)."""
+    from functools import partial
+
     from PIL import Image
 
     from dynamictrl.studio import Studio
@@ -156,10 +162,13 @@ def worker(
     studio = Studio(weights_dir=weights, device="cpu", cache_dir=folder / "cache")
     if frame_budget_mb is not None:
         studio.lipsync_frame_budget_bytes = int(frame_budget_mb * MIB)
-    RUNNERS[stage](studio, folder, warm, width, height)()  # loads the models, fills the caches
+    runner = RUNNERS[stage]
+    if lipsync_batch_size is not None:
+        runner = partial(run_lipsync, batch_size=lipsync_batch_size)
+    runner(studio, folder, warm, width, height)()  # loads the models, fills the caches
     rows = []
     for length in lengths:
-        run = RUNNERS[stage](studio, folder, length, width, height)  # inputs are written before measuring
+        run = runner(studio, folder, length, width, height)  # inputs are written before measuring
         level = current_rss()
         reset_peak_rss()
         tracemalloc.start()
@@ -188,6 +197,7 @@ def measure(
     height: int,
     warm: int | None = None,
     frame_budget_mb: float | None = None,
+    lipsync_batch_size: int | None = None,
 ) -> list[dict]:
     """Runs `worker` in a fresh process; returns its rows."""
     warm = warm if warm is not None else {"pose": 5, "generate": 1, "lipsync": 4}[stage]
@@ -209,6 +219,8 @@ def measure(
     ]
     if frame_budget_mb is not None:
         command += ["--frame-budget-mb", str(frame_budget_mb)]
+    if lipsync_batch_size is not None:
+        command += ["--lipsync-batch-size", str(lipsync_batch_size)]
     # A fixed mmap threshold: glibc otherwise raises it after each large free, so later
     # frame-sized buffers come from the heap, stay in RSS as fragments, and the peak RSS
     # then drifts by tens of MiB between runs of the same code (measured: +81 MiB once
@@ -242,6 +254,7 @@ def main():
     parser.add_argument("--height", type=int)
     parser.add_argument("--warm", type=int)
     parser.add_argument("--frame-budget-mb", type=float, help="lip-sync: decoded frames kept (Studio default: 256)")
+    parser.add_argument("--lipsync-batch-size", type=int, help="lip-sync: frames per UNet/VAE call (default: 8)")
     parser.add_argument("--worker", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -249,7 +262,14 @@ def main():
         print(
             json.dumps(
                 worker(
-                    args.worker, args.lengths, args.weights, args.width, args.height, args.warm, args.frame_budget_mb
+                    args.worker,
+                    args.lengths,
+                    args.weights,
+                    args.width,
+                    args.height,
+                    args.warm,
+                    args.frame_budget_mb,
+                    args.lipsync_batch_size,
                 )
             )
         )
@@ -265,7 +285,14 @@ def main():
     for stage in args.stage or STAGES:
         width, height = args.width or sizes[stage][0], args.height or sizes[stage][1]
         rows = measure(
-            stage, args.lengths or DEFAULT_LENGTHS[stage], weights, width, height, args.warm, args.frame_budget_mb
+            stage,
+            args.lengths or DEFAULT_LENGTHS[stage],
+            weights,
+            width,
+            height,
+            args.warm,
+            args.frame_budget_mb,
+            args.lipsync_batch_size,
         )
         unit = "windows" if stage == "generate" else "frames"
         for row in rows:
