@@ -3,7 +3,9 @@
 Generates the tiny clips of `CLIPS` under every layout given, on the gloo backend, and has
 rank 0 save the frames as .npy for the test to compare with one process. The other ranks
 stop at the latents (as the Studio does: every rank holds the same latents, rank 0 decodes).
-`--fail-rank k` makes rank k raise in its first denoising step (the failure test).
+`--fail-rank k`: after the layouts, one more job under the first layout in which rank k
+raises in its first denoising step (the failure test: it must end every rank, and rank 0
+must write nothing for it).
 
 A layout may name a variant after "+" (`VARIANTS`): `ulysses=4+heads4` swaps in a
 transformer with 4 attention heads (the tiny one has 2; Ulysses splits heads), and
@@ -124,7 +126,7 @@ def main() -> int:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--layouts", required=True, help="';'-separated layouts of the same world size")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-rank", type=int, default=-1, help="then a job in which this rank fails")
     parser.add_argument("--fail-stamp", default=None, help="where the failing rank writes the time it raised")
     args = parser.parse_args()
     torch.set_num_threads(1)  # several processes share the test machine's cores
@@ -148,16 +150,16 @@ def main() -> int:
         if caption != "une personne qui danse, été":
             raise AssertionError(f"rank {rank} received the caption {caption!r}")
         for clip in clips_for(variant):
-            frames = generate(
-                pipe,
-                clip,
-                callback=fail if rank == args.fail_rank else None,
-                output_type="np" if mesh.is_main else "latent",
-            )
+            frames = generate(pipe, clip, output_type="np" if mesh.is_main else "latent")
             if mesh.is_main:
                 np.save(Path(args.out) / f"{name}-{clip}.npy", frames)
         parallel.apply_parallel(pipe.transformer, None)
         undo()
+    if args.fail_rank >= 0:
+        layout, _variant, name = entries[0]
+        parallel.apply_parallel(pipe.transformer, parallel.build_mesh(layout, device))
+        frames = generate(pipe, "one_window", callback=fail if rank == args.fail_rank else None)
+        np.save(Path(args.out) / f"failed-{name}.npy", frames)  # never reached: the test checks
     dist.destroy_process_group()
     return 0
 

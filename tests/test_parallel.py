@@ -141,72 +141,84 @@ def single_process_frames(tiny_pipe):
     return frames
 
 
-@pytest.mark.slow  # starts 2 and 4 processes
-@pytest.mark.parametrize(
-    "world_size,layouts",
-    [
-        # Memory tiers x parallelism: the model and group tiers' offload hooks around Ulysses.
-        (2, ["ulysses=2", "ring=2", "cfg=2", "ulysses=2+offload=model", "ulysses=2+offload=group"]),
-        # ulysses=4 splits 4 heads: the 4-head transformer (the tiny one has 2).
-        (4, ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2", "ulysses=4+heads4"]),
-    ],
-)
-def test_processes_reproduce_the_single_process_video(
-    tiny_weights, single_process_frames, tmp_path, world_size, layouts
-):
-    result = torchrun(
-        world_size,
-        "tests/parallel_worker.py",
-        "--weights",
-        str(tiny_weights),
-        "--layouts",
-        ";".join(layouts),
-        "--out",
-        str(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for text in layouts:
-        _layout, variant, name = parallel_worker.parse_entry(text)
-        reference = single_process_frames["heads4" if variant == "heads4" else None]
-        for clip in parallel_worker.clips_for(variant):
-            expected = reference[clip]
-            frames = np.load(tmp_path / f"{name}-{clip}.npy")
-            assert frames.shape == expected.shape
-            assert rel_l2(frames, expected) < 1e-5, (text, clip)
+TWO_PROCESS_LAYOUTS = ["ulysses=2", "ring=2", "cfg=2", "ulysses=2+offload=model", "ulysses=2+offload=group"]
+# ulysses=4 splits 4 heads: the 4-head transformer (the tiny one has 2).
+FOUR_PROCESS_LAYOUTS = ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2", "ulysses=4+heads4"]
 
 
-@pytest.mark.slow  # starts 2 processes
-def test_a_failing_rank_ends_every_rank_with_one_clear_error(tiny_weights, tmp_path):
-    marker = tmp_path / "failing-job"
-    marker.mkdir()
-    stamp = tmp_path / "failed_at"
+@pytest.fixture(scope="module")
+def two_process_launch(tiny_weights, tmp_path_factory):
+    """One torchrun launch of 2 processes: every 2-process layout (and the memory tiers'
+    offload hooks around Ulysses), then a job in which rank 1 fails (processes start in
+    ~10 s on 2 cores: one launch serves both tests below)."""
+    out = tmp_path_factory.mktemp("two_process_launch")
+    stamp = out.parent / f"{out.name}_failed_at"
     result = torchrun(
         2,
         "tests/parallel_worker.py",
         "--weights",
         str(tiny_weights),
         "--layouts",
-        "ulysses=2",
+        ";".join(TWO_PROCESS_LAYOUTS),
         "--out",
-        str(marker),
+        str(out),
         "--fail-rank",
         "1",
         "--fail-stamp",
         str(stamp),
-        timeout=180,
+        timeout=240,
     )
-    ended = time.time()
+    return result, time.time(), out, stamp
+
+
+def check_frames(out: Path, layouts: list[str], single_process_frames) -> None:
+    for text in layouts:
+        _layout, variant, name = parallel_worker.parse_entry(text)
+        reference = single_process_frames["heads4" if variant == "heads4" else None]
+        for clip in parallel_worker.clips_for(variant):
+            expected = reference[clip]
+            frames = np.load(out / f"{name}-{clip}.npy")
+            assert frames.shape == expected.shape
+            assert rel_l2(frames, expected) < 1e-5, (text, clip)
+
+
+@pytest.mark.slow  # starts 2 processes
+def test_two_processes_reproduce_the_single_process_video(two_process_launch, single_process_frames):
+    result, _ended, out, _stamp = two_process_launch
+    assert "RuntimeError: injected failure on rank 1" in result.stderr, result.stderr[-3000:]  # only the last job
+    check_frames(out, TWO_PROCESS_LAYOUTS, single_process_frames)
+
+
+@pytest.mark.slow  # starts 4 processes
+def test_four_processes_reproduce_the_single_process_video(tiny_weights, single_process_frames, tmp_path):
+    result = torchrun(
+        4,
+        "tests/parallel_worker.py",
+        "--weights",
+        str(tiny_weights),
+        "--layouts",
+        ";".join(FOUR_PROCESS_LAYOUTS),
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_frames(tmp_path, FOUR_PROCESS_LAYOUTS, single_process_frames)
+
+
+@pytest.mark.slow  # starts 2 processes
+def test_a_failing_rank_ends_every_rank_with_one_clear_error(two_process_launch):
+    result, ended, out, stamp = two_process_launch
     assert result.returncode != 0
     # Rank 0 was waiting for rank 1 in an all-to-all: torchrun ended it when rank 1 exited.
     assert ended - float(stamp.read_text()) < 60
     assert "RuntimeError: injected failure on rank 1" in result.stderr
-    assert not list(marker.iterdir())  # nothing written
-    # No process of the job is left (its command lines name the marker folder).
+    assert not list(out.glob("failed-*"))  # nothing written for the failed job
+    # No process of the job is left (its command lines name its output folder).
     time.sleep(0.5)
     stray = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and str(marker) in (proc / "cmdline").read_bytes().decode(errors="ignore"):
+            if proc.name.isdigit() and str(out) in (proc / "cmdline").read_bytes().decode(errors="ignore"):
                 stray.append(proc.name)
         except OSError:
             continue
