@@ -155,6 +155,9 @@ class TinyAppServer:
         return self.log_path.read_text()[-5000:]
 
     def stop(self) -> None:
+        """Ends the app and its hub; a second call does nothing."""
+        if self._log.closed:
+            return
         self.hub.stop()
         self.process.terminate()
         try:

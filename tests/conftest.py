@@ -62,6 +62,29 @@ def tiny_pipe(tiny_weights):
     return pipe
 
 
+# The app server idles at ~6% of a core (Gradio's queue loop): the files that use it run
+# first, one after another, and it stops after the last test that needs it.
+APP_SERVER = "tiny_app"
+_app_server = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    app_files = {item.path for item in items if APP_SERVER in item.fixturenames}
+    items.sort(key=lambda item: item.path not in app_files)  # stable: file order kept otherwise
+
+
+def pytest_collection_finish(session):
+    users = [item for item in session.items if APP_SERVER in item.fixturenames]
+    _app_server["last_user"] = users[-1].nodeid if users else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    server = _app_server.get("server")
+    if server is not None and item.nodeid == _app_server["last_user"]:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_app(tmp_path_factory):
     """`app.py --tiny` running on a free local port (shared by the browser and client tests)."""
@@ -69,6 +92,7 @@ def tiny_app(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("app")
     server = TinyAppServer(outputs=folder / "outputs", log_path=folder / "app.log")
+    _app_server["server"] = server
     try:
         server.wait_until_up()
         yield server

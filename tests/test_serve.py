@@ -63,10 +63,11 @@ def wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray for the whole session; the replicas import dynamictrl and the
-    test job kinds (tests/ray_jobs.py) through PYTHONPATH."""
+    """One local Ray for this file (its processes idle at ~5% of a core: stopped when the
+    file is done); the replicas import dynamictrl and the test job kinds
+    (tests/ray_jobs.py) through PYTHONPATH."""
     from ray import serve
 
     serve_cli.start_local_ray(
@@ -87,18 +88,6 @@ def ray_session():
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def serve_stopped_after_this_file(request):
-    """Serve's controller and proxy poll all the time: stopped when this file is done, so
-    the rest of the suite does not share the 2 cores with them (Ray itself idles until the
-    session ends)."""
-    yield
-    if ray.is_initialized():
-        from ray import serve
-
-        serve.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -227,8 +227,7 @@ def test_flat_manifests_of_older_versions_still_read():
     assert settings_from(GenerateSettings, known, "settings") == settings
 
 
-@pytest.mark.slow  # the CLI in a subprocess, the pipeline and the app handler
-def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tmp_path):
+def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tmp_path, capsys):
     """4k+1 lives in `validation.check_frames`: Studio, the pipeline, long videos, the job
     schema, the CLI, the app and the training config all refuse 36 frames with its words."""
     import torch
@@ -271,11 +270,11 @@ def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tm
     with pytest.raises(ConfigError) as train_error:
         load_config(overrides=["data.num_frames=36"])
     assert str(train_error.value) == "data.num_frames " + FRAMES_36
-    cli = subprocess.run(
+    from dynamictrl import cli
+
+    capsys.readouterr()
+    code = cli.main(
         [
-            sys.executable,
-            "-m",
-            "dynamictrl",
             "generate",
             "--image",
             str(tmp_path / "ref.png"),
@@ -289,12 +288,9 @@ def test_the_frames_rule_answers_the_same_everywhere(tiny_weights, tiny_pipe, tm
             str(tiny_weights),
             "--device",
             "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+        ]
     )
-    assert cli.returncode == 2 and studio_message in cli.stderr
+    assert code == 2 and studio_message in capsys.readouterr().err
 
 
 def test_the_ranges_answer_the_same_everywhere():
