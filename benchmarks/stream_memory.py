@@ -200,71 +200,66 @@ def measure(
     lipsync_batch_size: int | None = None,
 ) -> list[dict]:
     """Runs `worker` in a fresh process; returns its rows."""
-    return Measurement(stage, lengths, weights, width, height, warm, frame_budget_mb, lipsync_batch_size).rows()
+    command = worker_command(stage, lengths, weights, width, height, warm, frame_budget_mb, lipsync_batch_size)
+    done = subprocess.run(command, capture_output=True, text=True, env=worker_env(), cwd=ROOT)
+    return worker_rows(stage, done)
 
 
-class Measurement:
-    """`worker` started in a fresh process; `rows()` waits for it. Several may run at once:
-    each process's peak RSS and tracemalloc peak are its own (only the seconds suffer)."""
+def worker_command(
+    stage: str,
+    lengths: list[int],
+    weights: Path,
+    width: int,
+    height: int,
+    warm: int | None = None,
+    frame_budget_mb: float | None = None,
+    lipsync_batch_size: int | None = None,
+) -> list[str]:
+    """The command line of one measuring process (several may run at once: each process's
+    peak RSS and tracemalloc peak are its own; only the seconds suffer)."""
+    warm = warm if warm is not None else {"pose": 5, "generate": 1, "lipsync": 4}[stage]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        stage,
+        "--weights",
+        str(weights),
+        "--width",
+        str(width),
+        "--height",
+        str(height),
+        "--warm",
+        str(warm),
+        "--lengths",
+        *map(str, lengths),
+    ]
+    if frame_budget_mb is not None:
+        command += ["--frame-budget-mb", str(frame_budget_mb)]
+    if lipsync_batch_size is not None:
+        command += ["--lipsync-batch-size", str(lipsync_batch_size)]
+    return command
 
-    def __init__(
-        self,
-        stage: str,
-        lengths: list[int],
-        weights: Path,
-        width: int,
-        height: int,
-        warm: int | None = None,
-        frame_budget_mb: float | None = None,
-        lipsync_batch_size: int | None = None,
-    ):
-        warm = warm if warm is not None else {"pose": 5, "generate": 1, "lipsync": 4}[stage]
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            stage,
-            "--weights",
-            str(weights),
-            "--width",
-            str(width),
-            "--height",
-            str(height),
-            "--warm",
-            str(warm),
-            "--lengths",
-            *map(str, lengths),
-        ]
-        if frame_budget_mb is not None:
-            command += ["--frame-budget-mb", str(frame_budget_mb)]
-        if lipsync_batch_size is not None:
-            command += ["--lipsync-batch-size", str(lipsync_batch_size)]
-        # A fixed mmap threshold: glibc otherwise raises it after each large free, so later
-        # frame-sized buffers come from the heap, stay in RSS as fragments, and the peak RSS
-        # then drifts by tens of MiB between runs of the same code (measured: +81 MiB once
-        # between 17 and 41 lip-sync frames whose traced peak differed by 0.2 MiB).
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-            "MALLOC_MMAP_THRESHOLD_": "131072",
-        }
-        self.stage = stage
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-        )
 
-    def rows(self, timeout_s: float | None = None) -> list[dict]:
-        try:
-            stdout, stderr = self.process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
-            raise RuntimeError(f"{self.stage} worker did not finish within {timeout_s:.0f} s") from None
-        if self.process.returncode != 0:
-            raise RuntimeError(f"{self.stage} worker failed:\n{stderr[-4000:]}")
-        return json.loads(stdout.strip().splitlines()[-1])
+def worker_env() -> dict[str, str]:
+    # A fixed mmap threshold: glibc otherwise raises it after each large free, so later
+    # frame-sized buffers come from the heap, stay in RSS as fragments, and the peak RSS
+    # then drifts by tens of MiB between runs of the same code (measured: +81 MiB once
+    # between 17 and 41 lip-sync frames whose traced peak differed by 0.2 MiB).
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+    }
+
+
+def worker_rows(stage: str, done: subprocess.CompletedProcess) -> list[dict]:
+    """The rows a finished measuring process printed (its error if it failed)."""
+    if done.returncode != 0:
+        raise RuntimeError(f"{stage} worker failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def growth_per_frame(rows: list[dict], key: str, unit: int) -> float:

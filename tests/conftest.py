@@ -62,15 +62,36 @@ def tiny_pipe(tiny_weights):
     return pipe
 
 
-# The app server idles at ~6% of a core (Gradio's queue loop): the files that use it run
-# first, one after another, and it stops after the last test that needs it.
+# The order of the files: first those that run in this process, while the processes that
+# some tests start early run beside them (tests/background.py); then the files that use
+# the app server, one after another (it idles at ~6% of a core: it stops after the last
+# test that needs it); last the files that check the early processes.
 APP_SERVER = "tiny_app"
 _app_server = {}
 
 
 def pytest_collection_modifyitems(config, items):
+    from tests import background
+
     app_files = {item.path for item in items if APP_SERVER in item.fixturenames}
-    items.sort(key=lambda item: item.path not in app_files)  # stable: file order kept otherwise
+    early_files = background.modules()
+
+    def rank(item):
+        return 2 if item.path in early_files else 1 if item.path in app_files else 0
+
+    items.sort(key=rank)  # stable: file order kept within each rank
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_runs(request):
+    """Starts the processes that the selected tests check later (tests/background.py)."""
+    from tests import background
+
+    names = background.wanted_by(request.session.items)
+    if names:
+        background.start_in_background(names, request.getfixturevalue)
+    yield
+    background.stop_all()
 
 
 def pytest_collection_finish(session):

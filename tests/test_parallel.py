@@ -3,7 +3,6 @@ started by torchrun give the single-process video, and a failing rank ends the j
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 from dynamictrl import parallel
 from dynamictrl.models.attention import DynamiCtrlAttnProcessor, resolve_attention_kernel
 from dynamictrl.video import read_video, write_video
-from tests import parallel_worker
+from tests import background, parallel_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +25,15 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def start_torchrun(nproc: int, *args: str) -> background.Run:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    return background.Run(command, cwd=ROOT, env=env)
+
+
+def launch_folder(getfixturevalue, name: str) -> Path:
+    """A folder of the session's temporary root, the same for the start and the test."""
+    return getfixturevalue("tmp_path_factory").getbasetemp() / name
 
 
 # ------------------------------------------------------------------ layouts
@@ -146,29 +150,30 @@ TWO_PROCESS_LAYOUTS = ["ulysses=2", "ring=2", "cfg=2", "ulysses=2+offload=model"
 FOUR_PROCESS_LAYOUTS = ["ulysses=2,ring=2", "cfg=2,ulysses=2", "cfg=2,ring=2", "ulysses=4+heads4"]
 
 
-@pytest.fixture(scope="module")
-def two_process_launch(tiny_weights, tmp_path_factory):
+def start_two_process_launch(getfixturevalue):
     """One torchrun launch of 2 processes: every 2-process layout (and the memory tiers'
     offload hooks around Ulysses), then a job in which rank 1 fails (processes start in
-    ~10 s on 2 cores: one launch serves both tests below)."""
-    out = tmp_path_factory.mktemp("two_process_launch")
-    stamp = out.parent / f"{out.name}_failed_at"
-    result = torchrun(
-        2,
-        "tests/parallel_worker.py",
-        "--weights",
-        str(tiny_weights),
-        "--layouts",
-        ";".join(TWO_PROCESS_LAYOUTS),
-        "--out",
-        str(out),
-        "--fail-rank",
-        "1",
-        "--fail-stamp",
-        str(stamp),
-        timeout=240,
+    ~10 s on 2 cores: one launch serves two tests). Started early (tests/background.py)."""
+    weights, out = getfixturevalue("tiny_weights"), launch_folder(getfixturevalue, "two_process_launch")
+    out.mkdir()
+    layouts = ";".join(TWO_PROCESS_LAYOUTS)
+    command = ["--weights", str(weights), "--layouts", layouts, "--out", str(out), "--fail-rank", "1"]
+    return lambda: start_torchrun(2, "tests/parallel_worker.py", *command, "--fail-stamp", str(out / "failed_at"))
+
+
+@pytest.fixture(scope="module")
+def two_process_launch(request):
+    run = background.result("torchrun 2", request.getfixturevalue)
+    return run.wait(), run.ended_at, launch_folder(request.getfixturevalue, "two_process_launch")
+
+
+def start_four_process_launch(getfixturevalue):
+    weights, out = getfixturevalue("tiny_weights"), launch_folder(getfixturevalue, "four_process_launch")
+    out.mkdir()
+    layouts = ";".join(FOUR_PROCESS_LAYOUTS)
+    return lambda: start_torchrun(
+        4, "tests/parallel_worker.py", "--weights", str(weights), "--layouts", layouts, "--out", str(out)
     )
-    return result, time.time(), out, stamp
 
 
 def check_frames(out: Path, layouts: list[str], single_process_frames) -> None:
@@ -184,35 +189,28 @@ def check_frames(out: Path, layouts: list[str], single_process_frames) -> None:
 
 @pytest.mark.slow  # starts 2 processes
 def test_two_processes_reproduce_the_single_process_video(two_process_launch, single_process_frames):
-    result, _ended, out, _stamp = two_process_launch
+    result, _ended, out = two_process_launch
     assert "RuntimeError: injected failure on rank 1" in result.stderr, result.stderr[-3000:]  # only the last job
     check_frames(out, TWO_PROCESS_LAYOUTS, single_process_frames)
 
 
 @pytest.mark.slow  # starts 4 processes
-def test_four_processes_reproduce_the_single_process_video(tiny_weights, single_process_frames, tmp_path):
-    result = torchrun(
-        4,
-        "tests/parallel_worker.py",
-        "--weights",
-        str(tiny_weights),
-        "--layouts",
-        ";".join(FOUR_PROCESS_LAYOUTS),
-        "--out",
-        str(tmp_path),
-    )
+def test_four_processes_reproduce_the_single_process_video(request, single_process_frames):
+    result = background.result("torchrun 4", request.getfixturevalue).wait()
     assert result.returncode == 0, result.stderr[-3000:]
-    check_frames(tmp_path, FOUR_PROCESS_LAYOUTS, single_process_frames)
+    check_frames(
+        launch_folder(request.getfixturevalue, "four_process_launch"), FOUR_PROCESS_LAYOUTS, single_process_frames
+    )
 
 
 @pytest.mark.slow  # starts 2 processes
 def test_a_failing_rank_ends_every_rank_with_one_clear_error(two_process_launch):
-    result, ended, out, stamp = two_process_launch
+    result, ended, out = two_process_launch
     assert result.returncode != 0
     # Rank 0 was waiting for rank 1 in an all-to-all: torchrun ended it when rank 1 exited.
-    assert ended - float(stamp.read_text()) < 60
+    assert ended - float((out / "failed_at").read_text()) < 60
     assert "RuntimeError: injected failure on rank 1" in result.stderr
-    assert not list(out.glob("failed-*"))  # nothing written for the failed job
+    assert not list(out.glob("failed-*.npy"))  # nothing written for the failed job
     # No process of the job is left (its command lines name its output folder).
     time.sleep(0.5)
     stray = []
@@ -226,16 +224,12 @@ def test_a_failing_rank_ends_every_rank_with_one_clear_error(two_process_launch)
 
 
 # ------------------------------------------------------------------ the command line
-def cli_inputs(tmp_path: Path) -> list[str]:
-    rng = np.random.default_rng(3)
-    image = tmp_path / "ref.png"
-    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(image)
-    pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 48, 48, 3), dtype=np.uint8))
+def cli_arguments(folder: Path, weights: Path) -> list[str]:
     return [
         "--image",
-        str(image),
+        str(folder / "ref.png"),
         "--pose-video",
-        str(pose),
+        str(folder / "pose.mp4"),
         "--prompt",
         "a person dancing",
         "--frames",
@@ -252,39 +246,63 @@ def cli_inputs(tmp_path: Path) -> list[str]:
         "fp32",
         "--device",
         "cpu",
+        "--weights-dir",
+        str(weights),
     ]
 
 
-@pytest.fixture(scope="module")
-def cli_single_process(tiny_weights, tmp_path_factory) -> tuple[list[str], Path]:
-    """The CLI's inputs and its one-process clip, made by `dynamictrl.cli.main` in this
-    interpreter (the code `python -m dynamictrl` runs)."""
-    from dynamictrl import cli
+def start_cli_launch(getfixturevalue):
+    """`torchrun -m dynamictrl generate --parallel ulysses=2` (started early: tests/background.py)."""
+    weights, folder = getfixturevalue("tiny_weights"), launch_folder(getfixturevalue, "cli_launch")
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / "ref.png")
+    write_video(folder / "pose.mp4", rng.integers(0, 255, (9, 48, 48, 3), dtype=np.uint8))
+    out = str(folder / "many" / "clip.mp4")
+    command = ["-m", "dynamictrl", "generate", *cli_arguments(folder, weights), "--out", out, "--parallel", CLI_LAYOUT]
+    return lambda: start_torchrun(2, *command)
 
-    folder = tmp_path_factory.mktemp("cli_single")
-    common = cli_inputs(folder) + ["--weights-dir", str(tiny_weights)]
-    assert cli.main(["generate", *common, "--out", str(folder / "one" / "clip.mp4")]) == 0
-    return common, folder / "one"
+
+# The Studio and the CLI do the same whatever the layout (the layouts' numerics are the
+# tests above): one launch of the CLI, with ulysses=2, stands for them all.
+CLI_LAYOUT = "ulysses=2"
 
 
 @pytest.mark.slow
-def test_torchrun_generate_writes_the_single_process_video_once(cli_single_process, tmp_path):
-    """One launch of the CLI under torchrun: the Studio and the CLI do the same whatever the
-    layout (the layouts' numerics are the tests above), so ulysses=2 stands for them all."""
-    layout = "ulysses=2"
-    common, one = cli_single_process
-    result = torchrun(
-        2, "-m", "dynamictrl", "generate", *common, "--out", str(tmp_path / "many" / "clip.mp4"), "--parallel", layout
-    )
+def test_torchrun_generate_writes_the_single_process_video_once(request, tiny_weights):
+    from dynamictrl import cli
+
+    result = background.result("torchrun cli", request.getfixturevalue).wait()
+    folder = launch_folder(request.getfixturevalue, "cli_launch")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Wrote") == 1  # rank 0 reports, once
-    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["clip.json", "clip.mp4"]
-    manifest = json.loads((tmp_path / "many" / "clip.json").read_text())
-    assert manifest["parallel"] == parallel.ParallelLayout.parse(layout).as_dict()
-    assert json.loads((one / "clip.json").read_text())["parallel"] == {"ulysses": 1, "ring": 1, "cfg": 1}
-    ours = read_video(tmp_path / "many" / "clip.mp4").frames.astype(int)
-    reference = read_video(one / "clip.mp4").frames.astype(int)
+    assert sorted(p.name for p in (folder / "many").iterdir()) == ["clip.json", "clip.mp4"]
+    manifest = json.loads((folder / "many" / "clip.json").read_text())
+    assert manifest["parallel"] == parallel.ParallelLayout.parse(CLI_LAYOUT).as_dict()
+    # The one-process clip: `dynamictrl.cli.main`, the code `python -m dynamictrl` runs, here.
+    one = folder / "one" / "clip.mp4"
+    assert cli.main(["generate", *cli_arguments(folder, tiny_weights), "--out", str(one)]) == 0
+    assert json.loads(one.with_suffix(".json").read_text())["parallel"] == {"ulysses": 1, "ring": 1, "cfg": 1}
+    ours = read_video(folder / "many" / "clip.mp4").frames.astype(int)
+    reference = read_video(one).frames.astype(int)
     # Context parallelism gave the same bits here; float noise (CFG parallelism gave ~3e-7)
     # may flip a few uint8 values by one, which H.264 can spread to a few neighbouring levels.
     difference = np.abs(ours - reference)
     assert difference.mean() < 0.05 and difference.max() <= 4
+
+
+background.early(
+    "torchrun 2",
+    start_two_process_launch,
+    __file__,
+    (
+        "test_two_processes_reproduce_the_single_process_video",
+        "test_a_failing_rank_ends_every_rank_with_one_clear_error",
+    ),
+)
+background.early(
+    "torchrun 4", start_four_process_launch, __file__, ("test_four_processes_reproduce_the_single_process_video",)
+)
+background.early(
+    "torchrun cli", start_cli_launch, __file__, ("test_torchrun_generate_writes_the_single_process_video_once",)
+)

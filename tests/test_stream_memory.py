@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import background
+
 MIB = 1024**2
 KIB = 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,18 +27,34 @@ def stream_memory():
     return module
 
 
+STAGES = {  # stage: (lengths, width, height, options)
+    "pose": ([17, 49], 192, 336, {}),
+    "generate": ([2, 10], 64, 80, {}),
+    "lipsync": ([9, 25], 1280, 720, {"frame_budget_mb": 8, "lipsync_batch_size": 4}),
+}
+
+
+def start_measurements(getfixturevalue):
+    """The three measuring processes, side by side (started early: tests/background.py)."""
+    module, weights = stream_memory(), getfixturevalue("lipsync_weights")
+
+    def begin():
+        return {
+            stage: background.Run(
+                module.worker_command(stage, lengths, weights, width, height, **options),
+                env=module.worker_env(),
+                cwd=ROOT,
+            )
+            for stage, (lengths, width, height, options) in STAGES.items()
+        }
+
+    return begin
+
+
 @pytest.fixture(scope="module")
-def measured(lipsync_weights) -> dict[str, list[dict]]:
-    """The three stages' rows, measured in three processes running side by side."""
-    module = stream_memory()
-    runs = {
-        "pose": module.Measurement("pose", [17, 49], lipsync_weights, width=192, height=336),
-        "generate": module.Measurement("generate", [2, 10], lipsync_weights, width=64, height=80),
-        "lipsync": module.Measurement(
-            "lipsync", [9, 25], lipsync_weights, width=1280, height=720, frame_budget_mb=8, lipsync_batch_size=4
-        ),
-    }
-    return {stage: run.rows(timeout_s=600) for stage, run in runs.items()}
+def measured(request) -> dict[str, list[dict]]:
+    runs = background.result("stream_memory", request.getfixturevalue)
+    return {stage: stream_memory().worker_rows(stage, run.wait()) for stage, run in runs.items()}
 
 
 def growth(rows: list[dict], key: str, frames_per_step: int = 1) -> float:
@@ -86,3 +104,15 @@ def test_lipsync_memory_is_bounded_whatever_the_video_length(measured):
         row["peak_above_start"] = row["peak_rss"] - row["rss_before"]
     assert growth(rows, "peak_above_start") < 1 * MIB, describe(rows)
     assert growth(rows, "traced_peak") < 64 * KIB, describe(rows)
+
+
+background.early(
+    "stream_memory",
+    start_measurements,
+    __file__,
+    (
+        "test_pose_extraction_memory_does_not_grow_with_the_driving_video",
+        "test_a_10_window_generation_peaks_like_a_2_window_one",
+        "test_lipsync_memory_is_bounded_whatever_the_video_length",
+    ),
+)
