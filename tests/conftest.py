@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP threads sleep when they wait instead of spinning: the suite runs processes beside
+# each other on 2 cores (tests/background.py), where a spinning thread takes a core from
+# a process that has work (measured: 18% less CPU time for the same in-process tests).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests never reach a model hub: anything not on disk must fail loudly, not download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,21 +10,9 @@ from PIL import Image
 
 from dynamictrl import cli
 from dynamictrl.video import read_video, write_video
+from tests import background
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, env=None):
-    """`python -m dynamictrl ...` in a fresh interpreter (~5 s of imports each)."""
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "dynamictrl", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=environment,
-        timeout=300,
-    )
 
 
 def cli_here(capsys, *args) -> subprocess.CompletedProcess:
@@ -40,24 +28,23 @@ def cli_here(capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["dynamictrl", *args], code, captured.out, captured.err)
 
 
-@pytest.mark.slow  # a fresh interpreter
-def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_path):
+def start_end_to_end(getfixturevalue):
+    """`python -m dynamictrl generate` in a fresh interpreter, started early (tests/background.py)."""
+    weights, folder = getfixturevalue("tiny_weights"), end_to_end_folder(getfixturevalue)
+    folder.mkdir()
     rng = np.random.default_rng(1)
-    image = tmp_path / "ref.png"
-    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(image)
-    pose = write_video(tmp_path / "pose.mp4", rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8))
-    out = tmp_path / "out" / "dance.mp4"
-
-    result = run_cli(
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(folder / "ref.png")
+    write_video(folder / "pose.mp4", rng.integers(0, 255, (9, 64, 48, 3), dtype=np.uint8))
+    arguments = [
         "generate",
         "--image",
-        str(image),
+        str(folder / "ref.png"),
         "--pose-video",
-        str(pose),
+        str(folder / "pose.mp4"),
         "--prompt",
         "a person dancing",
         "--out",
-        str(out),
+        str(folder / "out" / "dance.mp4"),
         "--frames",
         "9",
         "--width",
@@ -69,11 +56,24 @@ def test_generate_end_to_end_writes_playable_mp4_and_manifest(tiny_weights, tmp_
         "--seed",
         "5",
         "--weights-dir",
-        str(tiny_weights),
+        str(weights),
         "--device",
         "cpu",
         "--t5-on-cpu",
-    )
+    ]
+    environment = dict(os.environ, HF_HUB_OFFLINE="1")
+    return lambda: background.Run([sys.executable, "-m", "dynamictrl", *arguments], cwd=ROOT, env=environment)
+
+
+def end_to_end_folder(getfixturevalue) -> Path:
+    return getfixturevalue("tmp_path_factory").getbasetemp() / "cli_end_to_end"
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_generate_end_to_end_writes_playable_mp4_and_manifest(request):
+    result = background.result("cli end to end", request.getfixturevalue).wait()
+    folder = end_to_end_folder(request.getfixturevalue)
+    image, out = folder / "ref.png", folder / "out" / "dance.mp4"
 
     assert result.returncode == 0, result.stderr
     assert "Wrote" in result.stdout
@@ -626,3 +626,8 @@ def test_bad_seed_and_size_options_are_one_line(tmp_path, capsys):
         "512",
     )
     assert result.returncode == 2 and "either --size or --width/--height" in result.stderr
+
+
+background.early(
+    "cli end to end", start_end_to_end, __file__, ("test_generate_end_to_end_writes_playable_mp4_and_manifest",)
+)

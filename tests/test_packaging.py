@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import background
+
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = [
     *ROOT.glob("dynamictrl/**/*.py"),
@@ -169,19 +171,29 @@ sys.exit(main(["serve", "--tiny"]))
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch, diffusers and gradio
-def test_the_core_and_the_app_import_without_the_extras_and_a_command_names_its_extra():
+def test_the_core_and_the_app_import_without_the_extras_and_a_command_names_its_extra(request):
     """requirements.txt (a Space) has no Ray, peft, lpips, scikit-image or test tools: the
     app, the API and the CLI's parser must not need them, and a command that does says
     which extra installs it."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_EXTRAS], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    result = background.result("without the extras", request.getfixturevalue).wait()
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last == (
         "error: `serve` needs ray, from the optional extra `serve`: pip install 'dynamictrl-studio[serve]' "
         "(in a checkout: pip install -r requirements-dev.txt)"
     )
+
+
+def start_without_extras(getfixturevalue):
+    """The fresh interpreter, started early (tests/background.py)."""
+    import sys
+
+    return lambda: background.Run([sys.executable, "-c", WITHOUT_EXTRAS], cwd=ROOT)
+
+
+background.early(
+    "without the extras",
+    start_without_extras,
+    __file__,
+    ("test_the_core_and_the_app_import_without_the_extras_and_a_command_names_its_extra",),
+)
