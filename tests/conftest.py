@@ -91,11 +91,24 @@ def early_runs(request):
     """Starts the processes that the selected tests check later (tests/background.py)."""
     from tests import background
 
+    if any(APP_SERVER in item.fixturenames for item in request.session.items):
+        start_app_server(request.getfixturevalue("tmp_path_factory"))  # up by the time its files run
     names = background.wanted_by(request.session.items)
     if names:
         background.start_in_background(names, request.getfixturevalue)
     yield
     background.stop_all()
+    if _app_server.get("server") is not None:  # started here but never used (e.g. -x stopped first)
+        _app_server["server"].stop()
+
+
+def start_app_server(tmp_path_factory):
+    from tests.app_server import TinyAppServer
+
+    folder = tmp_path_factory.mktemp("app")
+    server = TinyAppServer(outputs=folder / "outputs", log_path=folder / "app.log")
+    _app_server["server"] = server
+    return server
 
 
 def pytest_collection_finish(session):
@@ -112,12 +125,9 @@ def pytest_runtest_teardown(item, nextitem):
 
 @pytest.fixture(scope="session")
 def tiny_app(tmp_path_factory):
-    """`app.py --tiny` running on a free local port (shared by the browser and client tests)."""
-    from tests.app_server import TinyAppServer
-
-    folder = tmp_path_factory.mktemp("app")
-    server = TinyAppServer(outputs=folder / "outputs", log_path=folder / "app.log")
-    _app_server["server"] = server
+    """`app.py --tiny` running on a free local port (shared by the browser and client tests;
+    started with the session when they are selected)."""
+    server = _app_server.get("server") or start_app_server(tmp_path_factory)
     try:
         server.wait_until_up()
         yield server

@@ -274,7 +274,7 @@ class TestService:
         assert pose.sequence.num_frames == 5 and read_video(pose.pose_video_path).num_frames == 5
         assert pose.preview_path.is_file() and len(load_poses(pose.json_path)[0]) == 5
 
-        frames = np.random.default_rng(3).integers(0, 255, (6, 240, 320, 3), dtype=np.uint8)
+        frames = np.random.default_rng(3).integers(0, 255, (3, 240, 320, 3), dtype=np.uint8)
         frames[:, :16, :16] = (255, 0, 0)  # makes the tiny DWPose find a face (see dynamictrl/testing/onnx.py)
         video = write_video(tmp_path / "talk.mp4", frames, fps=25)
         result = client.lipsync(video, wav(tmp_path / "a.wav", 0.5), tmp_path / "talking.mp4")
