@@ -189,19 +189,11 @@ def worker(
     return rows
 
 
-def measure(
-    stage: str,
-    lengths: list[int],
-    weights: Path,
-    width: int,
-    height: int,
-    warm: int | None = None,
-    frame_budget_mb: float | None = None,
-    lipsync_batch_size: int | None = None,
-) -> list[dict]:
-    """Runs `worker` in a fresh process; returns its rows."""
-    command = worker_command(stage, lengths, weights, width, height, warm, frame_budget_mb, lipsync_batch_size)
-    done = subprocess.run(command, capture_output=True, text=True, env=worker_env(), cwd=ROOT)
+def measure(stage: str, *args, **kwargs) -> list[dict]:
+    """Runs `worker` in a fresh process; returns its rows (arguments: `worker_command`'s)."""
+    done = subprocess.run(
+        worker_command(stage, *args, **kwargs), capture_output=True, text=True, env=worker_env(), cwd=ROOT
+    )
     return worker_rows(stage, done)
 
 

@@ -67,7 +67,7 @@ class _Declared:
     started: object = None
     queued: bool = False
     ready: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+    error: Exception | None = None
 
 
 _declared: dict[str, _Declared] = {}
@@ -102,7 +102,7 @@ def start_in_background(names: list[str], getfixturevalue) -> threading.Thread:
         run.queued = True
         try:
             starts.append((run, run.start(getfixturevalue)))
-        except BaseException as error:  # reported to the test that asks for it
+        except Exception as error:  # reported to the test that asks for it
             run.error = error
             run.ready.set()
 
@@ -112,7 +112,7 @@ def start_in_background(names: list[str], getfixturevalue) -> threading.Thread:
                 run.started = begin()
                 for each in _runs_of(run.started):
                     each.wait()
-            except BaseException as error:
+            except Exception as error:  # reported to the test that asks for it
                 run.error = error
             finally:
                 run.ready.set()

@@ -598,33 +598,10 @@ def test_variations_with_presets_and_preview_frames(tiny_weights, tmp_path, caps
 
 
 def test_bad_seed_and_size_options_are_one_line(tmp_path, capsys):
-    result = cli_here(
-        capsys,
-        "generate",
-        "--image",
-        "x.png",
-        "--pose-video",
-        "p.mp4",
-        "--out",
-        str(tmp_path / "o.mp4"),
-        "--seeds",
-        "1,1",
-    )
+    generate = ["generate", "--image", "x.png", "--pose-video", "p.mp4", "--out", str(tmp_path / "o.mp4")]
+    result = cli_here(capsys, *generate, "--seeds", "1,1")
     assert result.returncode == 2 and "Each seed once" in result.stderr and "Traceback" not in result.stderr
-    result = cli_here(
-        capsys,
-        "generate",
-        "--image",
-        "x.png",
-        "--pose-video",
-        "p.mp4",
-        "--out",
-        str(tmp_path / "o.mp4"),
-        "--size",
-        "portrait-draft",
-        "--width",
-        "512",
-    )
+    result = cli_here(capsys, *generate, "--size", "portrait-draft", "--width", "512")
     assert result.returncode == 2 and "either --size or --width/--height" in result.stderr
 
 
