@@ -15,6 +15,7 @@ are selected, one after another in a background thread; the module's fixture cal
 started it, e.g. for a single test picked with -k).
 """
 
+import os
 import subprocess
 import tempfile
 import threading
@@ -24,6 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TIMEOUT_S = 900.0  # bounds a hang; the slowest run takes ~1-2 minutes on 2 busy cores
+# The in-process tests are the session's critical path but leave a core idle a third of the
+# time (ffmpeg, Python, sleeps): at the lowest priority the early processes take that idle
+# time instead of slowing the tests beside them (their children, e.g. torchrun's ranks,
+# inherit it). Nothing they assert depends on their speed.
+NICENESS = 19
 
 
 class Run:
@@ -34,6 +40,7 @@ class Run:
         self.command = command
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.process = subprocess.Popen(command, stdout=self._out, stderr=self._err, **popen_kwargs)
+        os.setpriority(os.PRIO_PROCESS, self.process.pid, NICENESS)
         self.ended_at: float | None = None
         self._waiter = threading.Thread(target=self._wait_for_exit, daemon=True)
         self._waiter.start()

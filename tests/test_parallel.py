@@ -207,8 +207,10 @@ def test_four_processes_reproduce_the_single_process_video(request, single_proce
 def test_a_failing_rank_ends_every_rank_with_one_clear_error(two_process_launch):
     result, ended, out = two_process_launch
     assert result.returncode != 0
-    # Rank 0 was waiting for rank 1 in an all-to-all: torchrun ended it when rank 1 exited.
-    assert ended - float((out / "failed_at").read_text()) < 60
+    # Rank 0 was waiting for rank 1 in an all-to-all: torchrun ended it when rank 1 exited,
+    # long before the collective's 600 s timeout would have (the bound leaves room for the
+    # launch's lowest priority on a busy machine: tests/background.py).
+    assert ended - float((out / "failed_at").read_text()) < 180
     assert "RuntimeError: injected failure on rank 1" in result.stderr
     assert not list(out.glob("failed-*.npy"))  # nothing written for the failed job
     # No process of the job is left (its command lines name its output folder).
