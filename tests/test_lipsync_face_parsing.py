@@ -210,6 +210,22 @@ def test_batched_parse_equals_one_by_one(parser, photos, batched_labels):
     assert not np.array_equal(batched_labels[0], batched_labels[1])
 
 
+@pytest.mark.slow  # face parsing twice
+def test_channels_last_parse_matches_upstreams_layout(parser_file, photos, batched_labels):
+    """The parser runs channels-last for speed; upstream's plain layout gives the same
+    classes (float sums in another order may flip a near-tie: at most 1 pixel in 10,000)."""
+    parser = FaceParser.from_file(parser_file)
+    kernels = [p for p in parser.net.parameters() if p.dim() == 4]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    plain = BiSeNet().eval()
+    plain.load_state_dict(parser.net.state_dict())
+    with torch.inference_mode():
+        logits = plain(torch.stack([FaceParser.preprocess(image) for image in photos]))
+    assert logits.is_contiguous()
+    upstream = logits.argmax(dim=1).to(torch.uint8).numpy()
+    assert (upstream != batched_labels).mean() <= 1e-4
+
+
 def test_parse_edge_cases(parser):
     assert parser.parse([]).shape == (0, 512, 512)
     with pytest.raises(ValueError, match="batch_size"):
