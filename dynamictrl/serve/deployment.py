@@ -57,8 +57,9 @@ REPORT_TIMEOUT_S = 10.0  # a worker's progress report; on timeout the job goes o
 REPORT_EVERY_S = 0.2  # progress reports are throttled to this (the last one always goes)
 HEARTBEAT_S = 10.0  # replicas send their model status this often
 MAX_LOST_BEFORE_START = 3  # replicas that died before a job started on them (not the job's fault)
-RETRY_PAUSE_S = 1.0
-BUSY_WAIT_S = 900.0  # a cancelled job stops at its next step; one 5B step at 1360x1360 is well under this  # lets the router drop a dead replica before the retry is routed
+RETRY_PAUSE_S = 1.0  # lets the router drop a dead replica before the retry is routed
+DEPLOY_POLL_S = 0.25  # how often `deploy` asks Serve whether the application is running (a cheap call)
+BUSY_WAIT_S = 900.0  # a cancelled job stops at its next step; one 5B step at 1360x1360 is well under this
 KEEP_FINISHED = 1000  # finished job records kept (results are dropped earlier, see result_ttl_s)
 MIN_OWNER_KEY_CHARS = 16
 # What /status shows of a replica without the token (no host names, PIDs or job ids).
@@ -724,7 +725,7 @@ def wait_until_running(name: str, timeout_s: float) -> None:
             if status in ("DEPLOY_FAILED", "UNHEALTHY"):
                 details = "; ".join(f"{dep}: {info.message}" for dep, info in app.deployments.items() if info.message)
                 raise RuntimeError(f"The Serve application {name!r} failed to start: {app.message or details}")
-        time.sleep(1.0)
+        time.sleep(DEPLOY_POLL_S)
     details = ""
     if last is not None:
         details = " " + "; ".join(
