@@ -70,24 +70,29 @@ def ray_session():
     (tests/ray_jobs.py) through PYTHONPATH."""
     from ray import serve
 
-    serve_cli.start_local_ray(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="dynamictrl-tests",
-        runtime_env={
-            "env_vars": {
-                "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
-                "HF_HUB_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-            }
-        },
-    )
-    try:
-        yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # Ray starts its workers (the replicas here) at nice 15; in this session they are the
+    # critical path, and the early processes of tests/background.py (nice 19) would take a
+    # third of the CPU from them. The raylet reads this from its environment, ours.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_worker_niceness", "0")
+        serve_cli.start_local_ray(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace="dynamictrl-tests",
+            runtime_env={
+                "env_vars": {
+                    "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+                    "HF_HUB_OFFLINE": "1",
+                    "TOKENIZERS_PARALLELISM": "false",
+                }
+            },
+        )
+        try:
+            yield
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 @pytest.fixture(scope="session")
