@@ -253,6 +253,11 @@ def cli_arguments(folder: Path, weights: Path) -> list[str]:
     ]
 
 
+# The Studio and the CLI do the same whatever the layout (the layouts' numerics are the
+# tests above): one launch of the CLI, with ulysses=2, stands for them all.
+CLI_LAYOUT = "ulysses=2"
+
+
 def start_cli_launch(getfixturevalue):
     """`torchrun -m dynamictrl generate --parallel ulysses=2` (started early: tests/background.py)."""
     weights, folder = getfixturevalue("tiny_weights"), launch_folder(getfixturevalue, "cli_launch")
@@ -263,11 +268,6 @@ def start_cli_launch(getfixturevalue):
     out = str(folder / "many" / "clip.mp4")
     command = ["-m", "dynamictrl", "generate", *cli_arguments(folder, weights), "--out", out, "--parallel", CLI_LAYOUT]
     return lambda: start_torchrun(2, *command)
-
-
-# The Studio and the CLI do the same whatever the layout (the layouts' numerics are the
-# tests above): one launch of the CLI, with ulysses=2, stands for them all.
-CLI_LAYOUT = "ulysses=2"
 
 
 @pytest.mark.slow
