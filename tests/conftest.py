@@ -1,3 +1,4 @@
+import gc
 import os
 from pathlib import Path
 
@@ -114,6 +115,11 @@ def start_app_server(tmp_path_factory):
 def pytest_collection_finish(session):
     users = [item for item in session.items if APP_SERVER in item.fixturenames]
     _app_server["last_user"] = users[-1].nodeid if users else None
+    # Everything imported so far (torch, diffusers, transformers, gradio, the test modules:
+    # ~1M objects) lives as long as the session; frozen, it is no longer walked by every
+    # full garbage collection (~0.5 s each here; measured 7 % of three torch-heavy files).
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.hookimpl(trylast=True)

@@ -200,3 +200,19 @@ def test_frames_land_in_one_array_even_when_the_header_undercounts(tmp_path, mon
         looped = pick_frames(path, count=35, fps=10, loop=True)
         assert frame_numbers(looped) == list(range(25)) + list(range(10))
         assert looped.frames.flags.owndata and len(looped.frames) == 35
+
+
+def test_ffmpeg_starts_without_forking_this_process(tmp_path, monkeypatch):
+    """A `preexec_fn` makes Python fork() the whole process (page tables of every loaded
+    model copied, then every written page copied again) instead of vfork()ing it."""
+    seen = []
+    popen_init = subprocess.Popen.__init__
+
+    def recording_init(self, *args, **kwargs):
+        seen.append(kwargs.get("preexec_fn"))
+        popen_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    path = write_video(tmp_path / "clip.mp4", gradient_frames(3), fps=8)
+    assert read_video(path).num_frames == 3
+    assert len(seen) >= 2 and seen == [None] * len(seen)
