@@ -28,10 +28,10 @@ TIMEOUT_S = 900.0  # bounds a hang; the slowest run takes ~1-2 minutes on 2 busy
 # The in-process tests are the session's critical path but leave a core idle a third of the
 # time (ffmpeg, Python, sleeps). The early processes run under SCHED_IDLE: the kernel gives
 # them a core only when no other process wants it, so they take that idle time instead of
-# slowing the tests beside them (their children, e.g. torchrun's ranks, inherit it). Nice 19
-# still cost the in-process tests ~37 s of a 470 s session; SCHED_IDLE none measurable
-# (427 s, as fast as the session without these processes). Nothing they assert depends on
-# their speed. (Set right after the start: the interpreter makes no thread that early.)
+# slowing the tests beside them (their children, e.g. torchrun's ranks, inherit it). At
+# nice 19 they still took CPU from the in-process tests (469-475 s against 433 s for the
+# session without them; 427-473 s under SCHED_IDLE). Nothing they assert depends on their
+# speed. (Set right after the start: the interpreter makes no thread that early.)
 
 
 class Run:
