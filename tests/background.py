@@ -25,13 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TIMEOUT_S = 900.0  # bounds a hang; the slowest run takes ~1-2 minutes on 2 busy cores
-# The in-process tests are the session's critical path but leave a core idle a third of the
-# time (ffmpeg, Python, sleeps). The early processes run under SCHED_IDLE: the kernel gives
-# them a core only when no other process wants it, so they take that idle time instead of
-# slowing the tests beside them (their children, e.g. torchrun's ranks, inherit it). At
-# nice 19 they still took CPU from the in-process tests (469-475 s against 433 s for the
-# session without them; 427-473 s under SCHED_IDLE). Nothing they assert depends on their
-# speed. (Set right after the start: the interpreter makes no thread that early.)
 
 
 class Run:
@@ -42,10 +35,17 @@ class Run:
         self.command = command
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.process = subprocess.Popen(command, stdout=self._out, stderr=self._err, **popen_kwargs)
+        # The in-process tests are the session's critical path but leave a core idle a third
+        # of the time (ffmpeg, Python, sleeps). Under SCHED_IDLE the kernel gives this process
+        # (and its children, e.g. torchrun's ranks) a core only when nothing else wants it, so
+        # it takes that idle time instead of slowing the tests beside it. At nice 19 it still
+        # did (469-475 s against 433 s for the session without these processes; 427-473 s
+        # under SCHED_IDLE). Nothing they assert depends on their speed. Set right after the
+        # start: the interpreter makes no thread that early.
         if hasattr(os, "SCHED_IDLE"):  # Linux
             os.sched_setscheduler(self.process.pid, os.SCHED_IDLE, os.sched_param(0))
         else:
-            os.setpriority(os.PRIO_PROCESS, self.process.pid, 19)
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, 19)  # the lowest nice level
         self.ended_at: float | None = None
         self._waiter = threading.Thread(target=self._wait_for_exit, daemon=True)
         self._waiter.start()

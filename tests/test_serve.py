@@ -70,9 +70,9 @@ def ray_session():
     (tests/ray_jobs.py) through PYTHONPATH."""
     from ray import serve
 
-    # Ray starts its workers (the replicas here) at nice 15; in this session they are the
-    # critical path, and the early processes of tests/background.py (nice 19) would take a
-    # third of the CPU from them. The raylet reads this from its environment, ours.
+    # Ray starts its workers (the replicas here) at nice 15; in this file they are the
+    # critical path, and nothing else in the session should come before them. The raylet
+    # reads this from its environment, ours.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_worker_niceness", "0")
         serve_cli.start_local_ray(
